@@ -1,0 +1,116 @@
+"""Typed events, as every wire format produces them and the committer consumes them.
+
+Events are already normalised: label values are bounded (platform, country, region and sku are
+validated or mapped to ``other``/``unknown``), money is integer minor units, weight integer
+grams. A frame that cannot become an event becomes a :class:`Rejection` with a bounded
+:class:`Reason`.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import ClassVar, Final
+
+import msgspec
+
+
+class Reason(enum.StrEnum):
+    """Why an input was rejected. A closed set: it is a metric label."""
+
+    MALFORMED_JSON = "malformed_json"
+    INVALID_UTF8 = "invalid_utf8"
+    OVERSIZE = "oversize"
+    NOT_AN_OBJECT = "not_an_object"
+    UNKNOWN_KIND = "unknown_kind"
+    MISSING_FIELD = "missing_field"
+    INVALID_TYPE = "invalid_type"
+    INVALID_VALUE = "invalid_value"
+    OUT_OF_RANGE = "out_of_range"
+    INVALID_TIMESTAMP = "invalid_timestamp"
+    INVALID_CURRENCY = "invalid_currency"
+    INVALID_AMOUNT = "invalid_amount"
+    MISSING_STREAM = "missing_stream"
+    STREAM_NOT_ALLOWED = "stream_not_allowed"
+    TOO_MANY_EVENTS = "too_many_events"
+
+
+class Kind(enum.StrEnum):
+    COMMENT = "comment"
+    ORDER = "order"
+    VIEWERS = "viewers"
+
+
+UNKNOWN_KIND: Final = "unknown"
+
+
+class Comment(msgspec.Struct, frozen=True, gc=False):
+    stream: str
+    platform: str
+    id: str
+    ts_ms: int
+    user: str | None
+
+    kind: ClassVar[Kind] = Kind.COMMENT
+
+    @property
+    def identity(self) -> str:
+        return f"c\x1f{self.id}"
+
+
+class LineItem(msgspec.Struct, frozen=True, gc=False):
+    sku: str
+    grams: int
+    """Weight of the line: quantity × unit grams."""
+
+
+class Order(msgspec.Struct, frozen=True, gc=False):
+    """An order event. A cancellation carries only its identity; the committer knows the rest."""
+
+    stream: str
+    platform: str
+    id: str
+    ts_ms: int
+    cancelled: bool
+    buyer: str | None = None
+    country: str = "unknown"
+    region: str = "unknown"
+    currency: str = ""
+    amount_minor: int = 0
+    grams: int = 0
+    items: tuple[LineItem, ...] = ()
+
+    kind: ClassVar[Kind] = Kind.ORDER
+
+    @property
+    def identity(self) -> str:
+        return f"{'x' if self.cancelled else 'o'}\x1f{self.id}"
+
+
+class Viewers(msgspec.Struct, frozen=True, gc=False):
+    stream: str
+    platform: str
+    id: str
+    ts_ms: int
+    count: int
+
+    kind: ClassVar[Kind] = Kind.VIEWERS
+
+    @property
+    def identity(self) -> str:
+        return f"v\x1f{self.id}"
+
+
+Event = Comment | Order | Viewers
+
+
+class Rejection(msgspec.Struct, frozen=True):
+    """An input that is not counted: why, where, and the raw bytes for the dead-letter stream."""
+
+    reason: Reason
+    detail: str
+    raw: bytes
+    stream: str | None = None
+    kind: str = UNKNOWN_KIND
+
+
+Decoded = Event | Rejection

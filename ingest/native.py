@@ -1,0 +1,282 @@
+"""The native wire format: one JSON event per frame, or a JSON array of events.
+
+Pure: bytes in, a list of normalised events and rejections out. The wire shapes below are also the
+published JSON Schema (``ingest/native-event.schema.json``, regenerated with
+``python -m ingest.native``); bounds that make a value absurd are part of the schema.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+import sys
+from collections.abc import Iterable
+from typing import Annotated, Literal
+
+import msgspec
+import orjson
+
+from ingest.model import (
+    UNKNOWN_KIND,
+    Comment,
+    Decoded,
+    Event,
+    LineItem,
+    Order,
+    Reason,
+    Rejection,
+    Viewers,
+)
+from ingest.money import MoneyError, to_minor
+from ingest.regions import UNKNOWN, RegionTable, default_regions, normalise_country
+
+STREAM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+PLATFORM_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$"
+OTHER_PLATFORM = "other"
+
+StreamName = Annotated[str, msgspec.Meta(pattern=STREAM_PATTERN)]
+PlatformName = Annotated[str, msgspec.Meta(pattern=PLATFORM_PATTERN)]
+EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Label = Annotated[str, msgspec.Meta(max_length=64)]
+Amount = Annotated[
+    str | Annotated[int, msgspec.Meta(ge=0, le=10**15)],
+    msgspec.Meta(description="Major units: an integer or a plain decimal string such as '12.50'."),
+]
+Timestamp = Annotated[dt.datetime, msgspec.Meta(tz=True, description="RFC 3339 with offset.")]
+
+
+class ItemWire(msgspec.Struct, frozen=True):
+    sku: Annotated[str, msgspec.Meta(pattern=SKU_PATTERN)]
+    qty: Annotated[int, msgspec.Meta(ge=1, le=10_000)]
+    grams: Annotated[int, msgspec.Meta(ge=0, le=1_000_000, description="Weight of one unit.")]
+    price: Amount | None = None
+
+
+class CommentWire(msgspec.Struct, frozen=True, tag_field="kind", tag="comment"):
+    id: EventId
+    ts: Timestamp
+    platform: PlatformName
+    stream: StreamName | None = None
+    user: UserId | None = None
+    text: Annotated[str, msgspec.Meta(max_length=4096)] = ""
+
+
+class OrderWire(msgspec.Struct, frozen=True, tag_field="kind", tag="order"):
+    id: EventId
+    status: Literal["created", "cancelled"]
+    ts: Timestamp
+    platform: PlatformName
+    stream: StreamName | None = None
+    buyer: UserId | None = None
+    country: Label | None = None
+    region: Label | None = None
+    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] | None = None
+    amount: Amount | None = None
+    items: Annotated[list[ItemWire], msgspec.Meta(max_length=100)] = []
+
+
+class ViewersWire(msgspec.Struct, frozen=True, tag_field="kind", tag="viewers"):
+    id: EventId
+    ts: Timestamp
+    platform: PlatformName
+    count: Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000)]
+    stream: StreamName | None = None
+
+
+Wire = CommentWire | OrderWire | ViewersWire
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MS = dt.timedelta(milliseconds=1)
+_PATH = re.compile(r"at `\$(?:\[\d+\])?\.?(?P<path>[^`]*)`")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NativeOptions:
+    """What a source's config decides about the frames it reads."""
+
+    default_stream: str | None = None
+    allowed_streams: frozenset[str] | None = None
+    platforms: frozenset[str] = frozenset()
+    max_frame_bytes: int = 256 * 1024
+    max_events_per_frame: int = 1000
+    regions: RegionTable = dataclasses.field(default_factory=default_regions)
+
+
+def classify(error: msgspec.ValidationError) -> Reason:
+    """Map msgspec's validation message to a bounded reason."""
+    message = str(error)
+    if message.startswith("Object missing required field"):
+        return Reason.MISSING_FIELD
+    if message.startswith("Invalid value") and message.endswith("`$.kind`"):
+        return Reason.UNKNOWN_KIND
+    if message.startswith("Invalid RFC3339") or "timezone" in message:
+        return Reason.INVALID_TIMESTAMP
+    if ">=" in message or "<=" in message or "length" in message:
+        return Reason.OUT_OF_RANGE
+    if ", got `" in message:
+        return Reason.INVALID_TYPE
+    return Reason.INVALID_VALUE
+
+
+class NativeFormat:
+    """Decoder for native frames, configured once per source."""
+
+    def __init__(self, options: NativeOptions) -> None:
+        self.options = options
+        self._one = msgspec.json.Decoder(Wire)
+        self._many = msgspec.json.Decoder(list[msgspec.Raw])
+
+    def decode(self, frame: bytes | str) -> list[Decoded]:
+        raw = frame.encode() if isinstance(frame, str) else frame
+        if len(raw) > self.options.max_frame_bytes:
+            return [self._reject(Reason.OVERSIZE, f"frame of {len(raw)} bytes", raw)]
+        if raw.lstrip()[:1] != b"[":
+            return [self._decode_one(raw)]
+        try:
+            parts = self._many.decode(raw)
+        except UnicodeDecodeError as exc:
+            return [self._reject(Reason.INVALID_UTF8, str(exc), raw)]
+        except msgspec.DecodeError as exc:
+            return [self._reject(Reason.MALFORMED_JSON, str(exc), raw)]
+        if len(parts) > self.options.max_events_per_frame:
+            detail = f"{len(parts)} events in one frame"
+            return [self._reject(Reason.TOO_MANY_EVENTS, detail, raw)]
+        return [self._decode_one(bytes(part)) for part in parts]
+
+    def _decode_one(self, raw: bytes) -> Decoded:
+        try:
+            wire = self._one.decode(raw)
+        except UnicodeDecodeError as exc:
+            return self._reject(Reason.INVALID_UTF8, str(exc), raw)
+        except msgspec.ValidationError as exc:
+            reason = classify(exc)
+            if str(exc).startswith("Expected `object`"):
+                reason = Reason.NOT_AN_OBJECT
+            return self._reject(reason, str(exc), raw, *_peek(raw))
+        except msgspec.DecodeError as exc:
+            return self._reject(Reason.MALFORMED_JSON, str(exc), raw)
+        return self.normalise(wire, raw)
+
+    def normalise(self, wire: Wire, raw: bytes) -> Decoded:
+        """Turn a schema-valid wire event into a normalised event, or reject it."""
+        kind = wire.__struct_config__.tag
+        assert isinstance(kind, str)
+        stream = wire.stream or self.options.default_stream
+        if stream is None:
+            return self._reject(Reason.MISSING_STREAM, "no stream and no default", raw, kind=kind)
+        allowed = self.options.allowed_streams
+        if allowed is not None and stream not in allowed:
+            return self._reject(Reason.STREAM_NOT_ALLOWED, stream, raw, stream, kind)
+        platform = wire.platform if wire.platform in self.options.platforms else OTHER_PLATFORM
+        ts_ms = (wire.ts - _EPOCH) // _MS
+        match wire:
+            case CommentWire():
+                return Comment(stream, platform, wire.id, ts_ms, wire.user)
+            case ViewersWire():
+                return Viewers(stream, platform, wire.id, ts_ms, wire.count)
+            case OrderWire(status="cancelled"):
+                return Order(stream, platform, wire.id, ts_ms, cancelled=True)
+            case OrderWire():
+                return self._order(wire, stream, platform, ts_ms, raw)
+
+    def _order(
+        self, wire: OrderWire, stream: str, platform: str, ts_ms: int, raw: bytes
+    ) -> Decoded:
+        def reject(reason: Reason, detail: str) -> Rejection:
+            return self._reject(reason, detail, raw, stream, "order")
+
+        if not wire.items:
+            return reject(Reason.MISSING_FIELD, "a created order needs at least one item")
+        if wire.currency is None:
+            return reject(Reason.MISSING_FIELD, "a created order needs a currency")
+        try:
+            if wire.amount is not None:
+                amount = to_minor(wire.amount, wire.currency)
+            elif all(item.price is not None for item in wire.items):
+                amount = sum(
+                    item.qty * to_minor(item.price, wire.currency)
+                    for item in wire.items
+                    if item.price is not None
+                )
+            else:
+                return reject(Reason.MISSING_FIELD, "no amount and not every item has a price")
+        except MoneyError as exc:
+            reason = Reason.INVALID_CURRENCY if exc.currency_error else Reason.INVALID_AMOUNT
+            return reject(reason, str(exc))
+        items = tuple(LineItem(item.sku.upper(), item.qty * item.grams) for item in wire.items)
+        country = normalise_country(wire.country)
+        region = self.options.regions.normalise(country, wire.region) if wire.region else UNKNOWN
+        return Order(
+            stream,
+            platform,
+            wire.id,
+            ts_ms,
+            cancelled=False,
+            buyer=wire.buyer,
+            country=country,
+            region=region,
+            currency=wire.currency,
+            amount_minor=amount,
+            grams=sum(item.grams for item in items),
+            items=items,
+        )
+
+    def _reject(
+        self,
+        reason: Reason,
+        detail: str,
+        raw: bytes,
+        stream: str | None = None,
+        kind: str = UNKNOWN_KIND,
+    ) -> Rejection:
+        return Rejection(reason, detail, raw, stream or self.options.default_stream, kind)
+
+
+def _peek(raw: bytes) -> tuple[str | None, str]:
+    """Best-effort stream and kind of an invalid event, to file its dead letter where it belongs."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None, UNKNOWN_KIND
+    if not isinstance(obj, dict):
+        return None, UNKNOWN_KIND
+    stream, kind = obj.get("stream"), obj.get("kind")
+    if not (isinstance(stream, str) and re.fullmatch(STREAM_PATTERN, stream)):
+        stream = None
+    if kind not in ("comment", "order", "viewers"):
+        kind = UNKNOWN_KIND
+    return stream, str(kind)
+
+
+def events_only(decoded: Iterable[Decoded]) -> list[Event]:
+    """The events of a decoded frame, without its rejections."""
+    return [item for item in decoded if not isinstance(item, Rejection)]
+
+
+def json_schema() -> dict[str, object]:
+    """The JSON Schema of one native event (a frame may also hold an array of them)."""
+    _, components = msgspec.json.schema_components([Wire], ref_template="#/$defs/{name}")
+    schema: dict[str, object] = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://github.com/livestream-ingester/schema/native-event.json",
+        "title": "livestream-ingester native event",
+        "description": (
+            "One event per websocket text frame, or a JSON array of such events. "
+            "Unknown fields are ignored. A created order needs items and a currency."
+        ),
+        "oneOf": [
+            {"$ref": f"#/$defs/{name}"} for name in ("CommentWire", "OrderWire", "ViewersWire")
+        ],
+        "$defs": components,
+    }
+    order = components["OrderWire"]
+    order["if"] = {"properties": {"status": {"const": "created"}}}
+    order["then"] = {"required": ["items", "currency"], "properties": {"items": {"minItems": 1}}}
+    return schema
+
+
+if __name__ == "__main__":
+    sys.stdout.buffer.write(orjson.dumps(json_schema(), option=orjson.OPT_INDENT_2) + b"\n")

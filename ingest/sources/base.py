@@ -1,0 +1,34 @@
+"""What a source needs from the runtime: somewhere to put decoded frames, and hooks for health.
+
+Sources only read, decode with their format and hand the result on; they never talk to Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Protocol
+
+from ingest.model import Decoded
+
+
+class Sink(Protocol):
+    async def submit(self, source: str, items: Sequence[Decoded]) -> asyncio.Future[None]:
+        """Queue a decoded frame; waits while the buffer is full (backpressure).
+
+        The returned future completes once every item is committed (or dead-lettered), for
+        sources that acknowledge upstream only after the commit.
+        """
+        ...
+
+
+class Health(Protocol):
+    def connected(self, source: str, up: bool) -> None: ...
+
+    def reconnecting(self, source: str, reason: str, delay: float) -> None: ...
+
+    def received(self, source: str) -> None: ...
+
+
+class Format(Protocol):
+    def decode(self, frame: bytes | str) -> list[Decoded]: ...

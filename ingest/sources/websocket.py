@@ -1,0 +1,193 @@
+"""Websocket transports: a client that connects out, and a server that producers push to.
+
+Both only read frames, decode them with the source's format and submit the result. Reconnect
+policy of the client is one decision, here: every error is retried with exponential backoff and
+jitter except a bad URI; the backoff resets once a connection has stayed up
+``backoff_reset_after`` seconds. The library's own reconnect iterator is not used, so no second
+retry layer stacks on this one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidStatus,
+    InvalidURI,
+)
+from websockets.http11 import Request, Response
+
+from ingest.sources.backoff import Backoff
+from ingest.sources.base import Format, Health, Sink
+
+log = logging.getLogger(__name__)
+
+
+def retry_reason(exc: BaseException) -> str | None:
+    """Why a failed connection is worth retrying, or None if it is not (a bad URI)."""
+    if isinstance(exc, InvalidURI):
+        return None
+    if isinstance(exc, ConnectionClosed):
+        code = exc.rcvd.code if exc.rcvd is not None else None
+        return f"closed ({code})" if code is not None else "closed"
+    if isinstance(exc, InvalidStatus):
+        return f"http {exc.response.status_code}"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, OSError):
+        return "network"
+    return type(exc).__name__
+
+
+class WebsocketClientSource:
+    """Connects to a URL, optionally sends a subscribe message, and reads frames until cancelled."""
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        fmt: Format,
+        sink: Sink,
+        health: Health,
+        *,
+        subscribe: str | None = None,
+        headers: dict[str, str] | None = None,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        open_timeout: float = 10.0,
+        max_size: int = 1024 * 1024,
+        backoff: Backoff | None = None,
+        backoff_reset_after: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.url = url
+        self.fmt = fmt
+        self.sink = sink
+        self.health = health
+        self.subscribe = subscribe
+        self.headers = headers or {}
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.open_timeout = open_timeout
+        self.max_size = max_size
+        self.backoff = backoff or Backoff(0.5, 30.0)
+        self.backoff_reset_after = backoff_reset_after
+        self.clock = clock
+        self.connection: ClientConnection | None = None
+
+    async def run(self) -> None:
+        while True:
+            started = self.clock()
+            try:
+                await self._session()
+                reason = "closed"
+            except Exception as exc:
+                why = retry_reason(exc)
+                if why is None:
+                    raise
+                reason = why
+            finally:
+                self.connection = None
+                self.health.connected(self.name, False)
+            if self.clock() - started >= self.backoff_reset_after:
+                self.backoff.reset()
+            delay = self.backoff.next()
+            self.health.reconnecting(self.name, reason, delay)
+            await asyncio.sleep(delay)
+
+    async def _session(self) -> None:
+        async with connect(
+            self.url,
+            additional_headers=self.headers,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
+            open_timeout=self.open_timeout,
+            max_size=self.max_size,
+            proxy=None,
+        ) as ws:
+            self.connection = ws
+            self.health.connected(self.name, True)
+            if self.subscribe is not None:
+                await ws.send(self.subscribe)
+            async for frame in ws:
+                self.health.received(self.name)
+                await self.sink.submit(self.name, self.fmt.decode(frame))
+
+
+class WebsocketServerSource:
+    """Listens on host:port; producers connect to ``path`` with ``Authorization: Bearer <token>``
+    and push frames. Each connection is read independently; a bad frame never closes it."""
+
+    def __init__(
+        self,
+        name: str,
+        fmt: Format,
+        sink: Sink,
+        health: Health,
+        *,
+        host: str,
+        port: int,
+        path: str,
+        token: str,
+        max_size: int = 1024 * 1024,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+    ) -> None:
+        self.name = name
+        self.host = host
+        self.port = port
+        self.path = path
+        self._token = f"Bearer {token}".encode()
+        self.fmt = fmt
+        self.sink = sink
+        self.health = health
+        self.max_size = max_size
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.server: Server | None = None
+        self.ready = asyncio.Event()
+
+    def _authorise(self, connection: ServerConnection, request: Request) -> Response | None:
+        if request.path.split("?", 1)[0] != self.path:
+            return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
+        offered = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(offered, self._token):
+            response = connection.respond(HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="livestream-ingester"'
+            return response
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for frame in ws:
+                self.health.received(self.name)
+                await self.sink.submit(self.name, self.fmt.decode(frame))
+
+    async def run(self) -> None:
+        async with serve(
+            self._handle,
+            self.host,
+            self.port,
+            process_request=self._authorise,
+            max_size=self.max_size,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
+        ) as server:
+            self.server = server
+            self.port = server.sockets[0].getsockname()[1] if self.port == 0 else self.port
+            self.health.connected(self.name, True)
+            self.ready.set()
+            try:
+                await server.serve_forever()
+            finally:
+                self.health.connected(self.name, False)

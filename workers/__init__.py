@@ -1,0 +1,1 @@
+"""The runtime: runs sources, batches, commits to Redis, exports metrics."""

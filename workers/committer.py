@@ -1,0 +1,237 @@
+"""The bounded buffer between sources and Redis, and the batching committer behind it.
+
+Sources ``submit`` decoded frames; when ``capacity`` events wait uncommitted, ``submit`` waits
+(backpressure). ``max_in_flight`` workers each take a batch of whole frames and commit it in one
+Redis round trip. A worker commits at once when nothing else is in flight (low latency at low
+rates); otherwise it waits up to ``max_delay`` for a fuller batch. A failed commit is retried with
+backoff until it succeeds — the commit is idempotent — while the buffer fills and sources wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+
+import structlog
+from redis.exceptions import RedisError
+
+from ingest.model import UNKNOWN_KIND, Decoded, Event, Rejection
+from ingest.sources.backoff import Backoff
+from workers.logs import Throttle
+from workers.metrics import HealthMetrics
+from workers.store import DeadLetter, Store
+
+log = structlog.get_logger("committer")
+
+
+@dataclasses.dataclass(slots=True)
+class _Frame:
+    source: str
+    items: Sequence[Decoded]
+    future: asyncio.Future[None]
+    arrived: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BatchSettings:
+    max_events: int = 1000
+    max_delay: float = 0.005
+    max_in_flight: int = 2
+    capacity: int = 50_000
+
+
+class Committer:
+    """Owns the buffer and the commit workers; run it inside the runtime's task group."""
+
+    def __init__(
+        self,
+        store: Store,
+        health: HealthMetrics,
+        settings: BatchSettings,
+        *,
+        log_interval: float = 10.0,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.health = health
+        self.settings = settings
+        self.clock = clock
+        self.monotonic = monotonic
+        self._frames: collections.deque[_Frame] = collections.deque()
+        self._buffered = 0
+        self._in_flight = 0
+        self._data = asyncio.Event()
+        self._full = asyncio.Event()
+        self._space = asyncio.Event()
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self._throttle = Throttle(log_interval, monotonic)
+        self._outcomes: dict[tuple[str, str, str], int] = collections.Counter()
+
+    @property
+    def buffered(self) -> int:
+        """Events submitted and not yet committed (including those being committed)."""
+        return self._buffered
+
+    async def submit(self, source: str, items: Sequence[Decoded]) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not items:
+            future.set_result(None)
+            return future
+        while self._buffered >= self.settings.capacity:
+            self._space.clear()
+            await self._space.wait()
+        self._frames.append(_Frame(source, items, future, self.monotonic()))
+        self._buffered += len(items)
+        self.health.buffered.set(self._buffered)
+        self._empty.clear()
+        self._data.set()
+        if self._buffered >= self.settings.max_events:
+            self._full.set()
+        return future
+
+    async def run(self) -> None:
+        """Run the commit workers until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            for n in range(self.settings.max_in_flight):
+                group.create_task(self._worker(), name=f"committer.worker[{n}]")
+
+    async def flush(self) -> None:
+        """Wait until everything submitted so far is committed."""
+        await self._empty.wait()
+
+    async def _worker(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            self._in_flight += 1
+            try:
+                await self._commit(batch)
+            finally:
+                self._in_flight -= 1
+                done = sum(len(frame.items) for frame in batch)
+                self._buffered -= done
+                self.health.buffered.set(self._buffered)
+                self._space.set()
+                if self._buffered == 0:
+                    self._empty.set()
+
+    async def _next_batch(self) -> list[_Frame]:
+        settings = self.settings
+        while True:
+            while not self._frames:
+                self._data.clear()
+                await self._data.wait()
+            if self._in_flight and self._queued() < settings.max_events:
+                remaining = self._frames[0].arrived + settings.max_delay - self.monotonic()
+                if remaining > 0:
+                    self._full.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(remaining):
+                            await self._full.wait()
+            if not self._frames:
+                continue
+            batch: list[_Frame] = []
+            size = 0
+            while self._frames and (
+                not batch or size + len(self._frames[0].items) <= settings.max_events
+            ):
+                frame = self._frames.popleft()
+                batch.append(frame)
+                size += len(frame.items)
+            return batch
+
+    def _queued(self) -> int:
+        return sum(len(frame.items) for frame in self._frames)
+
+    async def _commit(self, batch: list[_Frame]) -> None:
+        events: list[Event] = []
+        sources: list[str] = []
+        dead: list[DeadLetter] = []
+        for frame in batch:
+            for item in frame.items:
+                if isinstance(item, Rejection):
+                    dead.append(DeadLetter(frame.source, item))
+                else:
+                    events.append(item)
+                    sources.append(frame.source)
+        try:
+            new = await self._commit_with_retry(events, dead)
+        except BaseException as exc:
+            for frame in batch:
+                if frame.future.done():
+                    continue
+                if isinstance(exc, Exception):
+                    frame.future.set_exception(exc)
+                    frame.future.exception()  # mark retrieved: nobody may be waiting
+                else:
+                    frame.future.cancel()
+            raise
+        self._account(events, sources, new, dead)
+        for frame in batch:
+            if not frame.future.done():
+                frame.future.set_result(None)
+
+    async def _commit_with_retry(self, events: list[Event], dead: list[DeadLetter]) -> list[bool]:
+        backoff = Backoff(0.05, 5.0)
+        while True:
+            started = self.monotonic()
+            try:
+                new = await self.store.commit(events, dead)
+            except (RedisError, OSError) as exc:
+                self.health.redis_up.set(0)
+                self.health.commit_errors.labels(type(exc).__name__).inc()
+                delay = backoff.next()
+                log.warning(
+                    "commit failed, retrying",
+                    error=type(exc).__name__,
+                    detail=str(exc)[:200],
+                    retry_in=round(delay, 3),
+                    events=len(events),
+                )
+                await asyncio.sleep(delay)
+                continue
+            self.health.redis_up.set(1)
+            self.health.commit_duration.observe(self.monotonic() - started)
+            self.health.batch_size.observe(len(events) + len(dead))
+            return new
+
+    def _account(
+        self, events: list[Event], sources: list[str], new: list[bool], dead: list[DeadLetter]
+    ) -> None:
+        health = self.health
+        now_ms = self.clock() * 1000
+        outcomes = self._outcomes
+        outcomes.clear()
+        lag_by_source: dict[str, list[float]] = collections.defaultdict(list)
+        for event, source, fresh in zip(events, sources, new, strict=True):
+            if fresh:
+                outcomes[source, event.kind.value, "accepted"] += 1
+                lag_by_source[source].append(max(0.0, (now_ms - event.ts_ms) / 1000))
+            else:
+                outcomes[source, event.kind.value, "duplicate"] += 1
+        for letter in dead:
+            rejection = letter.rejection
+            outcomes[letter.source, rejection.kind, "rejected"] += 1
+            health.rejections.labels(letter.source, rejection.reason.value).inc()
+            suppressed = self._throttle.allow((letter.source, rejection.reason))
+            if suppressed is not None:
+                log.warning(
+                    "rejected input",
+                    source=letter.source,
+                    reason=rejection.reason.value,
+                    kind=rejection.kind,
+                    stream=rejection.stream,
+                    detail=rejection.detail[:200],
+                    suppressed_since_last=suppressed,
+                )
+        for (source, kind, outcome), count in outcomes.items():
+            health.events.labels(source, kind or UNKNOWN_KIND, outcome).inc(count)
+        for source, lags in lag_by_source.items():
+            child = health.lag.labels(source)
+            for lag in lags:
+                child.observe(lag)

@@ -1,0 +1,285 @@
+"""Configuration: TOML plus environment overrides, validated once into frozen objects.
+
+Every problem is reported at once with where it is (``sources[1].url: ...``). Environment:
+``REDIS_URL`` sets ``redis.url``; ``LIVESTREAM__<SECTION>__<KEY>`` sets any key, with list
+indexes as numbers (``LIVESTREAM__SOURCES__0__URL``); values are read as TOML values when they
+parse as one (``5``, ``true``, ``["a"]``), else as strings. Secrets are named by ``*_env`` keys and
+read from the environment, never from the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ingest.native import PLATFORM_PATTERN, STREAM_PATTERN, NativeOptions
+from ingest.regions import DEFAULT_TABLES, RegionTable
+
+ENV_PREFIX = "LIVESTREAM__"
+DEFAULT_PLATFORMS = (
+    "tiktok",
+    "facebook",
+    "youtube",
+    "shopee",
+    "lazada",
+    "twitch",
+    "zalo",
+    "instagram",
+    "kick",
+    "shopify",
+    "website",
+)
+
+
+class ConfigError(Exception):
+    """Invalid configuration; ``errors`` lists every problem as "location: message"."""
+
+    def __init__(self, source: str, errors: list[str]) -> None:
+        super().__init__(f"{source}: {len(errors)} error(s)\n" + "\n".join(errors))
+        self.source = source
+        self.errors = errors
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"expected host:port, got {value!r}")
+    return value
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class RedisConfig(_Model):
+    url: str = "redis://127.0.0.1:6379/0"
+    socket_timeout: float = Field(5.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+
+class HttpConfig(_Model):
+    listen: Annotated[str, Field(description="host:port of /metrics, /healthz, /readyz")] = (
+        "127.0.0.1:9464"
+    )
+    _check = field_validator("listen")(lambda cls, v: _listen(v))
+
+
+class DedupConfig(_Model):
+    retention_hours: int = Field(48, ge=1, le=24 * 90)
+
+
+class BatchConfig(_Model):
+    max_events: int = Field(1000, ge=1, le=20_000)
+    max_delay_ms: float = Field(5.0, ge=0, le=1000)
+    max_in_flight: int = Field(2, ge=1, le=16)
+    buffer_events: int = Field(50_000, ge=1)
+
+
+class LabelsConfig(_Model):
+    platforms: tuple[Annotated[str, Field(pattern=PLATFORM_PATTERN)], ...] = DEFAULT_PLATFORMS
+    sku_limit: int = Field(200, ge=1, le=10_000)
+
+
+class DeadLetterConfig(_Model):
+    max_per_stream: int = Field(10_000, ge=1)
+
+
+class LogConfig(_Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["logfmt", "json"] = "logfmt"
+    rejection_interval_seconds: float = Field(10.0, ge=0)
+
+
+StreamName = Annotated[str, Field(pattern=STREAM_PATTERN)]
+
+
+class _SourceBase(_Model):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.:-]{0,63}$")]
+    format: Literal["native"] = "native"
+    stream: StreamName | None = None
+    streams: tuple[StreamName, ...] | None = None
+    max_frame_bytes: int = Field(256 * 1024, ge=64, le=64 * 1024 * 1024)
+    max_events_per_frame: int = Field(1000, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _default_allowed(self) -> _SourceBase:
+        if self.streams is not None and self.stream is not None and self.stream not in self.streams:
+            raise ValueError(f"stream {self.stream!r} is not in streams")
+        return self
+
+
+class WebsocketClientConfig(_SourceBase):
+    type: Literal["websocket-client"]
+    url: Annotated[str, Field(pattern=r"^wss?://")]
+    subscribe: str | None = None
+    headers: dict[str, str] = {}
+    token_env: str | None = None
+    ping_interval: float | None = Field(20.0, gt=0)
+    ping_timeout: float | None = Field(20.0, gt=0)
+    open_timeout: float = Field(10.0, gt=0)
+    max_size: int = Field(1024 * 1024, ge=1024)
+    backoff_initial: float = Field(0.5, gt=0)
+    backoff_max: float = Field(30.0, gt=0)
+    backoff_reset_after: float = Field(10.0, ge=0)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> WebsocketClientConfig:
+        if self.max_size < self.max_frame_bytes:
+            raise ValueError("max_size (connection limit) must be >= max_frame_bytes")
+        return self
+
+
+class WebsocketServerConfig(_SourceBase):
+    type: Literal["websocket-server"]
+    listen: str = "127.0.0.1:8765"
+    path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9/_.-]*$")] = "/ingest"
+    token_env: str
+    max_size: int = Field(1024 * 1024, ge=1024)
+    ping_interval: float | None = Field(20.0, gt=0)
+    ping_timeout: float | None = Field(20.0, gt=0)
+    _check = field_validator("listen")(lambda cls, v: _listen(v))
+
+
+SourceConfig = Annotated[WebsocketClientConfig | WebsocketServerConfig, Field(discriminator="type")]
+
+
+class Config(_Model):
+    redis: RedisConfig = RedisConfig()
+    http: HttpConfig = HttpConfig()
+    dedup: DedupConfig = DedupConfig()
+    batch: BatchConfig = BatchConfig()
+    labels: LabelsConfig = LabelsConfig()
+    dead_letters: DeadLetterConfig = DeadLetterConfig()
+    log: LogConfig = LogConfig()
+    regions: dict[
+        Annotated[str, Field(pattern=r"^[A-Z]{2}$")],
+        dict[Annotated[str, Field(pattern=r"^[^|]{1,64}$")], list[str]],
+    ] = {}
+    sources: list[SourceConfig] = []
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Config:
+        names = [source.name for source in self.sources]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"source names must be unique: {', '.join(duplicates)}")
+        return self
+
+    def region_table(self) -> RegionTable:
+        return RegionTable(DEFAULT_TABLES).merged(self.regions)
+
+    def native_options(self, source: _SourceBase, regions: RegionTable) -> NativeOptions:
+        return NativeOptions(
+            default_stream=source.stream,
+            allowed_streams=frozenset(source.streams) if source.streams is not None else None,
+            platforms=frozenset(self.labels.platforms),
+            max_frame_bytes=source.max_frame_bytes,
+            max_events_per_frame=source.max_events_per_frame,
+            regions=regions,
+        )
+
+
+def _env_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _apply(data: Any, path: list[str], value: Any) -> Any:
+    head, rest = path[0], path[1:]
+    if isinstance(data, list) and head.isdigit():
+        index = int(head)
+        while len(data) <= index:
+            data.append({})
+        data[index] = _apply(data[index], rest, value) if rest else value
+        return data
+    if not isinstance(data, dict):
+        data = {}
+    key = head.lower()
+    data[key] = (
+        _apply(data.get(key, [] if rest and rest[0].isdigit() else {}), rest, value)
+        if rest
+        else value
+    )
+    return data
+
+
+def apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Overlay ``LIVESTREAM__...`` variables and ``REDIS_URL`` on the parsed file."""
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
+            _apply(data, name[len(ENV_PREFIX) :].split("__"), _env_value(environ[name]))
+    if environ.get("REDIS_URL") and f"{ENV_PREFIX}REDIS__URL" not in environ:
+        _apply(data, ["redis", "url"], environ["REDIS_URL"])
+    return data
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part in ("websocket-client", "websocket-server") or re.fullmatch(r"function-.*", part):
+            continue
+        else:
+            text += f".{part}" if text else part
+    return text or "(top level)"
+
+
+def _secrets(config: Config, environ: Mapping[str, str]) -> list[str]:
+    errors = []
+    for index, source in enumerate(config.sources):
+        if source.token_env is not None and not environ.get(source.token_env):
+            errors.append(
+                f"sources[{index}].token_env: environment variable {source.token_env} is not set"
+            )
+    return errors
+
+
+def parse(data: dict[str, Any], origin: str, environ: Mapping[str, str] | None = None) -> Config:
+    """Validate parsed TOML (after environment overrides); raise ConfigError with every error."""
+    env = os.environ if environ is None else environ
+    data = apply_environment(data, env)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        errors = [f"{_location(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(origin, errors) from exc
+    problems = _secrets(config, env)
+    try:
+        config.region_table()
+    except ValueError as exc:
+        problems.append(f"regions: {exc}")
+    if problems:
+        raise ConfigError(origin, problems)
+    return config
+
+
+def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, override and validate a config file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from exc
+    return parse(data, str(path), environ)

@@ -1,0 +1,1 @@
+"""Demo data and feed for the livestream ingester."""

@@ -1,0 +1,162 @@
+"""``livestream-ingester demo``: a synthetic lychee sale, through the ordinary websocket source.
+
+The built-in feed server replays the sale (duplicates, a mid-stream disconnect with replay); an
+ingester configured from ``config/demo.toml`` consumes it, serves ``/metrics`` and a live view
+shows the totals it reads back from Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import structlog
+
+from workers import config as config_module
+from workers.demo.feed import FeedServer
+from workers.demo.sale import Expected, lychee_sale
+from workers.demo.view import View
+from workers.redis_server import NoRedisServer, RedisServer, ping
+from workers.runtime import Ingester
+from workers.store import StreamTotals
+
+log = structlog.get_logger("demo")
+
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+SETTLE_SECONDS = 10.0
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "demo.toml"
+NO_REDIS = (
+    "No Redis answers at {url} and there is no redis-server on PATH to start one: "
+    "install Redis (Debian: apt-get install redis-server) or set REDIS_URL to a running one."
+)
+
+
+@contextlib.contextmanager
+def redis_url() -> Iterator[str]:
+    """REDIS_URL (or the default) if it answers, else a private redis-server while we run."""
+    url = os.environ.get("REDIS_URL", DEFAULT_REDIS)
+    if ping(url):
+        yield url
+        return
+    try:
+        server = RedisServer()
+    except NoRedisServer:
+        raise SystemExit(NO_REDIS.format(url=url)) from None
+    server.start()
+    log.info("no Redis at REDIS_URL: started a private redis-server", url=server.url)
+    try:
+        yield server.url
+    finally:
+        server.close()
+
+
+def mismatches(expected: Expected, totals: StreamTotals) -> list[str]:
+    """Where counted totals differ from the sale's ground truth (HLL counts within 2%)."""
+
+    def flat(metric: str) -> dict[str, int]:
+        return {"|".join(k): v for k, v in totals.by(metric).items()}
+
+    def keyed(values: dict[tuple[str, str], int]) -> dict[str, int]:
+        return {"|".join(k): v for k, v in values.items()}
+
+    checks = {
+        "orders": (keyed(expected.orders), flat("orders")),
+        "grams": (keyed(expected.grams), flat("grams")),
+        "value": (keyed(expected.value_minor), flat("value")),
+        "cancelled": (keyed(expected.cancelled_orders), flat("cancelled")),
+        "cancelled_grams": (keyed(expected.cancelled_grams), flat("cancelled_grams")),
+        "sku_grams": (dict(expected.sku_grams), flat("sku_grams")),
+        "comments": (dict(expected.comments), flat("comments")),
+        "region": (keyed(expected.region_orders), flat("region")),
+        "viewers": (dict(expected.viewers), dict(totals.viewers)),
+    }
+    problems = [
+        f"{name}: expected {want}, counted {got}"
+        for name, (want, got) in checks.items()
+        if want != got
+    ]
+    for name, want, got in (
+        ("unique_buyers", expected.unique_buyers, totals.unique_buyers),
+        ("unique_commenters", expected.unique_commenters, totals.unique_commenters),
+    ):
+        if abs(got - want) > 0.02 * want:
+            problems.append(f"{name}: expected ~{want}, counted {got}")
+    return problems
+
+
+def demo_config(path: Path, feed_url: str, redis: str, http: str) -> config_module.Config:
+    environ = {
+        **os.environ,
+        "LIVESTREAM__SOURCES__0__URL": feed_url,
+        "LIVESTREAM__REDIS__URL": redis,
+        "LIVESTREAM__HTTP__LISTEN": http,
+    }
+    return config_module.load(path, environ)
+
+
+async def demo(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    stream = f"lucngan-{time.strftime('%Y%m%d-%H%M%S')}"
+    sale = lychee_sale(seed=args.seed, stream=stream)
+    with redis_url() as url:
+        async with FeedServer(sale, speed=args.speed) as feed:
+            path = Path(args.config) if args.config else DEMO_CONFIG
+            try:
+                config = demo_config(path, feed.url, url, args.http)
+            except config_module.ConfigError as exc:
+                print(f"invalid configuration: {exc}", file=sys.stderr)
+                return 2
+            ingester = Ingester(config)
+            ingester_stop = asyncio.Event()
+            running = asyncio.create_task(ingester.run(ingester_stop), name="demo.ingester")
+            view = View(sale, plain=args.plain or not sys.stdout.isatty())
+            try:
+                await ingester.started.wait()
+                host, _ = config_module.split_listen(args.http)
+                view.announce(url, f"http://{host}:{ingester.http_port}/metrics")
+                problems = await _watch(ingester, feed, view, stop, args.exit_when_done)
+            finally:
+                ingester_stop.set()
+                await running
+    if problems:
+        print("MISMATCH:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _watch(
+    ingester: Ingester, feed: FeedServer, view: View, stop: asyncio.Event, exit_when_done: bool
+) -> list[str]:
+    """Refresh the view until stopped (or, with exit_when_done, until the sale is counted).
+
+    Once the feed has sent everything and nothing is buffered, the totals must equal the sale's
+    ground truth; frames still in the socket get ``SETTLE_SECONDS`` to arrive.
+    """
+    stream = view.sale.stream
+    settled_since: float | None = None
+    with view:
+        while not stop.is_set():
+            (totals,) = await ingester.store.totals([stream])
+            view.update(totals, feed.sent, feed.total)
+            if feed.done.is_set() and ingester.committer.buffered == 0:
+                problems = mismatches(view.sale.expected, totals)
+                if not problems:
+                    view.finished()
+                    if exit_when_done:
+                        return []
+                settled_since = settled_since or time.monotonic()
+                if (
+                    problems
+                    and exit_when_done
+                    and time.monotonic() - settled_since > SETTLE_SECONDS
+                ):
+                    return problems
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(view.interval):
+                    await stop.wait()
+    return []

@@ -1,0 +1,149 @@
+"""The demo's terminal summary: a live rich table on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+import collections
+import sys
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Self
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from ingest.money import to_major
+from workers.demo.sale import Sale
+from workers.store import StreamTotals
+
+RATE_WINDOW = 10.0
+"""Seconds of history behind the per-minute rates."""
+
+
+class Rates:
+    """Per-minute rates of growing totals over a sliding window, with an injectable clock."""
+
+    def __init__(self, window: float = RATE_WINDOW, clock: Callable[[], float] = time.monotonic):
+        self.window = window
+        self.clock = clock
+        self._samples: collections.deque[tuple[float, dict[str, int]]] = collections.deque()
+
+    def add(self, values: dict[str, int]) -> dict[str, float]:
+        now = self.clock()
+        self._samples.append((now, values))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self.window:
+            self._samples.popleft()
+        then, old = self._samples[0]
+        span = now - then
+        if span <= 0:
+            return dict.fromkeys(values, 0.0)
+        return {k: (v - old.get(k, 0)) * 60 / span for k, v in values.items()}
+
+
+def summary(totals: StreamTotals) -> dict[str, int]:
+    return {
+        "grams": totals.total("grams"),
+        "orders": totals.total("orders"),
+        "comments": totals.total("comments"),
+        "cancelled": totals.total("cancelled"),
+    }
+
+
+class View:
+    """Renders a stream's totals; use as a context manager around the refresh loop."""
+
+    interval = 1.0
+
+    def __init__(self, sale: Sale, *, plain: bool) -> None:
+        self.sale = sale
+        self.plain = plain
+        self.rates = Rates()
+        self.console = Console()
+        self._live: Live | None = None
+        self._done = False
+        self._last_plain = 0.0
+
+    def __enter__(self) -> Self:
+        if not self.plain:
+            self._live = Live(console=self.console, refresh_per_second=4, transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._live is not None:
+            self._live.__exit__(exc_type, exc, tb)
+
+    def announce(self, redis_url: str, metrics_url: str) -> None:
+        print(
+            f"demo: stream {self.sale.stream}, Redis {redis_url}, metrics {metrics_url} "
+            "(Ctrl-C to stop)",
+            flush=True,
+        )
+
+    def finished(self) -> None:
+        if not self._done:
+            self._done = True
+            print("demo: the whole sale is counted; totals equal the expected ones", flush=True)
+
+    def update(self, totals: StreamTotals, sent: int, total: int) -> None:
+        values = summary(totals)
+        rates = self.rates.add(values)
+        if self._live is not None:
+            self._live.update(self._table(totals, values, rates, sent, total))
+        elif time.monotonic() - self._last_plain >= 2 * self.interval:
+            self._last_plain = time.monotonic()
+            top = ", ".join(f"{c} {g / 1000:,.0f} kg" for c, g in _top_countries(totals, 3))
+            print(
+                f"sent {sent}/{total}  sold {values['grams'] / 1e6:,.3f} t  "
+                f"orders {values['orders']} ({rates['orders']:,.0f}/min)  "
+                f"kg/min {rates['grams'] / 1000:,.0f}  "
+                f"comments {values['comments']} ({rates['comments']:,.0f}/min)  top: {top}",
+                file=sys.stdout,
+                flush=True,
+            )
+
+    def _table(
+        self,
+        totals: StreamTotals,
+        values: dict[str, int],
+        rates: dict[str, float],
+        sent: int,
+        total: int,
+    ) -> Table:
+        table = Table(title=f"Live sale {totals.stream}", show_header=False, min_width=60)
+        table.add_column("what", style="bold")
+        table.add_column("value", justify="right")
+        table.add_row("feed", f"{sent:,} / {total:,} deliveries")
+        table.add_row("sold", f"{values['grams'] / 1e6:,.3f} t")
+        table.add_row("orders", f"{values['orders']:,}  ({rates['orders']:,.0f}/min)")
+        table.add_row("kg per minute", f"{rates['grams'] / 1000:,.0f}")
+        table.add_row("comments", f"{values['comments']:,}  ({rates['comments']:,.0f}/min)")
+        table.add_row("cancelled", f"{values['cancelled']:,}")
+        for (_, currency), minor in sorted(_by_currency(totals).items()):
+            table.add_row(f"revenue {currency}", f"{to_major(minor, currency):,.2f}")
+        for country, grams in _top_countries(totals, 5):
+            table.add_row(f"  {country}", f"{grams / 1000:,.0f} kg")
+        table.add_row("unique buyers", f"{totals.unique_buyers:,}")
+        table.add_row("unique commenters", f"{totals.unique_commenters:,}")
+        table.add_row("viewers", ", ".join(f"{p} {n:,}" for p, n in sorted(totals.viewers.items())))
+        return table
+
+
+def _top_countries(totals: StreamTotals, n: int) -> list[tuple[str, int]]:
+    by_country: collections.Counter[str] = collections.Counter()
+    for (_, country), grams in totals.by("grams").items():
+        by_country[country] += grams
+    return by_country.most_common(n)
+
+
+def _by_currency(totals: StreamTotals) -> dict[tuple[str, str], int]:
+    merged: collections.Counter[tuple[str, str]] = collections.Counter()
+    for (_, currency), minor in totals.by("value").items():
+        merged["all", currency] += minor
+    return dict(merged)

@@ -1,0 +1,181 @@
+"""Prometheus metrics: per-process health, and business totals read from Redis at scrape time.
+
+Business totals are never accumulated in the process: :func:`business_families` turns what Redis
+holds into metric families, so every replica exposes the same values and a restart resets nothing.
+Aggregate them across replicas with ``max``, never ``sum``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+
+from ingest.money import to_major
+from workers import keys
+from workers.store import StreamTotals
+
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
+BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+
+
+class HealthMetrics:
+    """The process's own health, in a registry of its own (one per ingester instance)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.events = Counter(
+            "livestream_ingest_events",
+            "Events handled, by source, kind and outcome (accepted, duplicate, rejected).",
+            ["source", "kind", "outcome"],
+            registry=r,
+        )
+        self.rejections = Counter(
+            "livestream_ingest_rejections",
+            "Inputs rejected and dead-lettered, by source and reason.",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.connected = Gauge(
+            "livestream_ingest_source_connected",
+            "1 while the source has a live connection (or is listening), else 0.",
+            ["source"],
+            registry=r,
+        )
+        self.reconnects = Counter(
+            "livestream_ingest_source_reconnects",
+            "Reconnection attempts, by source.",
+            ["source"],
+            registry=r,
+        )
+        self.last_event = Gauge(
+            "livestream_ingest_last_event_timestamp_seconds",
+            "Unix time at which the source last delivered an input.",
+            ["source"],
+            registry=r,
+        )
+        self.lag = Histogram(
+            "livestream_ingest_event_lag_seconds",
+            "Time from an accepted event's own timestamp to its commit in Redis.",
+            ["source"],
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.commit_duration = Histogram(
+            "livestream_ingest_commit_duration_seconds",
+            "Duration of one Redis commit round trip (all streams of a batch).",
+            buckets=COMMIT_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "livestream_ingest_commit_batch_events",
+            "Events (and dead letters) per Redis commit.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.commit_errors = Counter(
+            "livestream_ingest_commit_errors",
+            "Failed Redis commits (each is retried), by error type.",
+            ["error"],
+            registry=r,
+        )
+        self.buffered = Gauge(
+            "livestream_ingest_buffered_events",
+            "Events read but not yet committed.",
+            registry=r,
+        )
+        self.redis_up = Gauge(
+            "livestream_ingest_redis_up",
+            "1 if the last Redis commit or read succeeded, else 0.",
+            registry=r,
+        )
+        self.scrape_errors = Counter(
+            "livestream_ingest_totals_read_errors",
+            "Scrapes that could not read business totals from Redis.",
+            registry=r,
+        )
+
+    def add_source(self, name: str) -> None:
+        """Make a source's series exist (at zero) before its first event."""
+        self.connected.labels(name).set(0)
+        self.reconnects.labels(name)
+
+
+def business_families(totals: Sequence[StreamTotals]) -> Iterator[Metric]:
+    """The metrics contract, from a snapshot of every stream's totals."""
+
+    def counter(name: str, doc: str, labels: list[str]) -> CounterMetricFamily:
+        return CounterMetricFamily(name, doc, labels=labels)
+
+    orders = counter("livestream_orders", "Orders created.", ["stream", "platform", "country"])
+    grams = counter("livestream_sold_grams", "Grams ordered.", ["stream", "platform", "country"])
+    value = counter(
+        "livestream_order_value",
+        "Value of orders created, in major units of the currency.",
+        ["stream", "platform", "currency"],
+    )
+    cancelled = counter(
+        "livestream_cancelled_orders", "Orders cancelled.", ["stream", "platform", "country"]
+    )
+    cancelled_grams = counter(
+        "livestream_cancelled_grams",
+        "Grams of cancelled orders.",
+        ["stream", "platform", "country"],
+    )
+    sku = counter("livestream_sku_sold_grams", "Grams ordered per SKU.", ["stream", "sku"])
+    comments = counter("livestream_comments", "Chat comments.", ["stream", "platform"])
+    regions = counter(
+        "livestream_region_orders", "Orders by region.", ["stream", "country", "region"]
+    )
+    commenters = GaugeMetricFamily(
+        "livestream_unique_commenters", "Distinct commenters (HyperLogLog).", labels=["stream"]
+    )
+    buyers = GaugeMetricFamily(
+        "livestream_unique_buyers", "Distinct buyers (HyperLogLog).", labels=["stream"]
+    )
+    viewers = GaugeMetricFamily(
+        "livestream_viewers", "Latest viewer count by event time.", labels=["stream", "platform"]
+    )
+    plain: list[tuple[CounterMetricFamily, str]] = [
+        (orders, keys.ORDERS),
+        (grams, keys.GRAMS),
+        (cancelled, keys.CANCELLED),
+        (cancelled_grams, keys.CANCELLED_GRAMS),
+        (sku, keys.SKU_GRAMS),
+        (comments, keys.COMMENTS),
+        (regions, keys.REGION_ORDERS),
+    ]
+    for stream in totals:
+        for family, field in plain:
+            for labels, number in sorted(stream.by(field).items()):
+                family.add_metric([stream.stream, *labels], number)
+        for (platform, currency), minor in sorted(stream.by(keys.VALUE).items()):
+            value.add_metric([stream.stream, platform, currency], to_major(minor, currency))
+        commenters.add_metric([stream.stream], stream.unique_commenters)
+        buyers.add_metric([stream.stream], stream.unique_buyers)
+        for platform, count in sorted(stream.viewers.items()):
+            viewers.add_metric([stream.stream, platform], count)
+    yield from (orders, grams, value, cancelled, cancelled_grams, sku, comments, regions)
+    yield from (commenters, buyers, viewers)
+
+
+class _Families:
+    """A registry-like view of ready metric families, for ``generate_latest``."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> list[Metric]:
+        return self._families
+
+
+def exposition(health: HealthMetrics, totals: Sequence[StreamTotals] | None) -> bytes:
+    """The text exposition: business families (if Redis answered) and health metrics."""
+    parts = [generate_latest(health.registry)]
+    if totals is not None:
+        parts.insert(0, generate_latest(_Families(business_families(totals))))
+    return b"".join(parts)

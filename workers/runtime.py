@@ -1,0 +1,240 @@
+"""The ingester process: sources, the committer and the HTTP endpoint, owned by one task group.
+
+Shutdown is staged: stop reading (cancel the sources), flush what was read within a deadline,
+then cancel the committer and close Redis. Cancellation is re-raised after cleanup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Protocol
+
+import structlog
+from aiohttp import web
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from ingest.native import NativeFormat
+from ingest.sources.backoff import Backoff
+from ingest.sources.websocket import WebsocketClientSource, WebsocketServerSource
+from workers.committer import BatchSettings, Committer
+from workers.config import (
+    Config,
+    SourceConfig,
+    WebsocketClientConfig,
+    WebsocketServerConfig,
+    split_listen,
+)
+from workers.metrics import HealthMetrics, exposition
+from workers.store import Store, StoreSettings
+
+log = structlog.get_logger("runtime")
+
+SCRAPE_TIMEOUT = 5.0
+
+
+class Source(Protocol):
+    name: str
+
+    async def run(self) -> None: ...
+
+
+class SourceHealth:
+    """The sources' health hooks: metrics and one log line per state change."""
+
+    def __init__(self, metrics: HealthMetrics, clock: Callable[[], float] = time.time) -> None:
+        self.metrics = metrics
+        self.clock = clock
+        self._up: dict[str, bool] = {}
+
+    def connected(self, source: str, up: bool) -> None:
+        if up:
+            log.info("source connected", source=source)
+        elif self._up.get(source):  # log transitions only, not every failed attempt
+            log.warning("source disconnected", source=source)
+        self._up[source] = up
+        self.metrics.connected.labels(source).set(1 if up else 0)
+
+    def reconnecting(self, source: str, reason: str, delay: float) -> None:
+        self.metrics.reconnects.labels(source).inc()
+        log.info("source reconnecting", source=source, reason=reason, delay=round(delay, 3))
+
+    def received(self, source: str) -> None:
+        self.metrics.last_event.labels(source).set(self.clock())
+
+
+def redis_client(url: str, socket_timeout: float) -> Redis:
+    """A client with the library's retries off: the committer owns the one retry policy."""
+    return Redis.from_url(
+        url,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+def build_source(
+    config: SourceConfig,
+    fmt: NativeFormat,
+    committer: Committer,
+    health: SourceHealth,
+    environ: Mapping[str, str],
+) -> Source:
+    match config:
+        case WebsocketClientConfig():
+            headers = dict(config.headers)
+            if config.token_env:
+                headers["Authorization"] = f"Bearer {environ[config.token_env]}"
+            return WebsocketClientSource(
+                config.name,
+                config.url,
+                fmt,
+                committer,
+                health,
+                subscribe=config.subscribe,
+                headers=headers,
+                ping_interval=config.ping_interval,
+                ping_timeout=config.ping_timeout,
+                open_timeout=config.open_timeout,
+                max_size=config.max_size,
+                backoff=Backoff(config.backoff_initial, config.backoff_max),
+                backoff_reset_after=config.backoff_reset_after,
+            )
+        case WebsocketServerConfig():
+            host, port = split_listen(config.listen)
+            return WebsocketServerSource(
+                config.name,
+                fmt,
+                committer,
+                health,
+                host=host,
+                port=port,
+                path=config.path,
+                token=environ[config.token_env],
+                max_size=config.max_size,
+                ping_interval=config.ping_interval,
+                ping_timeout=config.ping_timeout,
+            )
+
+
+class Ingester:
+    """One ingester process's worth of components. ``await run(stop)`` until ``stop`` is set."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        environ: Mapping[str, str] | None = None,
+        shutdown_deadline: float = 10.0,
+        now_override: int | None = None,
+    ) -> None:
+        self.config = config
+        self.environ = os.environ if environ is None else environ
+        self.shutdown_deadline = shutdown_deadline
+        self.metrics = HealthMetrics()
+        self.redis = redis_client(config.redis.url, config.redis.socket_timeout)
+        self.store = Store(
+            self.redis,
+            StoreSettings(
+                retention_seconds=config.dedup.retention_hours * 3600,
+                sku_limit=config.labels.sku_limit,
+                dead_letter_max=config.dead_letters.max_per_stream,
+                now_override=now_override,
+            ),
+        )
+        batch = config.batch
+        self.committer = Committer(
+            self.store,
+            self.metrics,
+            BatchSettings(
+                max_events=batch.max_events,
+                max_delay=batch.max_delay_ms / 1000,
+                max_in_flight=batch.max_in_flight,
+                capacity=batch.buffer_events,
+            ),
+            log_interval=config.log.rejection_interval_seconds,
+        )
+        self.health = SourceHealth(self.metrics)
+        regions = config.region_table()
+        self.sources: list[Source] = []
+        for source in config.sources:
+            fmt = NativeFormat(config.native_options(source, regions))
+            self.sources.append(
+                build_source(source, fmt, self.committer, self.health, self.environ)
+            )
+            self.metrics.add_source(source.name)
+        self.http_port: int | None = None
+        self.started = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            async with self._http(), asyncio.TaskGroup() as group:
+                committing = group.create_task(self.committer.run(), name="committer")
+                reading = [
+                    group.create_task(source.run(), name=f"source[{source.name}].receive")
+                    for source in self.sources
+                ]
+                self.started.set()
+                log.info("ingester started", sources=len(reading), http_port=self.http_port)
+                await stop.wait()
+                log.info("stopping: no more reading", buffered=self.committer.buffered)
+                for task in reading:
+                    task.cancel()
+                await asyncio.gather(*reading, return_exceptions=True)
+                try:
+                    async with asyncio.timeout(self.shutdown_deadline):
+                        await asyncio.shield(self.committer.flush())
+                    log.info("stopping: buffer flushed")
+                except TimeoutError:
+                    log.error("stopping: flush deadline passed", lost=self.committer.buffered)
+                committing.cancel()
+        finally:
+            await self.redis.aclose()
+
+    @contextlib.asynccontextmanager
+    async def _http(self) -> AsyncIterator[None]:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        host, port = split_listen(self.config.http.listen)
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self.http_port = int(runner.addresses[0][1])
+        try:
+            yield
+        finally:
+            await runner.cleanup()
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        try:
+            async with asyncio.timeout(SCRAPE_TIMEOUT):
+                totals = await self.store.totals()
+            self.metrics.redis_up.set(1)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("cannot read totals for a scrape", error=type(exc).__name__)
+            self.metrics.scrape_errors.inc()
+            self.metrics.redis_up.set(0)
+            totals = None
+        body = await asyncio.to_thread(exposition, self.metrics, totals)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        try:
+            async with asyncio.timeout(1.0):
+                await self.redis.ping()
+        except (RedisError, OSError, TimeoutError):
+            return web.Response(status=503, text="redis unreachable\n")
+        return web.Response(text="ready\n")
