@@ -192,9 +192,11 @@ while i <= #ARGV do
     i = i + 5
   elseif tag == 'v' then
     if new then
-      local platform, ts = ARGV[i + 3], tonumber(ARGV[i + 5])
-      local seen_ts = tonumber(redis.call('HGET', viewers, platform .. '|ts'))
-      if not seen_ts or ts >= seen_ts then
+      local platform, count, ts = ARGV[i + 3], tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
+      local last = redis.call('HMGET', viewers, platform, platform .. '|ts')
+      local last_count, last_ts = tonumber(last[1]), tonumber(last[2])
+      -- latest by event time; a tie keeps the larger count, so arrival order never matters
+      if not last_ts or ts > last_ts or (ts == last_ts and count > last_count) then
         redis.call('HSET', viewers, platform, ARGV[i + 4], platform .. '|ts', ARGV[i + 5])
       end
     end

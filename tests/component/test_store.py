@@ -1,0 +1,190 @@
+"""The atomic commit script against a real Redis: dedup, totals, cancellations, retention."""
+
+from __future__ import annotations
+
+import pytest
+from redis.asyncio import Redis
+
+from ingest.model import Comment, LineItem, Order, Reason, Rejection, Viewers
+from workers import keys
+from workers.keys import StreamKeys
+from workers.store import DeadLetter, Store, StoreSettings
+
+DAY = keys.GENERATION_SECONDS
+NOW = 40_000 * DAY  # a fixed generation boundary in 2079: keys expire long after the test
+
+
+def order(stream: str, oid: str, *, grams: int = 2000, country: str = "VN", **kw: object) -> Order:
+    fields: dict[str, object] = {
+        "buyer": f"b-{oid}",
+        "country": country,
+        "region": "Hà Nội" if country == "VN" else "unknown",
+        "currency": "VND",
+        "amount_minor": 120_000,
+        "grams": grams,
+        "items": (LineItem("VT01", grams),),
+    }
+    fields.update(kw)
+    return Order(stream, "shopee", oid, 1_750_000_000_000, False, **fields)  # type: ignore[arg-type]
+
+
+def cancel(stream: str, oid: str) -> Order:
+    return Order(stream, "shopee", oid, 1_750_000_100_000, cancelled=True)
+
+
+def comment(stream: str, cid: str, user: str = "u1") -> Comment:
+    return Comment(stream, "tiktok", cid, 1_750_000_000_000, user)
+
+
+def store(redis: Redis, **kw: int) -> Store:
+    settings = StoreSettings(now_override=kw.pop("now", NOW), **kw)
+    return Store(redis, settings)
+
+
+@pytest.mark.asyncio
+async def test_new_events_count_once_and_duplicates_are_reported(redis: Redis, stream: str) -> None:
+    s = store(redis)
+    events = [order(stream, "o1"), comment(stream, "c1"), comment(stream, "c2", "u2")]
+    assert await s.commit(events) == [True, True, True]
+    assert await s.commit([*events, comment(stream, "c3")]) == [False, False, False, True]
+    (totals,) = await s.totals([stream])
+    assert totals.by("orders") == {("shopee", "VN"): 1}
+    assert totals.by("grams") == {("shopee", "VN"): 2000}
+    assert totals.by("value") == {("shopee", "VND"): 120_000}
+    assert totals.by("comments") == {("tiktok",): 3}
+    assert totals.by("region") == {("VN", "Hà Nội"): 1}
+    assert totals.by("sku_grams") == {("VT01",): 2000}
+    assert totals.unique_commenters == 2
+    assert totals.unique_buyers == 1
+    assert stream in await s.streams()
+
+
+@pytest.mark.asyncio
+async def test_duplicates_within_one_batch_count_once(redis: Redis, stream: str) -> None:
+    s = store(redis)
+    o = order(stream, "o1")
+    assert await s.commit([o, o, comment(stream, "c"), o]) == [True, False, True, False]
+    (totals,) = await s.totals([stream])
+    assert totals.total("orders") == 1
+
+
+@pytest.mark.asyncio
+async def test_cancellation_is_a_new_event_and_uses_the_creation_labels(
+    redis: Redis, stream: str
+) -> None:
+    s = store(redis)
+    await s.commit([order(stream, "o1", grams=5000, country="JP")])
+    assert await s.commit([cancel(stream, "o1"), cancel(stream, "o1")]) == [True, False]
+    (totals,) = await s.totals([stream])
+    assert totals.by("cancelled") == {("shopee", "JP"): 1}
+    assert totals.by("cancelled_grams") == {("shopee", "JP"): 5000}
+    assert totals.by("orders") == {("shopee", "JP"): 1}
+
+
+@pytest.mark.asyncio
+async def test_cancellation_before_creation_counts_once_each(redis: Redis, stream: str) -> None:
+    s = store(redis)
+    assert await s.commit([cancel(stream, "o9")]) == [True]
+    (totals,) = await s.totals([stream])
+    assert totals.total("cancelled") == 0  # labels unknown until the creation arrives
+    assert await s.commit([order(stream, "o9", grams=3000), cancel(stream, "o9")]) == [True, False]
+    (totals,) = await s.totals([stream])
+    assert totals.by("orders") == {("shopee", "VN"): 1}
+    assert totals.by("cancelled") == {("shopee", "VN"): 1}
+    assert totals.by("cancelled_grams") == {("shopee", "VN"): 3000}
+    assert await redis.hget(StreamKeys(stream).orders, "o9") is None
+
+
+@pytest.mark.asyncio
+async def test_a_retried_batch_changes_nothing(redis: Redis, stream: str) -> None:
+    s = store(redis)
+    batch = [order(stream, f"o{i}") for i in range(50)] + [cancel(stream, "o3")]
+    await s.commit(batch)
+    before = await redis.hgetall(StreamKeys(stream).totals)
+    assert await s.commit(batch) == [False] * len(batch)
+    assert await redis.hgetall(StreamKeys(stream).totals) == before
+
+
+@pytest.mark.asyncio
+async def test_skus_beyond_the_limit_are_labelled_other(redis: Redis, stream: str) -> None:
+    s = store(redis, sku_limit=2)
+    events = [
+        order(stream, f"o{sku}", items=(LineItem(sku, 1000),), grams=1000)
+        for sku in ("A", "B", "C", "A", "D")
+    ]
+    await s.commit(events[:3])
+    await s.commit(events[3:])
+    (totals,) = await s.totals([stream])
+    assert totals.by("sku_grams") == {("A",): 1000, ("B",): 1000, ("other",): 2000}
+
+
+@pytest.mark.asyncio
+async def test_viewers_keep_the_latest_by_event_time(redis: Redis, stream: str) -> None:
+    s = store(redis)
+    late, early = (
+        Viewers(stream, "tiktok", "v2", 2_000, 300),
+        Viewers(stream, "tiktok", "v1", 1_000, 100),
+    )
+    await s.commit([late])
+    await s.commit([early, Viewers(stream, "youtube", "v3", 1_500, 7)])
+    (totals,) = await s.totals([stream])
+    assert totals.viewers == {"tiktok": 300, "youtube": 7}
+
+
+@pytest.mark.asyncio
+async def test_money_beyond_double_precision_stays_exact(redis: Redis, stream: str) -> None:
+    s = store(redis)
+    big = 2**53 + 1
+    await s.commit([order(stream, "o1", amount_minor=big), order(stream, "o2", amount_minor=big)])
+    (totals,) = await s.totals([stream])
+    assert totals.by("value") == {("shopee", "VND"): 2 * big}
+
+
+@pytest.mark.asyncio
+async def test_ids_are_remembered_for_the_retention_then_forgotten(
+    redis: Redis, stream: str
+) -> None:
+    retention = 2 * DAY
+    event = comment(stream, "c1")
+    assert await store(redis, now=NOW, retention_seconds=retention).commit([event]) == [True]
+    for later in (NOW + DAY, NOW + retention, NOW + retention + DAY - 1):
+        s = store(redis, now=later, retention_seconds=retention)
+        assert await s.commit([event]) == [False], later - NOW
+    # The fingerprint's generation is past every lookback: its set expires and the id is new.
+    s = store(redis, now=NOW + retention + DAY, retention_seconds=retention)
+    assert await s.commit([comment(stream, "c1")]) == [True]
+    shard, _ = keys.fingerprint(event.identity)
+    ttl_at = await redis.expiretime(f"{StreamKeys(stream).seen_prefix}{NOW // DAY}:{shard}")
+    assert ttl_at == (NOW // DAY + 3) * DAY
+
+
+@pytest.mark.asyncio
+async def test_dead_letters_are_kept_per_stream_and_capped(redis: Redis, stream: str) -> None:
+    s = Store(redis, StoreSettings(dead_letter_max=5))
+    bad = Rejection(Reason.MALFORMED_JSON, "broken", b"{nope", stream)
+    unrouted = Rejection(Reason.MISSING_STREAM, "no stream", b"{}", None)
+    await s.commit([], [DeadLetter("src", bad)] * 300 + [DeadLetter("src", unrouted)])
+    letters = await s.dead_letters(stream, count=1000)
+    assert 5 <= len(letters) < 300  # MAXLEN ~ trims whole nodes
+    assert letters[0]["reason"] == b"malformed_json"
+    assert letters[0]["raw"] == b"{nope"
+    assert letters[0]["source"] == b"src"
+    assert (await s.dead_letters(None))[0]["reason"] == b"missing_stream"
+    (totals,) = await s.totals([stream])
+    assert totals.counters == {}
+
+
+@pytest.mark.asyncio
+async def test_memory_per_remembered_id_is_small(redis: Redis, stream: str) -> None:
+    """100k fingerprints in intsets: far below the ~130 B of a key with a TTL per id."""
+    s = store(redis)
+    n = 100_000
+    for start in range(0, n, 5000):
+        await s.commit([comment(stream, f"c{i}", "") for i in range(start, start + 5000)])
+    prefix = StreamKeys(stream).seen_prefix
+    total = 0
+    async for key in redis.scan_iter(match=f"{prefix}*", count=1000):
+        total += await redis.memory_usage(key) or 0
+    per_id = total / n
+    print(f"dedup memory: {per_id:.1f} bytes per remembered id ({n} ids)")
+    assert per_id < 20

@@ -1,0 +1,233 @@
+"""End-to-end helpers: a replaying feed server, ingester processes, and scraping /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from tests.conftest import UNIT
+from tests.waiting import until_sync
+from workers.demo.sale import Expected
+from workers.redis_server import free_port
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+@dataclasses.dataclass
+class Cursor:
+    position: int = 0
+    cut_done: bool = False
+    connections: int = 0
+
+
+class ReplayFeed:
+    """Sends the same frames to every client (``?client=<id>``), each at its own position.
+
+    A client is cut once after ``cut_after`` frames (close code 1012); any reconnect first re-sends
+    the last ``replay`` frames before its position, as a source that replays on reconnect does.
+    ``pause`` seconds between frames keep a run long enough to interrupt.
+    """
+
+    def __init__(
+        self, frames: Sequence[bytes], *, cut_after: int | None, replay: int, pause: float = 0
+    ) -> None:
+        self.frames = list(frames)
+        self.cut_after = cut_after
+        self.replay = replay
+        self.pause = pause
+        self.cursors: dict[str, Cursor] = {}
+        self.port = free_port()
+
+    def url(self, client: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/feed?client={client}"
+
+    def position(self, client: str) -> int:
+        cursor = self.cursors.get(client)
+        return cursor.position if cursor is not None else 0
+
+    def finished(self, client: str) -> bool:
+        return self.position(client) >= len(self.frames)
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        client = parse_qs(urlparse(ws.request.path).query)["client"][0]
+        cursor = self.cursors.setdefault(client, Cursor())
+        cursor.connections += 1
+        start = max(0, cursor.position - self.replay) if cursor.connections > 1 else 0
+        with contextlib.suppress(ConnectionClosed):
+            for index in range(start, len(self.frames)):
+                if self.cut_after is not None and index == self.cut_after and not cursor.cut_done:
+                    cursor.cut_done = True
+                    await ws.close(1012, "restart")
+                    return
+                await ws.send(self.frames[index].decode())
+                cursor.position = max(cursor.position, index + 1)
+                if self.pause:
+                    await asyncio.sleep(self.pause)
+                elif index % 64 == 0:
+                    await asyncio.sleep(0)
+            await ws.wait_closed()
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[ReplayFeed]:
+        async with serve(self._handle, "127.0.0.1", self.port):
+            yield self
+
+
+def write_config(path: Path, *, redis_url: str, http_port: int, sources: str) -> Path:
+    path.write_text(
+        f"""
+[redis]
+url = "{redis_url}"
+
+[http]
+listen = "127.0.0.1:{http_port}"
+
+[batch]
+max_delay_ms = 2
+
+[log]
+rejection_interval_seconds = 0
+
+{sources}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def client_source(name: str, url: str, stream: str | None = None) -> str:
+    default = f'stream = "{stream}"' if stream else ""
+    return f"""
+[[sources]]
+name = "{name}"
+type = "websocket-client"
+url = "{url}"
+{default}
+backoff_initial = 0.05
+backoff_max = 0.5
+"""
+
+
+class IngesterProcess:
+    """``livestream-ingester run`` as a user runs it, in a subprocess."""
+
+    def __init__(self, config: Path, http_port: int, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.http_port = http_port
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = config.with_suffix(f".{http_port}.log")
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "workers", "run", "-c", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+            )
+        until_sync(self._ready, 30, f"ingester on port {self.http_port} to serve /metrics")
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"ingester exited early:\n{self.log.read_text()}")
+        try:
+            return bool(scrape(self.http_port))
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10 * UNIT)
+
+    def terminate(self) -> int:
+        assert self.process is not None
+        self.process.terminate()
+        code = self.process.wait(30 * UNIT)
+        self.process = None
+        return code
+
+    def __enter__(self) -> IngesterProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+def scrape_text(port: int, path: str = "/metrics") -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5 * UNIT) as reply:
+        return str(reply.read().decode())
+
+
+def scrape(port: int) -> Samples:
+    samples: Samples = {}
+    for family in text_string_to_metric_families(scrape_text(port)):
+        for sample in family.samples:
+            samples[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+def select(samples: Samples, name: str, **match: str) -> dict[tuple[str, ...], float]:
+    """Samples of one metric whose labels include ``match``, keyed by their other label values."""
+    result = {}
+    for (sample_name, labels), value in samples.items():
+        label_map = dict(labels)
+        if sample_name == name and all(label_map.get(k) == v for k, v in match.items()):
+            rest = tuple(v for k, v in labels if k not in match)
+            result[rest] = value
+    return result
+
+
+def expected_samples(stream: str, expected: Expected) -> dict[str, dict[tuple[str, ...], float]]:
+    """The metrics contract's values for ``stream``, from a sale's ground truth.
+
+    Label order follows the exposition's sorted label names (e.g. country before platform).
+    """
+    decimals = {"VND": 0, "JPY": 0, "USD": 2, "AUD": 2}
+
+    def by_country(values: dict[tuple[str, str], int]) -> dict[tuple[str, ...], float]:
+        return {(country, platform): float(v) for (platform, country), v in values.items()}
+
+    return {
+        "livestream_orders_total": by_country(expected.orders),
+        "livestream_sold_grams_total": by_country(expected.grams),
+        "livestream_cancelled_orders_total": by_country(expected.cancelled_orders),
+        "livestream_cancelled_grams_total": by_country(expected.cancelled_grams),
+        "livestream_order_value_total": {
+            (currency, platform): v / 10 ** decimals[currency]
+            for (platform, currency), v in expected.value_minor.items()
+        },
+        "livestream_comments_total": {(p,): float(v) for p, v in expected.comments.items()},
+        "livestream_sku_sold_grams_total": {(s,): float(v) for s, v in expected.sku_grams.items()},
+        "livestream_region_orders_total": {
+            (country, region): float(v) for (country, region), v in expected.region_orders.items()
+        },
+        "livestream_viewers": {(p,): float(v) for p, v in expected.viewers.items()},
+    }
+
+
+def business(samples: Samples, stream: str) -> dict[str, dict[tuple[str, ...], float]]:
+    names = expected_samples(stream, _EMPTY).keys()
+    return {name: select(samples, name, stream=stream) for name in names}
+
+
+_EMPTY = Expected({}, {}, {}, {}, {}, {}, {}, {}, 0, 0, {})

@@ -1,0 +1,39 @@
+"""Waiting on conditions instead of sleeping."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from tests.conftest import UNIT
+
+POLL = 0.02
+
+
+async def until(
+    condition: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    timeout: float = 10.0,
+    message: str = "condition",
+) -> None:
+    """Poll ``condition`` (sync or async) until true; fail after ``timeout`` × UNIT seconds."""
+    deadline = time.monotonic() + timeout * UNIT
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message}")
+        await asyncio.sleep(POLL)
+
+
+def until_sync(
+    condition: Callable[[], bool], timeout: float = 10.0, message: str = "condition"
+) -> None:
+    deadline = time.monotonic() + timeout * UNIT
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message}")
+        time.sleep(POLL)
