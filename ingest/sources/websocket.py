@@ -37,7 +37,9 @@ def retry_reason(exc: BaseException) -> str | None:
     if isinstance(exc, InvalidURI):
         return None
     if isinstance(exc, ConnectionClosed):
-        code = exc.rcvd.code if exc.rcvd is not None else None
+        # The peer's close frame, or ours when we failed the connection (1009, keepalive 1011).
+        close = exc.rcvd or exc.sent
+        code = close.code if close is not None else None
         return f"closed ({code})" if code is not None else "closed"
     if isinstance(exc, InvalidStatus):
         return f"http {exc.response.status_code}"
@@ -84,10 +86,11 @@ class WebsocketClientSource:
         self.backoff_reset_after = backoff_reset_after
         self.clock = clock
         self.connection: ClientConnection | None = None
+        self._connected_at: float | None = None
 
     async def run(self) -> None:
         while True:
-            started = self.clock()
+            self._connected_at = None
             try:
                 await self._session()
                 reason = "closed"
@@ -99,7 +102,9 @@ class WebsocketClientSource:
             finally:
                 self.connection = None
                 self.health.connected(self.name, False)
-            if self.clock() - started >= self.backoff_reset_after:
+            # Only a connection that stayed up resets; a slow failed attempt does not.
+            up_since = self._connected_at
+            if up_since is not None and self.clock() - up_since >= self.backoff_reset_after:
                 self.backoff.reset()
             delay = self.backoff.next()
             self.health.reconnecting(self.name, reason, delay)
@@ -116,6 +121,7 @@ class WebsocketClientSource:
             proxy=None,
         ) as ws:
             self.connection = ws
+            self._connected_at = self.clock()
             self.health.connected(self.name, True)
             if self.subscribe is not None:
                 await ws.send(self.subscribe)
@@ -147,7 +153,7 @@ class WebsocketServerSource:
         self.host = host
         self.port = port
         self.path = path
-        self._token = f"Bearer {token}".encode()
+        self._token = token.encode()
         self.fmt = fmt
         self.sink = sink
         self.health = health
@@ -160,8 +166,9 @@ class WebsocketServerSource:
     def _authorise(self, connection: ServerConnection, request: Request) -> Response | None:
         if request.path.split("?", 1)[0] != self.path:
             return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
-        offered = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(offered, self._token):
+        scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
+        # The scheme is case-insensitive (RFC 9110); the token is compared in constant time.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(offered.encode(), self._token):
             response = connection.respond(HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
             response.headers["WWW-Authenticate"] = 'Bearer realm="livestream-ingester"'
             return response

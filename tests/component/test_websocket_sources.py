@@ -1,0 +1,617 @@
+"""Component tests for the websocket sources over real connections on 127.0.0.1.
+
+No Redis: a recording Sink and Health stand in for the runtime. Backoff uses an rng that always
+returns 1.0, so every delay is exactly its ceiling: 0.01, 0.02, 0.04, 0.08, 0.08, ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus, InvalidURI
+from websockets.frames import CloseCode
+from websockets.protocol import State
+
+from ingest.model import Comment, Order, Reason, Viewers
+from ingest.native import NativeFormat, NativeOptions
+from ingest.sources.backoff import Backoff
+from ingest.sources.websocket import WebsocketClientSource, WebsocketServerSource
+from tests.conftest import UNIT
+from tests.recorders import ManualClock, RecordingHealth, RecordingSink, running
+from tests.waiting import until
+
+HOST = "127.0.0.1"
+STREAM = "live-1"
+MAX_FRAME_BYTES = 1024
+"""What the format accepts; frames between this and ``MAX_SIZE`` are dead-lettered as oversize."""
+MAX_SIZE = 4096
+"""What websockets accepts; a bigger frame closes the connection with 1009."""
+TOKEN = "s3cret-producer-token"
+PATH = "/ingest"
+WAIT = 5.0
+"""Upper bound, in UNIT seconds, of any single wait on a condition."""
+
+
+def bounded() -> asyncio.Timeout:
+    """An overall bound on a test's awaits, on top of the bound of each ``until``."""
+    return asyncio.timeout(20 * UNIT)
+
+
+def native() -> NativeFormat:
+    return NativeFormat(
+        NativeOptions(
+            default_stream=STREAM,
+            platforms=frozenset({"tiktok"}),
+            max_frame_bytes=MAX_FRAME_BYTES,
+        )
+    )
+
+
+def backoff() -> Backoff:
+    return Backoff(0.01, 0.08, rng=lambda: 1.0)
+
+
+def event(event_id: str, kind: str = "comment", **fields: Any) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "id": event_id,
+        "ts": "2024-05-01T12:00:00Z",
+        "platform": "tiktok",
+        "user": "u1",
+        **fields,
+    }
+
+
+def frame(event_id: str, kind: str = "comment", **fields: Any) -> str:
+    return orjson.dumps(event(event_id, kind, **fields)).decode()
+
+
+def oversize_frame() -> str:
+    """A frame the format rejects as oversize but websockets lets through."""
+    text = frame("big", text="x" * (MAX_FRAME_BYTES + 500))
+    assert MAX_FRAME_BYTES < len(text) < MAX_SIZE
+    return text
+
+
+def too_big_frame() -> str:
+    """A frame websockets refuses: more than ``MAX_SIZE`` bytes."""
+    text = frame("huge", text="x" * (MAX_SIZE + 500))
+    assert len(text) > MAX_SIZE
+    return text
+
+
+INVALID_UTF8 = (
+    b'{"kind":"comment","id":"bad-\xff\xfe","ts":"2024-05-01T12:00:00Z","platform":"tiktok"}'
+)
+"""Binary frame: websockets does not check binary frames for UTF-8, the format must."""
+
+
+def client_source(
+    url: str, sink: RecordingSink, health: RecordingHealth, **options: Any
+) -> WebsocketClientSource:
+    options.setdefault("backoff", backoff())
+    options.setdefault("open_timeout", 2 * UNIT)
+    options.setdefault("max_size", MAX_SIZE)
+    return WebsocketClientSource("feed", url, native(), sink, health, **options)
+
+
+class ScriptedServer:
+    """A websocket server the test drives: it records every connection and what it receives;
+    the test sends and closes through ``connections``. Created bound but, with
+    ``listening=False``, refusing connections until ``listen()``."""
+
+    def __init__(self, *, listening: bool = True) -> None:
+        self.listening = listening
+        self.connections: list[ServerConnection] = []
+        self.received: list[list[str | bytes]] = []
+        self._server: Server | None = None
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        self.connections.append(ws)
+        inbox: list[str | bytes] = []
+        self.received.append(inbox)
+        with contextlib.suppress(ConnectionClosed):
+            async for message in ws:
+                inbox.append(message)
+
+    async def __aenter__(self) -> ScriptedServer:
+        self._server = await serve(
+            self._handler, HOST, 0, ping_interval=None, start_serving=self.listening
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def listen(self) -> None:
+        assert self._server is not None
+        await self._server.start_serving()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        port = self._server.sockets[0].getsockname()[1]
+        return f"ws://{HOST}:{port}/feed"
+
+    def latest(self) -> ServerConnection:
+        return self.connections[-1]
+
+
+Session = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class RawServer:
+    """A bare TCP server running ``session`` on every connection; for peers a websockets server
+    cannot play (one that never completes the handshake, one that never answers pings)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.accepted = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._server: asyncio.Server | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self.session(reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+            self._tasks.discard(task)
+
+    async def __aenter__(self) -> RawServer:
+        self._server = await asyncio.start_server(self._serve, HOST, 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._server.wait_closed()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        port = self._server.sockets[0].getsockname()[1]
+        return f"ws://{HOST}:{port}/feed"
+
+
+async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Accept the TCP connection, never answer the opening handshake."""
+    await reader.read()
+
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+class DeafWebsocket:
+    """Completes the opening handshake and sends one event, then reads but never answers: no
+    pong to any ping. Hangs up when the client sends its close frame, recording the code."""
+
+    def __init__(self) -> None:
+        self.close_codes: list[int] = []
+        self.pings = 0
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in request.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
+        payload = frame(f"deaf-{len(self.close_codes)}").encode()
+        assert len(payload) < 126
+        writer.write(bytes([0x81, len(payload)]) + payload)  # FIN + text, unmasked
+        await writer.drain()
+        while True:
+            head = await reader.readexactly(2)
+            opcode, length = head[0] & 0x0F, head[1] & 0x7F
+            if length == 126:
+                length = int.from_bytes(await reader.readexactly(2), "big")
+            elif length == 127:
+                length = int.from_bytes(await reader.readexactly(8), "big")
+            mask = await reader.readexactly(4)
+            data = bytes(b ^ mask[i % 4] for i, b in enumerate(await reader.readexactly(length)))
+            if opcode == 0x9:
+                self.pings += 1
+            elif opcode == 0x8:
+                self.close_codes.append(int.from_bytes(data[:2], "big"))
+                return
+
+
+# --- WebsocketClientSource ------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_client_submits_decoded_frames() -> None:
+    sink, health = RecordingSink(), RecordingHealth()
+    async with ScriptedServer() as server, bounded():
+        source = client_source(server.url, sink, health)
+        async with running(source.run()):
+            await until(lambda: len(server.connections) == 1, WAIT, "a connection")
+            await server.latest().send(frame("c1"))
+            batch = [
+                event("v1", "viewers", count=42),
+                event("o1", "order", status="created", currency="EUR", amount="12.50",
+                      items=[{"sku": "lychee-1kg", "qty": 2, "grams": 1000}]),
+            ]  # fmt: skip
+            await server.latest().send(orjson.dumps(batch).decode())
+            await until(lambda: len(sink.events) == 3, WAIT, "three events")
+
+    assert sink.sources == {"feed"}
+    assert [len(items) for _, items in sink.frames] == [1, 2]
+    comment, viewers, order = sink.events
+    assert isinstance(comment, Comment)
+    assert (comment.id, comment.stream, comment.platform, comment.user) == (
+        "c1", STREAM, "tiktok", "u1",
+    )  # fmt: skip
+    assert isinstance(viewers, Viewers)
+    assert (viewers.id, viewers.count) == ("v1", 42)
+    assert isinstance(order, Order)
+    assert (order.id, order.currency, order.amount_minor, order.grams) == ("o1", "EUR", 1250, 2000)
+    assert sink.reasons == []
+    assert health.received_count == 2
+    assert health.story() == ["up", "down"]  # down: reported when the task is cancelled
+
+
+@pytest.mark.asyncio
+async def test_client_subscribes_on_first_connection_and_after_every_reconnect() -> None:
+    subscribe = orjson.dumps({"op": "subscribe", "streams": [STREAM]}).decode()
+    sink, health = RecordingSink(), RecordingHealth()
+    async with ScriptedServer() as server, bounded():
+        source = client_source(server.url, sink, health, subscribe=subscribe)
+        async with running(source.run()):
+            for attempt in range(1, 4):
+                await until(lambda n=attempt: len(server.connections) == n, WAIT, "a connection")
+                await until(lambda: len(server.received[-1]) == 1, WAIT, "the subscribe message")
+                await server.latest().close(CloseCode.SERVICE_RESTART, "restart")
+
+    assert server.received == [[subscribe]] * 3
+
+
+@pytest.mark.asyncio
+async def test_client_reconnects_by_itself_after_the_server_closes() -> None:
+    sink, health = RecordingSink(), RecordingHealth()
+    async with ScriptedServer() as server, bounded():
+        source = client_source(server.url, sink, health)
+        async with running(source.run()):
+            await until(lambda: health.ups == 1, WAIT, "connected")
+            await server.latest().send(frame("before"))
+            await until(lambda: sink.event_ids == ["before"], WAIT, "the first event")
+            await server.latest().close(CloseCode.SERVICE_RESTART, "restart")
+
+            await until(lambda: health.ups == 2, WAIT, "connected again")
+            assert health.story() == ["up", "down", "retry closed (1012) after 0.01", "up"]
+            assert len(server.connections) == 2
+            await server.latest().send(frame("after"))
+            await until(lambda: len(sink.events) == 2, WAIT, "the event after the reconnect")
+
+    assert sink.event_ids == ["before", "after"]
+
+
+@pytest.mark.asyncio
+async def test_client_backs_off_exponentially_while_refused_then_connects() -> None:
+    sink, health = RecordingSink(), RecordingHealth()
+    async with ScriptedServer(listening=False) as server, bounded():
+        source = client_source(server.url, sink, health)
+        async with running(source.run()):
+            await until(lambda: len(health.retries) >= 6, WAIT, "six refused attempts")
+            assert health.ups == 0
+            await server.listen()
+            await until(lambda: health.ups == 1, WAIT, "connected once listening")
+            await server.latest().send(frame("first"))
+            await until(lambda: sink.event_ids == ["first"], WAIT, "an event")
+
+    refused = len(health.retries)
+    assert set(health.reasons) == {"network"}
+    assert health.delays == [0.01, 0.02, 0.04, 0.08] + [0.08] * (refused - 4)
+    assert health.story()[-2:] == ["up", "down"]  # up after the last refusal, down on cancel
+
+
+@pytest.mark.asyncio
+async def test_client_backoff_resets_only_after_a_connection_that_lived_long_enough() -> None:
+    """Short-lived connections keep growing the delay; one that stayed up ``backoff_reset_after``
+    (per the injected clock) starts it over."""
+    clock = ManualClock()
+    sink, health = RecordingSink(), RecordingHealth()
+    async with ScriptedServer() as server, bounded():
+        source = client_source(server.url, sink, health, clock=clock, backoff_reset_after=5.0)
+        async with running(source.run()):
+            for attempt, lifetime in enumerate([0.0, 4.9, 0.0, 5.0, 0.0], start=1):
+                await until(lambda n=attempt: health.ups == n, WAIT, f"connection {attempt}")
+                clock.advance(lifetime)
+                await server.latest().close(CloseCode.SERVICE_RESTART, "restart")
+                await until(lambda n=attempt: len(health.retries) == n, WAIT, "a retry")
+
+    assert set(health.reasons) == {"closed (1012)"}
+    # 0.0 and 4.9 s: no reset, grows; 0.0: grows; 5.0 s: reset, starts over; 0.0: grows again.
+    assert health.delays == [0.01, 0.02, 0.04, 0.01, 0.02]
+
+
+@pytest.mark.asyncio
+async def test_client_failed_attempts_never_reset_the_backoff_however_long_they_take() -> None:
+    """A server that accepts TCP but never answers the handshake: every attempt runs into
+    ``open_timeout``, longer than ``backoff_reset_after``. Never having been connected, the
+    attempts must not count as a healthy connection (with the defaults, open_timeout equals
+    backoff_reset_after, so a hanging peer would otherwise pin the delay at its minimum)."""
+    sink, health = RecordingSink(), RecordingHealth()
+    async with RawServer(silent) as server, bounded():
+        source = client_source(
+            server.url, sink, health, open_timeout=0.05, backoff_reset_after=0.04
+        )
+        async with running(source.run()):
+            await until(lambda: len(health.retries) >= 5, WAIT, "five timed-out attempts")
+
+    assert health.ups == 0
+    assert set(health.reasons) == {"timeout"}
+    assert health.delays[:5] == [0.01, 0.02, 0.04, 0.08, 0.08]
+
+
+@pytest.mark.asyncio
+async def test_client_keeps_the_connection_and_the_valid_events_around_bad_input() -> None:
+    sink, health = RecordingSink(), RecordingHealth()
+    async with ScriptedServer() as server, bounded():
+        source = client_source(server.url, sink, health)
+        async with running(source.run()):
+            await until(lambda: health.ups == 1, WAIT, "connected")
+            ws = server.latest()
+            await ws.send(frame("valid-1"))
+            await ws.send('{"kind": "comment", "id": ')
+            await ws.send(oversize_frame())
+            await ws.send(INVALID_UTF8)
+            await ws.send(frame("g1", "gift"))
+            await ws.send(frame("valid-2"))
+            await until(lambda: len(sink.frames) == 6, WAIT, "six submitted frames")
+            assert ws.state is State.OPEN
+
+    assert sink.event_ids == ["valid-1", "valid-2"]
+    assert sink.reasons == [
+        Reason.MALFORMED_JSON,
+        Reason.OVERSIZE,
+        Reason.INVALID_UTF8,
+        Reason.UNKNOWN_KIND,
+    ]
+    assert health.received_count == 6
+    assert len(server.connections) == 1
+    assert health.story() == ["up", "down"]  # never reconnected; down is the cancel
+
+
+@pytest.mark.asyncio
+async def test_client_frame_over_max_size_closes_with_1009_and_the_frame_is_lost() -> None:
+    """Documented behaviour: a frame bigger than ``max_size`` is not a rejection. websockets
+    fails the connection with 1009 (message too big) before the format sees the frame, so it is
+    neither submitted nor dead-lettered; the source reconnects and later frames arrive."""
+    sink, health = RecordingSink(), RecordingHealth()
+    async with ScriptedServer() as server, bounded():
+        source = client_source(server.url, sink, health)
+        async with running(source.run()):
+            await until(lambda: health.ups == 1, WAIT, "connected")
+            first = server.latest()
+            await first.send(frame("before"))
+            await first.send(too_big_frame())
+            await until(lambda: health.ups == 2, WAIT, "connected again")
+            await server.latest().send(frame("after"))
+            await until(lambda: len(sink.frames) == 2, WAIT, "the event after the reconnect")
+
+    assert first.close_code == CloseCode.MESSAGE_TOO_BIG
+    assert health.story()[:4] == ["up", "down", "retry closed (1009) after 0.01", "up"]
+    assert sink.event_ids == ["before", "after"]
+    assert sink.reasons == []
+
+
+@pytest.mark.asyncio
+async def test_client_detects_a_peer_that_stops_answering_pings_and_reconnects() -> None:
+    deaf = DeafWebsocket()
+    sink, health = RecordingSink(), RecordingHealth()
+    async with RawServer(deaf) as server, bounded():
+        source = client_source(server.url, sink, health, ping_interval=0.05, ping_timeout=0.05)
+        async with running(source.run()):
+            await until(lambda: health.ups >= 2, WAIT, "a reconnect after the ping timeout")
+            await until(lambda: len(sink.events) >= 2, WAIT, "an event on each connection")
+
+    assert deaf.pings >= 1
+    assert deaf.close_codes[0] == CloseCode.INTERNAL_ERROR  # "keepalive ping timeout"
+    # The client failed the connection itself; the reason carries the code it sent.
+    assert health.story()[:4] == ["up", "down", "retry closed (1011) after 0.01", "up"]
+    assert sink.event_ids[:2] == ["deaf-0", "deaf-1"]
+
+
+@pytest.mark.asyncio
+async def test_client_gives_up_on_a_bad_uri() -> None:
+    sink, health = RecordingSink(), RecordingHealth()
+    source = client_source("http://127.0.0.1/feed", sink, health)
+    async with bounded():
+        with pytest.raises(InvalidURI):
+            await source.run()
+    assert health.retries == []
+
+
+# --- WebsocketServerSource ------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def server_source(
+    sink: RecordingSink, health: RecordingHealth
+) -> AsyncIterator[WebsocketServerSource]:
+    source = WebsocketServerSource(
+        "push", native(), sink, health, host=HOST, port=0, path=PATH, token=TOKEN,
+        max_size=MAX_SIZE,
+    )  # fmt: skip
+    async with running(source.run()):
+        await asyncio.wait_for(source.ready.wait(), WAIT * UNIT)
+        yield source
+
+
+def producer(
+    source: WebsocketServerSource,
+    *,
+    path: str = PATH,
+    authorization: str | None = f"Bearer {TOKEN}",
+) -> connect:
+    headers = {} if authorization is None else {"Authorization": authorization}
+    return connect(
+        f"ws://{HOST}:{source.port}{path}",
+        additional_headers=headers,
+        open_timeout=WAIT * UNIT,
+        proxy=None,
+    )
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "Bearer wrong", f"Bearer {TOKEN[:-1]}", f"Bearer {TOKEN}x", TOKEN, ""],
+    ids=["missing", "wrong", "prefix", "extended", "no-scheme", "empty"],
+)
+async def test_server_refuses_a_bad_token_with_401(authorization: str | None) -> None:
+    sink, health = RecordingSink(), RecordingHealth()
+    async with bounded(), server_source(sink, health) as source:
+        with pytest.raises(InvalidStatus) as refused:
+            async with producer(source, authorization=authorization):
+                pass
+    assert refused.value.response.status_code == 401
+    assert refused.value.response.headers["WWW-Authenticate"].startswith("Bearer ")
+    assert sink.frames == []
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("path", ["/", "/ingest/", "/other", "/ingestx"])
+async def test_server_refuses_a_wrong_path_with_404(path: str) -> None:
+    sink, health = RecordingSink(), RecordingHealth()
+    async with bounded(), server_source(sink, health) as source:
+        with pytest.raises(InvalidStatus) as refused:
+            async with producer(source, path=path):
+                pass
+    assert refused.value.response.status_code == 404
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER"])
+async def test_server_accepts_the_scheme_in_any_case(scheme: str) -> None:
+    sink, health = RecordingSink(), RecordingHealth()
+    async with (
+        bounded(),
+        server_source(sink, health) as source,
+        producer(source, authorization=f"{scheme} {TOKEN}") as ws,
+    ):
+        await ws.send(frame("p1"))
+        await until(lambda: len(sink.events) == 1, WAIT, "the event")
+
+
+@pytest.mark.asyncio
+async def test_server_accepts_frames_with_the_right_token() -> None:
+    sink, health = RecordingSink(), RecordingHealth()
+    async with (
+        bounded(),
+        server_source(sink, health) as source,
+        producer(source, path=f"{PATH}?producer=a") as ws,
+    ):
+        await ws.send(frame("p1"))
+        await ws.send(orjson.dumps([event("p2"), event("p3", "viewers", count=7)]).decode())
+        await until(lambda: len(sink.events) == 3, WAIT, "three events")
+
+    assert sink.sources == {"push"}
+    assert sink.event_ids == ["p1", "p2", "p3"]
+    assert {event.stream for event in sink.events} == {STREAM}
+    assert health.received_count == 2
+
+
+@pytest.mark.asyncio
+async def test_server_delivers_two_producers_at_once() -> None:
+    sink, health = RecordingSink(), RecordingHealth()
+    async with (
+        bounded(),
+        server_source(sink, health) as source,
+        producer(source) as a,
+        producer(source) as b,
+    ):
+        for n in range(20):
+            await a.send(frame(f"a{n}"))
+            await b.send(frame(f"b{n}"))
+        await until(lambda: len(sink.events) == 40, WAIT, "forty events")
+
+    ids = sink.event_ids
+    assert sorted(ids) == sorted([f"a{n}" for n in range(20)] + [f"b{n}" for n in range(20)])
+    assert [i for i in ids if i.startswith("a")] == [f"a{n}" for n in range(20)]
+    assert [i for i in ids if i.startswith("b")] == [f"b{n}" for n in range(20)]
+
+
+@pytest.mark.asyncio
+async def test_server_keeps_a_connection_through_bad_frames() -> None:
+    sink, health = RecordingSink(), RecordingHealth()
+    async with bounded(), server_source(sink, health) as source, producer(source) as ws:
+        await ws.send(frame("valid-1"))
+        await ws.send("not json at all")
+        await ws.send(oversize_frame())
+        await ws.send(INVALID_UTF8)
+        await ws.send(frame("g1", "gift"))
+        await ws.send(frame("valid-2"))
+        await until(lambda: len(sink.frames) == 6, WAIT, "six submitted frames")
+        await ws.ping()  # still answered: the connection is alive
+        assert ws.state is State.OPEN
+
+    assert sink.event_ids == ["valid-1", "valid-2"]
+    assert sink.reasons == [
+        Reason.MALFORMED_JSON,
+        Reason.OVERSIZE,
+        Reason.INVALID_UTF8,
+        Reason.UNKNOWN_KIND,
+    ]
+
+
+@pytest.mark.asyncio
+async def test_server_closes_only_the_connection_that_sends_over_max_size() -> None:
+    """Like the client: a frame over ``max_size`` fails that connection with 1009 and is lost;
+    other producers are unaffected."""
+    sink, health = RecordingSink(), RecordingHealth()
+    async with (
+        bounded(),
+        server_source(sink, health) as source,
+        producer(source) as good,
+        producer(source) as bad,
+    ):
+        await bad.send(too_big_frame())
+        with pytest.raises(ConnectionClosedError) as closed:
+            await bad.recv()
+        await good.send(frame("still-fine"))
+        await until(lambda: sink.event_ids == ["still-fine"], WAIT, "the good producer")
+
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == CloseCode.MESSAGE_TOO_BIG
+    assert sink.reasons == []
+
+
+@pytest.mark.asyncio
+async def test_server_reports_connected_while_listening() -> None:
+    sink, health = RecordingSink(), RecordingHealth()
+    async with bounded():
+        async with server_source(sink, health) as source:
+            assert source.port != 0
+            assert health.story() == ["up"]
+        assert health.story() == ["up", "down"]
