@@ -13,11 +13,11 @@ POLL = 0.02
 
 async def until(
     condition: Callable[[], Awaitable[bool]] | Callable[[], bool],
-    timeout: float = 10.0,
+    within: float = 10.0,
     message: str = "condition",
 ) -> None:
-    """Poll ``condition`` (sync or async) until true; fail after ``timeout`` × UNIT seconds."""
-    deadline = time.monotonic() + timeout * UNIT
+    """Poll ``condition`` (sync or async) until true; fail after ``within`` × UNIT seconds."""
+    deadline = time.monotonic() + within * UNIT
     while True:
         result = condition()
         if not isinstance(result, bool):
@@ -30,9 +30,9 @@ async def until(
 
 
 def until_sync(
-    condition: Callable[[], bool], timeout: float = 10.0, message: str = "condition"
+    condition: Callable[[], bool], within: float = 10.0, message: str = "condition"
 ) -> None:
-    deadline = time.monotonic() + timeout * UNIT
+    deadline = time.monotonic() + within * UNIT
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {message}")

@@ -7,6 +7,7 @@ order, to another; everything Redis holds for the two must agree.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 
 from hypothesis import HealthCheck, given, settings
@@ -65,7 +66,7 @@ def deliveries(draw: st.DrawFn) -> tuple[list[Event], list[list[int]]]:
     order = draw(st.permutations(order))
     cuts = sorted(draw(st.lists(st.integers(0, len(order)), max_size=5)))
     bounds = [0, *cuts, len(order)]
-    return unique, [order[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    return unique, [order[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def restream(event: Event, stream: str) -> Event:

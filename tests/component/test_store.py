@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from redis.asyncio import Redis
 
-from ingest.model import Comment, LineItem, Order, Reason, Rejection, Viewers
+from ingest.model import Comment, Event, LineItem, Order, Reason, Rejection, Viewers
 from workers import keys
 from workers.keys import StreamKeys
 from workers.store import DeadLetter, Store, StoreSettings
@@ -44,7 +44,7 @@ def store(redis: Redis, **kw: int) -> Store:
 @pytest.mark.asyncio
 async def test_new_events_count_once_and_duplicates_are_reported(redis: Redis, stream: str) -> None:
     s = store(redis)
-    events = [order(stream, "o1"), comment(stream, "c1"), comment(stream, "c2", "u2")]
+    events: list[Event] = [order(stream, "o1"), comment(stream, "c1"), comment(stream, "c2", "u2")]
     assert await s.commit(events) == [True, True, True]
     assert await s.commit([*events, comment(stream, "c3")]) == [False, False, False, True]
     (totals,) = await s.totals([stream])

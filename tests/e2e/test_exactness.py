@@ -65,9 +65,9 @@ def unique_counts(port: int, stream: str) -> tuple[float, float]:
     return buyers, commenters
 
 
-async def exact(port: int, sale: Sale, timeout: float = 60) -> None:
+async def exact(port: int, sale: Sale, within: float = 60) -> None:
     try:
-        await until(lambda: not mismatch(port, sale), timeout, "exact totals")
+        await until(lambda: not mismatch(port, sale), within, "exact totals")
     except AssertionError:
         pytest.fail(f"totals differ: {mismatch(port, sale)}")
 
@@ -136,7 +136,7 @@ async def test_sigkill_mid_run_and_restart_never_double_counts(
         with process:
             for fraction in (0.25, 0.6):
                 await until(
-                    lambda f=fraction: feed.position("k") >= f * len(data),  # type: ignore[misc]
+                    lambda f=fraction: feed.position("k") >= f * len(data),
                     60,
                     f"{fraction:.0%} of the feed",
                 )
