@@ -113,6 +113,13 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="stop when the whole sale is counted; exit 1 unless totals equal the expected ones",
     )
+    demo.add_argument(
+        "--feed-only",
+        metavar="HOST:PORT",
+        default=None,
+        help="only serve the sale's feed at ws://HOST:PORT/feed (for an ingester elsewhere, "
+        "e.g. in docker compose), looping with fresh ids until stopped",
+    )
     demo.add_argument("--plain", action="store_true", help="print lines instead of a live view")
     demo.add_argument("--quiet-logs", action="store_true", help="log warnings and errors only")
     demo.set_defaults(func=cmd_demo)

@@ -100,7 +100,25 @@ def demo_config(path: Path, feed_url: str, redis: str, http: str) -> config_modu
     return config_module.load(path, environ)
 
 
+async def feed_only(listen: str, speed: float, seed: int, stop: asyncio.Event) -> int:
+    """Serve sales one after another (a new stream each) until stopped."""
+    host, port = config_module.split_listen(listen)
+    while not stop.is_set():
+        sale = lychee_sale(seed=seed, stream=f"lucngan-{time.strftime('%Y%m%d-%H%M%S')}")
+        async with FeedServer(sale, host=host, port=port, speed=speed) as feed:
+            print(f"demo feed: {sale.stream} at {feed.url}", flush=True)
+            done = asyncio.create_task(feed.done.wait())
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait({done, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (done, stopped):
+                task.cancel()
+        seed += 1
+    return 0
+
+
 async def demo(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    if args.feed_only:
+        return await feed_only(args.feed_only, args.speed, args.seed, stop)
     stream = f"lucngan-{time.strftime('%Y%m%d-%H%M%S')}"
     sale = lychee_sale(seed=args.seed, stream=stream)
     with redis_url() as url:

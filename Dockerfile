@@ -1,0 +1,18 @@
+# livestream-ingester: a small image running as an unprivileged user.
+FROM python:3.11-slim-bookworm AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY ingest ingest
+COPY workers workers
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11-slim-bookworm
+RUN useradd --system --uid 10001 --home-dir /app ingester
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+WORKDIR /app
+COPY config config
+USER ingester
+EXPOSE 9464
+ENTRYPOINT ["livestream-ingester"]
+CMD ["run", "-c", "/app/config/compose.toml"]
