@@ -35,6 +35,9 @@ STREAM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 PLATFORM_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$"
 OTHER_PLATFORM = "other"
+MAX_AMOUNT = 10**15
+"""Largest order amount in major units as given, and in minor units once converted (so that
+the int64 totals in Redis cannot overflow before ~9,000 such absurd orders)."""
 
 StreamName = Annotated[str, msgspec.Meta(pattern=STREAM_PATTERN)]
 PlatformName = Annotated[str, msgspec.Meta(pattern=PLATFORM_PATTERN)]
@@ -42,7 +45,7 @@ EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 Label = Annotated[str, msgspec.Meta(max_length=64)]
 Amount = Annotated[
-    str | Annotated[int, msgspec.Meta(ge=0, le=10**15)],
+    str | Annotated[int, msgspec.Meta(ge=0, le=MAX_AMOUNT)],
     msgspec.Meta(description="Major units: an integer or a plain decimal string such as '12.50'."),
 ]
 Timestamp = Annotated[dt.datetime, msgspec.Meta(tz=True, description="RFC 3339 with offset.")]
@@ -90,6 +93,10 @@ Wire = CommentWire | OrderWire | ViewersWire
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MS = dt.timedelta(milliseconds=1)
+# msgspec searches patterns with Python's re, where "$" also matches before a final "\n":
+# names that become Redis keys or labels are checked again in full.
+_STREAM = re.compile(STREAM_PATTERN)
+_SKU = re.compile(SKU_PATTERN)
 _PATH = re.compile(r"at `\$(?:\[\d+\])?\.?(?P<path>[^`]*)`")
 
 
@@ -114,6 +121,8 @@ def classify(error: msgspec.ValidationError) -> Reason:
         return Reason.UNKNOWN_KIND
     if message.startswith("Invalid RFC3339") or "timezone" in message:
         return Reason.INVALID_TIMESTAMP
+    if message.startswith("Expected `str` matching regex") and message.endswith("`$.currency`"):
+        return Reason.INVALID_CURRENCY
     if ">=" in message or "<=" in message or "length" in message:
         return Reason.OUT_OF_RANGE
     if ", got `" in message:
@@ -164,6 +173,8 @@ class NativeFormat:
         """Turn a schema-valid wire event into a normalised event, or reject it."""
         kind = wire.__struct_config__.tag
         assert isinstance(kind, str)
+        if wire.stream is not None and not _STREAM.fullmatch(wire.stream):
+            return self._reject(Reason.INVALID_VALUE, "invalid stream name", raw, kind=kind)
         stream = wire.stream or self.options.default_stream
         if stream is None:
             return self._reject(Reason.MISSING_STREAM, "no stream and no default", raw, kind=kind)
@@ -190,6 +201,8 @@ class NativeFormat:
 
         if not wire.items:
             return reject(Reason.MISSING_FIELD, "a created order needs at least one item")
+        if not all(_SKU.fullmatch(item.sku) for item in wire.items):
+            return reject(Reason.INVALID_VALUE, "invalid sku")
         if wire.currency is None:
             return reject(Reason.MISSING_FIELD, "a created order needs a currency")
         try:
@@ -206,6 +219,8 @@ class NativeFormat:
         except MoneyError as exc:
             reason = Reason.INVALID_CURRENCY if exc.currency_error else Reason.INVALID_AMOUNT
             return reject(reason, str(exc))
+        if amount > MAX_AMOUNT:
+            return reject(Reason.OUT_OF_RANGE, f"amount above {MAX_AMOUNT} minor units")
         items = tuple(LineItem(item.sku.upper(), item.qty * item.grams) for item in wire.items)
         country = normalise_country(wire.country)
         region = self.options.regions.normalise(country, wire.region) if wire.region else UNKNOWN
@@ -232,6 +247,9 @@ class NativeFormat:
         stream: str | None = None,
         kind: str = UNKNOWN_KIND,
     ) -> Rejection:
+        allowed = self.options.allowed_streams
+        if stream is not None and allowed is not None and stream not in allowed:
+            stream = None  # a stream outside the allow-list must not get a dead-letter key
         return Rejection(reason, detail, raw, stream or self.options.default_stream, kind)
 
 
