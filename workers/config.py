@@ -9,6 +9,7 @@ read from the environment, never from the file.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import tomllib
@@ -174,14 +175,6 @@ class Config(_Model):
     ] = {}
     sources: list[SourceConfig] = []
 
-    @model_validator(mode="after")
-    def _unique_names(self) -> Config:
-        names = [source.name for source in self.sources]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"source names must be unique: {', '.join(duplicates)}")
-        return self
-
     def region_table(self) -> RegionTable:
         return RegionTable(DEFAULT_TABLES).merged(self.regions)
 
@@ -244,26 +237,45 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return text or "(top level)"
 
 
-def _secrets(config: Config, environ: Mapping[str, str]) -> list[str]:
+def _secrets(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
+    """Checked on the raw data, so a missing secret is reported along with every field error."""
+    sources = data.get("sources")
     errors = []
-    for index, source in enumerate(config.sources):
-        if source.token_env is not None and not environ.get(source.token_env):
-            errors.append(
-                f"sources[{index}].token_env: environment variable {source.token_env} is not set"
-            )
+    for index, source in enumerate(sources if isinstance(sources, list) else []):
+        name = source.get("token_env") if isinstance(source, dict) else None
+        if isinstance(name, str) and not environ.get(name):
+            errors.append(f"sources[{index}].token_env: environment variable {name} is not set")
+    return errors
+
+
+def _duplicate_names(data: dict[str, Any]) -> list[str]:
+    """Checked on the raw data, so it is reported along with every field error."""
+    sources = data.get("sources")
+    if not isinstance(sources, list):
+        return []
+    errors = []
+    first: dict[str, int] = {}
+    for index, source in enumerate(sources):
+        name = source.get("name") if isinstance(source, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in first:
+            errors.append(f"sources[{index}].name: {name!r} is already sources[{first[name]}]")
+        else:
+            first[name] = index
     return errors
 
 
 def parse(data: dict[str, Any], origin: str, environ: Mapping[str, str] | None = None) -> Config:
     """Validate parsed TOML (after environment overrides); raise ConfigError with every error."""
     env = os.environ if environ is None else environ
-    data = apply_environment(data, env)
+    data = apply_environment(copy.deepcopy(data), env)
+    problems = _duplicate_names(data) + _secrets(data, env)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
         errors = [f"{_location(e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError(origin, errors) from exc
-    problems = _secrets(config, env)
+        raise ConfigError(origin, errors + problems) from exc
     try:
         config.region_table()
     except ValueError as exc:
@@ -280,6 +292,8 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [f"not UTF-8: {exc.reason} at byte {exc.start}"]) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from exc
     return parse(data, str(path), environ)

@@ -1,0 +1,423 @@
+"""Tests for configuration loading and validation (workers.config) and ``check-config``."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import pytest
+
+from workers import cli
+from workers.config import (
+    DEFAULT_PLATFORMS,
+    Config,
+    ConfigError,
+    WebsocketClientConfig,
+    WebsocketServerConfig,
+    load,
+    parse,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = ROOT / "config" / "ingester.toml"
+DEMO = ROOT / "config" / "demo.toml"
+TOKEN = {"LIVESTREAM_PUSH_TOKEN": "secret"}
+
+MINIMAL: dict[str, Any] = {
+    "sources": [{"name": "relay", "type": "websocket-client", "url": "ws://127.0.0.1:1/feed"}]
+}
+
+
+def minimal() -> dict[str, Any]:
+    return copy.deepcopy(MINIMAL)
+
+
+def errors_of(data: dict[str, Any], environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse(data, "test.toml", environ or {})
+    assert info.value.source == "test.toml"
+    return info.value.errors
+
+
+def test_shipped_config_is_valid() -> None:
+    config = load(SHIPPED, TOKEN)
+    assert config.redis.url == "redis://127.0.0.1:6379/0"
+    assert config.http.listen == "127.0.0.1:9464"
+    assert config.dedup.retention_hours == 48
+    assert config.batch.max_events == 1000
+    assert config.labels.platforms == DEFAULT_PLATFORMS
+    assert [source.name for source in config.sources] == ["shop-relay", "push"]
+    relay, push = config.sources
+    assert isinstance(relay, WebsocketClientConfig)
+    assert (relay.url, relay.stream, relay.backoff_initial) == (
+        "ws://127.0.0.1:8765/feed",
+        "lucngan-2025",
+        0.5,
+    )
+    assert isinstance(push, WebsocketServerConfig)
+    assert (push.listen, push.path, push.token_env) == (
+        "127.0.0.1:8766",
+        "/ingest",
+        "LIVESTREAM_PUSH_TOKEN",
+    )
+
+
+def test_shipped_config_needs_its_token() -> None:
+    with pytest.raises(ConfigError) as info:
+        load(SHIPPED, {})
+    assert info.value.errors == [
+        "sources[1].token_env: environment variable LIVESTREAM_PUSH_TOKEN is not set"
+    ]
+    with pytest.raises(ConfigError):
+        load(SHIPPED, {"LIVESTREAM_PUSH_TOKEN": ""})
+
+
+def test_demo_config_is_valid() -> None:
+    config = load(DEMO, {})
+    assert len(config.sources) == 1
+    source = config.sources[0]
+    assert isinstance(source, WebsocketClientConfig)
+    assert (source.name, source.stream, source.backoff_max) == ("demo-feed", None, 5.0)
+
+
+def test_empty_config_is_all_defaults() -> None:
+    config = parse({}, "empty.toml", {})
+    assert config == Config()
+    assert config.sources == []
+
+
+def test_native_options_follow_the_source() -> None:
+    data = minimal()
+    data["sources"][0].update(stream="a", streams=["a", "b"], max_frame_bytes=4096)
+    config = parse(data, "test.toml", {})
+    options = config.native_options(config.sources[0], config.region_table())
+    assert options.default_stream == "a"
+    assert options.allowed_streams == frozenset({"a", "b"})
+    assert options.platforms == frozenset(DEFAULT_PLATFORMS)
+    assert options.max_frame_bytes == 4096
+
+
+def test_every_mistake_is_reported_with_its_location() -> None:
+    data: dict[str, Any] = {
+        "redis": {"url": "http://127.0.0.1:6379"},
+        "http": {"listen": "9464"},
+        "batch": {"max_events": -5},
+        "colour": "blue",
+        "sources": [
+            {"name": "a", "type": "websocket-client"},
+            {"name": "a", "type": "websocket-client", "url": "ws://x/"},
+            {"name": "c", "type": "mqtt", "url": "ws://x/"},
+            {"name": "d", "type": "websocket-server", "listen": "localhost", "token_env": "T"},
+        ],
+    }
+    errors = errors_of(data, {"T": "t"})
+    locations = sorted(error.split(":", 1)[0] for error in errors)
+    assert locations == sorted(
+        [
+            "redis.url",
+            "http.listen",
+            "batch.max_events",
+            "colour",
+            "sources[0].url",
+            "sources[1].name",
+            "sources[2]",
+            "sources[3].listen",
+        ]
+    )
+    text = "\n".join(errors)
+    assert "redis://" in text
+    assert "'a' is already sources[0]" in text
+    assert "mqtt" in text
+
+
+def test_duplicate_source_names_alone() -> None:
+    data = minimal()
+    data["sources"].append(dict(data["sources"][0]))
+    data["sources"].append(dict(data["sources"][0], name="other"))
+    data["sources"].append(dict(data["sources"][0]))
+    assert errors_of(data) == [
+        "sources[1].name: 'relay' is already sources[0]",
+        "sources[3].name: 'relay' is already sources[0]",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "location"),
+    [
+        ("redis", "socket_timeout", 0, "redis.socket_timeout"),
+        ("dedup", "retention_hours", 0, "dedup.retention_hours"),
+        ("batch", "max_in_flight", 17, "batch.max_in_flight"),
+        ("batch", "max_events", "many", "batch.max_events"),
+        ("labels", "platforms", ["TikTok"], "labels.platforms[0]"),
+        ("log", "level", "verbose", "log.level"),
+        ("log", "format", "xml", "log.format"),
+        ("http", "listen", "127.0.0.1:70000", "http.listen"),
+        ("http", "listen", "127.0.0.1:", "http.listen"),
+    ],
+)
+def test_one_bad_value(section: str, key: str, value: object, location: str) -> None:
+    errors = errors_of({section: {key: value}})
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"{location}: ")
+
+
+@pytest.mark.parametrize(
+    ("changes", "location"),
+    [
+        ({"url": "http://x/"}, "sources[0].url"),
+        ({"name": "Bad Name"}, "sources[0].name"),
+        ({"stream": "{x}"}, "sources[0].stream"),
+        ({"streams": ["ok", "a b"]}, "sources[0].streams[1]"),
+        ({"stream": "a", "streams": ["b"]}, "sources[0]"),
+        ({"max_size": 1024, "max_frame_bytes": 2048}, "sources[0]"),
+        ({"format": "protobuf"}, "sources[0].format"),
+        ({"backoff_initial": 0}, "sources[0].backoff_initial"),
+        ({"listen": "x:1"}, "sources[0].listen"),
+    ],
+)
+def test_one_bad_source_value(changes: dict[str, Any], location: str) -> None:
+    data = minimal()
+    data["sources"][0].update(changes)
+    errors = errors_of(data)
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"{location}: ")
+
+
+def test_missing_token_variable() -> None:
+    data = {"sources": [{"name": "push", "type": "websocket-server", "token_env": "PUSH_TOKEN"}]}
+    assert errors_of(data, {"OTHER": "x"}) == [
+        "sources[0].token_env: environment variable PUSH_TOKEN is not set"
+    ]
+    assert parse(data, "test.toml", {"PUSH_TOKEN": "t"}).sources[0].token_env == "PUSH_TOKEN"
+
+
+def test_server_source_requires_a_token_env() -> None:
+    errors = errors_of({"sources": [{"name": "push", "type": "websocket-server"}]})
+    assert errors == ["sources[0].token_env: Field required"]
+
+
+def test_ambiguous_region_table() -> None:
+    data = {"regions": {"TH": {"Bangkok": ["BKK"], "Krung Thep": ["bkk"]}}}
+    errors = errors_of(data)
+    assert len(errors) == 1
+    assert errors[0].startswith("regions: ")
+
+
+def test_extra_region_table() -> None:
+    config = parse({"regions": {"TH": {"Bangkok": ["BKK"]}}}, "test.toml", {})
+    table = config.region_table()
+    assert table.normalise("TH", "bkk") == "Bangkok"
+    assert table.normalise("VN", "Ha Noi") == "Hà Nội"
+
+
+def test_redis_url_environment_variable() -> None:
+    config = parse(minimal(), "test.toml", {"REDIS_URL": "redis://cache:6380/3"})
+    assert config.redis.url == "redis://cache:6380/3"
+    file_value = {"redis": {"url": "redis://file:1/0"}}
+    assert parse(file_value, "t", {"REDIS_URL": "rediss://env:2/0"}).redis.url == "rediss://env:2/0"
+    assert parse(file_value, "t", {"REDIS_URL": ""}).redis.url == "redis://file:1/0"
+
+
+def test_explicit_override_wins_over_redis_url() -> None:
+    environ = {"REDIS_URL": "redis://a:1/0", "LIVESTREAM__REDIS__URL": "redis://b:2/0"}
+    assert parse({}, "t", environ).redis.url == "redis://b:2/0"
+
+
+def test_redis_url_from_environment_is_validated() -> None:
+    assert errors_of({}, {"REDIS_URL": "http://x"})[0].startswith("redis.url: ")
+
+
+def test_section_overrides() -> None:
+    environ = {
+        "LIVESTREAM__BATCH__MAX_EVENTS": "7",
+        "LIVESTREAM__BATCH__MAX_DELAY_MS": "2.5",
+        "LIVESTREAM__LOG__LEVEL": "debug",
+        "LIVESTREAM__LABELS__PLATFORMS": '["tiktok", "kick"]',
+        "LIVESTREAM__HTTP__LISTEN": "0.0.0.0:9000",
+        "UNRELATED": "ignored",
+    }
+    config = parse({"batch": {"max_events": 100, "max_in_flight": 4}}, "t", environ)
+    assert config.batch.max_events == 7
+    assert config.batch.max_delay_ms == 2.5
+    assert config.batch.max_in_flight == 4
+    assert config.log.level == "debug"
+    assert config.labels.platforms == ("tiktok", "kick")
+    assert config.http.listen == "0.0.0.0:9000"
+
+
+def test_source_overrides() -> None:
+    environ = {
+        "LIVESTREAM__SOURCES__0__URL": "wss://relay.example:443/feed",
+        "LIVESTREAM__SOURCES__0__STREAM": "s-1",
+        "LIVESTREAM__SOURCES__0__PING_INTERVAL": "3.5",
+        "LIVESTREAM__SOURCES__0__SUBSCRIBE": '{"subscribe": "s-1"}',
+    }
+    source = parse(minimal(), "t", environ).sources[0]
+    assert isinstance(source, WebsocketClientConfig)
+    assert source.url == "wss://relay.example:443/feed"
+    assert source.stream == "s-1"
+    assert source.ping_interval == 3.5
+    assert source.subscribe == '{"subscribe": "s-1"}'
+
+
+def test_overrides_can_add_a_source() -> None:
+    environ = {
+        "LIVESTREAM__SOURCES__1__NAME": "second",
+        "LIVESTREAM__SOURCES__1__TYPE": "websocket-client",
+        "LIVESTREAM__SOURCES__1__URL": "ws://second/",
+    }
+    config = parse(minimal(), "t", environ)
+    assert [source.name for source in config.sources] == ["relay", "second"]
+
+
+def test_override_values_are_toml_values_when_they_parse() -> None:
+    # "7" is the integer 7; "abc" stays a string and is then reported as not an integer.
+    assert errors_of({}, {"LIVESTREAM__BATCH__MAX_EVENTS": "abc"}) == [
+        "batch.max_events: Input should be a valid integer, unable to parse string as an integer"
+    ]
+    # A value that reads as a TOML boolean is one: a boolean is not a valid url string.
+    errors = errors_of(minimal(), {"LIVESTREAM__SOURCES__0__URL": "true"})
+    assert len(errors) == 1
+    assert errors[0].startswith("sources[0].url: ")
+    # A bare word that is not TOML stays a string.
+    source = parse(minimal(), "t", {"LIVESTREAM__SOURCES__0__STREAM": "lucngan"}).sources[0]
+    assert source.stream == "lucngan"
+    # TOML numbers: an integer where a float is expected is fine.
+    assert parse({}, "t", {"LIVESTREAM__REDIS__SOCKET_TIMEOUT": "2"}).redis.socket_timeout == 2.0
+
+
+def test_override_with_an_unknown_key_is_reported() -> None:
+    assert errors_of({}, {"LIVESTREAM__BATCH__MAX_EVENT": "7"})[0].startswith("batch.max_event: ")
+
+
+def test_parse_does_not_need_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIVESTREAM__BATCH__MAX_EVENTS", "not a number")
+    monkeypatch.setenv("REDIS_URL", "http://nope")
+    assert parse({}, "t", {}).batch.max_events == 1000
+    with pytest.raises(ConfigError):
+        parse({}, "t")
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.toml"
+    with pytest.raises(ConfigError) as info:
+        load(missing, {})
+    assert info.value.source == str(missing)
+    assert len(info.value.errors) == 1
+    assert info.value.errors[0].startswith("cannot read: ")
+    with pytest.raises(ConfigError) as directory:
+        load(tmp_path, {})
+    assert len(directory.value.errors) == 1
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[batch]\nmax_events = = 3\n[[sources]\nname = "x"\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load(path, {})
+    assert len(info.value.errors) == 1
+    assert info.value.errors[0].startswith("not valid TOML: ")
+    assert str(path) in str(info.value)
+
+
+def test_invalid_utf8_file(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'[log]\nlevel = "info" # caf\xe9\n')
+    with pytest.raises(ConfigError) as info:
+        load(path, {})
+    assert info.value.errors == ["not UTF-8: invalid continuation byte at byte 26"]
+
+
+def test_parse_leaves_its_input_alone() -> None:
+    data = minimal()
+    parse(data, "t", {"LIVESTREAM__SOURCES__0__URL": "ws://other/", "REDIS_URL": "redis://r/0"})
+    assert data == MINIMAL
+
+
+def test_error_message_lists_every_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse({"batch": {"max_events": 0, "max_in_flight": 0}}, "x.toml", {})
+    assert str(info.value).splitlines() == ["x.toml: 2 error(s)", *info.value.errors]
+
+
+def test_config_is_frozen() -> None:
+    config = load(SHIPPED, TOKEN)
+    with pytest.raises(pydantic.ValidationError):
+        config.batch.max_events = 5  # type: ignore[misc]
+    with pytest.raises(pydantic.ValidationError):
+        config.redis = config.redis  # type: ignore[misc]
+    with pytest.raises(pydantic.ValidationError):
+        config.sources[0].name = "x"  # type: ignore[misc]
+    assert config.labels.platforms == DEFAULT_PLATFORMS
+    assert isinstance(config.labels.platforms, tuple)
+
+
+# --- check-config ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in list(os.environ):
+        if name.startswith("LIVESTREAM") or name == "REDIS_URL":
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_check_config_accepts_a_good_file(
+    clean_environment: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clean_environment.setenv("LIVESTREAM_PUSH_TOKEN", "secret")
+    assert cli.main(["check-config", "-c", str(SHIPPED)]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{SHIPPED}: ok (2 source(s))\n"
+    assert err == ""
+    assert cli.main(["check-config", "--config", str(DEMO)]) == 0
+
+
+def test_check_config_reports_every_error(
+    clean_environment: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        "\n".join(
+            [
+                "[redis]",
+                'url = "http://localhost"',
+                "[batch]",
+                "max_events = -1",
+                "[[sources]]",
+                'name = "a"',
+                'type = "websocket-client"',
+                "[[sources]]",
+                'name = "a"',
+                'type = "websocket-client"',
+                'url = "ws://x/"',
+            ]
+        ),
+        encoding="utf-8",
+    )
+    assert cli.main(["check-config", "-c", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert f"{path}: 4 error(s)" in err
+    for location in ("redis.url: ", "batch.max_events: ", "sources[0].url: ", "sources[1].name: "):
+        assert f"\n{location}" in err
+
+
+def test_check_config_reports_a_missing_file(
+    clean_environment: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert cli.main(["check-config", "-c", str(tmp_path / "nope.toml")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_check_config_reads_the_environment(
+    clean_environment: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["check-config", "-c", str(SHIPPED)]) == 2
+    assert "LIVESTREAM_PUSH_TOKEN is not set" in capsys.readouterr().err
