@@ -24,7 +24,7 @@ class Backoff:
         self.attempt = 0
 
     def next(self) -> float:
-        ceiling = min(self.maximum, self.initial * 2.0**self.attempt)
+        ceiling = min(self.maximum, self.initial * 2.0 ** min(self.attempt, 64))
         self.attempt += 1
         # Never below a tenth of the initial delay: a zero delay would hammer a server.
         return max(self.initial / 10, ceiling * self._rng())
