@@ -1,0 +1,143 @@
+"""The committer against a Redis it controls: batching, acknowledgement futures, backpressure,
+and retries through an outage with nothing lost or double counted."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from redis.asyncio import Redis
+
+from ingest.model import Comment, Reason, Rejection
+from tests.waiting import until
+from workers.committer import BatchSettings, Committer
+from workers.metrics import HealthMetrics
+from workers.redis_server import RedisServer
+from workers.runtime import redis_client
+from workers.store import Store, StoreSettings
+
+
+def comments(stream: str, start: int, n: int) -> list[Comment]:
+    return [
+        Comment(stream, "tiktok", f"c{i}", 1_750_000_000_000, f"u{i}")
+        for i in range(start, start + n)
+    ]
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@contextlib.asynccontextmanager
+async def committer(
+    url: str, settings: BatchSettings
+) -> AsyncIterator[tuple[Committer, HealthMetrics]]:
+    client: Redis = redis_client(url, socket_timeout=1.0)
+    health = HealthMetrics()
+    c = Committer(Store(client, StoreSettings()), health, settings)
+    task = asyncio.create_task(c.run(), name="test.committer")
+    try:
+        yield c, health
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await client.aclose()
+
+
+def sample(health: HealthMetrics, name: str, **labels: str) -> float:
+    value = health.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+@pytest.mark.asyncio
+async def test_futures_complete_after_commit_and_batches_are_bounded(
+    redis_url: str, redis: Redis, stream: str
+) -> None:
+    async with committer(redis_url, BatchSettings(max_events=50, max_delay=0.002)) as (c, health):
+        futures = [await c.submit("src", comments(stream, i * 10, 10)) for i in range(30)]
+        bad = Rejection(Reason.MALFORMED_JSON, "x", b"{", stream)
+        futures.append(await c.submit("src", [bad, *comments(stream, 0, 5)]))  # duplicates
+        async with asyncio.timeout(10):
+            await asyncio.gather(*futures)
+        assert c.buffered == 0
+        assert (
+            sample(
+                health,
+                "livestream_ingest_events_total",
+                source="src",
+                kind="comment",
+                outcome="accepted",
+            )
+            == 300
+        )
+        assert (
+            sample(
+                health,
+                "livestream_ingest_events_total",
+                source="src",
+                kind="comment",
+                outcome="duplicate",
+            )
+            == 5
+        )
+        assert (
+            sample(
+                health, "livestream_ingest_rejections_total", source="src", reason="malformed_json"
+            )
+            == 1
+        )
+        # Whole frames of 10 never exceed 50 events per commit.
+        assert sample(health, "livestream_ingest_commit_batch_events_bucket", le="50.0") == sample(
+            health, "livestream_ingest_commit_batch_events_count"
+        )
+        (totals,) = await Store(redis, StoreSettings()).totals([stream])
+        assert totals.by("comments") == {("tiktok",): 300}
+
+
+@pytest.mark.asyncio
+async def test_redis_outage_blocks_sources_then_drains_exactly(
+    own_redis: RedisServer, stream: str
+) -> None:
+    settings = BatchSettings(max_events=100, max_delay=0.001, capacity=500)
+    async with committer(own_redis.url, settings) as (c, health):
+        first = await c.submit("src", comments(stream, 0, 100))
+        async with asyncio.timeout(10):
+            await first
+        own_redis.stop(kill=True)
+
+        submitted = 0
+
+        async def produce() -> None:
+            nonlocal submitted
+            for start in range(100, 2000, 100):
+                await c.submit("src", comments(stream, start, 100))
+                submitted += 100
+
+        producer = asyncio.create_task(produce())
+        await until(lambda: c.buffered >= settings.capacity, 10, "the buffer to fill")
+        await until(
+            lambda: (
+                sample(health, "livestream_ingest_commit_errors_total", error="ConnectionError")
+                >= 2
+            ),
+            10,
+            "retries",
+        )
+        assert not producer.done(), "a full buffer must make the source wait"
+        assert submitted <= settings.capacity
+        assert sample(health, "livestream_ingest_redis_up") == 0
+
+        own_redis.start()  # same port, empty: nothing of the first batch survives a kill
+        async with asyncio.timeout(30):
+            await producer
+            await c.flush()
+        assert sample(health, "livestream_ingest_redis_up") == 1
+        (totals,) = await c.store.totals([stream])
+        assert totals.by("comments") == {("tiktok",): 1900}
