@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from ingest.money import to_major
+from ingest.money import exponent, to_major
 from workers.demo.sale import Sale
 from workers.store import StreamTotals
 
@@ -126,9 +126,10 @@ class View:
         table.add_row("comments", f"{values['comments']:,}  ({rates['comments']:,.0f}/min)")
         table.add_row("cancelled", f"{values['cancelled']:,}")
         for (_, currency), minor in sorted(_by_currency(totals).items()):
-            table.add_row(f"revenue {currency}", f"{to_major(minor, currency):,.2f}")
-        for country, grams in _top_countries(totals, 5):
-            table.add_row(f"  {country}", f"{grams / 1000:,.0f} kg")
+            major = to_major(minor, currency)
+            table.add_row(f"revenue {currency}", f"{major:,.{exponent(currency)}f}")
+        for rank, (country, grams) in enumerate(_top_countries(totals, 5)):
+            table.add_row("top countries" if rank == 0 else "", f"{country} {grams / 1000:,.0f} kg")
         table.add_row("unique buyers", f"{totals.unique_buyers:,}")
         table.add_row("unique commenters", f"{totals.unique_commenters:,}")
         table.add_row("viewers", ", ".join(f"{p} {n:,}" for p, n in sorted(totals.viewers.items())))
