@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus, InvalidURI
 from websockets.frames import CloseCode
@@ -373,6 +373,27 @@ async def test_client_failed_attempts_never_reset_the_backoff_however_long_they_
     assert health.delays[:5] == [0.01, 0.02, 0.04, 0.08, 0.08]
 
 
+async def send_bad_mix(ws: ServerConnection | ClientConnection, sink: RecordingSink) -> None:
+    """Valid, malformed, oversize, invalid UTF-8 (binary), unknown kind, valid: one connection."""
+    await ws.send(frame("valid-1"))
+    await ws.send('{"kind": "comment", "id": ')
+    await ws.send(oversize_frame())
+    await ws.send(INVALID_UTF8)
+    await ws.send(frame("g1", "gift"))
+    await ws.send(frame("valid-2"))
+    await until(lambda: len(sink.frames) == 6, WAIT, "six submitted frames")
+
+
+def assert_bad_mix(sink: RecordingSink) -> None:
+    assert sink.event_ids == ["valid-1", "valid-2"]
+    assert sink.reasons == [
+        Reason.MALFORMED_JSON,
+        Reason.OVERSIZE,
+        Reason.INVALID_UTF8,
+        Reason.UNKNOWN_KIND,
+    ]
+
+
 @pytest.mark.asyncio
 async def test_client_keeps_the_connection_and_the_valid_events_around_bad_input() -> None:
     sink, health = RecordingSink(), RecordingHealth()
@@ -381,22 +402,10 @@ async def test_client_keeps_the_connection_and_the_valid_events_around_bad_input
         async with running(source.run()):
             await until(lambda: health.ups == 1, WAIT, "connected")
             ws = server.latest()
-            await ws.send(frame("valid-1"))
-            await ws.send('{"kind": "comment", "id": ')
-            await ws.send(oversize_frame())
-            await ws.send(INVALID_UTF8)
-            await ws.send(frame("g1", "gift"))
-            await ws.send(frame("valid-2"))
-            await until(lambda: len(sink.frames) == 6, WAIT, "six submitted frames")
+            await send_bad_mix(ws, sink)
             assert ws.state is State.OPEN
 
-    assert sink.event_ids == ["valid-1", "valid-2"]
-    assert sink.reasons == [
-        Reason.MALFORMED_JSON,
-        Reason.OVERSIZE,
-        Reason.INVALID_UTF8,
-        Reason.UNKNOWN_KIND,
-    ]
+    assert_bad_mix(sink)
     assert health.received_count == 6
     assert len(server.connections) == 1
     assert health.story() == ["up", "down"]  # never reconnected; down is the cancel
@@ -566,23 +575,11 @@ async def test_server_delivers_two_producers_at_once() -> None:
 async def test_server_keeps_a_connection_through_bad_frames() -> None:
     sink, health = RecordingSink(), RecordingHealth()
     async with bounded(), server_source(sink, health) as source, producer(source) as ws:
-        await ws.send(frame("valid-1"))
-        await ws.send("not json at all")
-        await ws.send(oversize_frame())
-        await ws.send(INVALID_UTF8)
-        await ws.send(frame("g1", "gift"))
-        await ws.send(frame("valid-2"))
-        await until(lambda: len(sink.frames) == 6, WAIT, "six submitted frames")
+        await send_bad_mix(ws, sink)
         await ws.ping()  # still answered: the connection is alive
         assert ws.state is State.OPEN
 
-    assert sink.event_ids == ["valid-1", "valid-2"]
-    assert sink.reasons == [
-        Reason.MALFORMED_JSON,
-        Reason.OVERSIZE,
-        Reason.INVALID_UTF8,
-        Reason.UNKNOWN_KIND,
-    ]
+    assert_bad_mix(sink)
 
 
 @pytest.mark.asyncio
