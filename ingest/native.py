@@ -111,6 +111,13 @@ class NativeOptions:
     max_events_per_frame: int = 1000
     regions: RegionTable = dataclasses.field(default_factory=default_regions)
 
+    def for_stream(self, stream: str) -> NativeOptions:
+        """Options for frames whose transport names their stream (an MQTT topic level): it is
+        the default, and an event naming another stream is rejected."""
+        allowed = self.allowed_streams
+        only = frozenset({stream}) if allowed is None or stream in allowed else frozenset()
+        return dataclasses.replace(self, default_stream=stream, allowed_streams=only)
+
 
 def classify(error: msgspec.ValidationError) -> Reason:
     """Map msgspec's validation message to a bounded reason."""
@@ -251,6 +258,11 @@ class NativeFormat:
         if stream is not None and allowed is not None and stream not in allowed:
             stream = None  # a stream outside the allow-list must not get a dead-letter key
         return Rejection(reason, detail, raw, stream or self.options.default_stream, kind)
+
+
+def valid_stream(name: str) -> bool:
+    """Whether ``name`` may be a stream (and so part of a Redis key and a label)."""
+    return _STREAM.fullmatch(name) is not None
 
 
 def _peek(raw: bytes) -> tuple[str | None, str]:

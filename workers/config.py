@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ingest.native import PLATFORM_PATTERN, STREAM_PATTERN, NativeOptions
 from ingest.regions import DEFAULT_TABLES, RegionTable
+from ingest.sources.topics import TopicPattern
 
 ENV_PREFIX = "LIVESTREAM__"
 DEFAULT_PLATFORMS = (
@@ -158,7 +159,53 @@ class WebsocketServerConfig(_SourceBase):
     _check = field_validator("listen")(lambda cls, v: _listen(v))
 
 
-SourceConfig = Annotated[WebsocketClientConfig | WebsocketServerConfig, Field(discriminator="type")]
+class MqttTopicConfig(_Model):
+    pattern: Annotated[
+        str, Field(min_length=1, description="topic filter; a {stream} level names the stream")
+    ]
+    format: Literal["native"] = "native"
+
+    @field_validator("pattern")
+    @classmethod
+    def _levels(cls, value: str) -> str:
+        TopicPattern(value)  # raises ValueError with the reason
+        return value
+
+
+class MqttConfig(_SourceBase):
+    type: Literal["mqtt"]
+    url: Annotated[str, Field(pattern=r"^mqtts?://[^/]+$")] = "mqtt://127.0.0.1:1883"
+    client_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
+    protocol: Literal["5", "3.1.1"] = "5"
+    qos: Literal[0, 1] = 1
+    topics: Annotated[list[MqttTopicConfig], Field(min_length=1)]
+    shared_group: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")] | None = None
+    username: str | None = None
+    password_env: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    session_expiry: int = Field(86_400, ge=0, description="seconds the broker keeps the session")
+    receive_maximum: int = Field(1000, ge=1, le=65_535)
+    keepalive: int = Field(30, ge=5)
+    backoff_initial: float = Field(0.5, gt=0)
+    backoff_max: float = Field(30.0, gt=0)
+    backoff_reset_after: float = Field(10.0, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MqttConfig:
+        if self.cert_file is not None and not self.url.startswith("mqtts://"):
+            raise ValueError("cert_file needs an mqtts:// url")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        if self.shared_group is not None and self.protocol != "5":
+            raise ValueError("shared_group needs protocol 5")
+        return self
+
+
+SourceConfig = Annotated[
+    WebsocketClientConfig | WebsocketServerConfig | MqttConfig, Field(discriminator="type")
+]
 
 
 class Config(_Model):
@@ -230,7 +277,9 @@ def _location(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif part in ("websocket-client", "websocket-server") or re.fullmatch(r"function-.*", part):
+        elif part in ("websocket-client", "websocket-server", "mqtt") or re.fullmatch(
+            r"function-.*", part
+        ):
             continue
         else:
             text += f".{part}" if text else part
@@ -242,9 +291,10 @@ def _secrets(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
     sources = data.get("sources")
     errors = []
     for index, source in enumerate(sources if isinstance(sources, list) else []):
-        name = source.get("token_env") if isinstance(source, dict) else None
-        if isinstance(name, str) and not environ.get(name):
-            errors.append(f"sources[{index}].token_env: environment variable {name} is not set")
+        for key in ("token_env", "password_env"):
+            name = source.get(key) if isinstance(source, dict) else None
+            if isinstance(name, str) and not environ.get(name):
+                errors.append(f"sources[{index}].{key}: environment variable {name} is not set")
     return errors
 
 

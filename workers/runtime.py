@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
@@ -21,12 +24,15 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from ingest.native import NativeFormat
+from ingest.native import NativeFormat, NativeOptions
 from ingest.sources.backoff import Backoff
+from ingest.sources.mqtt import MqttSource
+from ingest.sources.topics import TopicPattern
 from ingest.sources.websocket import WebsocketClientSource, WebsocketServerSource
 from workers.committer import BatchSettings, Committer
 from workers.config import (
     Config,
+    MqttConfig,
     SourceConfig,
     WebsocketClientConfig,
     WebsocketServerConfig,
@@ -37,7 +43,8 @@ from workers.store import Store, StoreSettings
 
 log = structlog.get_logger("runtime")
 
-SCRAPE_TIMEOUT = 5.0
+SCRAPE_TIMEOUT = 2.0
+"""Seconds a scrape waits for Redis; then it answers with health metrics only."""
 
 
 class Source(Protocol):
@@ -80,13 +87,23 @@ def redis_client(url: str, socket_timeout: float) -> Redis:
     )
 
 
+def tls_context(config: MqttConfig) -> ssl.SSLContext | None:
+    if not config.url.startswith("mqtts://"):
+        return None
+    context = ssl.create_default_context(cafile=config.ca_file)
+    if config.cert_file is not None:
+        context.load_cert_chain(config.cert_file, config.key_file)
+    return context
+
+
 def build_source(
     config: SourceConfig,
-    fmt: NativeFormat,
+    options: NativeOptions,
     committer: Committer,
     health: SourceHealth,
     environ: Mapping[str, str],
 ) -> Source:
+    fmt = NativeFormat(options)
     match config:
         case WebsocketClientConfig():
             headers = dict(config.headers)
@@ -121,6 +138,35 @@ def build_source(
                 max_size=config.max_size,
                 ping_interval=config.ping_interval,
                 ping_timeout=config.ping_timeout,
+            )
+        case MqttConfig():
+
+            @functools.lru_cache(maxsize=1024)
+            def formats(stream: str | None) -> NativeFormat:
+                return fmt if stream is None else NativeFormat(options.for_stream(stream))
+
+            address = urlsplit(config.url)
+            secure = address.scheme == "mqtts"
+            return MqttSource(
+                config.name,
+                formats,
+                committer,
+                health,
+                host=address.hostname or "127.0.0.1",
+                port=address.port or (8883 if secure else 1883),
+                identifier=config.client_id,
+                patterns=[TopicPattern(topic.pattern) for topic in config.topics],
+                qos=config.qos,
+                mqtt5=config.protocol == "5",
+                shared_group=config.shared_group,
+                username=config.username,
+                password=environ[config.password_env] if config.password_env else None,
+                tls=tls_context(config),
+                session_expiry=config.session_expiry,
+                receive_maximum=config.receive_maximum,
+                keepalive=config.keepalive,
+                backoff=Backoff(config.backoff_initial, config.backoff_max),
+                backoff_reset_after=config.backoff_reset_after,
             )
 
 
@@ -165,9 +211,9 @@ class Ingester:
         regions = config.region_table()
         self.sources: list[Source] = []
         for source in config.sources:
-            fmt = NativeFormat(config.native_options(source, regions))
+            options = config.native_options(source, regions)
             self.sources.append(
-                build_source(source, fmt, self.committer, self.health, self.environ)
+                build_source(source, options, self.committer, self.health, self.environ)
             )
             self.metrics.add_source(source.name)
         self.http_port: int | None = None

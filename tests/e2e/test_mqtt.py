@@ -1,0 +1,254 @@
+"""End to end over MQTT: a real Mosquitto owned by the test, ingesters as users run them.
+
+QoS 1 is at least once; these tests show it is counted exactly once through duplicates, a broker
+restart, an ingester SIGKILLed while messages keep coming, and two ingesters sharing or not
+sharing a subscription.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from ingest.sources.mqtt import Publisher
+from tests.brokers import Mosquitto
+from tests.brokers import publisher as make_publisher
+from tests.e2e.support import IngesterProcess, scrape, select, write_config
+from tests.e2e.test_exactness import exact, small_sale
+from tests.waiting import until
+from workers.demo.sale import Sale
+from workers.redis_server import free_port
+
+TOPIC = "livestream/{stream}/events"
+
+
+@pytest.fixture
+def broker() -> Iterator[Mosquitto]:
+    server = Mosquitto()
+    server.start()
+    yield server
+    server.close()
+
+
+def mqtt_source(port: int, client_id: str, shared_group: str | None = None) -> str:
+    group = f'shared_group = "{shared_group}"' if shared_group else ""
+    return f"""
+[[sources]]
+name = "mqtt"
+type = "mqtt"
+url = "mqtt://127.0.0.1:{port}"
+client_id = "{client_id}"
+{group}
+backoff_initial = 0.05
+backoff_max = 0.5
+
+[[sources.topics]]
+pattern = "{TOPIC}"
+"""
+
+
+def messages(sale: Sale) -> list[tuple[str, bytes]]:
+    topic = TOPIC.format(stream=sale.stream)
+    return [(topic, orjson.dumps(delivery.event)) for delivery in sale.deliveries]
+
+
+def ingester(
+    tmp_path: Path, redis_url: str, broker: Mosquitto, client_id: str, **kw: str
+) -> IngesterProcess:
+    port = free_port()
+    config = write_config(
+        tmp_path / f"{client_id}.toml",
+        redis_url=redis_url,
+        http_port=port,
+        sources=mqtt_source(broker.port, client_id, kw.get("shared_group")),
+    )
+    return IngesterProcess(config, port)
+
+
+async def subscribed(process: IngesterProcess) -> None:
+    await until(
+        lambda: (
+            select(scrape(process.http_port), "livestream_ingest_source_connected", source="mqtt")
+            == {(): 1.0}
+        ),
+        20,
+        "the MQTT source to subscribe",
+    )
+
+
+@contextlib.asynccontextmanager
+async def publishing(publisher: Publisher) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(publisher.run(), name="test.publisher")
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def handled(process: IngesterProcess) -> dict[str, float]:
+    events = select(scrape(process.http_port), "livestream_ingest_events_total", source="mqtt")
+    outcome: dict[str, float] = {}
+    for labels, value in events.items():
+        outcome[labels[-1]] = outcome.get(labels[-1], 0) + value
+    return outcome
+
+
+@pytest.mark.asyncio
+async def test_qos1_with_duplicates_counts_exactly(
+    tmp_path: Path, redis_url: str, broker: Mosquitto, stream: str
+) -> None:
+    sale = small_sale(stream)
+    with ingester(tmp_path, redis_url, broker, "exact") as process:
+        await subscribed(process)
+        publisher = make_publisher(broker.port, messages(sale))
+        async with publishing(publisher) as task:
+            await asyncio.wait_for(task, 60)
+        await exact(process.http_port, sale)
+        outcome = handled(process)
+        assert outcome["accepted"] == len(sale.events)
+        assert outcome["duplicate"] == len(sale.deliveries) - len(sale.events)
+
+
+@pytest.mark.asyncio
+async def test_broker_restart_mid_run_loses_nothing_and_counts_once(
+    tmp_path: Path, redis_url: str, broker: Mosquitto, stream: str
+) -> None:
+    sale = small_sale(stream)
+    data = messages(sale)
+    with ingester(tmp_path, redis_url, broker, "restart") as process:
+        await subscribed(process)
+        publisher = make_publisher(broker.port, data, pause=0.0005)
+        async with publishing(publisher) as task:
+            await until(lambda: publisher.position > len(data) // 3, 30, "a third published")
+            broker.stop()
+            await asyncio.sleep(0.5)  # a real outage: both sides see the broker gone
+            broker.start()
+            await asyncio.wait_for(task, 60)
+        assert publisher.reconnects >= 1
+        await exact(process.http_port, sale)
+        reconnects = select(scrape(process.http_port), "livestream_ingest_source_reconnects_total")
+        assert reconnects[("mqtt",)] >= 1
+
+
+@pytest.mark.asyncio
+async def test_ingester_sigkilled_and_restarted_gets_what_was_published_meanwhile(
+    tmp_path: Path, redis_url: str, redis: Redis, broker: Mosquitto, stream: str
+) -> None:
+    """Killed while Redis stalls its commits, so hundreds of messages were received and not yet
+    committed: only acknowledging after the commit makes the broker deliver them again."""
+    sale = small_sale(stream)
+    data = messages(sale)
+    process = ingester(tmp_path, redis_url, broker, "killed")
+    with process:
+        await subscribed(process)
+        publisher = make_publisher(broker.port, data, pause=0.0003)
+        async with publishing(publisher) as task:
+            await until(lambda: publisher.position > len(data) // 4, 30, "a quarter published")
+            await redis.client_pause(30_000, all=False)
+            try:
+                await until(
+                    lambda: (
+                        select(scrape(process.http_port), "livestream_ingest_buffered_events")[()]
+                        >= 100
+                    ),
+                    20,
+                    "received but uncommitted messages",
+                )
+                process.kill()
+            finally:
+                await redis.client_unpause()
+            down_at = publisher.position
+            await until(lambda: publisher.position > down_at + 200, 30, "publishing while down")
+            process.start()
+            await asyncio.wait_for(task, 60)
+        await exact(process.http_port, sale)
+
+
+@pytest.mark.asyncio
+async def test_shared_subscription_splits_the_load_and_counts_exactly(
+    tmp_path: Path, redis_url: str, broker: Mosquitto, stream: str
+) -> None:
+    sale = small_sale(stream)
+    one = ingester(tmp_path, redis_url, broker, "member-1", shared_group="ingesters")
+    two = ingester(tmp_path, redis_url, broker, "member-2", shared_group="ingesters")
+    with one, two:
+        await subscribed(one)
+        await subscribed(two)
+        publisher = make_publisher(broker.port, messages(sale))
+        async with publishing(publisher) as task:
+            await asyncio.wait_for(task, 60)
+        await exact(one.http_port, sale)
+        await exact(two.http_port, sale)
+        first, second = handled(one), handled(two)
+        total = sum(first.values()) + sum(second.values())
+        assert total == len(sale.deliveries), "each message goes to one member of the group"
+        assert min(sum(first.values()), sum(second.values())) > 0.2 * total, (first, second)
+        assert first.get("accepted", 0) + second.get("accepted", 0) == len(sale.events)
+
+
+@pytest.mark.asyncio
+async def test_without_sharing_every_ingester_gets_everything_and_dedup_keeps_it_exact(
+    tmp_path: Path, redis_url: str, broker: Mosquitto, stream: str
+) -> None:
+    sale = small_sale(stream)
+    one = ingester(tmp_path, redis_url, broker, "replica-1")
+    two = ingester(tmp_path, redis_url, broker, "replica-2")
+    with one, two:
+        await subscribed(one)
+        await subscribed(two)
+        publisher = make_publisher(broker.port, messages(sale))
+        async with publishing(publisher) as task:
+            await asyncio.wait_for(task, 60)
+        await exact(one.http_port, sale)
+        await until(
+            lambda: (
+                sum(handled(one).values()) == sum(handled(two).values()) == len(sale.deliveries)
+            ),
+            30,
+            "both replicas to handle every delivery",
+        )
+        assert handled(one).get("accepted", 0) + handled(two).get("accepted", 0) == len(sale.events)
+
+
+@pytest.mark.asyncio
+async def test_malformed_payloads_are_dead_lettered_and_never_stall_the_subscription(
+    tmp_path: Path, redis_url: str, broker: Mosquitto, stream: str
+) -> None:
+    topic = TOPIC.format(stream=stream)
+    good = {"kind": "comment", "platform": "tiktok", "ts": "2025-06-14T09:05:07Z", "user": "u"}
+    data = [
+        (topic, orjson.dumps({**good, "id": "c1"})),
+        (topic, b"{not json"),
+        (topic, b'{"kind": "order", "id": "o", "status": "created"}'),
+        (topic, b"\xff\xfe"),
+        (topic, orjson.dumps({**good, "id": "c2", "stream": "someone-else"})),
+        ("livestream/bad{tag}/events", orjson.dumps({**good, "id": "c3"})),
+        (topic, orjson.dumps({**good, "id": "c4"})),
+    ]
+    with ingester(tmp_path, redis_url, broker, "bad") as process:
+        await subscribed(process)
+        publisher = make_publisher(broker.port, data)
+        async with publishing(publisher) as task:
+            await asyncio.wait_for(task, 30)
+
+        def counted() -> bool:
+            comments = select(scrape(process.http_port), "livestream_comments_total", stream=stream)
+            return comments == {("tiktok",): 2.0}
+
+        await until(counted, 20, "the two valid comments")
+        rejections = select(scrape(process.http_port), "livestream_ingest_rejections_total")
+        assert {k: v for k, v in rejections.items() if v} == {
+            ("malformed_json", "mqtt"): 2.0,
+            ("missing_field", "mqtt"): 1.0,
+            ("stream_not_allowed", "mqtt"): 1.0,
+            ("invalid_value", "mqtt"): 1.0,
+        }
+        assert handled(process) == {"accepted": 2.0, "rejected": 5.0}
