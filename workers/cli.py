@@ -120,6 +120,15 @@ def parser() -> argparse.ArgumentParser:
         help="only serve the sale's feed at ws://HOST:PORT/feed (for an ingester elsewhere, "
         "e.g. in docker compose), looping with fresh ids until stopped",
     )
+    demo.add_argument(
+        "--mqtt",
+        metavar="URL",
+        nargs="?",
+        const="mqtt://127.0.0.1:1883",
+        default=None,
+        help="publish the orders at QoS 1 to this MQTT broker (default %(const)s) and consume "
+        "them with the MQTT source; comments and viewers stay on the websocket feed",
+    )
     demo.add_argument("--plain", action="store_true", help="print lines instead of a live view")
     demo.add_argument("--quiet-logs", action="store_true", help="log warnings and errors only")
     demo.set_defaults(func=cmd_demo)

@@ -59,15 +59,24 @@ class SourceHealth:
     def __init__(self, metrics: HealthMetrics, clock: Callable[[], float] = time.time) -> None:
         self.metrics = metrics
         self.clock = clock
-        self._up: dict[str, bool] = {}
+        self._up: dict[str, asyncio.Event] = {}
+
+    def _event(self, source: str) -> asyncio.Event:
+        return self._up.setdefault(source, asyncio.Event())
 
     def connected(self, source: str, up: bool) -> None:
+        event = self._event(source)
         if up:
             log.info("source connected", source=source)
-        elif self._up.get(source):  # log transitions only, not every failed attempt
-            log.warning("source disconnected", source=source)
-        self._up[source] = up
+            event.set()
+        else:
+            if event.is_set():  # log transitions only, not every failed attempt
+                log.warning("source disconnected", source=source)
+            event.clear()
         self.metrics.connected.labels(source).set(1 if up else 0)
+
+    async def wait_connected(self, source: str) -> None:
+        await self._event(source).wait()
 
     def reconnecting(self, source: str, reason: str, delay: float) -> None:
         self.metrics.reconnects.labels(source).inc()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.brokers import Mosquitto
 from tests.conftest import UNIT
 from workers.redis_server import RedisServer, free_port
 
@@ -15,8 +16,10 @@ DEMO_TO_THE_END = ["demo", "--speed", "0", "--exit-when-done", "--plain"]
 
 
 def run_demo(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``command`` is the program, optionally followed by demo options after a "--mqtt"."""
+    program, options = (command[:3], command[3:]) if "--mqtt" in command else (command, [])
     return subprocess.run(
-        [*command, *DEMO_TO_THE_END, "--http", f"127.0.0.1:{free_port()}"],
+        [*program, *DEMO_TO_THE_END, *options, "--http", f"127.0.0.1:{free_port()}"],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -53,3 +56,25 @@ def test_demo_explains_how_to_get_redis_when_it_cannot_start_one(tmp_path: Path)
     assert result.returncode == 1
     assert "install Redis" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_demo_publishes_its_orders_over_mqtt(redis_url: str) -> None:
+    broker = Mosquitto()
+    broker.start()
+    try:
+        url = f"mqtt://127.0.0.1:{broker.port}"
+        result = run_demo(
+            [sys.executable, "-m", "workers", "--mqtt", url], {"REDIS_URL": redis_url}
+        )
+    finally:
+        broker.close()
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "totals equal the expected ones" in result.stdout
+    assert "source=demo-mqtt" in result.stderr
+
+
+def test_demo_says_when_no_broker_answers(redis_url: str) -> None:
+    url = f"mqtt://127.0.0.1:{free_port()}"
+    result = run_demo([sys.executable, "-m", "workers", "--mqtt", url], {"REDIS_URL": redis_url})
+    assert result.returncode == 1
+    assert f"No MQTT broker answers at {url}" in result.stderr

@@ -10,17 +10,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
+import socket
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import orjson
 import structlog
 
+from ingest.sources.mqtt import Publisher
 from workers import config as config_module
 from workers.demo.feed import FeedServer
-from workers.demo.sale import Expected, lychee_sale
+from workers.demo.sale import Expected, Sale, lychee_sale
 from workers.demo.view import View
 from workers.redis_server import NoRedisServer, RedisServer, ping
 from workers.runtime import Ingester
@@ -90,14 +96,83 @@ def mismatches(expected: Expected, totals: StreamTotals) -> list[str]:
     return problems
 
 
-def demo_config(path: Path, feed_url: str, redis: str, http: str) -> config_module.Config:
-    environ = {
-        **os.environ,
-        "LIVESTREAM__SOURCES__0__URL": feed_url,
-        "LIVESTREAM__REDIS__URL": redis,
-        "LIVESTREAM__HTTP__LISTEN": http,
-    }
-    return config_module.load(path, environ)
+def demo_config(
+    path: Path, feed_url: str, redis: str, http: str, mqtt: MqttOrders | None
+) -> config_module.Config:
+    """``config/demo.toml`` pointed at this run's feed, Redis and port (and broker)."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise config_module.ConfigError(str(path), [str(exc)]) from exc
+    data.setdefault("redis", {})["url"] = redis
+    data.setdefault("http", {})["listen"] = http
+    data["sources"][0]["url"] = feed_url
+    if mqtt is not None:
+        data["sources"].append(mqtt.source())
+    # The demo already chose the Redis (REDIS_URL or a private one): the variable must not
+    # override that choice again.
+    environ = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    return config_module.parse(data, str(path), environ)
+
+
+class MqttOrders:
+    """The sale's orders, published at QoS 1 to ``livestream/<stream>/orders`` on their
+    schedule; the rest of the sale stays on the websocket feed."""
+
+    def __init__(self, url: str, sale: Sale, speed: float) -> None:
+        address = urlsplit(url)
+        self.url = url
+        self.host = address.hostname or "127.0.0.1"
+        self.port = address.port or 1883
+        self.topic = f"livestream/{sale.stream}/orders"
+        orders = [d for d in sale.deliveries if d.event["kind"] == "order"]
+        self.publisher = Publisher(
+            self.host,
+            self.port,
+            [(self.topic, orjson.dumps(d.event)) for d in orders],
+            at=[d.at / speed for d in orders] if speed else None,
+        )
+        self.rest = dataclasses.replace(
+            sale, deliveries=tuple(d for d in sale.deliveries if d.event["kind"] != "order")
+        )
+        self.client_id = f"demo-{sale.stream}"
+
+    def reachable(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=2):
+                return True
+        except OSError:
+            return False
+
+    def source(self) -> dict[str, object]:
+        return {
+            "name": "demo-mqtt",
+            "type": "mqtt",
+            "url": self.url,
+            "client_id": self.client_id,
+            "session_expiry": 600,
+            "topics": [{"pattern": "livestream/{stream}/orders"}],
+        }
+
+
+class Progress:
+    """How much of the sale has been sent, over the websocket feed and MQTT together."""
+
+    def __init__(self, feed: FeedServer, mqtt: MqttOrders | None) -> None:
+        self.feed = feed
+        self.mqtt = mqtt
+
+    @property
+    def sent(self) -> int:
+        return self.feed.sent + (self.mqtt.publisher.position if self.mqtt else 0)
+
+    @property
+    def total(self) -> int:
+        return self.feed.total + (len(self.mqtt.publisher.messages) if self.mqtt else 0)
+
+    @property
+    def done(self) -> bool:
+        return self.feed.done.is_set() and (self.mqtt is None or self.mqtt.publisher.done)
 
 
 async def feed_only(listen: str, speed: float, seed: int, stop: asyncio.Event) -> int:
@@ -121,24 +196,37 @@ async def demo(args: argparse.Namespace, stop: asyncio.Event) -> int:
         return await feed_only(args.feed_only, args.speed, args.seed, stop)
     stream = f"lucngan-{time.strftime('%Y%m%d-%H%M%S')}"
     sale = lychee_sale(seed=args.seed, stream=stream)
+    mqtt = MqttOrders(args.mqtt, sale, args.speed) if args.mqtt else None
+    if mqtt is not None and not mqtt.reachable():
+        print(f"No MQTT broker answers at {args.mqtt}: start one or drop --mqtt.", file=sys.stderr)
+        return 1
     with redis_url() as url:
-        async with FeedServer(sale, speed=args.speed) as feed:
+        async with FeedServer(mqtt.rest if mqtt else sale, speed=args.speed) as feed:
             path = Path(args.config) if args.config else DEMO_CONFIG
             try:
-                config = demo_config(path, feed.url, url, args.http)
+                config = demo_config(path, feed.url, url, args.http, mqtt)
             except config_module.ConfigError as exc:
                 print(f"invalid configuration: {exc}", file=sys.stderr)
                 return 2
             ingester = Ingester(config)
             ingester_stop = asyncio.Event()
             running = asyncio.create_task(ingester.run(ingester_stop), name="demo.ingester")
+            publishing: asyncio.Task[None] | None = None
             view = View(sale, plain=args.plain or not sys.stdout.isatty())
             try:
                 await ingester.started.wait()
+                if mqtt is not None:
+                    await _until_receiving(ingester, "demo-mqtt")
+                    publishing = asyncio.create_task(mqtt.publisher.run(), name="demo.mqtt")
                 host, _ = config_module.split_listen(args.http)
                 view.announce(url, f"http://{host}:{ingester.http_port}/metrics")
-                problems = await _watch(ingester, feed, view, stop, args.exit_when_done)
+                progress = Progress(feed, mqtt)
+                problems = await _watch(ingester, progress, view, stop, args.exit_when_done)
             finally:
+                if publishing is not None:
+                    publishing.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await publishing
                 ingester_stop.set()
                 await running
     if problems:
@@ -147,8 +235,14 @@ async def demo(args: argparse.Namespace, stop: asyncio.Event) -> int:
     return 0
 
 
+async def _until_receiving(ingester: Ingester, source: str) -> None:
+    """Publish only once the MQTT source has subscribed, so the broker keeps every order."""
+    async with asyncio.timeout(30):
+        await ingester.health.wait_connected(source)
+
+
 async def _watch(
-    ingester: Ingester, feed: FeedServer, view: View, stop: asyncio.Event, exit_when_done: bool
+    ingester: Ingester, progress: Progress, view: View, stop: asyncio.Event, exit_when_done: bool
 ) -> list[str]:
     """Refresh the view until stopped (or, with exit_when_done, until the sale is counted).
 
@@ -160,8 +254,8 @@ async def _watch(
     with view:
         while not stop.is_set():
             (totals,) = await ingester.store.totals([stream])
-            view.update(totals, feed.sent, feed.total)
-            if feed.done.is_set() and ingester.committer.buffered == 0:
+            view.update(totals, progress.sent, progress.total)
+            if progress.done and ingester.committer.buffered == 0:
                 problems = mismatches(view.sale.expected, totals)
                 if not problems:
                     view.finished()
