@@ -16,14 +16,15 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 
+import msgspec
 import structlog
 from redis.exceptions import RedisError
 
-from ingest.model import UNKNOWN_KIND, Decoded, Event, Rejection
+from ingest.model import UNKNOWN_KIND, Decoded, Event, Reason, Rejection
 from ingest.sources.backoff import Backoff
 from workers.logs import Throttle
 from workers.metrics import HealthMetrics
-from workers.store import DeadLetter, Store
+from workers.store import DeadLetter, Outcome, Store
 
 log = structlog.get_logger("committer")
 
@@ -64,6 +65,8 @@ class Committer:
         self.monotonic = monotonic
         self._frames: collections.deque[_Frame] = collections.deque()
         self._buffered = 0
+        self._queued = 0
+        """Events waiting in ``_frames`` (not yet taken by a worker)."""
         self._in_flight = 0
         self._data = asyncio.Event()
         self._full = asyncio.Event()
@@ -88,10 +91,11 @@ class Committer:
             await self._space.wait()
         self._frames.append(_Frame(source, items, future, self.monotonic()))
         self._buffered += len(items)
+        self._queued += len(items)
         self.health.buffered.set(self._buffered)
         self._empty.clear()
         self._data.set()
-        if self._buffered >= self.settings.max_events:
+        if self._queued >= self.settings.max_events:
             self._full.set()
         return future
 
@@ -126,7 +130,7 @@ class Committer:
             while not self._frames:
                 self._data.clear()
                 await self._data.wait()
-            if self._in_flight and self._queued() < settings.max_events:
+            if self._in_flight and self._queued < settings.max_events:
                 remaining = self._frames[0].arrived + settings.max_delay - self.monotonic()
                 if remaining > 0:
                     self._full.clear()
@@ -143,10 +147,8 @@ class Committer:
                 frame = self._frames.popleft()
                 batch.append(frame)
                 size += len(frame.items)
+            self._queued -= size
             return batch
-
-    def _queued(self) -> int:
-        return sum(len(frame.items) for frame in self._frames)
 
     async def _commit(self, batch: list[_Frame]) -> None:
         events: list[Event] = []
@@ -160,7 +162,11 @@ class Committer:
                     events.append(item)
                     sources.append(frame.source)
         try:
-            new = await self._commit_with_retry(events, dead)
+            outcomes = await self._commit_with_retry(events, dead)
+            refused = self._refused(events, sources, outcomes)
+            if refused:  # rare: a total at its limit, or too many streams
+                await self._commit_with_retry([], refused)
+                dead += refused
         except BaseException as exc:
             for frame in batch:
                 if frame.future.done():
@@ -171,17 +177,37 @@ class Committer:
                 else:
                     frame.future.cancel()
             raise
-        self._account(events, sources, new, dead)
+        self._account(events, sources, outcomes, dead)
         for frame in batch:
             if not frame.future.done():
                 frame.future.set_result(None)
 
-    async def _commit_with_retry(self, events: list[Event], dead: list[DeadLetter]) -> list[bool]:
+    @staticmethod
+    def _refused(
+        events: list[Event], sources: list[str], outcomes: list[Outcome]
+    ) -> list[DeadLetter]:
+        letters = []
+        for event, source, outcome in zip(events, sources, outcomes, strict=True):
+            if outcome is Outcome.TOTAL_LIMIT:
+                reason, detail = Reason.OUT_OF_RANGE, "a total would pass its limit"
+            elif outcome is Outcome.STREAM_LIMIT:
+                reason, detail = Reason.STREAM_NOT_ALLOWED, "the stream limit is reached"
+            else:
+                continue
+            raw = msgspec.json.encode(event)
+            letters.append(
+                DeadLetter(source, Rejection(reason, detail, raw, event.stream, event.kind.value))
+            )
+        return letters
+
+    async def _commit_with_retry(
+        self, events: list[Event], dead: list[DeadLetter]
+    ) -> list[Outcome]:
         backoff = Backoff(0.05, 5.0)
         while True:
             started = self.monotonic()
             try:
-                new = await self.store.commit(events, dead)
+                outcomes = await self.store.commit(events, dead)
             except (RedisError, OSError) as exc:
                 self.health.redis_up.set(0)
                 self.health.commit_errors.labels(type(exc).__name__).inc()
@@ -198,22 +224,27 @@ class Committer:
             self.health.redis_up.set(1)
             self.health.commit_duration.observe(self.monotonic() - started)
             self.health.batch_size.observe(len(events) + len(dead))
-            return new
+            return outcomes
 
     def _account(
-        self, events: list[Event], sources: list[str], new: list[bool], dead: list[DeadLetter]
+        self,
+        events: list[Event],
+        sources: list[str],
+        results: list[Outcome],
+        dead: list[DeadLetter],
     ) -> None:
         health = self.health
         now_ms = self.clock() * 1000
         outcomes = self._outcomes
         outcomes.clear()
         lag_by_source: dict[str, list[float]] = collections.defaultdict(list)
-        for event, source, fresh in zip(events, sources, new, strict=True):
-            if fresh:
+        for event, source, result in zip(events, sources, results, strict=True):
+            if result is Outcome.NEW:
                 outcomes[source, event.kind.value, "accepted"] += 1
                 lag_by_source[source].append(max(0.0, (now_ms - event.ts_ms) / 1000))
-            else:
+            elif result is Outcome.DUPLICATE:
                 outcomes[source, event.kind.value, "duplicate"] += 1
+            # refused events are counted with the dead letters below
         for letter in dead:
             rejection = letter.rejection
             outcomes[letter.source, rejection.kind, "rejected"] += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -18,10 +19,25 @@ DEAD_LETTER_RAW_BYTES = 8192
 """Raw input kept per dead letter: enough to see what was wrong, bounded for memory."""
 
 
+class Outcome(enum.Enum):
+    """What a commit did with one event."""
+
+    NEW = "1"
+    DUPLICATE = "0"
+    TOTAL_LIMIT = "2"
+    """Refused: a total would pass ``keys.TOTAL_LIMIT``."""
+    STREAM_LIMIT = "s"
+    """Refused: a new stream beyond ``max_streams``."""
+
+
+_OUTCOMES = {ord(o.value): o for o in Outcome}
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class StoreSettings:
     retention_seconds: int = 48 * 3600
     sku_limit: int = 200
+    max_streams: int = 1000
     dead_letter_max: int = 10_000
     now_override: int | None = None
     """Seconds since the epoch used instead of Redis TIME for dedup generations (tests only)."""
@@ -100,17 +116,27 @@ class Store:
             keys.GENERATION_SECONDS,
             lookback,
             settings.sku_limit,
-            settings.retention_seconds,
+            keys.TOTAL_LIMIT,
         ]
+        self._known_streams: set[str] = set()
 
-    async def commit(self, events: Sequence[Event], dead: Sequence[DeadLetter] = ()) -> list[bool]:
-        """Dedup and count ``events``, file ``dead`` letters; True where an event was new.
+    async def commit(
+        self, events: Sequence[Event], dead: Sequence[DeadLetter] = ()
+    ) -> list[Outcome]:
+        """Dedup and count ``events``, file ``dead`` letters; each event's outcome.
 
-        One pipeline round trip; one script call per stream, each atomic on its own.
+        One pipeline round trip (two when a stream is new to this process); one script call
+        per stream, each atomic on its own.
         """
         by_stream: dict[str, list[int]] = defaultdict(list)
         for index, event in enumerate(events):
             by_stream[event.stream].append(index)
+        outcomes = [Outcome.STREAM_LIMIT] * len(events)
+        refused = await self._over_stream_limit(
+            [s for s in by_stream if s not in self._known_streams]
+        )
+        for stream in refused:
+            del by_stream[stream]
         async with self.redis.pipeline(transaction=False) as pipe:
             if by_stream:
                 pipe.sadd(keys.STREAMS, *by_stream)
@@ -122,12 +148,33 @@ class Store:
             for letter in dead:
                 self._dead_letter(pipe, letter)
             replies: list[Any] = await pipe.execute()
-        new = [False] * len(events)
-        outcomes = replies[1 : 1 + len(by_stream)]
-        for indexes, outcome in zip(by_stream.values(), outcomes, strict=True):
-            for index, flag in zip(indexes, outcome, strict=True):
-                new[index] = flag == ord("1")
-        return new
+        self._known_streams.update(by_stream)
+        first = 1 if by_stream else 0
+        for indexes, reply in zip(by_stream.values(), replies[first:], strict=False):
+            for index, code in zip(indexes, reply, strict=True):
+                outcomes[index] = _OUTCOMES[code]
+        return outcomes
+
+    async def _over_stream_limit(self, streams: list[str]) -> list[str]:
+        """The streams, new to this process, that would pass ``max_streams`` (approximately:
+        replicas racing for the last places may pass it by a few)."""
+        if not streams:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.scard(keys.STREAMS)
+            for stream in streams:
+                pipe.sismember(keys.STREAMS, stream)
+            count, *known = await pipe.execute()
+        room = self.settings.max_streams - int(count)
+        refused = []
+        for stream, member in zip(streams, known, strict=True):
+            if member:
+                continue
+            if room > 0:
+                room -= 1
+            else:
+                refused.append(stream)
+        return refused
 
     def _dead_letter(self, pipe: Any, letter: DeadLetter) -> None:
         rejection = letter.rejection

@@ -8,7 +8,7 @@ from redis.asyncio import Redis
 from ingest.model import Comment, Event, LineItem, Order, Reason, Rejection, Viewers
 from workers import keys
 from workers.keys import StreamKeys
-from workers.store import DeadLetter, Store, StoreSettings
+from workers.store import DeadLetter, Outcome, Store, StoreSettings
 
 DAY = keys.GENERATION_SECONDS
 NOW = 40_000 * DAY  # a fixed generation boundary in 2079: keys expire long after the test
@@ -36,6 +36,12 @@ def comment(stream: str, cid: str, user: str = "u1") -> Comment:
     return Comment(stream, "tiktok", cid, 1_750_000_000_000, user)
 
 
+def flags(outcomes: list[Outcome]) -> list[bool]:
+    """True where the event was counted, False where it was a duplicate."""
+    assert all(o in (Outcome.NEW, Outcome.DUPLICATE) for o in outcomes)
+    return [o is Outcome.NEW for o in outcomes]
+
+
 def store(redis: Redis, **kw: int) -> Store:
     settings = StoreSettings(now_override=kw.pop("now", NOW), **kw)
     return Store(redis, settings)
@@ -45,8 +51,8 @@ def store(redis: Redis, **kw: int) -> Store:
 async def test_new_events_count_once_and_duplicates_are_reported(redis: Redis, stream: str) -> None:
     s = store(redis)
     events: list[Event] = [order(stream, "o1"), comment(stream, "c1"), comment(stream, "c2", "u2")]
-    assert await s.commit(events) == [True, True, True]
-    assert await s.commit([*events, comment(stream, "c3")]) == [False, False, False, True]
+    assert flags(await s.commit(events)) == [True, True, True]
+    assert flags(await s.commit([*events, comment(stream, "c3")])) == [False, False, False, True]
     (totals,) = await s.totals([stream])
     assert totals.by("orders") == {("shopee", "VN"): 1}
     assert totals.by("grams") == {("shopee", "VN"): 2000}
@@ -63,7 +69,7 @@ async def test_new_events_count_once_and_duplicates_are_reported(redis: Redis, s
 async def test_duplicates_within_one_batch_count_once(redis: Redis, stream: str) -> None:
     s = store(redis)
     o = order(stream, "o1")
-    assert await s.commit([o, o, comment(stream, "c"), o]) == [True, False, True, False]
+    assert flags(await s.commit([o, o, comment(stream, "c"), o])) == [True, False, True, False]
     (totals,) = await s.totals([stream])
     assert totals.total("orders") == 1
 
@@ -74,7 +80,7 @@ async def test_cancellation_is_a_new_event_and_uses_the_creation_labels(
 ) -> None:
     s = store(redis)
     await s.commit([order(stream, "o1", grams=5000, country="JP")])
-    assert await s.commit([cancel(stream, "o1"), cancel(stream, "o1")]) == [True, False]
+    assert flags(await s.commit([cancel(stream, "o1"), cancel(stream, "o1")])) == [True, False]
     (totals,) = await s.totals([stream])
     assert totals.by("cancelled") == {("shopee", "JP"): 1}
     assert totals.by("cancelled_grams") == {("shopee", "JP"): 5000}
@@ -84,15 +90,19 @@ async def test_cancellation_is_a_new_event_and_uses_the_creation_labels(
 @pytest.mark.asyncio
 async def test_cancellation_before_creation_counts_once_each(redis: Redis, stream: str) -> None:
     s = store(redis)
-    assert await s.commit([cancel(stream, "o9")]) == [True]
+    assert flags(await s.commit([cancel(stream, "o9")])) == [True]
     (totals,) = await s.totals([stream])
     assert totals.total("cancelled") == 0  # labels unknown until the creation arrives
-    assert await s.commit([order(stream, "o9", grams=3000), cancel(stream, "o9")]) == [True, False]
+    assert flags(await s.commit([order(stream, "o9", grams=3000), cancel(stream, "o9")])) == [
+        True,
+        False,
+    ]
     (totals,) = await s.totals([stream])
     assert totals.by("orders") == {("shopee", "VN"): 1}
     assert totals.by("cancelled") == {("shopee", "VN"): 1}
     assert totals.by("cancelled_grams") == {("shopee", "VN"): 3000}
-    assert await redis.hget(StreamKeys(stream).orders, "o9") is None
+    prefix = StreamKeys(stream).orders_prefix
+    assert [k async for k in redis.scan_iter(match=f"{prefix}*")] == []  # state cleared
 
 
 @pytest.mark.asyncio
@@ -101,7 +111,7 @@ async def test_a_retried_batch_changes_nothing(redis: Redis, stream: str) -> Non
     batch = [order(stream, f"o{i}") for i in range(50)] + [cancel(stream, "o3")]
     await s.commit(batch)
     before = await redis.hgetall(StreamKeys(stream).totals)
-    assert await s.commit(batch) == [False] * len(batch)
+    assert flags(await s.commit(batch)) == [False] * len(batch)
     assert await redis.hgetall(StreamKeys(stream).totals) == before
 
 
@@ -146,13 +156,13 @@ async def test_ids_are_remembered_for_the_retention_then_forgotten(
 ) -> None:
     retention = 2 * DAY
     event = comment(stream, "c1")
-    assert await store(redis, now=NOW, retention_seconds=retention).commit([event]) == [True]
+    assert flags(await store(redis, now=NOW, retention_seconds=retention).commit([event])) == [True]
     for later in (NOW + DAY, NOW + retention, NOW + retention + DAY - 1):
         s = store(redis, now=later, retention_seconds=retention)
-        assert await s.commit([event]) == [False], later - NOW
+        assert flags(await s.commit([event])) == [False], later - NOW
     # The fingerprint's generation is past every lookback: its set expires and the id is new.
     s = store(redis, now=NOW + retention + DAY, retention_seconds=retention)
-    assert await s.commit([comment(stream, "c1")]) == [True]
+    assert flags(await s.commit([comment(stream, "c1")])) == [True]
     shard, _ = keys.fingerprint(event.identity)
     ttl_at = await redis.expiretime(f"{StreamKeys(stream).seen_prefix}{NOW // DAY}:{shard}")
     assert ttl_at == (NOW // DAY + 3) * DAY
@@ -188,3 +198,59 @@ async def test_memory_per_remembered_id_is_small(redis: Redis, stream: str) -> N
     per_id = total / n
     print(f"dedup memory: {per_id:.1f} bytes per remembered id ({n} ids)")
     assert per_id < 20
+
+
+@pytest.mark.asyncio
+async def test_an_order_that_would_overflow_a_total_is_refused_whole(
+    redis: Redis, stream: str
+) -> None:
+    """Redis keeps a script's writes when it fails midway: the script checks every total
+    before writing anything, so a refused order leaves no trace and its neighbours count."""
+    s = store(redis)
+    await redis.hset(StreamKeys(stream).totals, "value|shopee|VND", keys.TOTAL_LIMIT - 1000)
+    big = order(stream, "big", amount_minor=10**6, buyer="b-big")
+    fits = order(stream, "fits", amount_minor=10, buyer="b-fits")
+    outcomes = await s.commit([comment(stream, "c1", "u1"), big, fits, comment(stream, "c2", "u2")])
+    assert outcomes == [Outcome.NEW, Outcome.TOTAL_LIMIT, Outcome.NEW, Outcome.NEW]
+    (totals,) = await s.totals([stream])
+    assert totals.by("orders") == {("shopee", "VN"): 1}
+    assert totals.by("grams") == {("shopee", "VN"): 2000}
+    assert totals.by("value") == {("shopee", "VND"): keys.TOTAL_LIMIT - 1000 + 10}
+    assert totals.unique_buyers == 1
+    assert totals.by("comments") == {("tiktok",): 2}
+    # Not remembered: once the total has room (an operator reset), a redelivery counts.
+    await redis.hset(StreamKeys(stream).totals, "value|shopee|VND", 0)
+    assert await s.commit([big]) == [Outcome.NEW]
+
+
+@pytest.mark.asyncio
+async def test_streams_beyond_the_limit_are_refused(redis: Redis) -> None:
+    await redis.delete(keys.STREAMS)
+    s = store(redis, max_streams=2)
+    a, b, c = (f"lim-{n}" for n in "abc")
+    assert await s.commit([comment(a, "1"), comment(b, "1")]) == [Outcome.NEW] * 2
+    assert await s.commit([comment(c, "1"), comment(a, "2")]) == [
+        Outcome.STREAM_LIMIT,
+        Outcome.NEW,
+    ]
+    assert await s.streams() == [a, b]
+
+
+@pytest.mark.asyncio
+async def test_order_state_expires_with_the_dedup_memory_of_its_order(
+    redis: Redis, stream: str
+) -> None:
+    s = store(redis)
+    created = order(stream, "o1")
+    await s.commit([created, cancel(stream, "o2")])
+    k = StreamKeys(stream)
+    shard, _ = keys.fingerprint(created.identity)
+    generation = NOW // DAY
+    state_expiry = await redis.expiretime(f"{k.orders_prefix}{generation}")
+    seen_expiry = await redis.expiretime(f"{k.seen_prefix}{generation}:{shard}")
+    assert state_expiry == seen_expiry > NOW + 2 * DAY
+    # The next day, a cancellation still finds the order in the previous generation.
+    later = store(redis, now=NOW + DAY)
+    assert await later.commit([cancel(stream, "o1"), order(stream, "o2")]) == [Outcome.NEW] * 2
+    (totals,) = await later.totals([stream])
+    assert totals.by("cancelled") == {("shopee", "VN"): 2}
