@@ -11,7 +11,8 @@ import dataclasses
 import datetime as dt
 import re
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Annotated, Literal
 
 import msgspec
@@ -110,6 +111,10 @@ class NativeOptions:
     max_frame_bytes: int = 256 * 1024
     max_events_per_frame: int = 1000
     regions: RegionTable = dataclasses.field(default_factory=default_regions)
+    max_future_seconds: float = 24 * 3600
+    """Events dated further ahead than this are refused: a wrong clock must not pin the
+    latest-by-event-time viewers gauge for ever."""
+    clock: Callable[[], float] = time.time
 
     def for_stream(self, stream: str) -> NativeOptions:
         """Options for frames whose transport names their stream (an MQTT topic level): it is
@@ -146,7 +151,16 @@ class NativeFormat:
         self._many = msgspec.json.Decoder(list[msgspec.Raw])
 
     def decode(self, frame: bytes | str) -> list[Decoded]:
-        raw = frame.encode() if isinstance(frame, str) else frame
+        """Never raises: whatever the frame, every part of it becomes an event or a rejection."""
+        raw = frame.encode("utf-8", "surrogatepass") if isinstance(frame, str) else frame
+        try:
+            return self._decode(raw)
+        except RecursionError:
+            return [self._reject(Reason.MALFORMED_JSON, "nested too deeply", raw)]
+        except Exception as exc:  # a decoder bug must not take the source down with it
+            return [self._reject(Reason.INVALID_VALUE, f"decoder error: {type(exc).__name__}", raw)]
+
+    def _decode(self, raw: bytes) -> list[Decoded]:
         if len(raw) > self.options.max_frame_bytes:
             return [self._reject(Reason.OVERSIZE, f"frame of {len(raw)} bytes", raw)]
         if raw.lstrip()[:1] != b"[":
@@ -190,6 +204,8 @@ class NativeFormat:
             return self._reject(Reason.STREAM_NOT_ALLOWED, stream, raw, stream, kind)
         platform = wire.platform if wire.platform in self.options.platforms else OTHER_PLATFORM
         ts_ms = (wire.ts - _EPOCH) // _MS
+        if ts_ms > (self.options.clock() + self.options.max_future_seconds) * 1000:
+            return self._reject(Reason.OUT_OF_RANGE, "timestamp in the future", raw, stream, kind)
         match wire:
             case CommentWire():
                 return Comment(stream, platform, wire.id, ts_ms, wire.user)

@@ -32,6 +32,20 @@ from ingest.sources.base import Format, Health, Sink
 log = logging.getLogger(__name__)
 
 
+async def _read(
+    ws: ClientConnection | ServerConnection, name: str, fmt: Format, sink: Sink, health: Health
+) -> None:
+    """Hand every frame to the format until the connection closes (ConnectionClosed).
+
+    Frames are read as bytes, text frames too: websockets would otherwise decode text frames
+    and fail the whole connection (1007) on invalid UTF-8; the format rejects just that frame.
+    """
+    while True:
+        frame = await ws.recv(decode=False)
+        health.received(name)
+        await sink.submit(name, fmt.decode(frame))
+
+
 def retry_reason(exc: BaseException) -> str | None:
     """Why a failed connection is worth retrying, or None if it is not (a bad URI)."""
     if isinstance(exc, InvalidURI):
@@ -125,9 +139,7 @@ class WebsocketClientSource:
             self.health.connected(self.name, True)
             if self.subscribe is not None:
                 await ws.send(self.subscribe)
-            async for frame in ws:
-                self.health.received(self.name)
-                await self.sink.submit(self.name, self.fmt.decode(frame))
+            await _read(ws, self.name, self.fmt, self.sink, self.health)
 
 
 class WebsocketServerSource:
@@ -176,9 +188,7 @@ class WebsocketServerSource:
 
     async def _handle(self, ws: ServerConnection) -> None:
         with contextlib.suppress(ConnectionClosed):
-            async for frame in ws:
-                self.health.received(self.name)
-                await self.sink.submit(self.name, self.fmt.decode(frame))
+            await _read(ws, self.name, self.fmt, self.sink, self.health)
 
     async def run(self) -> None:
         async with serve(

@@ -374,14 +374,15 @@ async def test_client_failed_attempts_never_reset_the_backoff_however_long_they_
 
 
 async def send_bad_mix(ws: ServerConnection | ClientConnection, sink: RecordingSink) -> None:
-    """Valid, malformed, oversize, invalid UTF-8 (binary), unknown kind, valid: one connection."""
+    """Valid, malformed, oversize, invalid UTF-8 (binary and text), unknown kind, valid."""
     await ws.send(frame("valid-1"))
     await ws.send('{"kind": "comment", "id": ')
     await ws.send(oversize_frame())
     await ws.send(INVALID_UTF8)
+    await ws.send(INVALID_UTF8, text=True)  # a text frame: websockets must not fail the connection
     await ws.send(frame("g1", "gift"))
     await ws.send(frame("valid-2"))
-    await until(lambda: len(sink.frames) == 6, WAIT, "six submitted frames")
+    await until(lambda: len(sink.frames) == 7, WAIT, "seven submitted frames")
 
 
 def assert_bad_mix(sink: RecordingSink) -> None:
@@ -389,6 +390,7 @@ def assert_bad_mix(sink: RecordingSink) -> None:
     assert sink.reasons == [
         Reason.MALFORMED_JSON,
         Reason.OVERSIZE,
+        Reason.INVALID_UTF8,
         Reason.INVALID_UTF8,
         Reason.UNKNOWN_KIND,
     ]
@@ -406,7 +408,7 @@ async def test_client_keeps_the_connection_and_the_valid_events_around_bad_input
             assert ws.state is State.OPEN
 
     assert_bad_mix(sink)
-    assert health.received_count == 6
+    assert health.received_count == 7
     assert len(server.connections) == 1
     assert health.story() == ["up", "down"]  # never reconnected; down is the cancel
 

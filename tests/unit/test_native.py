@@ -7,6 +7,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
@@ -808,3 +809,35 @@ def test_schema_invalid_examples_are_rejected_by_both(
 ) -> None:
     assert not validator.is_valid(event)
     reject(encode(event))
+
+
+def test_deeply_nested_json_is_rejected_not_raised() -> None:
+    fmt = NativeFormat(NativeOptions(default_stream="s"))
+    for frame in (b"[" * 5000 + b"]" * 5000, b'{"a":' * 3000 + b"1" + b"}" * 3000):
+        (result,) = fmt.decode(frame)
+        assert isinstance(result, Rejection)
+        assert result.reason is Reason.MALFORMED_JSON
+
+
+def test_a_text_frame_with_a_lone_surrogate_is_invalid_utf8() -> None:
+    fmt = NativeFormat(NativeOptions(default_stream="s"))
+    (result,) = fmt.decode('{"kind": "comment", "id": "\ud800"}')
+    assert isinstance(result, Rejection)
+    assert result.reason is Reason.INVALID_UTF8
+
+
+def test_events_dated_more_than_a_day_ahead_are_refused() -> None:
+    now = 1_750_000_000.0  # 2025-06-15T15:06:40Z
+    fmt = NativeFormat(
+        NativeOptions(default_stream="s", platforms=frozenset({"tiktok"}), clock=lambda: now)
+    )
+
+    def at(ts: str) -> bytes:
+        event = {"kind": "viewers", "id": "v", "platform": "tiktok", "ts": ts, "count": 5}
+        return orjson.dumps(event)
+
+    (soon,) = fmt.decode(at("2025-06-16T15:00:00Z"))
+    (far,) = fmt.decode(at("9999-12-31T00:00:00Z"))
+    assert not isinstance(soon, Rejection)
+    assert isinstance(far, Rejection)
+    assert (far.reason, far.stream) == (Reason.OUT_OF_RANGE, "s")
