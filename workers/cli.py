@@ -1,4 +1,4 @@
-"""``livestream-ingester``: run, check-config, demo."""
+"""``livestream-ingester``: run, check-config, demo, top."""
 
 from __future__ import annotations
 
@@ -51,8 +51,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from workers.runtime import Ingester
 
     async def main(stop: asyncio.Event) -> int:
-        await Ingester(config, shutdown_deadline=args.shutdown_deadline).run(stop)
-        return 0
+        ingester = Ingester(config, shutdown_deadline=args.shutdown_deadline)
+        await ingester.run(stop)
+        return 1 if ingester.unflushed else 0
 
     return run_until_signalled(main)
 
@@ -70,6 +71,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     configure("warning" if args.quiet_logs else "info", "logfmt")
     return run_until_signalled(lambda stop: demo(args, stop))
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from workers.top import top
+
+    configure("warning", "logfmt")
+    return run_until_signalled(lambda stop: top(args, stop))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -132,6 +140,33 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--plain", action="store_true", help="print lines instead of a live view")
     demo.add_argument("--quiet-logs", action="store_true", help="log warnings and errors only")
     demo.set_defaults(func=cmd_demo)
+
+    view = sub.add_parser(
+        "top", help="a live terminal view of every stream's totals and the ingesters' health"
+    )
+    where = view.add_mutually_exclusive_group()
+    where.add_argument("-c", "--config", help="ingester config file: read Redis where it writes")
+    where.add_argument(
+        "--redis-url", help="Redis to read (default: REDIS_URL, else redis://127.0.0.1:6379/0)"
+    )
+    view.add_argument("--stream", help="show one stream (default: every stream in Redis)")
+    view.add_argument(
+        "--metrics",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="an ingester's /metrics (URL or host:port) for source health; repeat per ingester",
+    )
+    view.add_argument(
+        "--interval", type=float, default=2.0, help="seconds between refreshes (default 2)"
+    )
+    view.add_argument(
+        "--once",
+        action="store_true",
+        help="print one snapshot and exit (rates over one interval; exit 1 if Redis fails)",
+    )
+    view.add_argument("--plain", action="store_true", help="print lines instead of a live view")
+    view.set_defaults(func=cmd_top)
     return top
 
 

@@ -97,6 +97,7 @@ class BatchConfig(_Model):
 class LabelsConfig(_Model):
     platforms: tuple[Annotated[str, Field(pattern=PLATFORM_PATTERN)], ...] = DEFAULT_PLATFORMS
     sku_limit: int = Field(200, ge=1, le=10_000)
+    max_streams: int = Field(1000, ge=1, le=100_000)
 
 
 class DeadLetterConfig(_Model):

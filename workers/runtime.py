@@ -200,6 +200,7 @@ class Ingester:
             StoreSettings(
                 retention_seconds=config.dedup.retention_hours * 3600,
                 sku_limit=config.labels.sku_limit,
+                max_streams=config.labels.max_streams,
                 dead_letter_max=config.dead_letters.max_per_stream,
                 now_override=now_override,
             ),
@@ -226,6 +227,8 @@ class Ingester:
             )
             self.metrics.add_source(source.name)
         self.http_port: int | None = None
+        self.unflushed = 0
+        """Events read but not committed when the shutdown deadline passed (exit status 1)."""
         self.started = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -248,7 +251,8 @@ class Ingester:
                         await asyncio.shield(self.committer.flush())
                     log.info("stopping: buffer flushed")
                 except TimeoutError:
-                    log.error("stopping: flush deadline passed", lost=self.committer.buffered)
+                    self.unflushed = self.committer.buffered
+                    log.error("stopping: flush deadline passed", unflushed=self.unflushed)
                 committing.cancel()
         finally:
             await self.redis.aclose()
