@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import tomllib
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -35,11 +36,15 @@ def test_native_examples_decode_without_rejection() -> None:
 
 
 def test_config_examples_are_valid() -> None:
-    (example,) = blocks("toml")
-    import tomllib
-
-    config = parse(tomllib.loads(example), "README", {"LIVESTREAM_PUSH_TOKEN": "t"})
-    assert [s.type for s in config.sources] == ["websocket-client", "websocket-server"]
+    examples = blocks("toml")
+    assert len(examples) == 2
+    env = {"LIVESTREAM_PUSH_TOKEN": "t", "MQTT_PASSWORD": "p"}
+    types = [
+        source.type
+        for example in examples
+        for source in parse(tomllib.loads(example), "README", env).sources
+    ]
+    assert types == ["websocket-client", "websocket-server", "mqtt"]
 
 
 def test_shell_examples_parse_and_name_real_keys() -> None:
