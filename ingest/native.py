@@ -36,6 +36,7 @@ STREAM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 PLATFORM_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$"
 OTHER_PLATFORM = "other"
+REGION_CACHE = 4096
 MAX_AMOUNT = 10**15
 """Largest order amount in major units as given, and in minor units once converted (so that
 the int64 totals in Redis cannot overflow before ~9,000 such absurd orders)."""
@@ -149,6 +150,17 @@ class NativeFormat:
         self.options = options
         self._one = msgspec.json.Decoder(Wire)
         self._many = msgspec.json.Decoder(list[msgspec.Raw])
+        self._regions: dict[tuple[str, str], str] = {}
+
+    def _region(self, country: str, region: str) -> str:
+        """Normalised region, remembered: a stream repeats the same few spellings."""
+        key = (country, region)
+        found = self._regions.get(key)
+        if found is None:
+            if len(self._regions) >= REGION_CACHE:
+                self._regions.clear()
+            found = self._regions[key] = self.options.regions.normalise(country, region)
+        return found
 
     def decode(self, frame: bytes | str) -> list[Decoded]:
         """Never raises: whatever the frame, every part of it becomes an event or a rejection."""
@@ -246,7 +258,7 @@ class NativeFormat:
             return reject(Reason.OUT_OF_RANGE, f"amount above {MAX_AMOUNT} minor units")
         items = tuple(LineItem(item.sku.upper(), item.qty * item.grams) for item in wire.items)
         country = normalise_country(wire.country)
-        region = self.options.regions.normalise(country, wire.region) if wire.region else UNKNOWN
+        region = self._region(country, wire.region) if wire.region else UNKNOWN
         return Order(
             stream,
             platform,

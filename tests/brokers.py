@@ -1,79 +1,13 @@
-"""A private Mosquitto broker on a free loopback port, and the QoS 1 publisher for tests."""
+"""The QoS 1 publisher for tests, on a private Mosquitto (``workers.mosquitto_server``)."""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from ingest.sources.mqtt import Publisher
-from tests.conftest import UNIT
-from workers.redis_server import free_port
+from workers.mosquitto_server import Mosquitto
 
-
-class Mosquitto:
-    """``mosquitto`` with persistence in a temp dir; ``stop()`` (SIGTERM saves the sessions)
-    and ``start()`` again on the same port."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.binary = binary
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="li-mosquitto-"))
-        self.config = self.dir / "mosquitto.conf"
-        self.config.write_text(
-            f"""
-listener {self.port} 127.0.0.1
-allow_anonymous true
-persistence true
-persistence_location {self.dir}/
-autosave_interval 1
-max_queued_messages 1000000
-max_inflight_messages 0
-user root
-log_dest file {self.dir}/mosquitto.log
-""",
-            encoding="utf-8",
-        )
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [self.binary, "-c", str(self.config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10 * UNIT
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"mosquitto did not start: {self.log()}") from None
-                time.sleep(0.02)
-
-    def stop(self, kill: bool = False) -> None:
-        if self.process is None:
-            return
-        if kill:
-            self.process.kill()
-        else:
-            self.process.terminate()
-        self.process.wait(10)
-        self.process = None
-
-    def log(self) -> str:
-        path = self.dir / "mosquitto.log"
-        return path.read_text() if path.exists() else ""
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+__all__ = ["Mosquitto", "publisher"]
 
 
 def publisher(port: int, messages: Sequence[tuple[str, bytes]], pause: float = 0) -> Publisher:

@@ -74,6 +74,7 @@ class Committer:
         self._empty = asyncio.Event()
         self._empty.set()
         self._throttle = Throttle(log_interval, monotonic)
+        health.buffered.set_function(lambda: self._buffered)
         self._outcomes: dict[tuple[str, str, str], int] = collections.Counter()
 
     @property
@@ -92,7 +93,6 @@ class Committer:
         self._frames.append(_Frame(source, items, future, self.monotonic()))
         self._buffered += len(items)
         self._queued += len(items)
-        self.health.buffered.set(self._buffered)
         self._empty.clear()
         self._data.set()
         if self._queued >= self.settings.max_events:
@@ -119,7 +119,6 @@ class Committer:
                 self._in_flight -= 1
                 done = sum(len(frame.items) for frame in batch)
                 self._buffered -= done
-                self.health.buffered.set(self._buffered)
                 self._space.set()
                 if self._buffered == 0:
                     self._empty.set()

@@ -139,11 +139,16 @@ TOTAL_LIMIT: Final = 9 * 10**18
 # the second writes, and none of its writes can fail.
 #
 # ARGV: now override (seconds, "" = Redis TIME), generation span, lookback generations,
-# sku limit, total limit, then one record per event:
-#   c shard member platform user                     comment
-#   v shard member platform count ts_ms              viewers
-#   o shard member order platform country region buyer currency minor grams n (sku grams)*n
-#   x shard member order                             cancellation
+# sku limit, total limit, then every event's record in one MessagePack array (one argument,
+# not seven per event: packing arguments is the client's main cost), each an array:
+#   ["c", shard, member, platform, user]                      comment
+#   ["v", shard, member, platform, count, ts_ms]              viewers
+#   ["o", shard, member, order, platform, country, region, buyer, currency, minor, grams,
+#    [[sku, grams], ...]]                                     order created
+#   ["x", shard, member, order]                               order cancelled
+# Members, money and grams are decimal strings, passed to HINCRBY as they are: exact whatever
+# their size (a Lua number is a double); the checks against the total limit use tonumber().
+# Viewer counts and times are plain integers, below 2^53.
 # Returns one character per event: "1" counted, "0" duplicate, "2" refused (a total would
 # overflow).
 COMMIT_SCRIPT: Final = """
@@ -204,34 +209,22 @@ local function fits(increments)
   return true
 end
 
-local i = 6
-while i <= #ARGV do
-  local tag = ARGV[i]
-  local r = {tag = tag, shard = ARGV[i + 1], member = ARGV[i + 2], at = i}
-  local state = already_seen(r.shard, r.member) and '0' or '1'
-  if tag == 'c' then
-    i = i + 5
-  elseif tag == 'v' then
-    i = i + 6
-  elseif tag == 'x' then
-    i = i + 4
-  elseif tag == 'o' then
-    local n = tonumber(ARGV[i + 11])
-    if state == '1' then
-      local pc = ARGV[i + 4] .. '|' .. ARGV[i + 5]
-      local inc = {}
-      inc['grams|' .. pc] = tonumber(ARGV[i + 10])
-      inc['value|' .. ARGV[i + 4] .. '|' .. ARGV[i + 8]] = tonumber(ARGV[i + 9])
-      r.labels = {}
-      for j = 0, n - 1 do
-        local field = 'sku_grams|' .. label_for(ARGV[i + 12 + 2 * j])
-        r.labels[j] = field
-        inc[field] = (inc[field] or 0) + tonumber(ARGV[i + 13 + 2 * j])
-      end
-      if not fits(inc) then state = '2' end
+for _, r in ipairs(cmsgpack.unpack(ARGV[6])) do
+  local tag = r[1]
+  local state = already_seen(r[2], r[3]) and '0' or '1'
+  if tag == 'o' and state == '1' then
+    local pc = r[5] .. '|' .. r[6]
+    local inc = {}
+    inc['grams|' .. pc] = tonumber(r[11])
+    inc['value|' .. r[5] .. '|' .. r[9]] = tonumber(r[10])
+    r.labels = {}
+    for j, item in ipairs(r[12]) do
+      local field = 'sku_grams|' .. label_for(item[1])
+      r.labels[j] = field
+      inc[field] = (inc[field] or 0) + tonumber(item[2])
     end
-    i = i + 12 + 2 * n
-  else
+    if not fits(inc) then state = '2' end
+  elseif tag ~= 'c' and tag ~= 'v' and tag ~= 'x' and tag ~= 'o' then
     return redis.error_reply('unknown record tag ' .. tostring(tag))
   end
   outcome[#outcome + 1] = state
@@ -263,31 +256,31 @@ end
 for _, sku in ipairs(new_skus) do redis.call('SADD', skus, sku) end
 local users, buyer_ids = {}, {}
 for _, r in ipairs(records) do
-  local key = seen .. gen .. ':' .. r.shard
-  redis.call('SADD', key, r.member)
+  local key = seen .. gen .. ':' .. r[2]
+  redis.call('SADD', key, r[3])
   expire_once(key)
-  local a = r.at
-  if r.tag == 'c' then
-    redis.call('HINCRBY', totals, 'comments|' .. ARGV[a + 3], 1)
-    if ARGV[a + 4] ~= '' then users[#users + 1] = ARGV[a + 4] end
-  elseif r.tag == 'v' then
-    local platform, count, ts = ARGV[a + 3], tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+  local tag = r[1]
+  if tag == 'c' then
+    redis.call('HINCRBY', totals, 'comments|' .. r[4], 1)
+    if r[5] ~= '' then users[#users + 1] = r[5] end
+  elseif tag == 'v' then
+    local platform, count, ts = r[4], r[5], r[6]
     local last = redis.call('HMGET', viewers, platform, platform .. '|ts')
     local last_count, last_ts = tonumber(last[1]), tonumber(last[2])
     -- latest by event time; a tie keeps the larger count, so arrival order never matters
     if not last_ts or ts > last_ts or (ts == last_ts and count > last_count) then
-      redis.call('HSET', viewers, platform, ARGV[a + 4], platform .. '|ts', ARGV[a + 5])
+      redis.call('HSET', viewers, platform, count, platform .. '|ts', ts)
     end
-  elseif r.tag == 'o' then
-    local id, platform, country, grams = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 10]
+  elseif tag == 'o' then
+    local id, platform, country, grams = r[4], r[5], r[6], r[11]
     local pc = platform .. '|' .. country
     redis.call('HINCRBY', totals, 'orders|' .. pc, 1)
     redis.call('HINCRBY', totals, 'grams|' .. pc, grams)
-    redis.call('HINCRBY', totals, 'value|' .. platform .. '|' .. ARGV[a + 8], ARGV[a + 9])
-    redis.call('HINCRBY', totals, 'region|' .. country .. '|' .. ARGV[a + 6], 1)
-    if ARGV[a + 7] ~= '' then buyer_ids[#buyer_ids + 1] = ARGV[a + 7] end
-    for j = 0, tonumber(ARGV[a + 11]) - 1 do
-      redis.call('HINCRBY', totals, r.labels[j], ARGV[a + 13 + 2 * j])
+    redis.call('HINCRBY', totals, 'value|' .. platform .. '|' .. r[9], r[10])
+    redis.call('HINCRBY', totals, 'region|' .. country .. '|' .. r[7], 1)
+    if r[8] ~= '' then buyer_ids[#buyer_ids + 1] = r[8] end
+    for j, item in ipairs(r[12]) do
+      redis.call('HINCRBY', totals, r.labels[j], item[2])
     end
     local state, where = order_state(id)
     if state == 'C' then
@@ -297,8 +290,8 @@ for _, r in ipairs(records) do
       redis.call('HSET', orders .. gen, id, pc .. '|' .. grams)
       expire_once(orders .. gen)
     end
-  elseif r.tag == 'x' then
-    local id = ARGV[a + 3]
+  elseif tag == 'x' then
+    local id = r[4]
     local state, where = order_state(id)
     if state and state ~= 'C' then
       local platform, country, grams = string.match(state, '^([^|]*)|([^|]*)|(%d+)$')

@@ -60,6 +60,7 @@ class SourceHealth:
         self.metrics = metrics
         self.clock = clock
         self._up: dict[str, asyncio.Event] = {}
+        self._last_event: dict[str, float] = {}
 
     def _event(self, source: str) -> asyncio.Event:
         return self._up.setdefault(source, asyncio.Event())
@@ -83,7 +84,11 @@ class SourceHealth:
         log.info("source reconnecting", source=source, reason=reason, delay=round(delay, 3))
 
     def received(self, source: str) -> None:
-        self.metrics.last_event.labels(source).set(self.clock())
+        # A dict store per frame; the gauge reads it at scrape time. Its series appears with
+        # the source's first input, as "never received" must stay distinguishable.
+        if source not in self._last_event:
+            self.metrics.last_event.labels(source).set_function(lambda: self._last_event[source])
+        self._last_event[source] = self.clock()
 
 
 def redis_client(url: str, socket_timeout: float) -> Redis:

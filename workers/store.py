@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 from redis.asyncio import Redis
 
 from ingest.model import Comment, Event, Order, Rejection, Viewers
@@ -72,35 +73,40 @@ class StreamTotals:
         return sum(self.by(metric).values())
 
 
-def _records(events: Sequence[Event]) -> list[str | int]:
-    args: list[str | int] = []
+_pack = msgspec.msgpack.Encoder().encode
+
+
+def _records(events: Sequence[Event]) -> bytes:
+    """The commit script's records (see ``keys.COMMIT_SCRIPT``), as one MessagePack blob."""
+    records: list[tuple[object, ...]] = []
+    append = records.append
     for event in events:
         shard, member = fingerprint(event.identity)
         match event:
             case Comment():
-                args += ("c", shard, member, event.platform, event.user or "")
+                append(("c", shard, str(member), event.platform, event.user or ""))
             case Viewers():
-                args += ("v", shard, member, event.platform, event.count, event.ts_ms)
+                append(("v", shard, str(member), event.platform, event.count, event.ts_ms))
             case Order(cancelled=True):
-                args += ("x", shard, member, event.id)
+                append(("x", shard, str(member), event.id))
             case Order():
-                args += (
-                    "o",
-                    shard,
-                    member,
-                    event.id,
-                    event.platform,
-                    event.country,
-                    event.region,
-                    event.buyer or "",
-                    event.currency,
-                    event.amount_minor,
-                    event.grams,
-                    len(event.items),
+                append(
+                    (
+                        "o",
+                        shard,
+                        str(member),
+                        event.id,
+                        event.platform,
+                        event.country,
+                        event.region,
+                        event.buyer or "",
+                        event.currency,
+                        str(event.amount_minor),
+                        str(event.grams),
+                        [(item.sku, str(item.grams)) for item in event.items],
+                    )
                 )
-                for item in event.items:
-                    args += (item.sku, item.grams)
-    return args
+    return _pack(records)
 
 
 class Store:
@@ -143,7 +149,7 @@ class Store:
             for stream, indexes in by_stream.items():
                 records = _records([events[i] for i in indexes])
                 await self._script(
-                    keys=StreamKeys(stream).script_keys(), args=self._head + records, client=pipe
+                    keys=StreamKeys(stream).script_keys(), args=[*self._head, records], client=pipe
                 )
             for letter in dead:
                 self._dead_letter(pipe, letter)
