@@ -1,0 +1,518 @@
+"""The benchmark: throughput, latency and memory of the whole pipeline, side by side with its
+transport ceiling and a naive peer, measured in one run on this machine.
+
+    python -m bench                 # the full run (about 10 minutes on 2 cores)
+    python -m bench --quick         # a small run that checks the bench itself works
+
+Starts its own redis-server (and Mosquitto) on loopback ports and a websocket feed in this
+process; every figure is the median of ``--runs`` runs with min and max, printed as a table and
+written to ``bench/results/<time>.json``. See docs/benchmarks.md for the method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
+from websockets.asyncio.server import ServerConnection, serve
+
+from bench.workload import Workload
+from ingest.sources.mqtt import Publisher
+from workers.keys import StreamKeys
+from workers.mosquitto_server import Mosquitto
+from workers.redis_server import RedisServer, free_port
+
+RESULTS = Path(__file__).parent / "results"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    throughput: int
+    naive: int
+    memory: int
+    rss: int
+    latency_seconds: float
+    mqtt: int
+    scaling: int
+
+    @classmethod
+    def full(cls) -> Sizes:
+        return cls(500_000, 60_000, 1_250_000, 5_000_000, 20.0, 100_000, 400_000)
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(20_000, 3_000, 30_000, 60_000, 2.0, 3_000, 20_000)
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+# --- the feed ---------------------------------------------------------------------------------
+
+
+class Feed:
+    """A websocket server sending ``frames(part, parts)`` to each connection
+    (``/feed?part=i&parts=n``), as fast as possible or at ``rate`` frames per second."""
+
+    def __init__(
+        self, frames: Callable[[int, int], Iterable[bytes]], rate: float = 0, hold: bool = False
+    ) -> None:
+        self.frames = frames
+        self.rate = rate
+        self.port = free_port()
+        self.go = asyncio.Event()
+        """Sending starts once set: ``hold`` lets a measurement take its baselines first."""
+        if not hold:
+            self.go.set()
+        self.started: float | None = None
+        self.sent = 0
+        self.on_send: Callable[[int, float], None] | None = None
+
+    def url(self, part: int = 0, parts: int = 1) -> str:
+        return f"ws://127.0.0.1:{self.port}/feed?part={part}&parts={parts}"
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        query = parse_qs(urlparse(ws.request.path).query)
+        part, parts = int(query["part"][0]), int(query["parts"][0])
+        await self.go.wait()
+        if self.started is None:
+            self.started = time.perf_counter()
+        start = time.perf_counter()
+        for n, frame in enumerate(self.frames(part, parts)):
+            if self.rate:
+                due = start + n / self.rate - time.perf_counter()
+                if due > 0:
+                    await asyncio.sleep(due)
+            await ws.send(frame, text=True)
+            if self.on_send is not None:
+                self.on_send(n, time.perf_counter())
+            self.sent += 1
+            if not self.rate and n % 128 == 0:
+                await asyncio.sleep(0)
+        await ws.wait_closed()
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[Feed]:
+        async with serve(self._handle, "127.0.0.1", self.port, compression=None, max_queue=None):
+            yield self
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            values[sample.name] = values.get(sample.name, 0.0) + sample.value
+    return values
+
+
+class Ingester:
+    """``livestream-ingester run`` on its own config, as a user runs it."""
+
+    def __init__(self, workdir: Path, redis_url: str, sources: str, name: str = "bench") -> None:
+        self.http = free_port()
+        self.config = workdir / f"{name}-{self.http}.toml"
+        self.config.write_text(
+            f'[redis]\nurl = "{redis_url}"\n[http]\nlisten = "127.0.0.1:{self.http}"\n'
+            f'[log]\nlevel = "warning"\n[labels]\nmax_streams = 100000\n{sources}',
+            encoding="utf-8",
+        )
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> Ingester:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "workers", "run", "-c", str(self.config)
+        )
+        for _ in range(300):
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(scrape, self.http)
+                return self
+            await asyncio.sleep(0.05)
+        raise RuntimeError("the ingester did not start")
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            await self.process.wait()
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    async def handled(self) -> float:
+        values = await asyncio.to_thread(scrape, self.http)
+        return values.get("livestream_ingest_events_total", 0.0)
+
+    async def wait_handled(self, n: int, poll: float = 0.1) -> float:
+        """perf_counter time at which ``n`` events were handled (to ``poll`` seconds)."""
+        while await self.handled() < n:  # noqa: ASYNC110 - another process: polling is the way
+            await asyncio.sleep(poll)
+        return time.perf_counter()
+
+    async def wait_connected(self) -> None:
+        while not (await asyncio.to_thread(scrape, self.http)).get(  # noqa: ASYNC110
+            "livestream_ingest_source_connected"
+        ):
+            await asyncio.sleep(0.05)
+
+
+def ws_source(url: str, name: str = "feed") -> str:
+    return f'[[sources]]\nname = "{name}"\ntype = "websocket-client"\nurl = "{url}"\n'
+
+
+# --- measurements -----------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, sizes: Sizes, runs: int, workdir: Path) -> None:
+        self.sizes = sizes
+        self.runs = runs
+        self.workdir = workdir
+        self.workload = Workload()
+        self.results: dict[str, Any] = {}
+
+    def fresh_redis(self) -> RedisServer:
+        server = RedisServer()
+        server.start()
+        return server
+
+    def frames(self, n: int, parts: int = 1) -> list[list[bytes]]:
+        return [list(self.workload.frames(n // parts, part=p, parts=parts)) for p in range(parts)]
+
+    async def peer(self, mode: str, feed: Feed, n: int, *extra: str) -> float:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.peers",
+            mode,
+            feed.url(),
+            str(n),
+            *extra,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await process.communicate()
+        rate: float = orjson.loads(out)["rate"]
+        return rate
+
+    async def ceiling(self, frames: list[bytes]) -> float:
+        feed = Feed(lambda part, parts: frames)
+        async with feed.serving():
+            return await self.peer("ceiling", feed, len(frames))
+
+    async def naive(self, frames: list[bytes]) -> float:
+        redis = self.fresh_redis()
+        try:
+            feed = Feed(lambda part, parts: frames)
+            async with feed.serving():
+                return await self.peer("naive", feed, len(frames), redis.url)
+        finally:
+            redis.close()
+
+    async def pipeline(self, frames: list[bytes], detail: bool = False) -> dict[str, float]:
+        """One ingester process to committed totals; with ``detail``, CPU split and Redis
+        memory and CPU per event."""
+        redis = self.fresh_redis()
+        client = Redis.from_url(redis.url)
+        try:
+            feed = Feed(lambda part, parts: frames)
+            async with (
+                feed.serving(),
+                Ingester(self.workdir, redis.url, ws_source(feed.url())) as ing,
+            ):
+                memory0 = (await client.info("memory"))["used_memory"]
+                redis_cpu0 = _redis_cpu(await client.info("cpu"))
+                own_cpu0, ing_cpu0 = _self_cpu(), cpu_seconds(ing.pid)
+                done = await ing.wait_handled(len(frames))
+                assert feed.started is not None
+                seconds = done - feed.started
+                result = {"rate": len(frames) / seconds}
+                if detail:
+                    redis_cpu = _redis_cpu(await client.info("cpu")) - redis_cpu0
+                    ing_cpu = cpu_seconds(ing.pid) - ing_cpu0
+                    own_cpu = _self_cpu() - own_cpu0
+                    distinct = len(set(frames))
+                    seen = 0
+                    for stream in self.workload.streams:
+                        async for key in client.scan_iter(
+                            match=f"{StreamKeys(stream).seen_prefix}*", count=1000
+                        ):
+                            seen += await client.memory_usage(key) or 0
+                    memory = (await client.info("memory"))["used_memory"] - memory0
+                    result |= {
+                        "distinct": distinct,
+                        "dedup_bytes_per_id": seen / distinct,
+                        "redis_bytes_per_id": memory / distinct,
+                        "redis_cpu_us_per_event": redis_cpu / len(frames) * 1e6,
+                        "ingester_cpu_us_per_event": ing_cpu / len(frames) * 1e6,
+                        "feed_cpu_us_per_event": own_cpu / len(frames) * 1e6,
+                        "seconds": seconds,
+                        "cores_busy": (redis_cpu + ing_cpu + own_cpu) / seconds,
+                    }
+                return result
+        finally:
+            await client.aclose()
+            redis.close()
+
+    async def latency(self, rate: float) -> dict[str, float]:
+        """Open loop at ``rate`` events/s; every 10 ms a probe comment whose commit Redis
+        announces by keyspace notification: send → commit, in ms."""
+        seconds = self.sizes.latency_seconds
+        n = int(rate * seconds)
+        probe_every = max(1, int(rate / 100))
+        background = list(self.workload.frames(n))
+        frames = [
+            self.workload.probe(i // probe_every) if i % probe_every == 0 else f
+            for i, f in enumerate(background)
+        ]
+        probes = (n + probe_every - 1) // probe_every
+        sent: dict[int, float] = {}
+        committed: list[float] = []
+        redis = self.fresh_redis()
+        client = Redis.from_url(redis.url)
+        try:
+            await client.config_set("notify-keyspace-events", "Kh")
+            pubsub = client.pubsub()
+            await pubsub.subscribe(f"__keyspace@0__:{StreamKeys('bench-probe').totals}")
+
+            async def listen() -> None:
+                async for message in pubsub.listen():
+                    if message["type"] == "message":
+                        committed.append(time.perf_counter())
+
+            feed = Feed(lambda part, parts: frames, rate=rate)
+            feed.on_send = lambda i, at: (
+                sent.__setitem__(i // probe_every, at) if i % probe_every == 0 else None
+            )
+            listening = asyncio.create_task(listen(), name="bench.latency.listen")
+            async with (
+                feed.serving(),
+                Ingester(self.workdir, redis.url, ws_source(feed.url())) as ing,
+            ):
+                await ing.wait_handled(n)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(2):
+                        while len(committed) < probes:  # noqa: ASYNC110 - filled by listen()
+                            await asyncio.sleep(0.02)
+            listening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listening
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+        finally:
+            await client.aclose()
+            redis.close()
+        lat = sorted((committed[k] - sent[k]) * 1000 for k in range(min(len(committed), len(sent))))
+        q = statistics.quantiles(lat, n=100)
+        return {"p50": q[49], "p99": q[98], "max": lat[-1], "probes": len(lat)}
+
+    async def rss(self) -> dict[str, float]:
+        n = self.sizes.rss
+        marks = (n // 5, n)
+        redis = self.fresh_redis()
+        try:
+            feed = Feed(lambda part, parts: self.workload.frames(n))
+            async with (
+                feed.serving(),
+                Ingester(self.workdir, redis.url, ws_source(feed.url())) as ing,
+            ):
+                start = rss_bytes(ing.pid)
+                values = []
+                for mark in marks:
+                    await ing.wait_handled(mark, poll=0.5)
+                    values.append(rss_bytes(ing.pid))
+        finally:
+            redis.close()
+        return {
+            "events": n,
+            "rss_start_mb": start / 2**20,
+            f"rss_at_{marks[0]}_mb": values[0] / 2**20,
+            f"rss_at_{marks[1]}_mb": values[1] / 2**20,
+            "growth": values[1] / values[0] - 1,
+        }
+
+    async def mqtt(self) -> float:
+        """Drain rate of QoS 1 messages queued for the ingester's session while it was away."""
+        n = self.sizes.mqtt
+        redis, broker = self.fresh_redis(), Mosquitto()
+        broker.start()
+        try:
+            source = (
+                f'[[sources]]\nname = "mqtt"\ntype = "mqtt"\n'
+                f'url = "mqtt://127.0.0.1:{broker.port}"\nclient_id = "bench"\n'
+                f'topics = [{{ pattern = "bench/{{stream}}/events" }}]\n'
+            )
+            async with Ingester(self.workdir, redis.url, source, "mqtt") as ing:
+                await ing.wait_connected()
+            messages = [
+                (f"bench/{orjson.loads(f)['stream']}/events", f) for f in self.workload.frames(n)
+            ]
+            await _publish(broker.port, messages)
+            async with Ingester(self.workdir, redis.url, source, "mqtt") as ing:
+                await ing.wait_connected()
+                start = time.perf_counter()
+                done = await ing.wait_handled(n, poll=0.05)
+            return n / (done - start)
+        finally:
+            broker.close()
+            redis.close()
+
+    async def scaling(self, processes: int) -> float:
+        per = self.frames(self.sizes.scaling, parts=processes)
+        redis = self.fresh_redis()
+        try:
+            feed = Feed(lambda part, parts: per[part])
+            async with feed.serving(), contextlib.AsyncExitStack() as stack:
+                ings = [
+                    await stack.enter_async_context(
+                        Ingester(
+                            self.workdir, redis.url, ws_source(feed.url(p, processes)), f"p{p}"
+                        )
+                    )
+                    for p in range(processes)
+                ]
+                ends = [await ing.wait_handled(len(per[p])) for p, ing in enumerate(ings)]
+                assert feed.started is not None
+                return sum(len(f) for f in per) / (max(ends) - feed.started)
+        finally:
+            redis.close()
+
+    async def run(self) -> dict[str, Any]:
+        r, sizes, out = self.runs, self.sizes, self.results
+        frames = self.frames(sizes.throughput)[0]
+        say(f"workload: {len(frames):,} frames, {len(set(frames)):,} distinct events")
+        out["ceiling"] = spread([await self.ceiling(frames) for _ in range(r)])
+        say(f"ceiling: {out['ceiling']}")
+        out["pipeline"] = spread([(await self.pipeline(frames))["rate"] for _ in range(r)])
+        say(f"pipeline: {out['pipeline']}")
+        naive_frames = frames[: sizes.naive]
+        out["naive"] = spread([await self.naive(naive_frames) for _ in range(r)])
+        say(f"naive: {out['naive']}")
+        out["ratio_to_ceiling"] = out["pipeline"]["median"] / out["ceiling"]["median"]
+        out["ratio_to_naive"] = out["pipeline"]["median"] / out["naive"]["median"]
+        out["detail"] = await self.pipeline(self.frames(sizes.memory)[0], detail=True)
+        say(f"detail: {out['detail']}")
+        for rate in (1_000, 10_000):
+            runs = [await self.latency(rate) for _ in range(r)]
+            out[f"latency_{rate}"] = {k: spread([run[k] for run in runs]) for k in runs[0]}
+            say(f"latency at {rate}/s: {out[f'latency_{rate}']}")
+        out["rss"] = await self.rss()
+        say(f"rss: {out['rss']}")
+        out["mqtt"] = spread([await self.mqtt() for _ in range(r)])
+        say(f"mqtt: {out['mqtt']}")
+        for processes in (1, 2, 4):
+            out[f"scaling_{processes}"] = spread([await self.scaling(processes) for _ in range(r)])
+            say(f"scaling {processes}: {out[f'scaling_{processes}']}")
+        return out
+
+
+async def _publish(port: int, messages: list[tuple[str, bytes]]) -> None:
+    """Queue messages at QoS 1 with 8 publishers at once (each waits for its PUBACKs)."""
+    chunks = [messages[i::8] for i in range(8)]
+    await asyncio.gather(*(Publisher("127.0.0.1", port, chunk).run() for chunk in chunks))
+
+
+def _redis_cpu(info: dict[str, Any]) -> float:
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def _self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def table(out: dict[str, Any]) -> str:
+    def row(name: str, s: dict[str, float], unit: str) -> str:
+        return f"| {name} | {s['median']:,.0f} | {s['min']:,.0f} | {s['max']:,.0f} | {unit} |"
+
+    lines = ["| measure | median | min | max | unit |", "|---|---|---|---|---|"]
+    lines.append(row("ceiling: receive + parse only", out["ceiling"], "events/s"))
+    lines.append(row("our pipeline, one process", out["pipeline"], "events/s"))
+    lines.append(row("naive peer", out["naive"], "events/s"))
+    for rate in (1_000, 10_000):
+        lat = out[f"latency_{rate}"]
+        for q in ("p50", "p99", "max"):
+            s = lat[q]
+            lines.append(
+                f"| latency {q} at {rate:,}/s | {s['median']:.1f} | {s['min']:.1f} | "
+                f"{s['max']:.1f} | ms |"
+            )
+    lines.append(row("MQTT QoS 1 drain", out["mqtt"], "events/s"))
+    for p in (1, 2, 4):
+        lines.append(row(f"{p} process(es), partitioned", out[f"scaling_{p}"], "events/s"))
+    d, rss = out["detail"], out["rss"]
+    lines += [
+        "",
+        f"- ratio to the ceiling: {out['ratio_to_ceiling']:.2f}; to the naive peer: "
+        f"{out['ratio_to_naive']:.1f}x",
+        f"- after {d['distinct']:,} distinct events: dedup sets {d['dedup_bytes_per_id']:.1f} "
+        f"B/id, all Redis memory {d['redis_bytes_per_id']:.1f} B/id",
+        f"- CPU per event: Redis {d['redis_cpu_us_per_event']:.1f} µs, ingester "
+        f"{d['ingester_cpu_us_per_event']:.1f} µs, feed {d['feed_cpu_us_per_event']:.1f} µs "
+        f"({d['cores_busy']:.2f} cores busy)",
+        f"- ingester RSS: {rss['rss_start_mb']:.0f} MB at start, "
+        + ", ".join(f"{v:.0f} MB {k[7:-3]}" for k, v in rss.items() if k.startswith("rss_at_"))
+        + f" events (growth {rss['growth']:.1%})",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: check the bench works")
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure (default 3)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
+    args = parser.parse_args()
+    sizes = Sizes.quick() if args.quick else Sizes.full()
+    with tempfile.TemporaryDirectory(prefix="li-bench-") as tmp:
+        out = asyncio.run(Bench(sizes, args.runs, Path(tmp)).run())
+    out["machine"] = {"cores": os.cpu_count(), "python": sys.version.split()[0]}
+    out["sizes"] = dataclasses.asdict(sizes)
+    path = args.out or RESULTS / time.strftime("%Y%m%d-%H%M%S.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2), encoding="utf-8")
+    print(table(out))
+    print(f"\nresults: {path}")
+
+
+if __name__ == "__main__":
+    main()

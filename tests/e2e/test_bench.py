@@ -1,0 +1,32 @@
+"""The benchmark command still runs end to end (small sizes; no figure is asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import UNIT
+
+
+def test_the_quick_benchmark_runs_and_writes_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--runs", "1", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300 * UNIT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    for key in ("ceiling", "pipeline", "naive", "mqtt", "scaling_1", "scaling_2", "scaling_4"):
+        assert figures[key]["median"] > 0, key
+    for rate in (1_000, 10_000):
+        latency = figures[f"latency_{rate}"]
+        assert latency["probes"]["median"] > 0
+        assert 0 < latency["p50"]["median"] <= latency["p99"]["median"] <= latency["max"]["median"]
+    assert figures["detail"]["dedup_bytes_per_id"] > 0
+    assert figures["rss"]["growth"] > -1
+    assert "| our pipeline, one process |" in result.stdout
