@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import collections
 import sys
 import time
-from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
@@ -13,41 +11,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from ingest.money import exponent, to_major
 from workers.demo.sale import Sale
 from workers.store import StreamTotals
-
-RATE_WINDOW = 10.0
-"""Seconds of history behind the per-minute rates."""
-
-
-class Rates:
-    """Per-minute rates of growing totals over a sliding window, with an injectable clock."""
-
-    def __init__(self, window: float = RATE_WINDOW, clock: Callable[[], float] = time.monotonic):
-        self.window = window
-        self.clock = clock
-        self._samples: collections.deque[tuple[float, dict[str, int]]] = collections.deque()
-
-    def add(self, values: dict[str, int]) -> dict[str, float]:
-        now = self.clock()
-        self._samples.append((now, values))
-        while len(self._samples) > 2 and now - self._samples[1][0] >= self.window:
-            self._samples.popleft()
-        then, old = self._samples[0]
-        span = now - then
-        if span <= 0:
-            return dict.fromkeys(values, 0.0)
-        return {k: (v - old.get(k, 0)) * 60 / span for k, v in values.items()}
-
-
-def summary(totals: StreamTotals) -> dict[str, int]:
-    return {
-        "grams": totals.total("grams"),
-        "orders": totals.total("orders"),
-        "comments": totals.total("comments"),
-        "cancelled": totals.total("cancelled"),
-    }
+from workers.view import Rates, money, revenue, summary, top_countries
 
 
 class View:
@@ -98,7 +64,7 @@ class View:
             self._live.update(self._table(totals, values, rates, sent, total))
         elif time.monotonic() - self._last_plain >= 2 * self.interval:
             self._last_plain = time.monotonic()
-            top = ", ".join(f"{c} {g / 1000:,.0f} kg" for c, g in _top_countries(totals, 3))
+            top = ", ".join(f"{c} {g / 1000:,.0f} kg" for c, g in top_countries(totals, 3))
             print(
                 f"sent {sent}/{total}  sold {values['grams'] / 1e6:,.3f} t  "
                 f"orders {values['orders']} ({rates['orders']:,.0f}/min)  "
@@ -125,26 +91,11 @@ class View:
         table.add_row("kg per minute", f"{rates['grams'] / 1000:,.0f}")
         table.add_row("comments", f"{values['comments']:,}  ({rates['comments']:,.0f}/min)")
         table.add_row("cancelled", f"{values['cancelled']:,}")
-        for (_, currency), minor in sorted(_by_currency(totals).items()):
-            major = to_major(minor, currency)
-            table.add_row(f"revenue {currency}", f"{major:,.{exponent(currency)}f}")
-        for rank, (country, grams) in enumerate(_top_countries(totals, 5)):
+        for currency, minor in revenue(totals).items():
+            table.add_row(f"revenue {currency}", money(minor, currency))
+        for rank, (country, grams) in enumerate(top_countries(totals, 5)):
             table.add_row("top countries" if rank == 0 else "", f"{country} {grams / 1000:,.0f} kg")
         table.add_row("unique buyers", f"{totals.unique_buyers:,}")
         table.add_row("unique commenters", f"{totals.unique_commenters:,}")
         table.add_row("viewers", ", ".join(f"{p} {n:,}" for p, n in sorted(totals.viewers.items())))
         return table
-
-
-def _top_countries(totals: StreamTotals, n: int) -> list[tuple[str, int]]:
-    by_country: collections.Counter[str] = collections.Counter()
-    for (_, country), grams in totals.by("grams").items():
-        by_country[country] += grams
-    return by_country.most_common(n)
-
-
-def _by_currency(totals: StreamTotals) -> dict[tuple[str, str], int]:
-    merged: collections.Counter[tuple[str, str]] = collections.Counter()
-    for (_, currency), minor in totals.by("value").items():
-        merged["all", currency] += minor
-    return dict(merged)

@@ -1,0 +1,72 @@
+"""The shipped config/mosquitto/mosquitto.conf, run by a real mosquitto (Debian package).
+
+Only what cannot work outside the container changes: the listener is bound to a free loopback
+port and the persistence directory is a temp dir. An unknown or misspelt directive makes
+mosquitto exit, which fails this test.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from tests.conftest import UNIT
+from tests.waiting import until
+from workers.redis_server import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = ROOT / "config" / "mosquitto" / "mosquitto.conf"
+
+
+def local_copy(directory: Path, port: int) -> Path:
+    text = SHIPPED.read_text(encoding="utf-8")
+    assert text.count("\nlistener 1883\n") == 1
+    assert text.count("/mosquitto/data/") == 1
+    text = text.replace("\nlistener 1883\n", f"\nlistener {port} 127.0.0.1\n")
+    text = text.replace("/mosquitto/data/", f"{directory}/")
+    if os.geteuid() == 0:  # mosquitto would switch to its own user, who cannot write here
+        text += f"user {getpass.getuser()}\n"
+    path = directory / "mosquitto.conf"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def start(directory: Path, port: int) -> subprocess.Popen[bytes]:
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    assert Path(binary).is_file(), "mosquitto is missing (Debian package mosquitto)"
+    with (directory / "mosquitto.log").open("wb") as out:
+        return subprocess.Popen(
+            [binary, "-c", str(local_copy(directory, port))], stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+@pytest.mark.asyncio
+async def test_mosquitto_runs_the_shipped_config_and_delivers(tmp_path: Path) -> None:
+    port = free_port()
+    process = start(tmp_path, port)
+    try:
+
+        async def delivered() -> bool:
+            if process.poll() is not None:
+                log = (tmp_path / "mosquitto.log").read_text()
+                raise AssertionError(f"mosquitto rejected the config:\n{log}")
+            try:
+                async with aiomqtt.Client("127.0.0.1", port, identifier="conf-check") as client:
+                    await client.subscribe("conf/check", qos=1)
+                    await client.publish("conf/check", b"ok", qos=1)
+                    async for message in client.messages:
+                        return message.payload == b"ok"
+            except aiomqtt.MqttError:
+                return False
+            return False
+
+        await until(delivered, 10, "a message through the broker")
+    finally:
+        process.terminate()
+        process.wait(10 * UNIT)

@@ -1,0 +1,191 @@
+"""``livestream-ingester top`` as an operator runs it, against totals committed to a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+from aiohttp import web
+from redis.asyncio import Redis
+
+from ingest.model import Event, Rejection
+from ingest.native import NativeFormat, NativeOptions
+from tests.conftest import UNIT
+from workers.config import DEFAULT_PLATFORMS
+from workers.metrics import HealthMetrics, exposition
+from workers.redis_server import free_port
+from workers.store import Store, StoreSettings
+
+TS = "2025-06-14T09:05:08+07:00"
+VN = {"country": "VN", "currency": "VND"}
+
+
+def order(
+    stream: str, oid: str, *, country: str, currency: str, amount: str, items: object
+) -> bytes:
+    return orjson.dumps(
+        {
+            "kind": "order",
+            "id": oid,
+            "status": "created",
+            "stream": stream,
+            "platform": "shopee",
+            "ts": TS,
+            "buyer": f"b-{oid}",
+            "country": country,
+            "currency": currency,
+            "amount": amount,
+            "items": items,
+        }
+    )
+
+
+def known_events(stream: str) -> list[Event]:
+    """Three orders of 7.250 kg in all (one later cancelled), two comments, a viewer count."""
+    lines = [
+        order(
+            stream,
+            "o1",
+            **VN,
+            amount="240000",
+            items=[{"sku": "VT01", "qty": 2, "grams": 1000}],
+        ),
+        order(
+            stream,
+            "o2",
+            country="US",
+            currency="USD",
+            amount="12.50",
+            items=[{"sku": "VT05", "qty": 1, "grams": 1250}],
+        ),
+        order(
+            stream,
+            "o3",
+            **VN,
+            amount="450000",
+            items=[
+                {"sku": "VTQ", "qty": 1, "grams": 3000},
+                {"sku": "VT01", "qty": 1, "grams": 1000},
+            ],
+        ),
+        orjson.dumps(
+            {"kind": "order", "id": "o3", "status": "cancelled", "stream": stream}
+            | {"platform": "shopee", "ts": TS}
+        ),
+        *(
+            orjson.dumps(
+                {"kind": "comment", "id": f"c{n}", "stream": stream, "platform": "tiktok"}
+                | {"ts": TS, "user": f"u{n}", "text": "chốt VT01"}
+            )
+            for n in (1, 2)
+        ),
+        orjson.dumps(
+            {"kind": "viewers", "id": "v1", "stream": stream, "platform": "tiktok"}
+            | {"ts": TS, "count": 1234}
+        ),
+    ]
+    fmt = NativeFormat(NativeOptions(platforms=frozenset(DEFAULT_PLATFORMS)))
+    events: list[Event] = []
+    for line in lines:
+        (decoded,) = fmt.decode(line)
+        assert not isinstance(decoded, Rejection), decoded
+        events.append(decoded)
+    return events
+
+
+def write_config(path: Path, redis_url: str) -> Path:
+    path.write_text(f'[redis]\nurl = "{redis_url}"\n', encoding="utf-8")
+    return path
+
+
+def run_top(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "workers", "top", "--once", "--plain", "--interval", "0.1", *args],
+        capture_output=True,
+        text=True,
+        timeout=30 * UNIT,
+        check=False,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+@pytest.mark.asyncio
+async def test_top_shows_the_exact_totals_of_a_stream(
+    redis: Redis, redis_url: str, stream: str
+) -> None:
+    store = Store(redis, StoreSettings())
+    events = known_events(stream)
+    await store.commit(events)
+    await store.commit(events)  # redelivered: counted once
+
+    result = run_top("--redis-url", redis_url, "--stream", stream)
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"stream {stream}  sold 7.250 kg (0.007 t)  orders 3 ")
+    assert "  comments 2 (" in lines[0]
+    assert lines[0].endswith("  cancelled 1")
+    assert lines[1] == "  revenue: USD 12.50; VND 690,000"
+    assert lines[2] == "  top countries: VN 6.000 kg, US 1.250 kg"
+    assert lines[3] == "  top SKUs: VT01 3.000 kg, VTQ 3.000 kg, VT05 1.250 kg"
+    assert lines[4] == "  unique buyers 3, unique commenters 2, viewers: tiktok 1,234"
+    assert len(lines) == 5
+
+
+async def serve_metrics(text: bytes) -> tuple[web.AppRunner, int]:
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=text, content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, port
+
+
+@pytest.mark.asyncio
+async def test_top_reads_redis_from_the_config_and_health_from_each_ingester(
+    redis: Redis, redis_url: str, stream: str, tmp_path: Path
+) -> None:
+    await Store(redis, StoreSettings()).commit(known_events(stream))
+    health = HealthMetrics()
+    health.add_source("relay")
+    health.connected.labels("relay").set(1)
+    health.events.labels("relay", "order", "accepted").inc(3)
+    health.events.labels("relay", "order", "duplicate").inc(2)
+    health.reconnects.labels("relay").inc()
+    health.redis_up.set(1)
+    runner, port = await serve_metrics(exposition(health, None))
+    config = str(write_config(tmp_path / "top.toml", redis_url))
+    try:
+        unreachable = f"127.0.0.1:{free_port()}"
+        result = await asyncio.to_thread(
+            run_top,
+            *("-c", config, "--stream", stream),
+            *("--metrics", f"127.0.0.1:{port}", "--metrics", unreachable),
+        )
+    finally:
+        await runner.cleanup()
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"stream {stream}  sold 7.250 kg")
+    assert lines[5] == f"ingester http://127.0.0.1:{port}/metrics: redis up, 0 buffered"
+    assert lines[6] == (
+        "  source relay: connected, no input yet, 3 accepted, 2 duplicate, 0 rejected, 1 reconnects"
+    )
+    assert lines[7].startswith(f"ingester http://{unreachable}/metrics: UNREACHABLE (")
+
+
+def test_top_says_when_redis_does_not_answer() -> None:
+    result = run_top("--redis-url", f"redis://127.0.0.1:{free_port()}/0")
+    assert result.returncode == 1
+    assert result.stdout.startswith("Redis: ConnectionError at redis://127.0.0.1:")
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,150 @@
+"""Prometheus rules: promtool checks and unit tests, and what every alert must carry.
+
+promtool comes with the Debian package ``prometheus`` (``scripts/setup --dev`` installs it); these
+tests fail without it rather than skip, since CI runs them.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.stack import (
+    OPERATIONS,
+    PROMETHEUS_CONFIG,
+    PROMETHEUS_DIR,
+    RULE_TESTS,
+    RULES,
+    alerts,
+    github_anchors,
+    load_yaml,
+    recordings,
+    rules,
+    tool,
+    undeduplicated,
+)
+
+SEVERITIES = {"critical", "warning", "info"}
+
+
+def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [tool("promtool"), *map(str, args)], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_rules_pass_promtool_check() -> None:
+    result = promtool("check", "rules", RULES)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_prometheus_config_passes_promtool_check() -> None:
+    result = promtool("check", "config", PROMETHEUS_CONFIG)
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = load_yaml(PROMETHEUS_CONFIG)
+    assert [(PROMETHEUS_CONFIG.parent / f).resolve() for f in config["rule_files"]] == [RULES]
+
+
+def test_rule_unit_tests_pass() -> None:
+    assert RULE_TESTS, "no promtool test files"
+    result = promtool("test", "rules", *RULE_TESTS)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("SUCCESS") == len(RULE_TESTS)
+
+
+def test_every_alert_is_tested_firing_and_silent() -> None:
+    firing: set[str] = set()
+    silent: set[str] = set()
+    for path in RULE_TESTS:
+        data = load_yaml(path)
+        assert [(path.parent / f).resolve() for f in data["rule_files"]] == [RULES], path
+        for case in data["tests"]:
+            for check in case.get("alert_rule_test", []):
+                (firing if check.get("exp_alerts") else silent).add(check["alertname"])
+    names = {rule["alert"] for rule in alerts()}
+    assert names - firing == set(), "alerts without a test where they fire"
+    assert names - silent == set(), "alerts without a test where they stay silent"
+    assert firing | silent <= names, "tests of alerts that do not exist"
+
+
+def test_every_recording_rule_is_tested_and_follows_the_naming_convention() -> None:
+    tested = set()
+    for path in RULE_TESTS:
+        for case in load_yaml(path)["tests"]:
+            for check in case.get("promql_expr_test", []):
+                tested.add(re.split(r"[{ ]", check["expr"])[0])
+    for rule in recordings():
+        name = rule["record"]
+        # level:metric:operations (prometheus.io/docs/practices/rules)
+        assert re.fullmatch(r"[a-z_]+:livestream_[a-z_]+:[a-z0-9_]+", name), name
+        assert name in tested, f"{name} has no promql_expr_test"
+
+
+def test_every_alert_has_a_summary_a_description_and_a_documented_runbook() -> None:
+    anchors = github_anchors(OPERATIONS.read_text(encoding="utf-8"))
+    for rule in alerts():
+        name = rule["alert"]
+        assert re.fullmatch(r"Livestream[A-Z][A-Za-z]+", name), name
+        annotations = rule["annotations"]
+        assert annotations["summary"].strip(), name
+        assert annotations["description"].strip(), name
+        assert annotations["runbook_url"] == f"docs/operations.md#{name.lower()}", name
+        assert name.lower() in anchors, f"docs/operations.md has no section {name}"
+        assert rule["labels"]["severity"] in SEVERITIES, name
+
+
+def test_business_metrics_are_deduplicated_across_replicas_with_max() -> None:
+    problems = [problem for rule in rules() for problem in undeduplicated(rule["expr"])]
+    assert problems == []
+
+
+# Breaking a rule on purpose must break its tests: the tests bite.
+MUTATIONS = {
+    "replicas summed instead of de-duplicated": (
+        "max by (stream, platform, country) (rate(livestream_orders_total[1m]))",
+        "sum by (stream, platform, country) (rate(livestream_orders_total[1m]))",
+    ),
+    "no orders without the recent-chat gate": (
+        """
+          and on (stream)
+          (
+            sum by (stream) (
+              max by (stream, platform) (increase(livestream_comments_total[3m]))
+            ) > 0
+          )""",
+        "",
+    ),
+    "milestone from the raw total, not its 10-minute minimum": (
+        "floor(min_over_time(stream:livestream_sold_grams_total:sum[10m]) / 1e7)",
+        "0",
+    ),
+    "source silence without the activity gate": (
+        """
+          and on () (
+            sum(rate(livestream_ingest_events_total{outcome="accepted"}[5m])) > 0
+          )""",
+        "",
+    ),
+    "duplicates not discounted for replicas": (
+        "* on (source) count by (source) (livestream_ingest_source_connected)",
+        "",
+    ),
+    "rejections without the volume gate": ("\n            >= 20", "\n            >= 0"),
+    "ingester down for any job": ('up{job="livestream-ingester"} == 0', "up == 0"),
+}
+
+
+@pytest.mark.parametrize("mutation", MUTATIONS)
+def test_a_broken_rule_fails_its_tests(mutation: str, tmp_path: Path) -> None:
+    old, new = MUTATIONS[mutation]
+    text = RULES.read_text(encoding="utf-8")
+    assert text.count(old) == 1, f"mutation {mutation!r} no longer matches rules.yml"
+    (tmp_path / "rules.yml").write_text(text.replace(old, new), encoding="utf-8")
+    shutil.copytree(PROMETHEUS_DIR / "tests", tmp_path / "tests")
+    assert promtool("check", "rules", tmp_path / "rules.yml").returncode == 0
+    result = promtool("test", "rules", *sorted((tmp_path / "tests").glob("*.yml")))
+    assert result.returncode != 0, f"the tests still pass with {mutation}"

@@ -1,0 +1,80 @@
+"""The terminal views' pure parts: exact figures, top lists, and health read from /metrics."""
+
+from __future__ import annotations
+
+from workers import keys
+from workers.metrics import HealthMetrics, exposition
+from workers.store import StreamTotals
+from workers.top import metrics_url, parse_health
+from workers.view import Rates, kilograms, money, revenue, summary, top_countries, top_skus
+
+
+def totals() -> StreamTotals:
+    counters = {
+        f"{keys.GRAMS}|tiktok|VN": 5_000,
+        f"{keys.GRAMS}|shopee|VN": 1_001,
+        f"{keys.GRAMS}|shopify|US": 2_500,
+        f"{keys.ORDERS}|tiktok|VN": 3,
+        f"{keys.VALUE}|tiktok|VND": 240_000,
+        f"{keys.VALUE}|shopee|VND": 120_000,
+        f"{keys.VALUE}|shopify|USD": 1_250,
+        f"{keys.SKU_GRAMS}|VT01": 6_001,
+        f"{keys.SKU_GRAMS}|VT05": 2_500,
+        f"{keys.COMMENTS}|tiktok": 9,
+    }
+    return StreamTotals("s", counters, {"tiktok": 10}, 1, 1)
+
+
+def test_figures_are_exact() -> None:
+    assert kilograms(7_250) == "7.250"
+    assert kilograms(54_012_345_678) == "54,012,345.678"
+    assert kilograms(5) == "0.005"
+    assert money(1_250, "USD") == "12.50"
+    assert money(5_592_510_000, "VND") == "5,592,510,000"
+    assert money(1_234_567_891, "KWD") == "1,234,567.891"
+
+
+def test_totals_are_summed_over_platforms() -> None:
+    stream = totals()
+    assert summary(stream) == {"grams": 8_501, "orders": 3, "comments": 9, "cancelled": 0}
+    assert top_countries(stream, 5) == [("VN", 6_001), ("US", 2_500)]
+    assert top_countries(stream, 1) == [("VN", 6_001)]
+    assert top_skus(stream, 5) == [("VT01", 6_001), ("VT05", 2_500)]
+    assert revenue(stream) == {"USD": 1_250, "VND": 360_000}
+
+
+def test_rates_are_per_minute_over_the_window() -> None:
+    now = [0.0]
+    rates = Rates(window=60, clock=lambda: now[0])
+    assert rates.add({"orders": 10}) == {"orders": 0.0}
+    now[0] = 30.0
+    assert rates.add({"orders": 40}) == {"orders": 60.0}
+
+
+def test_metrics_urls_accept_host_and_port() -> None:
+    assert metrics_url("127.0.0.1:9464") == "http://127.0.0.1:9464/metrics"
+    assert metrics_url("http://ingester-1:9464") == "http://ingester-1:9464/metrics"
+    assert metrics_url("https://host/custom") == "https://host/custom"
+
+
+def test_health_comes_from_the_exposition() -> None:
+    health = HealthMetrics()
+    health.add_source("relay")
+    health.add_source("push")
+    health.connected.labels("relay").set(1)
+    health.last_event.labels("relay").set(1_000.0)
+    health.events.labels("relay", "comment", "accepted").inc(5)
+    health.events.labels("relay", "order", "accepted").inc(2)
+    health.events.labels("relay", "order", "duplicate").inc(1)
+    health.reconnects.labels("push").inc(3)
+    health.buffered.set(7)
+    health.redis_up.set(0)
+
+    process = parse_health("u", exposition(health, None).decode(), now=1_012.5)
+
+    assert (process.redis_up, process.buffered, process.error) == (False, 7.0, None)
+    push, relay = process.sources
+    assert (relay.source, relay.connected, relay.since_last_input) == ("relay", True, 12.5)
+    assert relay.outcomes == {"accepted": 7.0, "duplicate": 1.0}
+    assert (push.source, push.connected, push.since_last_input) == ("push", False, None)
+    assert push.reconnects == 3.0

@@ -1,0 +1,346 @@
+"""``livestream-ingester top``: a live terminal view for an operator without Grafana.
+
+Per stream, the totals read from Redis (the same ``Store.totals`` the metrics use): weight sold,
+orders, comments and their per-minute rates, revenue per currency, top countries and SKUs,
+unique buyers and commenters, viewers. Source health is per ingester process, so it is read
+from each ingester's ``/metrics`` given with ``--metrics``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import os
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from workers import config as config_module
+from workers.store import Store, StoreSettings, StreamTotals
+from workers.view import Rates, kilograms, money, revenue, summary, top_countries, top_skus
+
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+TOP_RATE_WINDOW = 60.0
+"""Seconds of history behind the per-minute rates."""
+TOP_N = 5
+HTTP_TIMEOUT = 3.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceHealth:
+    source: str
+    connected: bool
+    since_last_input: float | None
+    """Seconds since the source last delivered anything; None if it never has."""
+    outcomes: dict[str, float]
+    reconnects: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessHealth:
+    """One ingester's health as its /metrics tells it, or why it could not be read."""
+
+    url: str
+    error: str | None = None
+    redis_up: bool | None = None
+    buffered: float | None = None
+    sources: tuple[SourceHealth, ...] = ()
+
+
+def parse_health(url: str, text: str, now: float) -> ProcessHealth:
+    """Source and Redis health from an ingester's exposition (pure; ``now`` in Unix seconds)."""
+    connected: dict[str, bool] = {}
+    last: dict[str, float] = {}
+    reconnects: dict[str, float] = defaultdict(float)
+    outcomes: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    redis_up: bool | None = None
+    buffered: float | None = None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name, labels, value = sample.name, sample.labels, sample.value
+            if name == "livestream_ingest_source_connected":
+                connected[labels["source"]] = value == 1
+            elif name == "livestream_ingest_last_event_timestamp_seconds":
+                last[labels["source"]] = value
+            elif name == "livestream_ingest_source_reconnects_total":
+                reconnects[labels["source"]] += value
+            elif name == "livestream_ingest_events_total":
+                outcomes[labels["source"]][labels["outcome"]] += value
+            elif name == "livestream_ingest_redis_up":
+                redis_up = value == 1
+            elif name == "livestream_ingest_buffered_events":
+                buffered = value
+    sources = tuple(
+        SourceHealth(
+            source=source,
+            connected=connected.get(source, False),
+            since_last_input=max(0.0, now - last[source]) if source in last else None,
+            outcomes=dict(outcomes[source]),
+            reconnects=reconnects[source],
+        )
+        for source in sorted(set(connected) | set(last) | set(outcomes))
+    )
+    return ProcessHealth(url, redis_up=redis_up, buffered=buffered, sources=sources)
+
+
+def metrics_url(value: str) -> str:
+    """``host:port`` or a URL; a URL without a path gets ``/metrics``."""
+    url = value if "://" in value else f"http://{value}"
+    scheme, _, rest = url.partition("://")
+    return url if "/" in rest else f"{scheme}://{rest}/metrics"
+
+
+async def fetch_health(http: aiohttp.ClientSession, url: str) -> ProcessHealth:
+    try:
+        async with http.get(url) as reply:
+            if reply.status != 200:
+                return ProcessHealth(url, error=f"HTTP {reply.status}")
+            text = await reply.text()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return ProcessHealth(url, error=type(exc).__name__)
+    try:
+        return parse_health(url, text, time.time())
+    except ValueError as exc:
+        return ProcessHealth(url, error=f"not a Prometheus exposition ({exc})")
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamView:
+    totals: StreamTotals
+    values: dict[str, int]
+    rates: dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    redis_url: str
+    streams: tuple[StreamView, ...]
+    health: tuple[ProcessHealth, ...]
+    error: str | None = None
+
+
+class Reader:
+    """Reads snapshots: totals from Redis with per-minute rates, health from /metrics URLs."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        stream: str | None,
+        metrics: Sequence[str],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.redis_url = redis_url
+        self.stream = stream
+        self.metrics = [metrics_url(url) for url in metrics]
+        self.clock = clock
+        self.redis = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self.store = Store(self.redis, StoreSettings())
+        self._rates: dict[str, Rates] = {}
+        self._http: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Reader:
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._http is not None:
+            await self._http.close()
+        await self.redis.aclose()
+
+    async def read(self) -> Snapshot:
+        assert self._http is not None, "use Reader as an async context manager"
+        http = self._http
+        health = await asyncio.gather(*(fetch_health(http, url) for url in self.metrics))
+        try:
+            totals = await self.store.totals([self.stream] if self.stream else None)
+        except (RedisError, OSError) as exc:
+            return Snapshot(self.redis_url, (), tuple(health), f"Redis: {type(exc).__name__}")
+        views = []
+        for stream in totals:
+            values = summary(stream)
+            rates = self._rates.setdefault(
+                stream.stream, Rates(window=TOP_RATE_WINDOW, clock=self.clock)
+            )
+            views.append(StreamView(stream, values, rates.add(values)))
+        return Snapshot(self.redis_url, tuple(views), tuple(health))
+
+
+# -- rendering ------------------------------------------------------------------------------------
+
+
+def _weights(pairs: list[tuple[str, int]]) -> str:
+    return ", ".join(f"{name} {kilograms(grams)} kg" for name, grams in pairs) or "-"
+
+
+def _revenue(totals: StreamTotals) -> str:
+    return "; ".join(f"{c} {money(m, c)}" for c, m in revenue(totals).items()) or "-"
+
+
+def _viewers(totals: StreamTotals) -> str:
+    return ", ".join(f"{p} {n:,}" for p, n in sorted(totals.viewers.items())) or "-"
+
+
+def _since(seconds: float | None) -> str:
+    if seconds is None:
+        return "no input yet"
+    return f"last input {seconds:,.1f} s ago"
+
+
+def _source_line(source: SourceHealth) -> str:
+    counts = ", ".join(
+        f"{source.outcomes.get(outcome, 0):,.0f} {outcome}"
+        for outcome in ("accepted", "duplicate", "rejected")
+    )
+    state = "connected" if source.connected else "DISCONNECTED"
+    return (
+        f"  source {source.source}: {state}, {_since(source.since_last_input)}, {counts}, "
+        f"{source.reconnects:,.0f} reconnects"
+    )
+
+
+def _process_line(process: ProcessHealth) -> str:
+    if process.error is not None:
+        return f"ingester {process.url}: UNREACHABLE ({process.error})"
+    redis = {True: "redis up", False: "REDIS DOWN", None: "redis ?"}[process.redis_up]
+    buffered = "?" if process.buffered is None else f"{process.buffered:,.0f}"
+    return f"ingester {process.url}: {redis}, {buffered} buffered"
+
+
+def plain(snapshot: Snapshot) -> str:
+    """The snapshot as text lines: one block per stream, then one per ingester."""
+    lines = []
+    if snapshot.error:
+        lines.append(f"{snapshot.error} at {snapshot.redis_url}")
+    elif not snapshot.streams:
+        lines.append(f"no streams in Redis at {snapshot.redis_url}")
+    for view in snapshot.streams:
+        totals, values, rates = view.totals, view.values, view.rates
+        lines += [
+            f"stream {totals.stream}  sold {kilograms(values['grams'])} kg "
+            f"({values['grams'] / 1e6:,.3f} t)  orders {values['orders']:,} "
+            f"({rates['orders']:,.1f}/min)  kg/min {rates['grams'] / 1000:,.1f}  "
+            f"comments {values['comments']:,} ({rates['comments']:,.1f}/min)  "
+            f"cancelled {values['cancelled']:,}",
+            f"  revenue: {_revenue(totals)}",
+            f"  top countries: {_weights(top_countries(totals, TOP_N))}",
+            f"  top SKUs: {_weights(top_skus(totals, TOP_N))}",
+            f"  unique buyers {totals.unique_buyers:,}, unique commenters "
+            f"{totals.unique_commenters:,}, viewers: {_viewers(totals)}",
+        ]
+    for process in snapshot.health:
+        lines.append(_process_line(process))
+        lines += [_source_line(source) for source in process.sources]
+    return "\n".join(lines)
+
+
+def _stream_table(view: StreamView) -> Table:
+    totals, values, rates = view.totals, view.values, view.rates
+    table = Table(title=f"stream {totals.stream}", show_header=False, min_width=60)
+    table.add_column("what", style="bold")
+    table.add_column("value", justify="right")
+    table.add_row("sold", f"{kilograms(values['grams'])} kg  ({values['grams'] / 1e6:,.3f} t)")
+    table.add_row("orders", f"{values['orders']:,}  ({rates['orders']:,.1f}/min)")
+    table.add_row("kg per minute", f"{rates['grams'] / 1000:,.1f}")
+    table.add_row("comments", f"{values['comments']:,}  ({rates['comments']:,.1f}/min)")
+    table.add_row("cancelled", f"{values['cancelled']:,}")
+    for currency, minor in revenue(totals).items():
+        table.add_row(f"revenue {currency}", money(minor, currency))
+    for rank, (country, grams) in enumerate(top_countries(totals, TOP_N)):
+        table.add_row("top countries" if rank == 0 else "", f"{country} {kilograms(grams)} kg")
+    for rank, (sku, grams) in enumerate(top_skus(totals, TOP_N)):
+        table.add_row("top SKUs" if rank == 0 else "", f"{sku} {kilograms(grams)} kg")
+    table.add_row("unique buyers", f"{totals.unique_buyers:,}")
+    table.add_row("unique commenters", f"{totals.unique_commenters:,}")
+    table.add_row("viewers", _viewers(totals))
+    return table
+
+
+def _health_table(health: Sequence[ProcessHealth]) -> Table:
+    table = Table(title="sources")
+    for column in ("ingester", "source", "state", "last input", "accepted", "dup", "rejected"):
+        table.add_column(column)
+    for process in health:
+        if process.error is not None or not process.sources:
+            table.add_row(process.url, "", _process_line(process).split(": ", 1)[1])
+        for source in process.sources:
+            since = source.since_last_input
+            table.add_row(
+                process.url,
+                source.source,
+                "connected" if source.connected else "[red]DISCONNECTED[/red]",
+                "-" if since is None else f"{since:,.1f} s ago",
+                *(
+                    f"{source.outcomes.get(o, 0):,.0f}"
+                    for o in ("accepted", "duplicate", "rejected")
+                ),
+            )
+    return table
+
+
+def rich_view(snapshot: Snapshot) -> Group:
+    parts: list[Table | str] = [_stream_table(view) for view in snapshot.streams]
+    if snapshot.error or not snapshot.streams:
+        parts.insert(0, plain(dataclasses.replace(snapshot, health=())))
+    if snapshot.health:
+        parts.append(_health_table(snapshot.health))
+    return Group(*parts)
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+
+def redis_url(args: argparse.Namespace) -> str:
+    """``--redis-url``, else the config's (``-c``, environment applied), else REDIS_URL."""
+    if args.redis_url:
+        return str(args.redis_url)
+    if args.config:
+        return config_module.load(args.config).redis.url
+    return os.environ.get("REDIS_URL", DEFAULT_REDIS)
+
+
+async def top(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    try:
+        url = redis_url(args)
+    except config_module.ConfigError as exc:
+        print(f"invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    async with Reader(url, args.stream, args.metrics) as reader:
+        if args.once:
+            # Two readings an interval apart, so the rates mean something.
+            await reader.read()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(args.interval):
+                    await stop.wait()
+            snapshot = await reader.read()
+            if args.plain:
+                print(plain(snapshot), flush=True)
+            else:
+                Console().print(rich_view(snapshot))
+            return 1 if snapshot.error else 0
+        await _refresh(reader, args.interval, args.plain or not sys.stdout.isatty(), stop)
+    return 0
+
+
+async def _refresh(reader: Reader, interval: float, as_text: bool, stop: asyncio.Event) -> None:
+    live = None if as_text else Live(refresh_per_second=4, transient=False)
+    with live if live is not None else contextlib.nullcontext():
+        while not stop.is_set():
+            snapshot = await reader.read()
+            if live is not None:
+                live.update(rich_view(snapshot))
+            else:
+                print(plain(snapshot) + "\n", flush=True)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await stop.wait()

@@ -1,0 +1,83 @@
+"""Terminal views of a stream's totals, shared by ``demo`` and ``top``: per-minute rates over a
+sliding window, and the figures an operator reads (weights exact to the gram, money in major units).
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable
+
+from ingest.money import exponent
+from workers import keys
+from workers.store import StreamTotals
+
+RATE_WINDOW = 10.0
+"""Seconds of history behind the demo's per-minute rates."""
+
+
+class Rates:
+    """Per-minute rates of growing totals over a sliding window, with an injectable clock."""
+
+    def __init__(self, window: float = RATE_WINDOW, clock: Callable[[], float] = time.monotonic):
+        self.window = window
+        self.clock = clock
+        self._samples: collections.deque[tuple[float, dict[str, int]]] = collections.deque()
+
+    def add(self, values: dict[str, int]) -> dict[str, float]:
+        now = self.clock()
+        self._samples.append((now, values))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self.window:
+            self._samples.popleft()
+        then, old = self._samples[0]
+        span = now - then
+        if span <= 0:
+            return dict.fromkeys(values, 0.0)
+        return {k: (v - old.get(k, 0)) * 60 / span for k, v in values.items()}
+
+
+def summary(totals: StreamTotals) -> dict[str, int]:
+    return {
+        "grams": totals.total(keys.GRAMS),
+        "orders": totals.total(keys.ORDERS),
+        "comments": totals.total(keys.COMMENTS),
+        "cancelled": totals.total(keys.CANCELLED),
+    }
+
+
+def top_countries(totals: StreamTotals, n: int) -> list[tuple[str, int]]:
+    """The ``n`` countries with the most grams ordered, with their grams."""
+    by_country: collections.Counter[str] = collections.Counter()
+    for (_, country), grams in totals.by(keys.GRAMS).items():
+        by_country[country] += grams
+    return by_country.most_common(n)
+
+
+def top_skus(totals: StreamTotals, n: int) -> list[tuple[str, int]]:
+    """The ``n`` SKUs with the most grams ordered, with their grams."""
+    by_sku = collections.Counter(
+        {sku: grams for (sku,), grams in totals.by(keys.SKU_GRAMS).items()}
+    )
+    return by_sku.most_common(n)
+
+
+def revenue(totals: StreamTotals) -> dict[str, int]:
+    """Order value per currency, in minor units, over every platform; sorted by currency."""
+    merged: collections.Counter[str] = collections.Counter()
+    for (_, currency), minor in totals.by(keys.VALUE).items():
+        merged[currency] += minor
+    return dict(sorted(merged.items()))
+
+
+def money(minor: int, currency: str) -> str:
+    """``minor`` units as major units, exactly: 1250 USD -> ``12.50``, 240000 VND -> ``240,000``."""
+    digits = exponent(currency)
+    if digits == 0:
+        return f"{minor:,}"
+    whole, fraction = divmod(minor, 10**digits)
+    return f"{whole:,}.{fraction:0{digits}d}"
+
+
+def kilograms(grams: int) -> str:
+    """Exact to the gram: 7250 -> ``7.250``, 54012345678 -> ``54,012,345.678``."""
+    return f"{grams // 1000:,}.{grams % 1000:03d}"
