@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -133,3 +134,35 @@ async def test_other_paths_are_refused(small_sale: Sale) -> None:
                 pass
         assert refused.value.response.status_code == 404
         assert feed.connections == 0
+
+
+@pytest.mark.asyncio
+async def test_broadcast_feeds_every_subscriber_and_retime_moves_events_to_now() -> None:
+    sale = lychee_sale(seed=5, stream="bc", hours=0.05, target_grams=200_000)
+    started = datetime.now(UTC)
+    async with (
+        # paced over ~2 s: the second subscriber joins within the replay window of the first
+        FeedServer(sale, speed=90, disconnect_at=None, broadcast=True, retime=True) as feed,
+        connect(feed.url) as one,
+        connect(feed.url) as two,
+    ):
+
+        async def drain(ws: ClientConnection) -> list[dict[str, object]]:
+            received: list[dict[str, object]] = []
+            while len(received) < feed.total:
+                received.append(orjson.loads(await ws.recv()))
+            return received
+
+        async with asyncio.timeout(20):
+            first, second = await asyncio.gather(drain(one), drain(two))
+    assert [e["id"] for e in first] == [d.event["id"] for d in sale.deliveries]
+    assert [e["id"] for e in second] == [e["id"] for e in first]
+
+    def key(event: dict[str, object]) -> tuple[str, ...]:
+        return str(event["kind"]), str(event["id"]), str(event.get("status", ""))
+
+    stamps = {key(e): datetime.fromisoformat(str(e["ts"])) for e in first}
+    assert min(stamps.values()) >= started - timedelta(seconds=1)
+    originals = {key(d.event): datetime.fromisoformat(str(d.event["ts"])) for d in sale.deliveries}
+    in_original_order = sorted(stamps, key=lambda k: (originals[k], k))
+    assert [stamps[k] for k in in_original_order] == sorted(stamps.values())  # order kept

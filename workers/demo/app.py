@@ -180,7 +180,9 @@ async def feed_only(listen: str, speed: float, seed: int, stop: asyncio.Event) -
     host, port = config_module.split_listen(listen)
     while not stop.is_set():
         sale = lychee_sale(seed=seed, stream=f"lucngan-{time.strftime('%Y%m%d-%H%M%S')}")
-        async with FeedServer(sale, host=host, port=port, speed=speed) as feed:
+        async with FeedServer(
+            sale, host=host, port=port, speed=speed, broadcast=True, retime=True
+        ) as feed:
             print(f"demo feed: {sale.stream} at {feed.url}", flush=True)
             done = asyncio.create_task(feed.done.wait())
             stopped = asyncio.create_task(stop.wait())
@@ -201,7 +203,7 @@ async def demo(args: argparse.Namespace, stop: asyncio.Event) -> int:
         print(f"No MQTT broker answers at {args.mqtt}: start one or drop --mqtt.", file=sys.stderr)
         return 1
     with redis_url() as url:
-        async with FeedServer(mqtt.rest if mqtt else sale, speed=args.speed) as feed:
+        async with FeedServer(mqtt.rest if mqtt else sale, speed=args.speed, retime=True) as feed:
             path = Path(args.config) if args.config else DEMO_CONFIG
             try:
                 config = demo_config(path, feed.url, url, args.http, mqtt)

@@ -1,28 +1,33 @@
 """Demo feed: serves a synthetic sale's deliveries over a websocket, paced, with one cut.
 
-The feed is live and single-subscriber: one position shared by all connections, advanced only by
-sending. A newer connection supersedes an older one. Every connection first receives again the
-last ``replay`` deliveries sent before it, then continues from the shared position. The scenario
-clock starts with the first connection and keeps running across reconnects, so a client that was
-away gets the deliveries that fell due meanwhile in one burst.
+The feed is live: one position shared by all connections, advanced only by sending while someone
+is connected. By default a newer connection supersedes an older one; with ``broadcast`` every
+connection receives the feed (two ingester replicas watching one source). Every connection first
+receives again the last ``replay`` deliveries sent before it, then follows the shared position.
+The scenario clock starts with the first connection and keeps running across reconnects, so a
+client that was away gets the deliveries that fell due meanwhile in one burst. With ``retime``
+the events' timestamps are moved to the wall clock of the replay (order kept), so event lag on
+the dashboards means something.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
+import datetime as dt
 import math
 from http import HTTPStatus
 from types import TracebackType
 from typing import Self
 
+import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
-from websockets.protocol import State
 
-from workers.demo.sale import Sale, frames
+from workers.demo.sale import Sale
 
 __all__ = ["FEED_PATH", "SUPERSEDED", "FeedServer"]
 
@@ -30,6 +35,8 @@ FEED_PATH = "/feed"
 SUPERSEDED = 4000  # close code for a connection replaced by a newer one
 _CHUNK = 256  # deliveries sent between two yields to the event loop
 _NAP = 0.25  # longest pacing sleep (s), so a vanished client is noticed promptly
+_RETIME_FAST = 100.0  # compression of the scenario clock when retiming at speed 0: distinct
+# event times stay distinct to the millisecond
 
 
 class FeedServer:
@@ -45,6 +52,8 @@ class FeedServer:
         disconnect_at: float | None = 0.5,
         replay: int = 200,
         batch: int = 1,
+        broadcast: bool = False,
+        retime: bool = False,
     ) -> None:
         if not speed >= 0:
             raise ValueError("speed must be >= 0 (0 or inf: as fast as possible)")
@@ -57,13 +66,22 @@ class FeedServer:
         self._host, self._port = host, port
         self._speed = 0.0 if math.isinf(speed) else speed
         self._replay, self._batch = replay, batch
+        self._broadcast, self._retime = broadcast, retime
+        self._retimed: dict[int, object] = {}
+        self._wall0: dt.datetime | None = None
+        self._origin = min(
+            (dt.datetime.fromisoformat(str(d.event["ts"])) for d in self._deliveries),
+            default=None,
+        )
         total = len(self._deliveries)
         self._cut: int | None = None
         if disconnect_at is not None and total:
             self._cut = max(1, min(total, math.ceil(disconnect_at * total)))
         self._pos = 0
         self._clock0: float | None = None
-        self._active: ServerConnection | None = None
+        self._subscribers: set[ServerConnection] = set()
+        self._someone = asyncio.Event()
+        self._pump_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._server: Server | None = None
         self._url: str | None = None
@@ -107,6 +125,10 @@ class FeedServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump_task
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -119,31 +141,35 @@ class FeedServer:
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
-        """One subscriber: supersede the previous one, replay, then stream."""
+        """A subscriber: supersede the others (unless broadcasting), replay, then follow."""
         self.connections += 1
-        previous, self._active = self._active, ws
-        if previous is not None:
-            await previous.close(SUPERSEDED, "superseded by a newer connection")
-        async with self._lock:
-            if self._active is not ws:
-                return
-            try:
-                await self._send_range(ws, max(0, self._pos - self._replay), self._pos)
-                if await self._stream(ws):
-                    await ws.wait_closed()
-            except ConnectionClosed:
-                pass
-            finally:
-                if self._active is ws:
-                    self._active = None
+        if not self._broadcast:
+            for previous in list(self._subscribers):
+                await previous.close(SUPERSEDED, "superseded by a newer connection")
+        try:
+            async with self._lock:  # the pump waits: nothing is sent between replay and joining
+                await self._send_range([ws], max(0, self._pos - self._replay), self._pos)
+                self._subscribers.add(ws)
+                self._someone.set()
+            if self._pump_task is None:
+                self._pump_task = asyncio.create_task(self._pump(), name="demo.feed.pump")
+            await ws.wait_closed()
+        except ConnectionClosed:
+            pass
+        finally:
+            self._subscribers.discard(ws)
+            if not self._subscribers:
+                self._someone.clear()
 
-    async def _stream(self, ws: ServerConnection) -> bool:
-        """Send due deliveries until all are sent (True) or the connection ends (False)."""
+    async def _pump(self) -> None:
+        """Send due deliveries to the subscribers until all are sent; pause while none."""
         loop = asyncio.get_running_loop()
-        if self._clock0 is None:
-            self._clock0 = loop.time()
         total = len(self._deliveries)
         while self._pos < total:
+            await self._someone.wait()
+            if self._clock0 is None:
+                self._clock0 = loop.time()
+                self._wall0 = dt.datetime.now(dt.UTC)
             due = total
             if self._speed:
                 scenario = (loop.time() - self._clock0) * self._speed
@@ -151,33 +177,44 @@ class FeedServer:
             if due <= self._pos:
                 wait = self._times[self._pos] / self._speed - (loop.time() - self._clock0)
                 await asyncio.sleep(min(max(wait, 0.0), _NAP))
-                if ws.state is not State.OPEN:
-                    return False
                 continue
             end = min(due, self._pos + self._batch * max(1, _CHUNK // self._batch))
             cut = self._cut if self.cut_at is None else None
             if cut is not None and self._pos < cut:
                 end = min(end, cut)
-            await self._send_range(ws, self._pos, end, advance=True)
-            if self._pos >= total:
-                self.done.set()
+            async with self._lock:
+                await self._send_range(list(self._subscribers), self._pos, end, advance=True)
             if cut is not None and self._pos >= cut:
                 self.cut_at = self._pos
                 self.disconnects += 1
-                await ws.close(CloseCode.SERVICE_RESTART, "service restart")
-                return False
+                for ws in list(self._subscribers):
+                    await ws.close(CloseCode.SERVICE_RESTART, "service restart")
             await asyncio.sleep(0)
         self.done.set()
-        return True
+
+    def _event(self, event: dict[str, object]) -> object:
+        """The event as sent: as generated, or moved to the replay's wall clock."""
+        if not self._retime or self._origin is None or self._wall0 is None:
+            return event
+        found = self._retimed.get(id(event))  # redeliveries share the same object
+        if found is None:
+            offset = dt.datetime.fromisoformat(str(event["ts"])) - self._origin
+            stamped = self._wall0 + offset / (self._speed or _RETIME_FAST)
+            found = {**event, "ts": stamped.isoformat(timespec="microseconds")}
+            self._retimed[id(event)] = found
+        return found
 
     async def _send_range(
-        self, ws: ServerConnection, lo: int, hi: int, *, advance: bool = False
+        self, subscribers: list[ServerConnection], lo: int, hi: int, *, advance: bool = False
     ) -> None:
         """Send deliveries ``[lo, hi)`` as text frames of up to ``batch`` events."""
         for start in range(lo, hi, self._batch):
             stop = min(start + self._batch, hi)
-            (payload,) = frames(self._deliveries[start:stop], batch=self._batch)
-            await ws.send(payload, text=True)
+            events = [self._event(d.event) for d in self._deliveries[start:stop]]
+            payload = orjson.dumps(events[0] if self._batch == 1 else events)
+            for ws in subscribers:
+                with contextlib.suppress(ConnectionClosed):
+                    await ws.send(payload, text=True)
             if advance:
                 self._pos = stop
             else:
