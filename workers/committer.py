@@ -76,6 +76,10 @@ class Committer:
         self._throttle = Throttle(log_interval, monotonic)
         health.buffered.set_function(lambda: self._buffered)
         self._outcomes: dict[tuple[str, str, str], int] = collections.Counter()
+        self.submitted = 0
+        """Events (and rejections) submitted since start."""
+        self.committed = 0
+        """Of those, committed to Redis (counted, found duplicate, or dead-lettered)."""
 
     @property
     def buffered(self) -> int:
@@ -93,6 +97,7 @@ class Committer:
         self._frames.append(_Frame(source, items, future, self.monotonic()))
         self._buffered += len(items)
         self._queued += len(items)
+        self.submitted += len(items)
         self._empty.clear()
         self._data.set()
         if self._queued >= self.settings.max_events:
@@ -177,6 +182,7 @@ class Committer:
                     frame.future.cancel()
             raise
         self._account(events, sources, outcomes, dead)
+        self.committed += len(events) + len(dead) - len(refused)
         for frame in batch:
             if not frame.future.done():
                 frame.future.set_result(None)

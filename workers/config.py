@@ -66,6 +66,8 @@ def split_listen(value: str) -> tuple[str, int]:
 
 class RedisConfig(_Model):
     url: str = "redis://127.0.0.1:6379/0"
+    cluster: bool = False
+    """``url`` names one node of a Redis Cluster; the others are discovered."""
     socket_timeout: float = Field(5.0, gt=0)
 
     @field_validator("url")
@@ -137,6 +139,7 @@ class WebsocketClientConfig(_SourceBase):
     ping_interval: float | None = Field(20.0, gt=0)
     ping_timeout: float | None = Field(20.0, gt=0)
     open_timeout: float = Field(10.0, gt=0)
+    close_timeout: float = Field(2.0, gt=0)
     max_size: int = Field(1024 * 1024, ge=1024)
     backoff_initial: float = Field(0.5, gt=0)
     backoff_max: float = Field(30.0, gt=0)

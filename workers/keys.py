@@ -135,11 +135,15 @@ TOTAL_LIMIT: Final = 9 * 10**18
 # batch finds every event already seen and changes nothing.
 #
 # Two phases, because Redis does not undo a script's writes when it fails midway: the first
-# only reads, decides every event's outcome and checks that no total would pass TOTAL_LIMIT;
-# the second writes, and none of its writes can fail.
+# does every read — dedup, order state, SKU labels, and whether a total would pass
+# TOTAL_LIMIT — and decides each event; the second only writes, to keys the first has read or
+# that are declared, so none of its writes can fail. (On a cluster, Redis 7 refuses a script's
+# access to a key that is not local, e.g. mid-migration: that refusal can only come in phase 1.)
 #
-# ARGV: now override (seconds, "" = Redis TIME), generation span, lookback generations,
-# sku limit, total limit, then every event's record in one MessagePack array (one argument,
+# ARGV: now (seconds; "" = Redis TIME), generation span, lookback generations, generations
+# ahead (1 on a cluster, where the clock is the ingesters': a replica whose clock runs ahead may
+# have written to the next generation), sku limit, total limit, then every event's record in one
+# MessagePack array (one argument,
 # not seven per event: packing arguments is the client's main cost), each an array:
 #   ["c", shard, member, platform, user]                      comment
 #   ["v", shard, member, platform, count, ts_ms]              viewers
@@ -156,8 +160,8 @@ local totals, orders, skus, viewers = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local commenters, buyers, seen = KEYS[5], KEYS[6], KEYS[7]
 local now = tonumber(ARGV[1])
 if not now then now = tonumber(redis.call('TIME')[1]) end
-local span, lookback = tonumber(ARGV[2]), tonumber(ARGV[3])
-local sku_limit, limit = tonumber(ARGV[4]), tonumber(ARGV[5])
+local span, lookback, ahead = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local sku_limit, limit = tonumber(ARGV[5]), tonumber(ARGV[6])
 local gen = math.floor(now / span)
 local expire_at = (gen + lookback + 1) * span
 
@@ -170,7 +174,7 @@ local function already_seen(shard, member)
   local id = shard .. ':' .. member
   if batch_ids[id] then return true end
   batch_ids[id] = true
-  for g = gen - lookback, gen do
+  for g = gen - lookback, gen + ahead do
     if redis.call('SISMEMBER', seen .. g .. ':' .. shard, member) == 1 then return true end
   end
   return false
@@ -209,7 +213,24 @@ local function fits(increments)
   return true
 end
 
-for _, r in ipairs(cmsgpack.unpack(ARGV[6])) do
+-- Order state as this batch leaves it: id -> {state, where}, read from Redis once.
+local order_view = {}
+local function order_state(id)
+  local view = order_view[id]
+  if view then return view end
+  view = {}
+  for g = gen + ahead, gen - lookback, -1 do
+    local state = redis.call('HGET', orders .. g, id)
+    if state then
+      view = {state = state, where = orders .. g}
+      break
+    end
+  end
+  order_view[id] = view
+  return view
+end
+
+for _, r in ipairs(cmsgpack.unpack(ARGV[7])) do
   local tag = r[1]
   local state = already_seen(r[2], r[3]) and '0' or '1'
   if tag == 'o' and state == '1' then
@@ -223,7 +244,26 @@ for _, r in ipairs(cmsgpack.unpack(ARGV[6])) do
       r.labels[j] = field
       inc[field] = (inc[field] or 0) + tonumber(item[2])
     end
-    if not fits(inc) then state = '2' end
+    if not fits(inc) then
+      state = '2'
+    else
+      local view = order_state(r[4])
+      if view.state == 'C' then  -- its cancellation came first: count both now
+        r.settle = view.where
+        order_view[r[4]] = {}
+      else
+        order_view[r[4]] = {state = pc .. '|' .. r[11], where = orders .. gen}
+      end
+    end
+  elseif tag == 'x' and state == '1' then
+    local view = order_state(r[4])
+    if view.state and view.state ~= 'C' then
+      r.platform, r.country, r.grams = string.match(view.state, '^([^|]*)|([^|]*)|(%d+)$')
+      r.settle = view.where
+      order_view[r[4]] = {}
+    else  -- before its order: remember it until the order arrives
+      order_view[r[4]] = {state = 'C', where = orders .. gen}
+    end
   elseif tag ~= 'c' and tag ~= 'v' and tag ~= 'x' and tag ~= 'o' then
     return redis.error_reply('unknown record tag ' .. tostring(tag))
   end
@@ -238,14 +278,6 @@ local function expire_once(key)
     expiring[key] = true
     redis.call('EXPIREAT', key, expire_at)
   end
-end
-
-local function order_state(id)
-  for g = gen, gen - lookback, -1 do
-    local state = redis.call('HGET', orders .. g, id)
-    if state then return state, orders .. g end
-  end
-  return nil, nil
 end
 
 local function count_cancel(platform, country, grams)
@@ -282,23 +314,19 @@ for _, r in ipairs(records) do
     for j, item in ipairs(r[12]) do
       redis.call('HINCRBY', totals, r.labels[j], item[2])
     end
-    local state, where = order_state(id)
-    if state == 'C' then
+    if r.settle then
       count_cancel(platform, country, grams)
-      redis.call('HDEL', where, id)
+      redis.call('HDEL', r.settle, id)
     else
       redis.call('HSET', orders .. gen, id, pc .. '|' .. grams)
       expire_once(orders .. gen)
     end
   elseif tag == 'x' then
-    local id = r[4]
-    local state, where = order_state(id)
-    if state and state ~= 'C' then
-      local platform, country, grams = string.match(state, '^([^|]*)|([^|]*)|(%d+)$')
-      count_cancel(platform, country, grams)
-      redis.call('HDEL', where, id)
+    if r.settle then
+      count_cancel(r.platform, r.country, r.grams)
+      redis.call('HDEL', r.settle, r[4])
     else
-      redis.call('HSET', orders .. gen, id, 'C')
+      redis.call('HSET', orders .. gen, r[4], 'C')
       expire_once(orders .. gen)
     end
   end

@@ -20,6 +20,7 @@ import structlog
 from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -91,8 +92,16 @@ class SourceHealth:
         self._last_event[source] = self.clock()
 
 
-def redis_client(url: str, socket_timeout: float) -> Redis:
-    """A client with the library's retries off: the committer owns the one retry policy."""
+def redis_client(url: str, socket_timeout: float, cluster: bool = False) -> Redis | RedisCluster:
+    """A client with the library's retries off: the committer owns the one retry policy. (A
+    cluster client still follows MOVED and ASK redirections itself: that is routing.)"""
+    if cluster:
+        return RedisCluster.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
     return Redis.from_url(
         url,
         socket_timeout=socket_timeout,
@@ -134,6 +143,7 @@ def build_source(
                 ping_interval=config.ping_interval,
                 ping_timeout=config.ping_timeout,
                 open_timeout=config.open_timeout,
+                close_timeout=config.close_timeout,
                 max_size=config.max_size,
                 backoff=Backoff(config.backoff_initial, config.backoff_max),
                 backoff_reset_after=config.backoff_reset_after,
@@ -199,7 +209,9 @@ class Ingester:
         self.environ = os.environ if environ is None else environ
         self.shutdown_deadline = shutdown_deadline
         self.metrics = HealthMetrics()
-        self.redis = redis_client(config.redis.url, config.redis.socket_timeout)
+        self.redis = redis_client(
+            config.redis.url, config.redis.socket_timeout, config.redis.cluster
+        )
         self.store = Store(
             self.redis,
             StoreSettings(
@@ -254,7 +266,11 @@ class Ingester:
                 try:
                     async with asyncio.timeout(self.shutdown_deadline):
                         await asyncio.shield(self.committer.flush())
-                    log.info("stopping: buffer flushed")
+                    log.info(
+                        "stopping: buffer flushed",
+                        submitted=self.committer.submitted,
+                        committed=self.committer.committed,
+                    )
                 except TimeoutError:
                     self.unflushed = self.committer.buffered
                     log.error("stopping: flush deadline passed", unflushed=self.unflushed)

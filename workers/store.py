@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from ingest.model import Comment, Event, Order, Rejection, Viewers
 from workers import keys
@@ -41,7 +43,7 @@ class StoreSettings:
     max_streams: int = 1000
     dead_letter_max: int = 10_000
     now_override: int | None = None
-    """Seconds since the epoch used instead of Redis TIME for dedup generations (tests only)."""
+    """Seconds since the epoch used instead of the clock for dedup generations (tests only)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -110,29 +112,65 @@ def _records(events: Sequence[Event]) -> bytes:
 
 
 class Store:
-    """Commits batches atomically per stream and reads totals. Owns no connection lifecycle."""
+    """Commits batches atomically per stream and reads totals. Owns no connection lifecycle.
 
-    def __init__(self, redis: Redis, settings: StoreSettings) -> None:
+    On a single Redis, one pipeline carries every stream's script call and the script reads the
+    server's clock. On a Redis Cluster, each stream's call goes to its slot's primary, and every
+    key the script may touch is declared: while a slot migrates, a call whose keys are split
+    between the two nodes is refused (TRYAGAIN) and retried, instead of reading a set that has
+    already moved as empty. The generations then come from this process's clock, and lookups
+    also read the next generation, in case another replica's clock runs ahead.
+    """
+
+    def __init__(
+        self,
+        redis: Redis | RedisCluster,
+        settings: StoreSettings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.redis = redis
         self.settings = settings
+        self.clock = clock
+        self.cluster = isinstance(redis, RedisCluster)
         self._script = redis.register_script(keys.COMMIT_SCRIPT)
-        lookback = keys.lookback_generations(settings.retention_seconds)
-        self._head: list[str | int] = [
-            "" if settings.now_override is None else settings.now_override,
+        self._lookback = keys.lookback_generations(settings.retention_seconds)
+        self._ahead = 1 if self.cluster else 0
+        self._tail: list[str | int] = [
             keys.GENERATION_SECONDS,
-            lookback,
+            self._lookback,
+            self._ahead,
             settings.sku_limit,
             keys.TOTAL_LIMIT,
         ]
         self._known_streams: set[str] = set()
+
+    def _now(self) -> int | None:
+        if self.settings.now_override is not None:
+            return self.settings.now_override
+        return int(self.clock()) if self.cluster else None
+
+    def _generations(self, now: int) -> range:
+        gen = now // keys.GENERATION_SECONDS
+        return range(gen - self._lookback, gen + self._ahead + 1)
+
+    def _declared(self, stream: str, events: Sequence[Event], now: int) -> list[str]:
+        """Every key the script may touch for these events (cluster mode)."""
+        k = StreamKeys(stream)
+        generations = self._generations(now)
+        shards = {fingerprint(event.identity)[0] for event in events}
+        declared = k.script_keys()
+        declared += [f"{k.seen_prefix}{g}:{shard}" for shard in shards for g in generations]
+        if any(isinstance(event, Order) for event in events):
+            declared += [f"{k.orders_prefix}{g}" for g in generations]
+        return declared
 
     async def commit(
         self, events: Sequence[Event], dead: Sequence[DeadLetter] = ()
     ) -> list[Outcome]:
         """Dedup and count ``events``, file ``dead`` letters; each event's outcome.
 
-        One pipeline round trip (two when a stream is new to this process); one script call
-        per stream, each atomic on its own.
+        One script call per stream, each atomic on its own; on a single Redis all in one
+        pipeline round trip (two when a stream is new to this process).
         """
         by_stream: dict[str, list[int]] = defaultdict(list)
         for index, event in enumerate(events):
@@ -143,20 +181,45 @@ class Store:
         )
         for stream in refused:
             del by_stream[stream]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            if by_stream:
-                pipe.sadd(keys.STREAMS, *by_stream)
-            for stream, indexes in by_stream.items():
-                records = _records([events[i] for i in indexes])
-                await self._script(
-                    keys=StreamKeys(stream).script_keys(), args=[*self._head, records], client=pipe
+        now = self._now()
+        head: list[str | int] = ["" if now is None else now, *self._tail]
+        batches = {stream: [events[i] for i in indexes] for stream, indexes in by_stream.items()}
+        if self.cluster:
+            assert now is not None
+            replies: list[Any] = list(
+                await asyncio.gather(
+                    *(
+                        self._script(
+                            keys=self._declared(stream, batch, now),
+                            args=[*head, _records(batch)],
+                            client=self.redis,
+                        )
+                        for stream, batch in batches.items()
+                    )
                 )
-            for letter in dead:
-                self._dead_letter(pipe, letter)
-            replies: list[Any] = await pipe.execute()
-        self._known_streams.update(by_stream)
-        first = 1 if by_stream else 0
-        for indexes, reply in zip(by_stream.values(), replies[first:], strict=False):
+            )
+            async with self.redis.pipeline() as pipe:
+                if batches:
+                    pipe.sadd(keys.STREAMS, *batches)
+                for letter in dead:
+                    self._dead_letter(pipe, letter)
+                await pipe.execute()
+        else:
+            assert isinstance(self.redis, Redis)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if batches:
+                    pipe.sadd(keys.STREAMS, *batches)
+                for stream, batch in batches.items():
+                    await self._script(
+                        keys=StreamKeys(stream).script_keys(),
+                        args=[*head, _records(batch)],
+                        client=pipe,
+                    )
+                for letter in dead:
+                    self._dead_letter(pipe, letter)
+                replies = (await pipe.execute())[1 if batches else 0 :]
+        self._known_streams.update(batches)
+        for indexes, reply in zip(by_stream.values(), replies, strict=False):
             for index, code in zip(indexes, reply, strict=True):
                 outcomes[index] = _OUTCOMES[code]
         return outcomes
@@ -202,14 +265,27 @@ class Store:
     async def totals(self, streams: Sequence[str] | None = None) -> list[StreamTotals]:
         """Every stream's totals, read in one pipeline round trip."""
         names = list(streams) if streams is not None else await self.streams()
-        async with self.redis.pipeline(transaction=False) as pipe:
+        replies: list[Any]
+        if self.cluster:  # a cluster pipeline refuses PFCOUNT: one call per stream, at once
+            calls = []
             for stream in names:
                 k = StreamKeys(stream)
-                pipe.hgetall(k.totals)
-                pipe.hgetall(k.viewers)
-                pipe.pfcount(k.commenters)
-                pipe.pfcount(k.buyers)
-            replies: list[Any] = await pipe.execute()
+                calls += [
+                    self.redis.hgetall(k.totals),
+                    self.redis.hgetall(k.viewers),
+                    self.redis.pfcount(k.commenters),
+                    self.redis.pfcount(k.buyers),
+                ]
+            replies = list(await asyncio.gather(*calls))
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for stream in names:
+                    k = StreamKeys(stream)
+                    pipe.hgetall(k.totals)
+                    pipe.hgetall(k.viewers)
+                    pipe.pfcount(k.commenters)
+                    pipe.pfcount(k.buyers)
+                replies = await pipe.execute()
         result = []
         for n, stream in enumerate(names):
             counters, viewers, commenters, buyers = replies[4 * n : 4 * n + 4]

@@ -80,6 +80,7 @@ class WebsocketClientSource:
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
         open_timeout: float = 10.0,
+        close_timeout: float = 2.0,
         max_size: int = 1024 * 1024,
         backoff: Backoff | None = None,
         backoff_reset_after: float = 10.0,
@@ -95,6 +96,7 @@ class WebsocketClientSource:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.open_timeout = open_timeout
+        self.close_timeout = close_timeout
         self.max_size = max_size
         self.backoff = backoff or Backoff(0.5, 30.0)
         self.backoff_reset_after = backoff_reset_after
@@ -131,6 +133,7 @@ class WebsocketClientSource:
             ping_interval=self.ping_interval,
             ping_timeout=self.ping_timeout,
             open_timeout=self.open_timeout,
+            close_timeout=self.close_timeout,
             max_size=self.max_size,
             proxy=None,
         ) as ws:

@@ -38,7 +38,7 @@ def own_redis() -> Iterator[RedisServer]:
 async def committer(
     url: str, settings: BatchSettings
 ) -> AsyncIterator[tuple[Committer, HealthMetrics]]:
-    client: Redis = redis_client(url, socket_timeout=1.0)
+    client = redis_client(url, socket_timeout=1.0)
     health = HealthMetrics()
     c = Committer(Store(client, StoreSettings()), health, settings)
     task = asyncio.create_task(c.run(), name="test.committer")

@@ -87,17 +87,27 @@ class ReplayFeed:
             yield self
 
 
-def write_config(path: Path, *, redis_url: str, http_port: int, sources: str) -> Path:
+def write_config(
+    path: Path,
+    *,
+    redis_url: str,
+    http_port: int,
+    sources: str,
+    cluster: bool = False,
+    buffer_events: int = 50_000,
+) -> Path:
     path.write_text(
         f"""
 [redis]
 url = "{redis_url}"
+cluster = {str(cluster).lower()}
 
 [http]
 listen = "127.0.0.1:{http_port}"
 
 [batch]
 max_delay_ms = 2
+buffer_events = {buffer_events}
 
 [log]
 rejection_interval_seconds = 0

@@ -1,0 +1,110 @@
+"""A private three-primary Redis Cluster on free loopback ports, and slot migration."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from typing import Any
+
+import redis
+
+from tests.conftest import UNIT
+from workers.redis_server import RedisServer, free_port
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too, as Redis requires."""
+    for _ in range(1000):
+        port = free_port()
+        if port + 10_000 > 65_535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10_000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class Cluster:
+    """Three ``redis-server --cluster-enabled yes`` nodes joined by ``redis-cli --cluster
+    create``, each owning a third of the slots."""
+
+    def __init__(self, primaries: int = 3) -> None:
+        self.nodes = [RedisServer(cluster_port()) for _ in range(primaries)]
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.extra = (
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", f"{node.dir}/nodes.conf",
+                "--cluster-node-timeout", "5000",
+            )  # fmt: skip
+            node.start()
+        cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=30 * UNIT,
+        )
+        deadline = time.monotonic() + 30 * UNIT
+        while any(
+            self.command(n, "CLUSTER INFO")["cluster_state"] != "ok" for n in range(len(self.nodes))
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cluster did not become ready")
+            time.sleep(0.05)
+
+    def client(self, n: int) -> redis.Redis:
+        return redis.Redis(port=self.nodes[n].port, socket_timeout=5)
+
+    def command(self, n: int, *args: object) -> Any:
+        with self.client(n) as client:
+            return client.execute_command(*args)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.nodes[0].port}/0"
+
+    def owner(self, slot: int) -> int:
+        """Index of the node that serves ``slot``."""
+        for start, end, primary, *_ in self.command(0, "CLUSTER SLOTS"):
+            if start <= slot <= end:
+                port = primary[1]
+                return next(n for n, node in enumerate(self.nodes) if node.port == port)
+        raise LookupError(slot)
+
+    def node_id(self, n: int) -> str:
+        return str(self.command(n, "CLUSTER MYID").decode())
+
+    def migrate(
+        self, slot: int, to: int, keys_per_step: int = 1, pause: float = 0.01, first: str = ""
+    ) -> int:
+        """Move ``slot`` to node ``to`` a few keys at a time, as ``redis-cli --cluster reshard``
+        does, slowly enough that writers see the slot half-moved; keys containing ``first``
+        move before the others (the worst order for a script that would not declare them).
+        Returns the keys moved."""
+        source = self.owner(slot)
+        self.command(to, "CLUSTER SETSLOT", slot, "IMPORTING", self.node_id(source))
+        self.command(source, "CLUSTER SETSLOT", slot, "MIGRATING", self.node_id(to))
+        moved = 0
+        while keys := self.command(source, "CLUSTER GETKEYSINSLOT", slot, 100_000):
+            keys.sort(key=lambda k: bool(first) and first not in str(k))
+            for step in range(0, len(keys), keys_per_step):
+                batch = keys[step : step + keys_per_step]
+                port = self.nodes[to].port
+                self.command(source, "MIGRATE", "127.0.0.1", port, "", 0, 5000, "KEYS", *batch)
+                moved += len(batch)
+                time.sleep(pause)
+        for n in range(len(self.nodes)):
+            self.command(n, "CLUSTER SETSLOT", slot, "NODE", self.node_id(to))
+        return moved
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
