@@ -188,13 +188,17 @@ class MqttSource:
             while not pending:
                 arrived.clear()
                 await arrived.wait()
-            mid, qos, future = pending[0]
-            await asyncio.wait([future])
-            if future.cancelled() or future.exception() is not None:
-                return
-            client._client.ack(mid, qos)
-            pending.popleft()
-            self.acknowledged += 1
+            _, _, head = pending[0]
+            if not head.done():
+                await asyncio.wait([head])
+            # Commits complete a batch at a time: acknowledge every finished message in a row.
+            while pending and pending[0][2].done():
+                mid, qos, future = pending[0]
+                if future.cancelled() or future.exception() is not None:
+                    return
+                client._client.ack(mid, qos)
+                pending.popleft()
+                self.acknowledged += 1
 
 
 class Publisher:
