@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from workers.redis_server import free_port
+from workers.redis_server import free_port, stop_process
 
 
 class Mosquitto:
@@ -55,13 +55,7 @@ log_dest file {self.dir}/mosquitto.log
                 time.sleep(0.02)
 
     def stop(self, kill: bool = False) -> None:
-        if self.process is None:
-            return
-        if kill:
-            self.process.kill()
-        else:
-            self.process.terminate()
-        self.process.wait(10)
+        stop_process(self.process, kill)
         self.process = None
 
     def log(self) -> str:

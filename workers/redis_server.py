@@ -33,6 +33,17 @@ def ping(url: str, timeout: float = 1.0) -> bool:
         client.close()
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, kill: bool = False) -> None:
+    """SIGTERM (or SIGKILL) a server process and reap it."""
+    if process is None:
+        return
+    if kill:
+        process.kill()
+    else:
+        process.terminate()
+    process.wait(10)
+
+
 class RedisServer:
     """A ``redis-server`` process: ``start()``, ``stop()`` (SIGTERM or SIGKILL), restartable."""
 
@@ -77,13 +88,7 @@ class RedisServer:
             time.sleep(0.02)
 
     def stop(self, kill: bool = False) -> None:
-        if self.process is None:
-            return
-        if kill:
-            self.process.kill()
-        else:
-            self.process.terminate()
-        self.process.wait(10)
+        stop_process(self.process, kill)
         self.process = None
 
     def close(self) -> None:

@@ -244,9 +244,11 @@ def plain(snapshot: Snapshot) -> str:
     return "\n".join(lines)
 
 
-def _stream_table(view: StreamView) -> Table:
-    totals, values, rates = view.totals, view.values, view.rates
-    table = Table(title=f"stream {totals.stream}", show_header=False, min_width=60)
+def stream_table(
+    totals: StreamTotals, values: dict[str, int], rates: dict[str, float], title: str
+) -> Table:
+    """One stream's figures as a table (here and in the demo's live view)."""
+    table = Table(title=title, show_header=False, min_width=60)
     table.add_column("what", style="bold")
     table.add_column("value", justify="right")
     table.add_row("sold", f"{kilograms(values['grams'])} kg  ({values['grams'] / 1e6:,.3f} t)")
@@ -289,7 +291,10 @@ def _health_table(health: Sequence[ProcessHealth]) -> Table:
 
 
 def rich_view(snapshot: Snapshot) -> Group:
-    parts: list[Table | str] = [_stream_table(view) for view in snapshot.streams]
+    parts: list[Table | str] = [
+        stream_table(view.totals, view.values, view.rates, f"stream {view.totals.stream}")
+        for view in snapshot.streams
+    ]
     if snapshot.error or not snapshot.streams:
         parts.insert(0, plain(dataclasses.replace(snapshot, health=())))
     if snapshot.health:

@@ -13,7 +13,8 @@ from rich.table import Table
 
 from workers.demo.sale import Sale
 from workers.store import StreamTotals
-from workers.view import Rates, money, revenue, summary, top_countries
+from workers.top import stream_table
+from workers.view import Rates, summary, top_countries
 
 
 class View:
@@ -82,20 +83,5 @@ class View:
         sent: int,
         total: int,
     ) -> Table:
-        table = Table(title=f"Live sale {totals.stream}", show_header=False, min_width=60)
-        table.add_column("what", style="bold")
-        table.add_column("value", justify="right")
-        table.add_row("feed", f"{sent:,} / {total:,} deliveries")
-        table.add_row("sold", f"{values['grams'] / 1e6:,.3f} t")
-        table.add_row("orders", f"{values['orders']:,}  ({rates['orders']:,.0f}/min)")
-        table.add_row("kg per minute", f"{rates['grams'] / 1000:,.0f}")
-        table.add_row("comments", f"{values['comments']:,}  ({rates['comments']:,.0f}/min)")
-        table.add_row("cancelled", f"{values['cancelled']:,}")
-        for currency, minor in revenue(totals).items():
-            table.add_row(f"revenue {currency}", money(minor, currency))
-        for rank, (country, grams) in enumerate(top_countries(totals, 5)):
-            table.add_row("top countries" if rank == 0 else "", f"{country} {grams / 1000:,.0f} kg")
-        table.add_row("unique buyers", f"{totals.unique_buyers:,}")
-        table.add_row("unique commenters", f"{totals.unique_commenters:,}")
-        table.add_row("viewers", ", ".join(f"{p} {n:,}" for p, n in sorted(totals.viewers.items())))
-        return table
+        title = f"Live sale {totals.stream}: {sent:,} / {total:,} deliveries sent"
+        return stream_table(totals, values, rates, title)
