@@ -16,7 +16,9 @@ class Mosquitto:
     """``mosquitto`` with persistence in a temp dir; ``stop()`` (SIGTERM saves the sessions)
     and ``start()`` again on the same port."""
 
-    def __init__(self) -> None:
+    def __init__(self, listener_options: str = "") -> None:
+        """``listener_options``: lines for the listener, e.g. ``cafile``/``certfile``/``keyfile``
+        for TLS."""
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.binary = binary
         self.port = free_port()
@@ -25,6 +27,7 @@ class Mosquitto:
         self.config.write_text(
             f"""
 listener {self.port} 127.0.0.1
+{listener_options}
 allow_anonymous true
 persistence true
 persistence_location {self.dir}/

@@ -215,9 +215,11 @@ class Publisher:
         *,
         at: Sequence[float] | None = None,
         pause: float = 0.0,
+        tls: ssl.SSLContext | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.host = host
+        self.tls = tls
         self.port = port
         self.messages = list(messages)
         self.at = at
@@ -234,7 +236,9 @@ class Publisher:
         started = self.clock()
         while not self.done:
             try:
-                async with aiomqtt.Client(self.host, self.port, timeout=5) as client:
+                async with aiomqtt.Client(
+                    self.host, self.port, timeout=5, tls_context=self.tls
+                ) as client:
                     while not self.done:
                         if self.at is not None:
                             due = started + self.at[self.position] - self.clock()

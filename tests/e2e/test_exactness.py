@@ -146,3 +146,34 @@ async def test_sigkill_mid_run_and_restart_never_double_counts(
             await until(lambda: feed.finished("k"), 60, "the whole feed")
             await exact(port, sale)
             assert feed.cursors["k"].connections == 3
+
+
+@pytest.mark.asyncio
+async def test_partitioned_sources_are_exact_and_every_process_exposes_every_stream(
+    tmp_path: Path, redis_url: str, stream: str
+) -> None:
+    """Two processes, each reading its own feed: scraping either shows both streams exactly."""
+    sales = [small_sale(f"{stream}-{n}") for n in range(2)]
+    feeds = [ReplayFeed(sale_frames(sale), cut_after=None, replay=0) for sale in sales]
+    ports = free_port(), free_port()
+    async with feeds[0].serving(), feeds[1].serving():
+        processes = [
+            IngesterProcess(
+                write_config(
+                    tmp_path / f"part-{n}.toml",
+                    redis_url=redis_url,
+                    http_port=port,
+                    sources=client_source(f"part-{n}", feeds[n].url("p")),
+                ),
+                port,
+            )
+            for n, port in enumerate(ports)
+        ]
+        with processes[0], processes[1]:
+            await until(lambda: all(f.finished("p") for f in feeds), 60, "both feeds")
+            for port in ports:
+                for sale in sales:
+                    await exact(port, sale)
+            for n, port in enumerate(ports):  # each read only its own partition
+                handled = select(scrape(port), "livestream_ingest_events_total")
+                assert sum(handled.values()) == len(sales[n].deliveries)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -252,3 +254,55 @@ async def test_malformed_payloads_are_dead_lettered_and_never_stall_the_subscrip
             ("invalid_value", "mqtt"): 1.0,
         }
         assert handled(process) == {"accepted": 2.0, "rejected": 5.0}
+
+
+def certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """A private CA and a server certificate for 127.0.0.1, made with openssl."""
+    ca_key, ca, key, csr, crt = (
+        folder / n for n in ("ca.key", "ca.crt", "s.key", "s.csr", "s.crt")
+    )
+    ext = folder / "san.ext"
+    ext.write_text("subjectAltName = IP:127.0.0.1\n", encoding="utf-8")
+    for command in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
+         "-days", "1", "-subj", "/CN=livestream test CA"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+         "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+         "-out", crt, "-days", "1", "-extfile", ext],
+    ):  # fmt: skip
+        subprocess.run(["openssl", *map(str, command)], check=True, capture_output=True)
+    return ca, crt, key
+
+
+@pytest.mark.asyncio
+async def test_mqtts_with_a_private_ca(tmp_path: Path, redis_url: str, stream: str) -> None:
+    ca, crt, key = certificates(tmp_path)
+    broker = Mosquitto(f"cafile {ca}\ncertfile {crt}\nkeyfile {key}")
+    broker.start()
+    try:
+        port = free_port()
+        source = mqtt_source(broker.port, "tls").replace("mqtt://", "mqtts://")
+        config = write_config(
+            tmp_path / "tls.toml",
+            redis_url=redis_url,
+            http_port=port,
+            sources=source.replace('client_id = "tls"', f'client_id = "tls"\nca_file = "{ca}"'),
+        )
+        with IngesterProcess(config, port) as process:
+            await subscribed(process)
+            topic = TOPIC.format(stream=stream)
+            good = {"kind": "comment", "platform": "tiktok", "ts": "2025-06-14T09:05:07Z"}
+            data = [(topic, orjson.dumps({**good, "id": f"c{n}"})) for n in range(5)]
+            context = ssl.create_default_context(cafile=str(ca))
+            await asyncio.wait_for(Publisher("127.0.0.1", broker.port, data, tls=context).run(), 20)
+            await until(
+                lambda: (
+                    select(scrape(port), "livestream_comments_total", stream=stream)
+                    == {("tiktok",): 5.0}
+                ),
+                20,
+                "five comments over TLS",
+            )
+    finally:
+        broker.close()
