@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 import structlog
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from ingest.model import UNKNOWN_KIND, Decoded, Event, Reason, Rejection
 from ingest.sources.backoff import Backoff
@@ -200,8 +200,10 @@ class Committer:
             else:
                 continue
             raw = msgspec.json.encode(event)
+            # A refused stream gets no key of its own: its letters go to the unrouted stream.
+            stream = None if outcome is Outcome.STREAM_LIMIT else event.stream
             letters.append(
-                DeadLetter(source, Rejection(reason, detail, raw, event.stream, event.kind.value))
+                DeadLetter(source, Rejection(reason, detail, raw, stream, event.kind.value))
             )
         return letters
 
@@ -213,7 +215,7 @@ class Committer:
             started = self.monotonic()
             try:
                 outcomes = await self.store.commit(events, dead)
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:
                 self.health.redis_up.set(0)
                 self.health.commit_errors.labels(type(exc).__name__).inc()
                 delay = backoff.next()

@@ -180,23 +180,32 @@ local function already_seen(shard, member)
   return false
 end
 
-local function label_for(sku)
+-- The label of a SKU for an order not yet accepted: a SKU that would take a free place is
+-- only provisional, in `claims`, until the order is known to fit.
+local function label_for(sku, claims)
   local label = sku_label[sku]
   if label then return label end
+  if claims.skus[sku] then return sku end
   if redis.call('SISMEMBER', skus, sku) == 1 then
-    label = sku
-  else
-    if not sku_count then sku_count = redis.call('SCARD', skus) end
-    if sku_count < sku_limit then
-      sku_count = sku_count + 1
-      new_skus[#new_skus + 1] = sku
-      label = sku
-    else
-      label = 'other'
-    end
+    sku_label[sku] = sku
+    return sku
   end
-  sku_label[sku] = label
-  return label
+  if not sku_count then sku_count = redis.call('SCARD', skus) end
+  if sku_count + claims.n < sku_limit then
+    claims.skus[sku] = true
+    claims.n = claims.n + 1
+    return sku
+  end
+  if claims.n == 0 then sku_label[sku] = 'other' end  -- else it hangs on this order's claims
+  return 'other'
+end
+
+local function take(claims)
+  for sku in pairs(claims.skus) do
+    sku_label[sku] = sku
+    new_skus[#new_skus + 1] = sku
+  end
+  if sku_count then sku_count = sku_count + claims.n end
 end
 
 -- Whether adding every increment keeps every total under the limit; if so, reserve them.
@@ -239,14 +248,16 @@ for _, r in ipairs(cmsgpack.unpack(ARGV[7])) do
     inc['grams|' .. pc] = tonumber(r[11])
     inc['value|' .. r[5] .. '|' .. r[9]] = tonumber(r[10])
     r.labels = {}
+    local claims = {skus = {}, n = 0}
     for j, item in ipairs(r[12]) do
-      local field = 'sku_grams|' .. label_for(item[1])
+      local field = 'sku_grams|' .. label_for(item[1], claims)
       r.labels[j] = field
       inc[field] = (inc[field] or 0) + tonumber(item[2])
     end
     if not fits(inc) then
       state = '2'
     else
+      take(claims)
       local view = order_state(r[4])
       if view.state == 'C' then  -- its cancellation came first: count both now
         r.settle = view.where

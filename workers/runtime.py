@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from ingest.native import NativeFormat, NativeOptions
 from ingest.sources.backoff import Backoff
@@ -300,7 +300,7 @@ class Ingester:
             async with asyncio.timeout(SCRAPE_TIMEOUT):
                 totals = await self.store.totals()
             self.metrics.redis_up.set(1)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             log.warning("cannot read totals for a scrape", error=type(exc).__name__)
             self.metrics.scrape_errors.inc()
             self.metrics.redis_up.set(0)
@@ -315,6 +315,6 @@ class Ingester:
         try:
             async with asyncio.timeout(1.0):
                 await self.redis.ping()
-        except (RedisError, OSError, TimeoutError):
+        except (RedisError, RedisClusterException, OSError, TimeoutError):
             return web.Response(status=503, text="redis unreachable\n")
         return web.Response(text="ready\n")

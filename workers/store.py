@@ -186,6 +186,12 @@ class Store:
         batches = {stream: [events[i] for i in indexes] for stream, indexes in by_stream.items()}
         if self.cluster:
             assert now is not None
+            async with self.redis.pipeline() as pipe:  # other slots than the streams' own
+                if batches:
+                    pipe.sadd(keys.STREAMS, *batches)
+                for letter in dead:
+                    self._dead_letter(pipe, letter)
+                await pipe.execute()
             replies: list[Any] = list(
                 await asyncio.gather(
                     *(
@@ -198,12 +204,6 @@ class Store:
                     )
                 )
             )
-            async with self.redis.pipeline() as pipe:
-                if batches:
-                    pipe.sadd(keys.STREAMS, *batches)
-                for letter in dead:
-                    self._dead_letter(pipe, letter)
-                await pipe.execute()
         else:
             assert isinstance(self.redis, Redis)
             async with self.redis.pipeline(transaction=False) as pipe:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -164,7 +164,7 @@ class Reader:
         health = await asyncio.gather(*(fetch_health(http, url) for url in self.metrics))
         try:
             totals = await self.store.totals([self.stream] if self.stream else None)
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:
             return Snapshot(self.redis_url, (), tuple(health), f"Redis: {type(exc).__name__}")
         views = []
         for stream in totals:

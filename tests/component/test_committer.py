@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from ingest.model import Comment, Reason, Rejection
+from tests.clusters import Cluster
 from tests.waiting import until
 from workers.committer import BatchSettings, Committer
 from workers.metrics import HealthMetrics
@@ -141,3 +142,38 @@ async def test_redis_outage_blocks_sources_then_drains_exactly(
         assert sample(health, "livestream_ingest_redis_up") == 1
         (totals,) = await c.store.totals([stream])
         assert totals.by("comments") == {("tiktok",): 1900}
+
+
+@pytest.mark.asyncio
+async def test_an_unreachable_cluster_is_retried_until_it_is_back(stream: str) -> None:
+    """Started while no node answers, redis-py raises RedisClusterException (not a RedisError):
+    still a commit to retry, not a reason to stop."""
+    cluster = Cluster()
+    cluster.start()
+    try:
+        for node in cluster.nodes:
+            node.stop()
+        client = redis_client(cluster.url, socket_timeout=1.0, cluster=True)
+        health = HealthMetrics()
+        c = Committer(Store(client, StoreSettings()), health, BatchSettings())
+        task = asyncio.create_task(c.run(), name="test.committer")
+        try:
+            committed = await c.submit("src", comments(stream, 0, 3))
+            errors = "livestream_ingest_commit_errors_total"
+            await until(
+                lambda: sample(health, errors, error="RedisClusterException") >= 2,
+                30,
+                "retries while no node answers",
+            )
+            assert not task.done(), "the committer must keep retrying"
+            for node in cluster.nodes:
+                node.start()
+            async with asyncio.timeout(30):
+                await committed
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await client.aclose()
+    finally:
+        cluster.close()

@@ -254,3 +254,15 @@ async def test_order_state_expires_with_the_dedup_memory_of_its_order(
     assert await later.commit([cancel(stream, "o1"), order(stream, "o2")]) == [Outcome.NEW] * 2
     (totals,) = await later.totals([stream])
     assert totals.by("cancelled") == {("shopee", "VN"): 2}
+
+
+@pytest.mark.asyncio
+async def test_a_refused_order_claims_no_sku_label(redis: Redis, stream: str) -> None:
+    s = store(redis, sku_limit=1)
+    await redis.hset(StreamKeys(stream).totals, "value|shopee|VND", keys.TOTAL_LIMIT - 1000)
+    refused = order(stream, "big", amount_minor=10**6, items=(LineItem("AAA", 2000),))
+    counted = order(stream, "ok", amount_minor=1, items=(LineItem("BBB", 2000),))
+    assert await s.commit([refused, counted]) == [Outcome.TOTAL_LIMIT, Outcome.NEW]
+    (totals,) = await s.totals([stream])
+    assert totals.by("sku_grams") == {("BBB",): 2000}
+    assert await redis.smembers(StreamKeys(stream).skus) == {b"BBB"}
