@@ -87,11 +87,10 @@ class MqttSource:
         self.acknowledged = 0
 
     def _client(self) -> aiomqtt.Client:
-        # QoS 1 deliveries are bounded by Receive Maximum; this bounds what else can pile up
-        # while the buffer is full (QoS 0, or MQTT 3.1.1 where only the broker's in-flight limit
-        # applies): beyond it aiomqtt drops a message and logs it (a QoS 1 one comes back after
-        # a reconnect).
-        waiting = max(10_000, 2 * self.receive_maximum)
+        # The client's queue stays unbounded: aiomqtt would drop a message beyond a bound, and
+        # a dropped QoS 1 message, never acknowledged, holds the broker's flow until a reconnect.
+        # What bounds it is the broker's in-flight limit (Receive Maximum on MQTT 5, the
+        # broker's own setting on 3.1.1); QoS 0 has none.
         if self.mqtt5:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = self.session_expiry
@@ -107,7 +106,6 @@ class MqttSource:
                 password=self.password,
                 tls_context=self.tls,
                 keepalive=self.keepalive,
-                max_queued_incoming_messages=waiting,
             )
         else:
             client = aiomqtt.Client(
@@ -120,7 +118,6 @@ class MqttSource:
                 password=self.password,
                 tls_context=self.tls,
                 keepalive=self.keepalive,
-                max_queued_incoming_messages=waiting,
             )
         # Before connecting: a persistent session's queued messages arrive right after CONNACK.
         client._client.manual_ack_set(True)
