@@ -12,6 +12,7 @@ import sys
 import urllib.request
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -130,6 +131,22 @@ url = "{url}"
 backoff_initial = 0.05
 backoff_max = 0.5
 """
+
+
+def feed_ingester(
+    folder: Path, name: str, redis_url: str, feed_url: str, **options: Any
+) -> IngesterProcess:
+    """An ingester (not started) reading one websocket feed, configured in
+    ``folder/<name>.toml``; ``options`` go to :func:`write_config`."""
+    port = free_port()
+    config = write_config(
+        folder / f"{name}.toml",
+        redis_url=redis_url,
+        http_port=port,
+        sources=client_source("feed", feed_url),
+        **options,
+    )
+    return IngesterProcess(config, port)
 
 
 class IngesterProcess:

@@ -17,6 +17,7 @@ from tests.e2e.support import (
     business,
     client_source,
     expected_samples,
+    feed_ingester,
     scrape,
     select,
     write_config,
@@ -124,15 +125,9 @@ async def test_sigkill_mid_run_and_restart_never_double_counts(
     sale = small_sale(stream)
     data = sale_frames(sale)
     feed = ReplayFeed(data, cut_after=None, replay=400, pause=0.0004)
-    port = free_port()
     async with feed.serving():
-        config = write_config(
-            tmp_path / "killed.toml",
-            redis_url=redis_url,
-            http_port=port,
-            sources=client_source("feed", feed.url("k")),
-        )
-        process = IngesterProcess(config, port)
+        process = feed_ingester(tmp_path, "killed", redis_url, feed.url("k"))
+        port = process.http_port
         with process:
             for fraction in (0.25, 0.6):
                 await until(

@@ -19,6 +19,7 @@ from tests.e2e.support import (
     IngesterProcess,
     ReplayFeed,
     client_source,
+    feed_ingester,
     scrape,
     select,
     write_config,
@@ -142,14 +143,7 @@ async def test_sigterm_under_load_commits_everything_it_read(
 ) -> None:
     frames = list(Workload(seed=3, prefix="term").frames(60_000))
     feed = ReplayFeed(frames, cut_after=None, replay=0)
-    port = free_port()
-    config = write_config(
-        tmp_path / "term.toml",
-        redis_url=redis_url,
-        http_port=port,
-        sources=client_source("feed", feed.url("t")),
-    )
-    process = IngesterProcess(config, port)
+    process = feed_ingester(tmp_path, "term", redis_url, feed.url("t"))
     async with feed.serving():
         with process:
             await until(lambda: feed.position("t") > 20_000, 30, "load")
@@ -170,14 +164,8 @@ async def test_process_memory_stays_flat_over_a_long_run(tmp_path: Path, redis_u
     """Scaled down for CI (300k events); the benchmark measures 5 million."""
     total = 300_000
     feed = ReplayFeed(list(Workload(seed=4, prefix="soak").frames(total)), cut_after=None, replay=0)
-    port = free_port()
-    config = write_config(
-        tmp_path / "soak.toml",
-        redis_url=redis_url,
-        http_port=port,
-        sources=client_source("feed", feed.url("s")),
-    )
-    process = IngesterProcess(config, port)
+    process = feed_ingester(tmp_path, "soak", redis_url, feed.url("s"))
+    port = process.http_port
     handled = "livestream_ingest_events_total"
     async with feed.serving():
         with process:

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.support import IngesterProcess, ReplayFeed, client_source, write_config
+from tests.e2e.support import ReplayFeed, feed_ingester
 from tests.waiting import until
 from workers.demo.sale import frames, lychee_sale
-from workers.redis_server import free_port
 
 
 @pytest.mark.asyncio
@@ -19,15 +18,8 @@ async def test_sigterm_flushes_and_exits_cleanly(
     sale = lychee_sale(seed=3, stream=stream, hours=0.1, target_grams=500_000)
     data = frames(sale.deliveries)
     feed = ReplayFeed(data, cut_after=None, replay=0, pause=0.001)
-    port = free_port()
     async with feed.serving():
-        config = write_config(
-            tmp_path / "term.toml",
-            redis_url=redis_url,
-            http_port=port,
-            sources=client_source("feed", feed.url("t")),
-        )
-        process = IngesterProcess(config, port)
+        process = feed_ingester(tmp_path, "term", redis_url, feed.url("t"))
         with process:
             await until(lambda: feed.position("t") > len(data) // 4, 30, "a quarter of the feed")
             assert process.terminate() == 0
