@@ -30,11 +30,13 @@ def cluster_port() -> int:
 
 
 class Cluster:
-    """Three ``redis-server --cluster-enabled yes`` nodes joined by ``redis-cli --cluster
-    create``, each owning a third of the slots."""
+    """``redis-server --cluster-enabled yes`` nodes joined by ``redis-cli --cluster create``:
+    three primaries each owning a third of the slots, and ``replicas`` replicas of each."""
 
-    def __init__(self, primaries: int = 3) -> None:
-        self.nodes = [RedisServer(cluster_port()) for _ in range(primaries)]
+    def __init__(self, primaries: int = 3, replicas: int = 0) -> None:
+        self.primaries = primaries
+        self.replicas = replicas
+        self.nodes = [RedisServer(cluster_port()) for _ in range(primaries * (1 + replicas))]
 
     def start(self) -> None:
         for node in self.nodes:
@@ -46,8 +48,9 @@ class Cluster:
             node.start()
         cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        create = ["--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas)]
         subprocess.run(
-            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            [cli, *create, "--cluster-yes"],
             check=True,
             capture_output=True,
             timeout=30 * UNIT,
@@ -78,6 +81,28 @@ class Cluster:
                 port = primary[1]
                 return next(n for n, node in enumerate(self.nodes) if node.port == port)
         raise LookupError(slot)
+
+    def failover(self, slot: int) -> int:
+        """Promote a replica of ``slot``'s primary with CLUSTER FAILOVER (the replica catches up
+        first: nothing acknowledged is lost); returns the new primary's index."""
+        old = self.owner(slot)
+        primary = self.node_id(old)
+        deadline = time.monotonic() + 30 * UNIT
+        while True:  # "ip:port" -> {"node_id", "flags", "master_id", ...}
+            nodes = self.command(old, "CLUSTER NODES")
+            replicas = [a for a, n in nodes.items() if n["master_id"] == primary]
+            if replicas or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        port = int(replicas[0].rsplit(":", 1)[1].split("@")[0])
+        new = next(n for n, node in enumerate(self.nodes) if node.port == port)
+        self.command(new, "CLUSTER FAILOVER")
+        deadline = time.monotonic() + 30 * UNIT
+        while self.owner(slot) != new:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the failover did not complete")
+            time.sleep(0.05)
+        return new
 
     def node_id(self, n: int) -> str:
         return str(self.command(n, "CLUSTER MYID").decode())

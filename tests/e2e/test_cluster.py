@@ -34,10 +34,10 @@ def slot(stream: str) -> int:
 
 
 def streams_on_every_node(cluster: Cluster, prefix: str) -> list[str]:
-    """One stream name per node: the keys of each live on a different primary."""
+    """One stream name per primary: the keys of each live on a different node."""
     chosen: dict[int, str] = {}
     n = 0
-    while len(chosen) < len(cluster.nodes):
+    while len(chosen) < cluster.primaries:
         name = f"{prefix}-{n}"
         chosen.setdefault(cluster.owner(slot(name)), name)
         n += 1
@@ -84,3 +84,39 @@ async def test_exact_totals_across_streams_while_a_slot_migrates(
             await until(lambda: feed.finished("c"), 60, "the whole feed")
             for sale in sales:
                 await exact(process.http_port, sale)
+
+
+@pytest.mark.asyncio
+async def test_exact_totals_through_a_failover(tmp_path: Path, stream: str) -> None:
+    """A replica of a stream's primary is promoted mid-run (CLUSTER FAILOVER): the new primary
+    has no script cache, the client is redirected and reloads the script; totals stay exact."""
+    servers = Cluster(replicas=1)
+    try:
+        servers.start()
+        names = streams_on_every_node(servers, stream)
+        sales = [
+            lychee_sale(seed=n, stream=name, hours=0.1, target_grams=400_000)
+            for n, name in enumerate(names)
+        ]
+        data = merged(sales)
+        feed = ReplayFeed(data, cut_after=None, replay=0, pause=0.002)
+        port = free_port()
+        config = write_config(
+            tmp_path / "failover.toml",
+            redis_url=servers.url,
+            cluster=True,
+            http_port=port,
+            sources=client_source("feed", feed.url("f")),
+        )
+        async with feed.serving():
+            with IngesterProcess(config, port) as process:
+                await until(lambda: feed.position("f") > len(data) // 3, 30, "a third")
+                old = servers.owner(slot(names[0]))
+                new = await asyncio.to_thread(servers.failover, slot(names[0]))
+                assert new != old
+                assert not feed.finished("f"), "the failover must overlap the run"
+                await until(lambda: feed.finished("f"), 60, "the whole feed")
+                for sale in sales:
+                    await exact(process.http_port, sale)
+    finally:
+        servers.close()
