@@ -62,6 +62,19 @@ class Cluster:
             if time.monotonic() > deadline:
                 raise RuntimeError("the cluster did not become ready")
             time.sleep(0.05)
+        while self._synced_replicas() < self.primaries * self.replicas:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replicas did not finish their first sync")
+            time.sleep(0.05)
+
+    def _synced_replicas(self) -> int:
+        """Replicas whose link to their primary is up (ROLE: slave, host, port, "connected")."""
+        roles = [self.command(n, "ROLE") for n in range(len(self.nodes))]
+        return sum(
+            1
+            for role in roles
+            if role[0] in (b"slave", "slave") and role[3] in (b"connected", "connected")
+        )
 
     def client(self, n: int) -> redis.Redis:
         return redis.Redis(port=self.nodes[n].port, socket_timeout=5)

@@ -60,7 +60,7 @@ async def test_exact_totals_across_streams_while_a_slot_migrates(
         for n, name in enumerate(names)
     ]
     data = merged(sales)
-    feed = ReplayFeed(data, cut_after=len(data) // 2, replay=100, pause=0.0005)
+    feed = ReplayFeed(data, cut_after=len(data) // 2, replay=100, pause=0.001)
     port = free_port()
     config = write_config(
         tmp_path / "cluster.toml",
@@ -99,7 +99,7 @@ async def test_exact_totals_through_a_failover(tmp_path: Path, stream: str) -> N
             for n, name in enumerate(names)
         ]
         data = merged(sales)
-        feed = ReplayFeed(data, cut_after=None, replay=0, pause=0.002)
+        feed = ReplayFeed(data, cut_after=None, replay=0, pause=0.003)
         port = free_port()
         config = write_config(
             tmp_path / "failover.toml",
@@ -110,7 +110,7 @@ async def test_exact_totals_through_a_failover(tmp_path: Path, stream: str) -> N
         )
         async with feed.serving():
             with IngesterProcess(config, port) as process:
-                await until(lambda: feed.position("f") > len(data) // 3, 30, "a third")
+                await until(lambda: feed.position("f") > len(data) // 8, 30, "an eighth")
                 old = servers.owner(slot(names[0]))
                 new = await asyncio.to_thread(servers.failover, slot(names[0]))
                 assert new != old
