@@ -12,11 +12,10 @@ import pytest
 from redis.crc import key_slot
 
 from tests.clusters import Cluster
-from tests.e2e.support import IngesterProcess, ReplayFeed, client_source, write_config
+from tests.e2e.support import ReplayFeed, feed_ingester
 from tests.e2e.test_exactness import exact
 from tests.waiting import until
 from workers.demo.sale import Sale, frames, lychee_sale
-from workers.redis_server import free_port
 
 
 @pytest.fixture
@@ -61,19 +60,12 @@ async def test_exact_totals_across_streams_while_a_slot_migrates(
     ]
     data = merged(sales)
     feed = ReplayFeed(data, cut_after=len(data) // 2, replay=100, pause=0.001)
-    port = free_port()
-    config = write_config(
-        tmp_path / "cluster.toml",
-        redis_url=cluster.url,
-        cluster=True,
-        http_port=port,
-        sources=client_source("feed", feed.url("c")),
-    )
+    process = feed_ingester(tmp_path, "cluster", cluster.url, feed.url("c"), cluster=True)
     moving = names[0]
     source = cluster.owner(slot(moving))
     target = (source + 1) % len(cluster.nodes)
     async with feed.serving():
-        with IngesterProcess(config, port) as process:
+        with process:
             await until(lambda: feed.position("c") > len(data) // 5, 30, "a fifth of the feed")
             moved = await asyncio.to_thread(
                 cluster.migrate, slot(moving), target, 5, 0.005, ":seen:"
@@ -100,16 +92,9 @@ async def test_exact_totals_through_a_failover(tmp_path: Path, stream: str) -> N
         ]
         data = merged(sales)
         feed = ReplayFeed(data, cut_after=None, replay=0, pause=0.003)
-        port = free_port()
-        config = write_config(
-            tmp_path / "failover.toml",
-            redis_url=servers.url,
-            cluster=True,
-            http_port=port,
-            sources=client_source("feed", feed.url("f")),
-        )
+        process = feed_ingester(tmp_path, "failover", servers.url, feed.url("f"), cluster=True)
         async with feed.serving():
-            with IngesterProcess(config, port) as process:
+            with process:
                 await until(lambda: feed.position("f") > len(data) // 8, 30, "an eighth")
                 old = servers.owner(slot(names[0]))
                 new = await asyncio.to_thread(servers.failover, slot(names[0]))
