@@ -143,6 +143,12 @@ def classify(error: msgspec.ValidationError) -> Reason:
     return Reason.INVALID_VALUE
 
 
+def undecodable(error: msgspec.DecodeError) -> Reason:
+    """Why msgspec could not parse a body. (Invalid UTF-8 in a string raised UnicodeDecodeError
+    up to msgspec 0.22, a DecodeError since 0.23: both are caught.)"""
+    return Reason.INVALID_UTF8 if str(error).startswith("Invalid UTF-8") else Reason.MALFORMED_JSON
+
+
 class NativeFormat:
     """Decoder for native frames, configured once per source."""
 
@@ -182,7 +188,7 @@ class NativeFormat:
         except UnicodeDecodeError as exc:
             return [self._reject(Reason.INVALID_UTF8, str(exc), raw)]
         except msgspec.DecodeError as exc:
-            return [self._reject(Reason.MALFORMED_JSON, str(exc), raw)]
+            return [self._reject(undecodable(exc), str(exc), raw)]
         if len(parts) > self.options.max_events_per_frame:
             detail = f"{len(parts)} events in one frame"
             return [self._reject(Reason.TOO_MANY_EVENTS, detail, raw)]
@@ -199,7 +205,7 @@ class NativeFormat:
                 reason = Reason.NOT_AN_OBJECT
             return self._reject(reason, str(exc), raw, *_peek(raw))
         except msgspec.DecodeError as exc:
-            return self._reject(Reason.MALFORMED_JSON, str(exc), raw)
+            return self._reject(undecodable(exc), str(exc), raw)
         return self.normalise(wire, raw)
 
     def normalise(self, wire: Wire, raw: bytes) -> Decoded:
