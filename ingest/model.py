@@ -49,6 +49,8 @@ class Comment(msgspec.Struct, frozen=True, gc=False):
     id: str
     ts_ms: int
     user: str | None
+    aliases: tuple[str, ...] = ()
+    """More identities of the same event (see :attr:`identities`)."""
 
     kind: ClassVar[Kind] = Kind.COMMENT
 
@@ -78,6 +80,7 @@ class Order(msgspec.Struct, frozen=True, gc=False):
     amount_minor: int = 0
     grams: int = 0
     items: tuple[LineItem, ...] = ()
+    aliases: tuple[str, ...] = ()
 
     kind: ClassVar[Kind] = Kind.ORDER
 
@@ -92,6 +95,7 @@ class Viewers(msgspec.Struct, frozen=True, gc=False):
     id: str
     ts_ms: int
     count: int
+    aliases: tuple[str, ...] = ()
 
     kind: ClassVar[Kind] = Kind.VIEWERS
 
@@ -101,6 +105,10 @@ class Viewers(msgspec.Struct, frozen=True, gc=False):
 
 
 Event = Comment | Order | Viewers
+"""Every event has an ``identity``, its dedup key within its stream. Formats whose platform names
+one event by more than one id (a delivery id and an event id, say) also give ``aliases``: full
+identities in a namespace of their own. An event is a duplicate if any of its identities was
+seen; an event that counts marks them all."""
 
 
 class Rejection(msgspec.Struct, frozen=True):

@@ -150,6 +150,8 @@ TOTAL_LIMIT: Final = 9 * 10**18
 #   ["o", shard, member, order, platform, country, region, buyer, currency, minor, grams,
 #    [[sku, grams], ...]]                                     order created
 #   ["x", shard, member, order]                               order cancelled
+# A record may end with one more element, the event's aliases: [[shard, member], ...]. An event
+# is a duplicate if any of its identities was seen; an event that counts marks them all.
 # Members, money and grams are decimal strings, passed to HINCRBY as they are: exact whatever
 # their size (a Lua number is a double); the checks against the total limit use tonumber().
 # Viewer counts and times are plain integers, below 2^53.
@@ -170,14 +172,32 @@ local records, outcome = {}, {}
 local batch_ids, projected, sku_label, new_skus = {}, {}, {}, {}
 local sku_count = nil
 
-local function already_seen(shard, member)
-  local id = shard .. ':' .. member
-  if batch_ids[id] then return true end
-  batch_ids[id] = true
+local arity = {c = 5, v = 6, o = 12, x = 4}
+
+local function seen_one(shard, member)
+  if batch_ids[shard .. ':' .. member] then return true end
   for g = gen - lookback, gen + ahead do
     if redis.call('SISMEMBER', seen .. g .. ':' .. shard, member) == 1 then return true end
   end
   return false
+end
+
+local function already_seen(r)
+  if seen_one(r[2], r[3]) then return true end
+  if r.aliases then
+    for _, a in ipairs(r.aliases) do
+      if seen_one(a[1], a[2]) then return true end
+    end
+  end
+  return false
+end
+
+-- Only an event that counts marks its identities within the batch, as in Redis.
+local function remember(r)
+  batch_ids[r[2] .. ':' .. r[3]] = true
+  if r.aliases then
+    for _, a in ipairs(r.aliases) do batch_ids[a[1] .. ':' .. a[2]] = true end
+  end
 end
 
 -- The label of a SKU for an order not yet accepted: a SKU that would take a free place is
@@ -241,7 +261,9 @@ end
 
 for _, r in ipairs(cmsgpack.unpack(ARGV[7])) do
   local tag = r[1]
-  local state = already_seen(r[2], r[3]) and '0' or '1'
+  if not arity[tag] then return redis.error_reply('unknown record tag ' .. tostring(tag)) end
+  r.aliases = r[arity[tag] + 1]
+  local state = already_seen(r) and '0' or '1'
   if tag == 'o' and state == '1' then
     local pc = r[5] .. '|' .. r[6]
     local inc = {}
@@ -275,11 +297,12 @@ for _, r in ipairs(cmsgpack.unpack(ARGV[7])) do
     else  -- before its order: remember it until the order arrives
       order_view[r[4]] = {state = 'C', where = orders .. gen}
     end
-  elseif tag ~= 'c' and tag ~= 'v' and tag ~= 'x' and tag ~= 'o' then
-    return redis.error_reply('unknown record tag ' .. tostring(tag))
   end
   outcome[#outcome + 1] = state
-  if state == '1' then records[#records + 1] = r end
+  if state == '1' then
+    remember(r)
+    records[#records + 1] = r
+  end
 end
 
 -- Phase 2: writes, for the events that count.
@@ -298,10 +321,17 @@ end
 
 for _, sku in ipairs(new_skus) do redis.call('SADD', skus, sku) end
 local users, buyer_ids = {}, {}
-for _, r in ipairs(records) do
-  local key = seen .. gen .. ':' .. r[2]
-  redis.call('SADD', key, r[3])
+local function mark(shard, member)
+  local key = seen .. gen .. ':' .. shard
+  redis.call('SADD', key, member)
   expire_once(key)
+end
+
+for _, r in ipairs(records) do
+  mark(r[2], r[3])
+  if r.aliases then
+    for _, a in ipairs(r.aliases) do mark(a[1], a[2]) end
+  end
   local tag = r[1]
   if tag == 'c' then
     redis.call('HINCRBY', totals, 'comments|' .. r[4], 1)

@@ -84,30 +84,33 @@ def _records(events: Sequence[Event]) -> bytes:
     append = records.append
     for event in events:
         shard, member = fingerprint(event.identity)
+        record: tuple[object, ...]
         match event:
             case Comment():
-                append(("c", shard, str(member), event.platform, event.user or ""))
+                record = ("c", shard, str(member), event.platform, event.user or "")
             case Viewers():
-                append(("v", shard, str(member), event.platform, event.count, event.ts_ms))
+                record = ("v", shard, str(member), event.platform, event.count, event.ts_ms)
             case Order(cancelled=True):
-                append(("x", shard, str(member), event.id))
+                record = ("x", shard, str(member), event.id)
             case Order():
-                append(
-                    (
-                        "o",
-                        shard,
-                        str(member),
-                        event.id,
-                        event.platform,
-                        event.country,
-                        event.region,
-                        event.buyer or "",
-                        event.currency,
-                        str(event.amount_minor),
-                        str(event.grams),
-                        [(item.sku, str(item.grams)) for item in event.items],
-                    )
+                record = (
+                    "o",
+                    shard,
+                    str(member),
+                    event.id,
+                    event.platform,
+                    event.country,
+                    event.region,
+                    event.buyer or "",
+                    event.currency,
+                    str(event.amount_minor),
+                    str(event.grams),
+                    [(item.sku, str(item.grams)) for item in event.items],
                 )
+        if event.aliases:
+            aliases = [fingerprint(alias) for alias in event.aliases]
+            record = (*record, [(s, str(m)) for s, m in aliases])
+        append(record)
     return _pack(records)
 
 
@@ -157,7 +160,11 @@ class Store:
         """Every key the script may touch for these events (cluster mode)."""
         k = StreamKeys(stream)
         generations = self._generations(now)
-        shards = {fingerprint(event.identity)[0] for event in events}
+        shards = {
+            fingerprint(identity)[0]
+            for event in events
+            for identity in (event.identity, *event.aliases)
+        }
         declared = k.script_keys()
         declared += [f"{k.seen_prefix}{g}:{shard}" for shard in shards for g in generations]
         if any(isinstance(event, Order) for event in events):

@@ -75,6 +75,28 @@ async def test_duplicates_within_one_batch_count_once(redis: Redis, stream: str)
 
 
 @pytest.mark.asyncio
+async def test_an_event_is_a_duplicate_if_any_of_its_identities_was_seen(
+    redis: Redis, stream: str
+) -> None:
+    s = store(redis)
+    first = Comment(stream, "twitch", "chat-1", 1, "u1", aliases=("d\x1fdelivery-1",))
+    resent = Comment(stream, "twitch", "chat-1", 1, "u1", aliases=("d\x1fdelivery-2",))
+    same_delivery = Comment(stream, "twitch", "chat-9", 1, "u1", aliases=("d\x1fdelivery-1",))
+    other = Comment(stream, "twitch", "chat-2", 1, "u1", aliases=("d\x1fdelivery-3",))
+    assert flags(await s.commit([first])) == [True]
+    assert flags(await s.commit([resent, same_delivery, other])) == [False, False, True]
+    # Within one batch too, and a duplicate marks nothing: delivery-2 was never counted.
+    again = Comment(stream, "twitch", "chat-3", 1, "u1", aliases=("d\x1fdelivery-2",))
+    assert flags(await s.commit([other, again, again])) == [False, True, False]
+    cancelled = Order(stream, "shopify", "o1", 1, cancelled=True, aliases=("e\x1fevent-1",))
+    created = order(stream, "o1", aliases=("e\x1fevent-1",))  # same event id: a duplicate
+    assert flags(await s.commit([cancelled, created])) == [True, False]
+    (totals,) = await s.totals([stream])
+    assert totals.total("comments") == 3
+    assert totals.total("orders") == 0
+
+
+@pytest.mark.asyncio
 async def test_cancellation_is_a_new_event_and_uses_the_creation_labels(
     redis: Redis, stream: str
 ) -> None:
