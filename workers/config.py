@@ -117,7 +117,6 @@ StreamName = Annotated[str, Field(pattern=STREAM_PATTERN)]
 
 class _SourceBase(_Model):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.:-]{0,63}$")]
-    format: Literal["native"] = "native"
     stream: StreamName | None = None
     streams: tuple[StreamName, ...] | None = None
     max_frame_bytes: int = Field(256 * 1024, ge=64, le=64 * 1024 * 1024)
@@ -130,9 +129,29 @@ class _SourceBase(_Model):
         return self
 
 
+def _needs_stream(source: WebsocketClientConfig | HttpServerConfig) -> None:
+    if source.format != "native" and source.stream is None:
+        raise ValueError(f"format {source.format!r} needs a stream: its frames name none")
+
+
+class TwitchConfig(_Model):
+    """Twitch EventSub: the Helix API that creates the subscriptions, and what to subscribe to."""
+
+    client_id: Annotated[str, Field(min_length=1)]
+    token_env: str
+    """Environment variable holding a user access token with the user:read:chat scope."""
+    broadcaster_user_id: Annotated[str, Field(pattern=r"^[0-9]{1,32}$")]
+    user_id: Annotated[str, Field(pattern=r"^[0-9]{1,32}$")]
+    """The user reading the chat (the token's user)."""
+    helix_url: Annotated[str, Field(pattern=r"^https?://")] = "https://api.twitch.tv/helix"
+    keepalive_margin_seconds: float = Field(5.0, ge=0, le=60)
+
+
 class WebsocketClientConfig(_SourceBase):
     type: Literal["websocket-client"]
+    format: Literal["native", "twitch-eventsub", "socialstream"] = "native"
     url: Annotated[str, Field(pattern=r"^wss?://")]
+    twitch: TwitchConfig | None = None
     subscribe: str | None = None
     headers: dict[str, str] = {}
     token_env: str | None = None
@@ -149,11 +168,40 @@ class WebsocketClientConfig(_SourceBase):
     def _sizes(self) -> WebsocketClientConfig:
         if self.max_size < self.max_frame_bytes:
             raise ValueError("max_size (connection limit) must be >= max_frame_bytes")
+        _needs_stream(self)
+        if (self.format == "twitch-eventsub") != (self.twitch is not None):
+            raise ValueError("format 'twitch-eventsub' and a [twitch] table go together")
+        if self.format == "twitch-eventsub" and (self.subscribe or self.token_env):
+            raise ValueError("twitch-eventsub sends nothing: no subscribe, no token_env")
+        return self
+
+
+class HttpServerConfig(_SourceBase):
+    """Webhook deliveries by HTTP POST (Shopify)."""
+
+    type: Literal["http-server"]
+    format: Literal["shopify"] = "shopify"
+    listen: str = "127.0.0.1:8080"
+    path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9/_.-]*$")] = "/webhooks/shopify"
+    secret_env: str
+    """Environment variable holding the app's client secret, which signs every delivery."""
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    commit_timeout_seconds: float = Field(4.0, gt=0, le=60)
+    """Answer 503 (Shopify delivers again) if a delivery is not committed by then; Shopify
+    itself gives up on an answer after 5 s."""
+    _check = field_validator("listen")(lambda cls, v: _listen(v))
+
+    @model_validator(mode="after")
+    def _stream(self) -> HttpServerConfig:
+        _needs_stream(self)
+        if self.max_frame_bytes < self.max_body_bytes:
+            raise ValueError("max_frame_bytes must be >= max_body_bytes")
         return self
 
 
 class WebsocketServerConfig(_SourceBase):
     type: Literal["websocket-server"]
+    format: Literal["native"] = "native"
     listen: str = "127.0.0.1:8765"
     path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9/_.-]*$")] = "/ingest"
     token_env: str
@@ -178,6 +226,7 @@ class MqttTopicConfig(_Model):
 
 class MqttConfig(_SourceBase):
     type: Literal["mqtt"]
+    format: Literal["native"] = "native"
     url: Annotated[str, Field(pattern=r"^mqtts?://[^/]+$")] = "mqtt://127.0.0.1:1883"
     client_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
     protocol: Literal["5", "3.1.1"] = "5"
@@ -208,7 +257,8 @@ class MqttConfig(_SourceBase):
 
 
 SourceConfig = Annotated[
-    WebsocketClientConfig | WebsocketServerConfig | MqttConfig, Field(discriminator="type")
+    WebsocketClientConfig | WebsocketServerConfig | MqttConfig | HttpServerConfig,
+    Field(discriminator="type"),
 ]
 
 
@@ -281,9 +331,12 @@ def _location(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif part in ("websocket-client", "websocket-server", "mqtt") or re.fullmatch(
-            r"function-.*", part
-        ):
+        elif part in (
+            "websocket-client",
+            "websocket-server",
+            "mqtt",
+            "http-server",
+        ) or re.fullmatch(r"function-.*", part):
             continue
         else:
             text += f".{part}" if text else part
@@ -295,10 +348,17 @@ def _secrets(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
     sources = data.get("sources")
     errors = []
     for index, source in enumerate(sources if isinstance(sources, list) else []):
-        for key in ("token_env", "password_env"):
-            name = source.get(key) if isinstance(source, dict) else None
-            if isinstance(name, str) and not environ.get(name):
-                errors.append(f"sources[{index}].{key}: environment variable {name} is not set")
+        if not isinstance(source, dict):
+            continue
+        twitch = source.get("twitch")
+        tables = [("", source), ("twitch.", twitch if isinstance(twitch, dict) else {})]
+        for where, table in tables:
+            for key in ("token_env", "password_env", "secret_env"):
+                name = table.get(key)
+                if isinstance(name, str) and not environ.get(name):
+                    errors.append(
+                        f"sources[{index}].{where}{key}: environment variable {name} is not set"
+                    )
     return errors
 
 

@@ -108,6 +108,26 @@ class HealthMetrics:
             registry=r,
         )
 
+        self.ignored = Counter(
+            "livestream_ingest_ignored",
+            "Inputs taken but not events we count (another webhook topic, another EventSub "
+            "type, a relay message that is not chat), by source and what.",
+            ["source", "what"],
+            registry=r,
+        )
+        self.unauthorized = Counter(
+            "livestream_ingest_unauthorized_requests",
+            "Webhook deliveries refused (401) for a missing or wrong signature; not kept.",
+            ["source"],
+            registry=r,
+        )
+        self.revocations = Counter(
+            "livestream_ingest_eventsub_revocations",
+            "Twitch EventSub subscriptions revoked, by source, subscription type and status.",
+            ["source", "type", "status"],
+            registry=r,
+        )
+
     def add_source(self, name: str) -> None:
         """Make a source's series exist (at zero) before its first event."""
         self.connected.labels(name).set(0)

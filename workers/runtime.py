@@ -26,13 +26,20 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 
 from ingest.native import NativeFormat, NativeOptions
+from ingest.shopify import ShopifyFormat
+from ingest.socialstream import SocialStreamFormat
 from ingest.sources.backoff import Backoff
+from ingest.sources.base import Format
+from ingest.sources.eventsub import EventSubSource, Helix, chat_subscriptions
 from ingest.sources.mqtt import MqttSource
 from ingest.sources.topics import TopicPattern
+from ingest.sources.webhook import ShopifyWebhookSource
 from ingest.sources.websocket import WebsocketClientSource, WebsocketServerSource
+from ingest.twitch import CHAT_MESSAGE, EventSubFormat, Revocation
 from workers.committer import BatchSettings, Committer
 from workers.config import (
     Config,
+    HttpServerConfig,
     MqttConfig,
     SourceConfig,
     WebsocketClientConfig,
@@ -119,6 +126,41 @@ def tls_context(config: MqttConfig) -> ssl.SSLContext | None:
     return context
 
 
+def eventsub_source(
+    config: WebsocketClientConfig,
+    options: NativeOptions,
+    committer: Committer,
+    health: SourceHealth,
+    environ: Mapping[str, str],
+) -> EventSubSource:
+    twitch = config.twitch
+    assert twitch is not None  # validated with the format
+    metrics = health.metrics
+    types = {CHAT_MESSAGE}
+
+    def revoked(revocation: Revocation) -> None:
+        kind = revocation.type if revocation.type in types else "other"
+        metrics.revocations.labels(config.name, kind, revocation.status).inc()
+
+    return EventSubSource(
+        config.name,
+        config.url,
+        EventSubFormat(options, twitch.broadcaster_user_id),
+        committer,
+        health,
+        helix=Helix(twitch.helix_url, twitch.client_id, environ[twitch.token_env]),
+        subscriptions=chat_subscriptions(twitch.broadcaster_user_id, twitch.user_id),
+        keepalive_margin=twitch.keepalive_margin_seconds,
+        open_timeout=config.open_timeout,
+        close_timeout=config.close_timeout,
+        max_size=config.max_size,
+        backoff=Backoff(config.backoff_initial, config.backoff_max),
+        backoff_reset_after=config.backoff_reset_after,
+        on_revoked=revoked,
+        on_ignored=lambda what: metrics.ignored.labels(config.name, what).inc(),
+    )
+
+
 def build_source(
     config: SourceConfig,
     options: NativeOptions,
@@ -127,17 +169,44 @@ def build_source(
     environ: Mapping[str, str],
 ) -> Source:
     fmt = NativeFormat(options)
+    metrics = health.metrics
     match config:
+        case WebsocketClientConfig(format="twitch-eventsub"):
+            return eventsub_source(config, options, committer, health, environ)
+        case HttpServerConfig():
+            host, port = split_listen(config.listen)
+            return ShopifyWebhookSource(
+                config.name,
+                ShopifyFormat(options),
+                committer,
+                health,
+                host=host,
+                port=port,
+                path=config.path,
+                secret=environ[config.secret_env],
+                max_body_bytes=config.max_body_bytes,
+                commit_timeout=config.commit_timeout_seconds,
+                on_ignored=lambda what: metrics.ignored.labels(config.name, what).inc(),
+                on_unauthorized=metrics.unauthorized.labels(config.name).inc,
+            )
         case WebsocketClientConfig():
             headers = dict(config.headers)
             if config.token_env:
                 headers["Authorization"] = f"Bearer {environ[config.token_env]}"
+            on_connect = None
+            client_format: Format = fmt
+            if config.format == "socialstream":
+                relay = SocialStreamFormat(
+                    options, lambda what: metrics.ignored.labels(config.name, what).inc()
+                )
+                client_format, on_connect = relay, relay.new_connection
             return WebsocketClientSource(
                 config.name,
                 config.url,
-                fmt,
+                client_format,
                 committer,
                 health,
+                on_connect=on_connect,
                 subscribe=config.subscribe,
                 headers=headers,
                 ping_interval=config.ping_interval,

@@ -65,7 +65,9 @@ def retry_reason(exc: BaseException) -> str | None:
 
 
 class WebsocketClientSource:
-    """Connects to a URL, optionally sends a subscribe message, and reads frames until cancelled."""
+    """Connects to a URL, optionally sends a subscribe message, and reads frames until cancelled.
+
+    ``on_connect`` is called on every new connection (a stateful format resets there)."""
 
     def __init__(
         self,
@@ -75,6 +77,7 @@ class WebsocketClientSource:
         sink: Sink,
         health: Health,
         *,
+        on_connect: Callable[[], None] | None = None,
         subscribe: str | None = None,
         headers: dict[str, str] | None = None,
         ping_interval: float | None = 20.0,
@@ -91,6 +94,7 @@ class WebsocketClientSource:
         self.fmt = fmt
         self.sink = sink
         self.health = health
+        self.on_connect = on_connect
         self.subscribe = subscribe
         self.headers = headers or {}
         self.ping_interval = ping_interval
@@ -140,6 +144,8 @@ class WebsocketClientSource:
             self.connection = ws
             self._connected_at = self.clock()
             self.health.connected(self.name, True)
+            if self.on_connect is not None:
+                self.on_connect()
             if self.subscribe is not None:
                 await ws.send(self.subscribe)
             await _read(ws, self.name, self.fmt, self.sink, self.health)

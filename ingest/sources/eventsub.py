@@ -1,0 +1,260 @@
+"""Twitch EventSub WebSocket client: the session rules around the pure ``ingest.twitch`` parser.
+
+- Connect, wait for ``session_welcome``, then create the subscriptions through Helix
+  (``POST <helix>/eventsub/subscriptions`` with the session id) — Twitch closes a session that
+  has none after 10 s (4003). A 409 (it already exists) is fine; any other failure drops the
+  session and the whole thing is retried with backoff.
+- Keepalive: if neither a notification nor a keepalive (nor another message) arrives within the
+  welcome's ``keepalive_timeout_seconds`` plus a margin, the connection is taken for dead and
+  a new session is started. Pings do not count, and we send none: Twitch pings us, websockets
+  answers, and any message from a client would close the session (4001).
+- ``session_reconnect``: connect to its URL as given while the old connection keeps
+  delivering; once the new one's welcome arrives, close the old one and read what it still
+  had buffered, then carry on with the new one. Subscriptions carry over. Events the two
+  connections both delivered are duplicates, which the commit drops.
+- A lost connection (no reconnect message) has no replay: a new session, new subscriptions.
+- ``revocation``: logged, counted; that subscription sends nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import aiohttp
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from ingest.sources.backoff import Backoff
+from ingest.sources.base import Health, Sink
+from ingest.sources.websocket import retry_reason
+from ingest.twitch import (
+    CHAT_MESSAGE,
+    EventSubFormat,
+    Invalid,
+    Keepalive,
+    Notification,
+    Reconnect,
+    Revocation,
+    Welcome,
+)
+
+log = logging.getLogger(__name__)
+
+OTHER_SUBSCRIPTION = "other_subscription"
+
+
+class SessionError(Exception):
+    """The session cannot go on; ``reason`` is a short, bounded description."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Subscription:
+    type: str
+    version: str
+    condition: dict[str, str]
+
+
+def chat_subscriptions(broadcaster_user_id: str, user_id: str) -> list[Subscription]:
+    """What a chat source subscribes to: ``channel.chat.message`` v1, read as ``user_id``."""
+    condition = {"broadcaster_user_id": broadcaster_user_id, "user_id": user_id}
+    return [Subscription(CHAT_MESSAGE, "1", condition)]
+
+
+class Helix:
+    """Creates EventSub subscriptions for a websocket session."""
+
+    def __init__(self, base_url: str, client_id: str, token: str, timeout: float = 10.0) -> None:
+        self.url = base_url.rstrip("/") + "/eventsub/subscriptions"
+        self.headers = {"Client-Id": client_id, "Authorization": f"Bearer {token}"}
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def create(self, session_id: str, subscriptions: Sequence[Subscription]) -> None:
+        async with aiohttp.ClientSession(timeout=self.timeout, headers=self.headers) as http:
+            for sub in subscriptions:
+                body = {
+                    "type": sub.type,
+                    "version": sub.version,
+                    "condition": sub.condition,
+                    "transport": {"method": "websocket", "session_id": session_id},
+                }
+                async with http.post(self.url, json=body) as response:
+                    if response.status in (200, 202, 409):
+                        continue
+                    text = (await response.text())[:300]
+                    raise SessionError(f"subscribe http {response.status}", text)
+
+
+class EventSubSource:
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        fmt: EventSubFormat,
+        sink: Sink,
+        health: Health,
+        *,
+        helix: Helix,
+        subscriptions: Sequence[Subscription],
+        keepalive_margin: float = 5.0,
+        default_keepalive: float = 10.0,
+        open_timeout: float = 10.0,
+        close_timeout: float = 2.0,
+        max_size: int = 1024 * 1024,
+        backoff: Backoff | None = None,
+        backoff_reset_after: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_revoked: Callable[[Revocation], None] = lambda revocation: None,
+        on_ignored: Callable[[str], None] = lambda what: None,
+    ) -> None:
+        self.name = name
+        self.url = url
+        self.fmt = fmt
+        self.sink = sink
+        self.health = health
+        self.helix = helix
+        self.subscriptions = list(subscriptions)
+        self.keepalive_margin = keepalive_margin
+        self.default_keepalive = default_keepalive
+        self.open_timeout = open_timeout
+        self.close_timeout = close_timeout
+        self.max_size = max_size
+        self.backoff = backoff or Backoff(0.5, 30.0)
+        self.backoff_reset_after = backoff_reset_after
+        self.clock = clock
+        self.on_revoked = on_revoked
+        self.on_ignored = on_ignored
+        self.session_id: str | None = None
+        self.hand_overs = 0
+        self._connected_at: float | None = None
+
+    async def run(self) -> None:
+        while True:
+            self._connected_at = None
+            try:
+                await self._session()
+                reason = "closed"
+            except SessionError as exc:
+                log.warning("eventsub session ended: %s", exc)
+                reason = exc.reason
+            except Exception as exc:
+                why = retry_reason(exc)
+                if why is None:
+                    raise
+                reason = why
+            finally:
+                self.session_id = None
+                self.health.connected(self.name, False)
+            up_since = self._connected_at
+            if up_since is not None and self.clock() - up_since >= self.backoff_reset_after:
+                self.backoff.reset()
+            delay = self.backoff.next()
+            self.health.reconnecting(self.name, reason, delay)
+            await asyncio.sleep(delay)
+
+    async def _session(self) -> None:
+        ws, welcome = await self._open(self.url)
+        try:
+            await self.helix.create(welcome.session_id, self.subscriptions)
+            self.session_id = welcome.session_id
+            self._connected_at = self.clock()
+            self.health.connected(self.name, True)
+            while True:
+                reconnect = await self._pump(ws, welcome)
+                ws, welcome = await self._hand_over(ws, welcome, reconnect.url)
+        finally:
+            await ws.close()
+
+    async def _open(self, url: str) -> tuple[ClientConnection, Welcome]:
+        """A connection and its welcome, within ``open_timeout``."""
+        async with asyncio.timeout(self.open_timeout):
+            ws = await connect(
+                url,
+                ping_interval=None,
+                close_timeout=self.close_timeout,
+                max_size=self.max_size,
+                proxy=None,
+            )
+            try:
+                frame = await ws.recv(decode=False)
+            except BaseException:
+                await ws.close()
+                raise
+        self.health.received(self.name)
+        message = self.fmt.parse(frame)
+        if not isinstance(message, Welcome):
+            await ws.close()
+            raise SessionError("no welcome", type(message).__name__)
+        return ws, message
+
+    async def _pump(self, ws: ClientConnection, welcome: Welcome) -> Reconnect:
+        """Deliver the connection's messages until a reconnect message (returned), a close or a
+        keepalive timeout (raised)."""
+        keepalive = welcome.keepalive_seconds or self.default_keepalive
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + keepalive + self.keepalive_margin
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    frame = await ws.recv(decode=False)
+            except TimeoutError:
+                raise SessionError("keepalive timeout") from None
+            self.health.received(self.name)
+            message = self.fmt.parse(frame)
+            match message:
+                case Notification() | Invalid():
+                    if isinstance(message, Notification) and not message.items:
+                        self.on_ignored(OTHER_SUBSCRIPTION)
+                    if message.items:
+                        await self.sink.submit(self.name, message.items)
+                case Revocation():
+                    log.warning(
+                        "eventsub subscription revoked: type=%s status=%s id=%s",
+                        message.type,
+                        message.status,
+                        message.subscription_id,
+                    )
+                    self.on_revoked(message)
+                case Reconnect():
+                    return message
+                case Keepalive() | Welcome():
+                    pass
+            if not isinstance(message, Invalid):
+                deadline = loop.time() + keepalive + self.keepalive_margin
+
+    async def _hand_over(
+        self, old: ClientConnection, welcome: Welcome, url: str
+    ) -> tuple[ClientConnection, Welcome]:
+        """Move to the reconnect URL without a gap: the old connection delivers until the new
+        one's welcome, then is closed and drained."""
+        log.info("eventsub session reconnect requested")
+        opening = asyncio.create_task(self._open(url))
+        draining = asyncio.create_task(self._drain(old, welcome))
+        try:
+            ws, new_welcome = await opening
+        except BaseException:
+            draining.cancel()
+            raise
+        try:
+            await old.close()
+            await draining
+        except BaseException:
+            await ws.close()
+            raise
+        self.session_id = new_welcome.session_id
+        self.hand_overs += 1
+        return ws, new_welcome
+
+    async def _drain(self, ws: ClientConnection, welcome: Welcome) -> None:
+        """Deliver the rest of a connection being replaced, until it closes."""
+        with contextlib.suppress(ConnectionClosed, SessionError):
+            while True:
+                await self._pump(ws, welcome)  # a second reconnect message: keep draining

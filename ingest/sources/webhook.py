@@ -1,0 +1,96 @@
+"""Shopify webhook endpoint: an HTTP server source (aiohttp) that answers only after the commit.
+
+Per delivery: 413 past the body limit (aiohttp's ``client_max_size``); 401 unless the
+``X-Shopify-Hmac-Sha256`` header signs the raw body (nothing of an unsigned body is kept: it
+could be anyone's); 200 for a topic we do not count (counted as ignored); otherwise the delivery
+is decoded and submitted, and the answer waits for its commit: 200 once it is counted, found a
+duplicate or dead-lettered (a body that can never be counted must not be retried for hours),
+503 if the commit does not finish within ``commit_timeout`` (Shopify waits 5 s), so Shopify
+delivers again and dedup makes that harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from aiohttp import web
+
+from ingest.shopify import TOPICS, ShopifyFormat, verified
+from ingest.sources.base import Health, Sink
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_TOPIC = "unknown_topic"
+
+
+class ShopifyWebhookSource:
+    def __init__(
+        self,
+        name: str,
+        fmt: ShopifyFormat,
+        sink: Sink,
+        health: Health,
+        *,
+        host: str,
+        port: int,
+        path: str,
+        secret: str,
+        max_body_bytes: int = 1024 * 1024,
+        commit_timeout: float = 4.0,
+        on_ignored: Callable[[str], None] = lambda what: None,
+        on_unauthorized: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.name = name
+        self.fmt = fmt
+        self.sink = sink
+        self.health = health
+        self.host = host
+        self.port = port
+        self.path = path
+        self._secret = secret.encode()
+        self.max_body_bytes = max_body_bytes
+        self.commit_timeout = commit_timeout
+        self.on_ignored = on_ignored
+        self.on_unauthorized = on_unauthorized
+        self.ready = asyncio.Event()
+
+    async def _deliver(self, request: web.Request) -> web.Response:
+        body = await request.read()  # past client_max_size: 413, raised by aiohttp
+        if not verified(self._secret, body, request.headers.get("X-Shopify-Hmac-Sha256")):
+            self.on_unauthorized()
+            return web.Response(status=401, text="invalid signature\n")
+        self.health.received(self.name)
+        topic = request.headers.get("X-Shopify-Topic", "")
+        if topic not in TOPICS:
+            self.on_ignored(UNKNOWN_TOPIC)
+            return web.Response(text="ignored\n")
+        headers = request.headers
+        event_id = headers.get("X-Shopify-Event-Id") or headers.get("X-Shopify-Webhook-Id") or ""
+        done = await self.sink.submit(self.name, self.fmt.decode_delivery(topic, event_id, body))
+        try:
+            async with asyncio.timeout(self.commit_timeout):
+                await asyncio.shield(done)
+        except TimeoutError:
+            return web.Response(status=503, text="not committed in time, deliver again\n")
+        return web.Response(text="ok\n")
+
+    async def run(self) -> None:
+        app = web.Application(client_max_size=self.max_body_bytes)
+        app.router.add_post(self.path, self._deliver)
+        # Deliveries in flight at shutdown get until their commit timeout to be answered.
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=self.commit_timeout + 1
+        )
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.host, self.port)
+            await site.start()
+            self.port = int(runner.addresses[0][1])
+            self.health.connected(self.name, True)
+            self.ready.set()
+            await asyncio.Event().wait()
+        finally:
+            self.health.connected(self.name, False)
+            await runner.cleanup()

@@ -1,0 +1,269 @@
+"""Shopify order webhooks end to end: signed deliveries to the ingester as a user runs it.
+
+A known set of orders is delivered as Shopify does: retried with the same event id, delivered
+again under another webhook id, cancellations before their orders, ``total_weight: 0`` while
+the line items weigh; and bad deliveries around them. The scraped totals must be exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from ingest.shopify import signature
+from tests.e2e.support import IngesterProcess, scrape, select, write_config
+from tests.platforms import Shop
+from tests.waiting import until
+from workers.redis_server import RedisServer, free_port
+
+SECRET = "shpss_test_secret_0123456789abcdef"
+SECRET_ENV = "LIVESTREAM_TEST_SHOPIFY_SECRET"
+COUNTRIES: dict[str, list[str | None]] = {
+    "VN": ["Hà Nội", "Bắc Giang", "TP Hồ Chí Minh"],
+    "US": [None],
+    "AU": [None],
+}
+
+
+def webhook_source(port: int, stream: str) -> str:
+    return f"""
+[[sources]]
+name = "shop"
+type = "http-server"
+format = "shopify"
+listen = "127.0.0.1:{port}"
+path = "/webhooks/shopify"
+secret_env = "{SECRET_ENV}"
+stream = "{stream}"
+max_body_bytes = 65536
+max_frame_bytes = 65536
+commit_timeout_seconds = 1.5
+"""
+
+
+@dataclasses.dataclass
+class ShopOrder:
+    id: int
+    body: dict[str, Any]
+    country: str
+    region: str
+    grams: int
+    value: int
+    skus: dict[str, int]
+
+
+def make_order(rng: random.Random, order_id: int) -> ShopOrder:
+    country = rng.choice(list(COUNTRIES))
+    province = rng.choice(COUNTRIES[country])
+    items = []
+    skus: Counter[str] = Counter()
+    value = 0
+    for line in range(rng.randint(1, 3)):
+        sku = rng.choice(["VT01", "VT02", "vt03"])
+        quantity = rng.randint(1, 4)
+        grams = rng.choice([500, 1000, 2000])
+        price = rng.choice([60_000, 120_000, 240_000])
+        items.append(
+            {
+                "id": order_id * 10 + line,
+                "sku": sku,
+                "quantity": quantity,
+                "grams": grams,
+                "price": f"{price}.00",
+                "title": "Vải thiều Lục Ngạn",
+            }
+        )
+        skus[sku.upper()] += grams * quantity
+        value += price * quantity
+    body = {
+        "id": order_id,
+        "name": f"#{order_id}",
+        "created_at": "2025-06-14T09:05:07+07:00",
+        "cancelled_at": None,
+        "currency": "VND",
+        "total_price": f"{value}.00",
+        "total_weight": 0,  # as in Shopify's own sample: not the weight
+        "line_items": items,
+        "customer": {"id": 900 + order_id % 17},
+        "shipping_address": {"country_code": country, "province": province, "city": "x"},
+    }
+    region = "unknown" if province is None else province
+    return ShopOrder(order_id, body, country, region, sum(skus.values()), value, dict(skus))
+
+
+def cancelled(order: ShopOrder) -> dict[str, Any]:
+    return {
+        **order.body,
+        "cancelled_at": "2025-06-14T10:00:00+07:00",
+        "cancel_reason": "customer",
+    }
+
+
+def expected_totals(
+    orders: list[ShopOrder], cancels: list[ShopOrder]
+) -> dict[str, dict[tuple[str, ...], float]]:
+    """The metrics a stream of these orders and cancellations must show."""
+    by_country: Counter[tuple[str, ...]] = Counter()
+    grams: Counter[tuple[str, ...]] = Counter()
+    regions: Counter[tuple[str, ...]] = Counter()
+    skus: Counter[str] = Counter()
+    cancelled_orders: Counter[tuple[str, ...]] = Counter()
+    cancelled_grams: Counter[tuple[str, ...]] = Counter()
+    # Bắc Giang is part of Bắc Ninh since the 2025 merger of provinces.
+    region_names = {"Bắc Giang": "Bắc Ninh", "TP Hồ Chí Minh": "Hồ Chí Minh"}
+    for order in orders:
+        by_country[order.country, "shopify"] += 1
+        grams[order.country, "shopify"] += order.grams
+        regions[order.country, region_names.get(order.region, order.region)] += 1
+        skus.update(order.skus)
+    for order in cancels:
+        cancelled_orders[order.country, "shopify"] += 1
+        cancelled_grams[order.country, "shopify"] += order.grams
+    return {
+        "livestream_orders_total": dict(by_country),
+        "livestream_sold_grams_total": dict(grams),
+        "livestream_order_value_total": {("VND", "shopify"): sum(o.value for o in orders)},
+        "livestream_cancelled_orders_total": dict(cancelled_orders),
+        "livestream_cancelled_grams_total": dict(cancelled_grams),
+        "livestream_sku_sold_grams_total": {(s,): v for s, v in skus.items()},
+        "livestream_region_orders_total": dict(regions),
+    }
+
+
+@pytest.fixture
+def ingester(tmp_path: Path, redis_url: str, stream: str) -> Iterator[tuple[IngesterProcess, Shop]]:
+    http_port, hook_port = free_port(), free_port()
+    config = write_config(
+        tmp_path / "shop.toml",
+        redis_url=redis_url,
+        http_port=http_port,
+        sources=webhook_source(hook_port, stream),
+    )
+    shop = Shop(f"http://127.0.0.1:{hook_port}/webhooks/shopify", SECRET)
+    with IngesterProcess(config, http_port, env={SECRET_ENV: SECRET}) as process:
+        yield process, shop
+
+
+@pytest.mark.asyncio
+async def test_orders_are_exact_through_retries_duplicates_and_early_cancels(
+    ingester: tuple[IngesterProcess, Shop], stream: str
+) -> None:
+    process, shop = ingester
+    rng = random.Random(4)
+    orders = [make_order(rng, 5_000_000 + n) for n in range(80)]
+    cancels = orders[::5]  # 16 cancelled, every other one before its order
+    early = cancels[::2]
+    deliveries: list[tuple[str, bytes, str]] = []
+    for order in orders:
+        deliveries.append(("orders/create", orjson.dumps(order.body), f"ev-c-{order.id}"))
+    for order in cancels:
+        delivery = ("orders/cancelled", orjson.dumps(cancelled(order)), f"ev-x-{order.id}")
+        if order in early:
+            deliveries.insert(0, delivery)
+        else:
+            deliveries.append(delivery)
+    statuses: Counter[int] = Counter()
+    async with aiohttp.ClientSession() as http:
+        for topic, body, event_id in deliveries:
+            statuses[await shop.deliver(http, topic, body, event_id=event_id)] += 1
+        # Retries with the original payload, by event id; another subscription's delivery of
+        # the same event (new webhook id); and an old-style delivery without an event id.
+        for topic, body, event_id in rng.sample(deliveries, 40):
+            statuses[await shop.deliver(http, topic, body, event_id=event_id)] += 1
+            statuses[await shop.deliver(http, topic, body, event_id=event_id, webhook_id="w2")] += 1
+        for topic, body, _ in rng.sample(deliveries, 10):
+            statuses[await shop.deliver(http, topic, body, event_id=None)] += 1
+        # Bad deliveries, each answered and none counted.
+        body = orjson.dumps(orders[0].body)
+        forged = await shop.deliver(
+            http, "orders/create", body, event_id="forged", hmac_header="AAAA"
+        )
+        tampered = await shop.deliver(  # a body changed after it was signed
+            http,
+            "orders/create",
+            body.replace(b'"quantity":', b'"quantity":9', 1),
+            event_id="tampered",
+            hmac_header=signature(SECRET.encode(), body),
+        )
+        statuses.update([forged, tampered])
+        statuses[await shop.deliver(http, "orders/paid", body, event_id="ev-paid")] += 1
+        broken = orjson.dumps({**orders[1].body, "line_items": "none"})
+        statuses[await shop.deliver(http, "orders/create", broken, event_id="ev-broken")] += 1
+        huge = orjson.dumps({**orders[2].body, "note": "x" * 70_000})
+        statuses[await shop.deliver(http, "orders/create", huge, event_id="ev-huge")] += 1
+
+    assert statuses == {200: len(deliveries) + 80 + 10 + 2, 401: 2, 413: 1}
+    samples = scrape(process.http_port)
+    assert {
+        name: select(samples, name, stream=stream) for name in expected_totals(orders, cancels)
+    } == expected_totals(orders, cancels)
+    health = {
+        name: select(samples, name, source="shop")
+        for name in (
+            "livestream_ingest_unauthorized_requests_total",
+            "livestream_ingest_ignored_total",
+            "livestream_ingest_rejections_total",
+        )
+    }
+    assert health == {
+        "livestream_ingest_unauthorized_requests_total": {(): 2},
+        "livestream_ingest_ignored_total": {("unknown_topic",): 1},
+        "livestream_ingest_rejections_total": {("invalid_type",): 1},
+    }
+
+
+@pytest.mark.asyncio
+async def test_a_delivery_is_acknowledged_only_once_committed(tmp_path: Path, stream: str) -> None:
+    """With Redis down, Shopify gets 503 and delivers again later; nothing is lost or doubled."""
+    redis = RedisServer(None, "--appendonly", "yes", "--appendfsync", "always")
+    redis.start()
+    http_port, hook_port = free_port(), free_port()
+    config = write_config(
+        tmp_path / "shop.toml",
+        redis_url=redis.url,
+        http_port=http_port,
+        sources=webhook_source(hook_port, stream),
+    )
+    shop = Shop(f"http://127.0.0.1:{hook_port}/webhooks/shopify", SECRET)
+    rng = random.Random(9)
+    orders = [make_order(rng, 7_000_000 + n) for n in range(5)]
+    try:
+        with IngesterProcess(config, http_port, env={SECRET_ENV: SECRET}) as process:
+            async with aiohttp.ClientSession() as http:
+
+                async def deliver(order: ShopOrder) -> int:
+                    body = orjson.dumps(order.body)
+                    return await shop.deliver(
+                        http, "orders/create", body, event_id=f"ev-{order.id}"
+                    )
+
+                assert await deliver(orders[0]) == 200
+                redis.stop()
+                assert await asyncio.gather(*(deliver(o) for o in orders[1:])) == [503] * 4
+                redis.start()
+                # Shopify's retries: the same deliveries, now answered 200 once committed.
+                assert [await deliver(o) for o in orders] == [200] * 5
+
+                def total_orders() -> float:
+                    return sum(
+                        select(
+                            scrape(process.http_port), "livestream_orders_total", stream=stream
+                        ).values()
+                    )
+
+                await until(lambda: total_orders() == 5, 20, "five orders")
+                grams = select(
+                    scrape(process.http_port), "livestream_sold_grams_total", stream=stream
+                )
+                assert sum(grams.values()) == sum(o.grams for o in orders)
+    finally:
+        redis.close()

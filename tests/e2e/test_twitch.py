@@ -1,0 +1,219 @@
+"""Twitch EventSub end to end: our EventSub server, the ingester as a user runs it, real Redis.
+
+In every case the server knows which chat lines it delivered to a session; the scraped comment
+total must be exactly their number, however often and by whichever connection they came.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import pytest_asyncio
+
+from tests.e2e.support import IngesterProcess, scrape, select, write_config
+from tests.platforms import EventSubServer
+from tests.waiting import until
+from workers.redis_server import free_port
+
+TOKEN_ENV = "LIVESTREAM_TEST_TWITCH_TOKEN"
+
+
+def eventsub_source(server: EventSubServer, stream: str) -> str:
+    return f"""
+[[sources]]
+name = "twitch"
+type = "websocket-client"
+format = "twitch-eventsub"
+url = "{server.url}"
+stream = "{stream}"
+backoff_initial = 0.05
+backoff_max = 0.5
+
+[sources.twitch]
+client_id = "{server.client_id}"
+token_env = "{TOKEN_ENV}"
+broadcaster_user_id = "{server.broadcaster}"
+user_id = "2000"
+helix_url = "{server.helix_url}"
+keepalive_margin_seconds = 0.5
+"""
+
+
+@pytest_asyncio.fixture
+async def server() -> AsyncIterator[EventSubServer]:
+    async with EventSubServer(keepalive=1).serving() as running:
+        yield running
+
+
+@pytest.fixture
+def ingester(
+    server: EventSubServer, tmp_path: Path, redis_url: str, stream: str
+) -> Iterator[IngesterProcess]:
+    port = free_port()
+    config = write_config(
+        tmp_path / "twitch.toml",
+        redis_url=redis_url,
+        http_port=port,
+        sources=eventsub_source(server, stream),
+    )
+    with IngesterProcess(config, port, env={TOKEN_ENV: server.token}) as process:
+        yield process
+
+
+def comments(port: int, stream: str) -> float:
+    return select(scrape(port), "livestream_comments_total", stream=stream).get(("twitch",), 0.0)
+
+
+def metric(port: int, name: str, **labels: str) -> float:
+    return sum(select(scrape(port), name, **labels).values())
+
+
+async def subscribed(server: EventSubServer) -> None:
+    await until(lambda: server.active is not None, 10, "the ingester to subscribe")
+
+
+async def counted(server: EventSubServer, port: int, stream: str) -> None:
+    """Wait until every delivered line is counted, then check nothing more is."""
+    expected = len(server.sent)
+    await until(lambda: comments(port, stream) >= expected, 20, f"{expected} comments")
+    assert comments(port, stream) == expected
+
+
+@pytest.mark.asyncio
+async def test_chat_is_counted_once_whatever_the_duplicates(
+    server: EventSubServer, ingester: IngesterProcess, stream: str
+) -> None:
+    await subscribed(server)
+    port = ingester.http_port
+    deliveries = 0
+    for n in range(300):
+        line = f"chat-{n}"
+        assert await server.chat(line, chatter=str(3000 + n % 25), delivery_id=f"d-{n}")
+        deliveries += 1
+        if n % 5 == 0:  # a resend: the same delivery id
+            assert await server.chat(line, chatter=str(3000 + n % 25), delivery_id=f"d-{n}")
+            deliveries += 1
+        if n % 7 == 0:  # the same event under a new delivery id (twitchdev/issues#918)
+            assert await server.chat(line, chatter=str(3000 + n % 25), delivery_id=f"d2-{n}")
+            deliveries += 1
+    session = server.active
+    assert session is not None
+    await server.notify_other(session, "channel.follow")
+    bad = {"metadata": {"message_id": "x", "message_type": "notification"}, "payload": {}}
+    await session.ws.send(orjson.dumps(bad).decode())
+    await counted(server, port, stream)
+    assert len(server.sent) == 300
+    await until(
+        lambda: metric(port, "livestream_ingest_rejections_total", source="twitch") == 1,
+        10,
+        "the bad frame to be rejected",
+    )
+    samples = scrape(port)
+    events = select(samples, "livestream_ingest_events_total", source="twitch", kind="comment")
+    assert events == {("accepted",): 300, ("duplicate",): deliveries - 300}
+    assert select(samples, "livestream_ingest_ignored_total", source="twitch") == {
+        ("other_subscription",): 1
+    }
+    assert select(samples, "livestream_unique_commenters", stream=stream) == {(): 25}
+    assert select(samples, "livestream_ingest_source_connected", source="twitch") == {(): 1}
+    # Keepalives (every second here) kept the session: one subscription, no inbound traffic.
+    assert server.subscribe_requests == 1
+    assert server.inbound_closes == 0
+    assert metric(port, "livestream_ingest_source_reconnects_total", source="twitch") == 0
+
+
+@pytest.mark.asyncio
+async def test_reconnect_hand_over_under_load_loses_and_doubles_nothing(
+    server: EventSubServer, ingester: IngesterProcess, stream: str
+) -> None:
+    await subscribed(server)
+    port = ingester.http_port
+    first = server.active
+    assert first is not None
+    ids = (f"line-{n}" for n in itertools.count())
+    sent_on_old: list[str] = []
+
+    async def load(count: int) -> None:
+        for _ in range(count):
+            line = next(ids)
+            target = server.active
+            if await server.chat(line, chatter="4242") and target is first:
+                sent_on_old.append(line)
+            if len(server.sent) % 50 == 0:
+                await asyncio.sleep(0)
+
+    await load(1000)
+    await server.reconnect()
+    # Keep sending at full speed while the client connects to the new URL: lines go to the old
+    # connection until the new welcome, then to the new one.
+    await load(2000)
+    await until(lambda: server.active is not first, 10, "the hand-over")
+    await until(lambda: first.close_code is not None, 10, "the old connection to be closed")
+    new = server.active
+    assert new is not None
+    # The overlap: lines the old connection carried arrive again on the new one, under the same
+    # and under new delivery ids.
+    for n, line in enumerate(sent_on_old[-40:]):
+        assert await server.chat(line, chatter="4242", session=new, delivery_id=f"again-{n}")
+    await load(500)
+    await counted(server, port, stream)
+    assert len(server.sent) == 3500
+    assert len(sent_on_old) > 1000  # the old connection carried load during the hand-over
+    assert first.close_code == 1000  # closed by the client, after the new welcome
+    assert server.subscribe_requests == 1  # the subscription carried over
+    assert metric(port, "livestream_ingest_source_reconnects_total", source="twitch") == 0
+    duplicates = select(
+        scrape(port), "livestream_ingest_events_total", source="twitch", outcome="duplicate"
+    )
+    assert duplicates == {("comment",): 40}
+
+
+@pytest.mark.asyncio
+async def test_a_silent_session_is_replaced_after_its_keepalive_timeout(
+    server: EventSubServer, ingester: IngesterProcess, stream: str
+) -> None:
+    await subscribed(server)
+    port = ingester.http_port
+    for n in range(100):
+        assert await server.chat(f"before-{n}", chatter="7")
+    dead = server.silence()
+    for n in range(20):  # lost: the network is dead and EventSub does not replay
+        assert not await server.chat(f"lost-{n}", chatter="7")
+    await until(
+        lambda: server.active is not None and server.active is not dead,
+        10,
+        "a new session after the keepalive timeout (1 s + 0.5 s margin)",
+    )
+    assert server.subscribe_requests == 2  # a new session needs new subscriptions
+    for n in range(100):
+        assert await server.chat(f"after-{n}", chatter="8")
+    await counted(server, port, stream)
+    assert len(server.sent) == 200
+    assert metric(port, "livestream_ingest_source_reconnects_total", source="twitch") == 1
+
+
+@pytest.mark.asyncio
+async def test_a_revocation_is_counted_and_shown(
+    server: EventSubServer, ingester: IngesterProcess, stream: str
+) -> None:
+    await subscribed(server)
+    port = ingester.http_port
+    for n in range(50):
+        assert await server.chat(f"c-{n}", chatter="9")
+    await server.revoke("authorization_revoked")
+    assert not await server.chat("after-revocation", chatter="9")
+    await until(
+        lambda: metric(port, "livestream_ingest_eventsub_revocations_total") == 1,
+        10,
+        "the revocation metric",
+    )
+    assert select(
+        scrape(port), "livestream_ingest_eventsub_revocations_total", source="twitch"
+    ) == {("authorization_revoked", "channel.chat.message"): 1}
+    await counted(server, port, stream)
+    assert len(server.sent) == 50
