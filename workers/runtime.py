@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import os
 import ssl
@@ -35,7 +36,7 @@ from ingest.sources.mqtt import MqttSource
 from ingest.sources.topics import TopicPattern
 from ingest.sources.webhook import ShopifyWebhookSource
 from ingest.sources.websocket import WebsocketClientSource, WebsocketServerSource
-from ingest.twitch import CHAT_MESSAGE, EventSubFormat, Revocation
+from ingest.twitch import CHAT_MESSAGE, REVOCATION_STATUSES, EventSubFormat, Revocation
 from workers.committer import BatchSettings, Committer
 from workers.config import (
     Config,
@@ -138,6 +139,9 @@ def eventsub_source(
     metrics = health.metrics
     types = {CHAT_MESSAGE}
 
+    for status in (*sorted(REVOCATION_STATUSES), "other"):  # at 0, so alerts see the first
+        metrics.revocations.labels(config.name, CHAT_MESSAGE, status)
+
     def revoked(revocation: Revocation) -> None:
         kind = revocation.type if revocation.type in types else "other"
         metrics.revocations.labels(config.name, kind, revocation.status).inc()
@@ -177,7 +181,7 @@ def build_source(
             host, port = split_listen(config.listen)
             return ShopifyWebhookSource(
                 config.name,
-                ShopifyFormat(options),
+                ShopifyFormat(dataclasses.replace(options, max_frame_bytes=config.max_body_bytes)),
                 committer,
                 health,
                 host=host,

@@ -45,7 +45,6 @@ path = "/webhooks/shopify"
 secret_env = "{SECRET_ENV}"
 stream = "{stream}"
 max_body_bytes = 65536
-max_frame_bytes = 65536
 commit_timeout_seconds = 1.5
 """
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,11 @@ from workers.config import (
     DEFAULT_PLATFORMS,
     Config,
     ConfigError,
+    HttpServerConfig,
+    TwitchConfig,
     WebsocketClientConfig,
     WebsocketServerConfig,
+    _SourceBase,
     load,
     parse,
 )
@@ -81,6 +85,84 @@ def test_demo_config_is_valid() -> None:
     source = config.sources[0]
     assert isinstance(source, WebsocketClientConfig)
     assert (source.name, source.stream, source.backoff_max) == ("demo-feed", None, 5.0)
+
+
+PLATFORMS = ROOT / "config" / "platforms.toml"
+PLATFORM_SECRETS = {"TWITCH_TOKEN": "t", "SHOPIFY_SECRET": "s"}
+
+
+def test_platforms_config_is_valid_and_complete() -> None:
+    config = load(PLATFORMS, PLATFORM_SECRETS)
+    twitch, shop, relay = config.sources
+    assert isinstance(twitch, WebsocketClientConfig)
+    assert twitch.twitch is not None
+    assert (twitch.format, twitch.twitch.broadcaster_user_id) == ("twitch-eventsub", "1001")
+    assert isinstance(shop, HttpServerConfig)
+    assert (shop.format, shop.path, shop.secret_env) == (
+        "shopify",
+        "/webhooks/shopify",
+        "SHOPIFY_SECRET",
+    )
+    assert isinstance(relay, WebsocketClientConfig)
+    assert relay.format == "socialstream"
+    # Every key of the platform tables is shown (with its default where it has one).
+    text = PLATFORMS.read_text(encoding="utf-8")
+    for key in [*TwitchConfig.model_fields, *HttpServerConfig.model_fields]:
+        if key not in _SourceBase.model_fields:
+            assert re.search(rf"^{key} = ", text, re.M), key
+
+
+def test_platform_sources_report_every_mistake_with_its_location() -> None:
+    data = {
+        "sources": [
+            {
+                "name": "a",
+                "type": "websocket-client",
+                "format": "twitch-eventsub",
+                "url": "wss://x",
+            },
+            {
+                "name": "b",
+                "type": "websocket-client",
+                "format": "twitch-eventsub",
+                "url": "wss://x",
+                "stream": "s",
+                "twitch": {
+                    "client_id": "c",
+                    "token_env": "NO_SUCH_TOKEN",
+                    "broadcaster_user_id": "abc",
+                    "user_id": "1",
+                },
+            },
+            {"name": "c", "type": "websocket-client", "format": "socialstream", "url": "wss://x"},
+            {"name": "d", "type": "http-server", "secret_env": "NO_SUCH_SECRET"},
+            {"name": "e", "type": "http-server", "format": "native", "stream": "s"},
+            {"name": "f", "type": "mqtt", "format": "shopify", "client_id": "x", "topics": []},
+        ]
+    }
+    errors = errors_of(data)
+    expected = [
+        "sources[0]: Value error, format 'twitch-eventsub' needs a stream: its frames name none",
+        "sources[1].twitch.broadcaster_user_id: String should match pattern '^[0-9]{1,32}$'",
+        "sources[2]: Value error, format 'socialstream' needs a stream: its frames name none",
+        "sources[3]: Value error, format 'shopify' needs a stream: its frames name none",
+        "sources[4].format: Input should be 'shopify'",
+        "sources[4].secret_env: Field required",
+        "sources[5].format: Input should be 'native'",
+        "sources[5].topics: List should have at least 1 item after validation, not 0",
+        "sources[1].twitch.token_env: environment variable NO_SUCH_TOKEN is not set",
+        "sources[3].secret_env: environment variable NO_SUCH_SECRET is not set",
+    ]
+    assert errors == expected
+
+
+def test_twitch_table_and_format_go_together() -> None:
+    data = minimal()
+    twitch = {"client_id": "c", "token_env": "T", "broadcaster_user_id": "1", "user_id": "2"}
+    data["sources"][0].update(stream="s", twitch=twitch)
+    assert errors_of(data, {"T": "t"}) == [
+        "sources[0]: Value error, format 'twitch-eventsub' and a [twitch] table go together"
+    ]
 
 
 def test_empty_config_is_all_defaults() -> None:

@@ -37,14 +37,26 @@ def test_native_examples_decode_without_rejection() -> None:
 
 def test_config_examples_are_valid() -> None:
     examples = blocks("toml")
-    assert len(examples) == 2
-    env = {"LIVESTREAM_PUSH_TOKEN": "t", "MQTT_PASSWORD": "p"}
-    types = [
-        source.type
+    assert len(examples) == 3
+    env = {
+        "LIVESTREAM_PUSH_TOKEN": "t",
+        "MQTT_PASSWORD": "p",
+        "TWITCH_TOKEN": "t",
+        "SHOPIFY_SECRET": "s",
+    }
+    sources = [
+        (source.type, source.format)
         for example in examples
         for source in parse(tomllib.loads(example), "README", env).sources
     ]
-    assert types == ["websocket-client", "websocket-server", "mqtt"]
+    assert sources == [
+        ("websocket-client", "native"),
+        ("websocket-server", "native"),
+        ("mqtt", "native"),
+        ("websocket-client", "twitch-eventsub"),
+        ("http-server", "shopify"),
+        ("websocket-client", "socialstream"),
+    ]
 
 
 def test_shell_examples_parse_and_name_real_keys() -> None:
