@@ -47,6 +47,7 @@ from workers.config import (
     WebsocketServerConfig,
     split_listen,
 )
+from workers.logs import Throttle
 from workers.metrics import HealthMetrics, exposition
 from workers.store import Store, StoreSettings
 
@@ -65,9 +66,15 @@ class Source(Protocol):
 class SourceHealth:
     """The sources' health hooks: metrics and one log line per state change."""
 
-    def __init__(self, metrics: HealthMetrics, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        metrics: HealthMetrics,
+        clock: Callable[[], float] = time.time,
+        log_interval: float = 10.0,
+    ) -> None:
         self.metrics = metrics
         self.clock = clock
+        self._refusals = Throttle(log_interval)
         self._up: dict[str, asyncio.Event] = {}
         self._last_event: dict[str, float] = {}
 
@@ -91,6 +98,17 @@ class SourceHealth:
     def reconnecting(self, source: str, reason: str, delay: float) -> None:
         self.metrics.reconnects.labels(source).inc()
         log.info("source reconnecting", source=source, reason=reason, delay=round(delay, 3))
+
+    def unauthorized(self, source: str) -> None:
+        """A webhook delivery refused for its signature: counted, logged without flooding."""
+        self.metrics.unauthorized.labels(source).inc()
+        suppressed = self._refusals.allow(source)
+        if suppressed is not None:
+            log.warning(
+                "webhook delivery refused: bad signature",
+                source=source,
+                suppressed_since_last=suppressed,
+            )
 
     def received(self, source: str) -> None:
         # A dict store per frame; the gauge reads it at scrape time. Its series appears with
@@ -191,7 +209,7 @@ def build_source(
                 max_body_bytes=config.max_body_bytes,
                 commit_timeout=config.commit_timeout_seconds,
                 on_ignored=lambda what: metrics.ignored.labels(config.name, what).inc(),
-                on_unauthorized=metrics.unauthorized.labels(config.name).inc,
+                on_unauthorized=functools.partial(health.unauthorized, config.name),
             )
         case WebsocketClientConfig():
             headers = dict(config.headers)
@@ -307,7 +325,7 @@ class Ingester:
             ),
             log_interval=config.log.rejection_interval_seconds,
         )
-        self.health = SourceHealth(self.metrics)
+        self.health = SourceHealth(self.metrics, log_interval=config.log.rejection_interval_seconds)
         regions = config.region_table()
         self.sources: list[Source] = []
         for source in config.sources:

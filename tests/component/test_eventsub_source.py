@@ -1,0 +1,119 @@
+"""The EventSub session logic against our EventSub server, without Redis: what it does when
+Twitch refuses, goes quiet or misbehaves, and that it never sends anything itself."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+import pytest_asyncio
+from websockets.asyncio.server import ServerConnection, serve
+
+from ingest.model import Comment
+from ingest.native import NativeOptions
+from ingest.sources.backoff import Backoff
+from ingest.sources.eventsub import EventSubSource, Helix, chat_subscriptions
+from ingest.twitch import EventSubFormat, Revocation
+from tests.platforms import EventSubServer
+from tests.recorders import RecordingHealth, RecordingSink, running
+from tests.waiting import until
+from workers.redis_server import free_port
+
+STREAM = "live-1"
+
+
+def source(
+    server: EventSubServer,
+    sink: RecordingSink,
+    health: RecordingHealth,
+    *,
+    url: str | None = None,
+    token: str | None = None,
+    revoked: list[Revocation] | None = None,
+) -> EventSubSource:
+    fmt = EventSubFormat(
+        NativeOptions(default_stream=STREAM, platforms=frozenset({"twitch"})), server.broadcaster
+    )
+    return EventSubSource(
+        "twitch",
+        url or server.url,
+        fmt,
+        sink,
+        health,
+        helix=Helix(server.helix_url, server.client_id, token or server.token),
+        subscriptions=chat_subscriptions(server.broadcaster, "2000"),
+        keepalive_margin=0.3,
+        open_timeout=2.0,
+        backoff=Backoff(0.01, 0.08, rng=lambda: 1.0),
+        on_revoked=(revoked if revoked is not None else []).append,
+    )
+
+
+@pytest_asyncio.fixture
+async def server() -> AsyncIterator[EventSubServer]:
+    async with EventSubServer(keepalive=1, subscribe_within=0.5).serving() as running_server:
+        yield running_server
+
+
+@pytest.mark.asyncio
+async def test_a_refused_token_is_retried_and_never_reported_connected(
+    server: EventSubServer,
+) -> None:
+    health = RecordingHealth()
+    async with running(source(server, RecordingSink(), health, token="expired").run()):
+        await until(lambda: len(health.retries) >= 3, 10, "three attempts")
+    assert health.ups == 0
+    assert set(health.reasons) == {"subscribe http 401"}
+    assert health.delays[:3] == [0.01, 0.02, 0.04]
+    assert server.subscriptions == []
+
+
+@pytest.mark.asyncio
+async def test_a_quiet_session_ends_with_a_keepalive_timeout(server: EventSubServer) -> None:
+    health = RecordingHealth()
+    sink = RecordingSink()
+    async with running(source(server, sink, health).run()):
+        await until(lambda: server.active is not None, 10, "a subscription")
+        first = server.silence()
+        await until(lambda: "keepalive timeout" in health.reasons, 10, "the keepalive timeout")
+        await until(lambda: server.active not in (None, first), 10, "a new session")
+        assert await server.chat("after", chatter="5")
+        await until(lambda: len(sink.events) == 1, 10, "the line after the new session")
+    assert health.ups == 2
+    assert server.inbound_closes == 0
+    (comment,) = sink.events
+    assert isinstance(comment, Comment)
+    assert comment.id == "twitch:after"
+
+
+@pytest.mark.asyncio
+async def test_a_server_that_does_not_welcome_is_left(server: EventSubServer) -> None:
+    async def rude(ws: ServerConnection) -> None:
+        await ws.send(orjson.dumps({"metadata": {}, "payload": {}}).decode())
+        await ws.wait_closed()
+
+    health = RecordingHealth()
+    port = free_port()
+    async with serve(rude, "127.0.0.1", port):
+        url = f"ws://127.0.0.1:{port}/ws"
+        async with running(source(server, RecordingSink(), health, url=url).run()):
+            await until(lambda: len(health.retries) >= 2, 10, "two attempts")
+    assert set(health.reasons) == {"no welcome"}
+    assert health.ups == 0
+
+
+@pytest.mark.asyncio
+async def test_revocations_reach_the_hook_and_the_session_goes_on(server: EventSubServer) -> None:
+    revoked: list[Revocation] = []
+    health = RecordingHealth()
+    sink = RecordingSink()
+    async with running(source(server, sink, health, revoked=revoked).run()):
+        await until(lambda: server.active is not None, 10, "a subscription")
+        await server.revoke("user_removed")
+        await until(lambda: len(revoked) == 1, 10, "the revocation")
+        # Keepalives keep the session alive, though its only subscription is gone.
+        await until(lambda: health.received_count >= 4, 10, "keepalives after the revocation")
+    assert revoked[0].status == "user_removed"
+    assert revoked[0].type == "channel.chat.message"
+    assert health.retries == []
