@@ -68,10 +68,10 @@ class ShopifyWebhookSource:
             return web.Response(text="ignored\n")
         headers = request.headers
         event_id = headers.get("X-Shopify-Event-Id") or headers.get("X-Shopify-Webhook-Id") or ""
-        done = await self.sink.submit(self.name, self.fmt.decode_delivery(topic, event_id, body))
-        try:
+        items = self.fmt.decode_delivery(topic, event_id, body)
+        try:  # waits for room in the buffer too: a delivery not taken in time is not taken
             async with asyncio.timeout(self.commit_timeout):
-                await asyncio.shield(done)
+                await asyncio.shield(await self.sink.submit(self.name, items))
         except TimeoutError:
             return web.Response(status=503, text="not committed in time, deliver again\n")
         return web.Response(text="ok\n")

@@ -212,8 +212,10 @@ async def test_a_revocation_is_counted_and_shown(
         10,
         "the revocation metric",
     )
-    assert select(
-        scrape(port), "livestream_ingest_eventsub_revocations_total", source="twitch"
-    ) == {("authorization_revoked", "channel.chat.message"): 1}
+    revocations = select(scrape(port), "livestream_ingest_eventsub_revocations_total")
+    assert revocations == {  # every status's series from the start, so alerts see a change
+        ("twitch", status, "channel.chat.message"): 1 if status == "authorization_revoked" else 0
+        for status in ("authorization_revoked", "user_removed", "version_removed", "other")
+    }
     await counted(server, port, stream)
     assert len(server.sent) == 50
