@@ -88,7 +88,11 @@ def verified(secret: bytes, body: bytes, header: str | None) -> bool:
     """Whether ``header`` is the body's signature, compared in constant time."""
     if not header:
         return False
-    return hmac.compare_digest(signature(secret, body).encode(), header.strip().encode())
+    try:
+        offered = header.strip().encode("ascii")
+    except UnicodeEncodeError:  # not base64 at all
+        return False
+    return hmac.compare_digest(signature(secret, body).encode(), offered)
 
 
 class ShopifyFormat(Adapter):

@@ -15,14 +15,17 @@ derived from the line itself, in this order:
 1. ``meta.messageId`` when the relay passes the platform's own message id: exact.
 2. Otherwise a hash of (platform, user, text, n), where n numbers the identical
    (platform, user, text) lines of the current relay run: the first "VT01" of a buyer is 1, their
-   second 2. A run starts with each connection and whenever the relay's ``id`` stops
-   increasing (a restarted relay). Replicas reading one session number alike, and lines that a
-   restarted relay sends again get their old identities back.
+   second 2. A run starts with each connection and whenever the relay's ``id`` does not
+   increase or jumps ahead by more than :data:`RESTART_JUMP` (a restarted relay). Replicas
+   reading one session number alike, and lines that a restarted relay sends again get their
+   old identities back.
 
 Limits of rule 2: a buyer who repeats the exact same text after a relay restart or an ingester
 reconnect is taken for a resend of their earlier line and not counted again (for an order
-comment that is the sellers' own rule: a repeated comment is the same order); two lines that
-arrive while the ingester is disconnected are never seen at all, as the relay keeps no history.
+comment that is the sellers' own rule: a repeated comment is the same order); a relay restart
+whose new counter lands just above the old one (within :data:`RESTART_JUMP`, about one restart
+in nine) goes unnoticed, so lines it sends again count again; lines sent while the ingester is
+disconnected are never seen, as the relay keeps no history.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ from ingest.native import NativeOptions
 
 NOT_CHAT: Final = "not_chat"
 OTHER_EVENT: Final = "other_event"
+RESTART_JUMP: Final = 10_000
+"""A relay ``id`` this far past the previous one is taken for a restarted relay too: its counter
+restarts at a random value below 90,000, so a restart can also move it up."""
 MAX_LINES_REMEMBERED: Final = 100_000
 """Distinct (platform, user, text) lines numbered per relay run; beyond it, the oldest half is
 forgotten (their next repeat is numbered 1 again, as after a restart)."""
@@ -150,12 +156,13 @@ class SocialStreamFormat(Adapter):
         return Comment(self.stream, platform, key, self.now_ms(), f"{platform}:{user}"[:256])
 
     def _relay_run(self, relay_id: int | str | None) -> None:
-        """Start a new run when the relay's counter does not increase (it restarted)."""
+        """Start a new run when the relay's counter does not increase, or leaps (it restarted)."""
         if isinstance(relay_id, str):
             relay_id = int(relay_id) if relay_id.isdigit() and len(relay_id) < 19 else None
         if relay_id is None:
             return
-        if self._last_id is not None and relay_id <= self._last_id:
+        last = self._last_id
+        if last is not None and not last < relay_id <= last + RESTART_JUMP:
             self._counts.clear()
         self._last_id = relay_id
 

@@ -192,7 +192,8 @@ class EventSubFormat(Adapter):
             return Invalid([self.reject(Reason.STREAM_NOT_ALLOWED, detail, raw, "comment")])
         ts_ms = self.ts_ms(metadata.message_timestamp)
         if ts_ms is None:
-            return Invalid([self.reject(Reason.OUT_OF_RANGE, "timestamp in the future", raw)])
+            detail = "timestamp in the future"
+            return Invalid([self.reject(Reason.OUT_OF_RANGE, detail, raw, "comment")])
         comment = Comment(
             self.stream,
             self.platform,

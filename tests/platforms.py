@@ -99,6 +99,8 @@ class EventSubServer:
         """Chat message ids delivered to some session."""
         self.subscribe_requests = 0
         self.inbound_closes = 0
+        self.authorized = True
+        """False after an ``authorization_revoked``: Helix refuses the token (403)."""
         self._ids = itertools.count(1)
 
     @property
@@ -213,6 +215,8 @@ class EventSubServer:
             or request.headers.get("Authorization") != f"Bearer {self.token}"
         ):
             return web.json_response({"error": "Unauthorized", "status": 401}, status=401)
+        if not self.authorized:
+            return web.json_response({"error": "Forbidden", "status": 403}, status=403)
         body = await request.json()
         transport = body.get("transport", {})
         session = self.sessions.get(transport.get("session_id", ""))
@@ -314,6 +318,8 @@ class EventSubServer:
         sub = self._chat_subscription(session)
         assert sub is not None
         sub.status = status
+        if status == "authorization_revoked":
+            self.authorized = False
         await self._send(session, "revocation", {"subscription": sub.wire()}, subscription=sub)
 
     def silence(self) -> Session:

@@ -13,7 +13,10 @@
   had buffered, then carry on with the new one. Subscriptions carry over. Events the two
   connections both delivered are duplicates, which the commit drops.
 - A lost connection (no reconnect message) has no replay: a new session, new subscriptions.
-- ``revocation``: logged, counted; that subscription sends nothing more.
+- ``revocation``: logged, counted; that subscription sends nothing more. Once none is left,
+  the session ends and a new one subscribes again: while Helix refuses (the authorisation was
+  revoked), the source stays disconnected and retries with backoff.
+- The token is read once, at start: rotate it by restarting the ingester.
 """
 
 from __future__ import annotations
@@ -134,6 +137,7 @@ class EventSubSource:
         self.on_ignored = on_ignored
         self.session_id: str | None = None
         self.hand_overs = 0
+        self._live_subscriptions = 0
         self._connected_at: float | None = None
 
     async def run(self) -> None:
@@ -164,6 +168,7 @@ class EventSubSource:
         ws, welcome = await self._open(self.url)
         try:
             await self.helix.create(welcome.session_id, self.subscriptions)
+            self._live_subscriptions = len(self.subscriptions)
             self.session_id = welcome.session_id
             self._connected_at = self.clock()
             self.health.connected(self.name, True)
@@ -223,6 +228,11 @@ class EventSubSource:
                         message.subscription_id,
                     )
                     self.on_revoked(message)
+                    self._live_subscriptions -= 1
+                    if self._live_subscriptions <= 0:
+                        # Nothing left to receive: a new session subscribes again (and while
+                        # Helix refuses, the source retries with backoff, disconnected).
+                        raise SessionError("revoked")
                 case Reconnect():
                     return message
                 case Keepalive() | Welcome():
@@ -234,27 +244,54 @@ class EventSubSource:
         self, old: ClientConnection, welcome: Welcome, url: str
     ) -> tuple[ClientConnection, Welcome]:
         """Move to the reconnect URL without a gap: the old connection delivers until the new
-        one's welcome, then is closed and drained."""
+        one's welcome, then is closed and drained. If the new one cannot be opened, the old one
+        is still drained before the error ends the session."""
         log.info("eventsub session reconnect requested")
-        opening = asyncio.create_task(self._open(url))
         draining = asyncio.create_task(self._drain(old, welcome))
         try:
-            ws, new_welcome = await opening
-        except BaseException:
-            draining.cancel()
-            raise
-        try:
-            await old.close()
-            await draining
-        except BaseException:
-            await ws.close()
-            raise
+            try:
+                ws, new_welcome = await self._open(url)
+            except Exception:
+                await self._retire(old, draining)
+                raise
+            try:
+                await self._retire(old, draining)
+            except BaseException:
+                await ws.close()
+                raise
+        finally:
+            if not draining.done():  # cancelled: stop reading the old connection now
+                draining.cancel()
+                await asyncio.gather(draining, return_exceptions=True)
+        if new_welcome.keepalive_seconds is None:
+            new_welcome = dataclasses.replace(
+                new_welcome, keepalive_seconds=welcome.keepalive_seconds
+            )
         self.session_id = new_welcome.session_id
         self.hand_overs += 1
         return ws, new_welcome
 
+    @staticmethod
+    async def _retire(old: ClientConnection, draining: asyncio.Task[None]) -> None:
+        """Close ``old`` and wait until ``draining`` has delivered all it held.
+
+        The close handshake may take as long as the drain needs (while the buffer is full,
+        the drain stops reading, and so does websockets): a close timeout would abort the
+        connection with frames still unread. The drain itself ends at the close, or at its
+        keepalive deadline if the peer never answers; then the connection is aborted.
+        """
+        old.close_timeout = None
+        closing = asyncio.create_task(old.close())
+        try:
+            await draining
+        finally:
+            if not closing.done():
+                closing.cancel()
+                await asyncio.gather(closing, return_exceptions=True)
+                old.transport.abort()
+
     async def _drain(self, ws: ClientConnection, welcome: Welcome) -> None:
-        """Deliver the rest of a connection being replaced, until it closes."""
+        """Deliver the rest of a connection being replaced, until it closes or goes quiet."""
         with contextlib.suppress(ConnectionClosed, SessionError):
             while True:
                 await self._pump(ws, welcome)  # a second reconnect message: keep draining

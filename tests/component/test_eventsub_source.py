@@ -3,14 +3,15 @@ Twitch refuses, goes quiet or misbehaves, and that it never sends anything itsel
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Sequence
 
 import orjson
 import pytest
 import pytest_asyncio
 from websockets.asyncio.server import ServerConnection, serve
 
-from ingest.model import Comment
+from ingest.model import Comment, Decoded
 from ingest.native import NativeOptions
 from ingest.sources.backoff import Backoff
 from ingest.sources.eventsub import EventSubSource, Helix, chat_subscriptions
@@ -104,16 +105,66 @@ async def test_a_server_that_does_not_welcome_is_left(server: EventSubServer) ->
 
 
 @pytest.mark.asyncio
-async def test_revocations_reach_the_hook_and_the_session_goes_on(server: EventSubServer) -> None:
+async def test_when_no_subscription_is_left_a_new_session_subscribes_again(
+    server: EventSubServer,
+) -> None:
     revoked: list[Revocation] = []
     health = RecordingHealth()
     sink = RecordingSink()
     async with running(source(server, sink, health, revoked=revoked).run()):
         await until(lambda: server.active is not None, 10, "a subscription")
+        first = server.active
         await server.revoke("user_removed")
-        await until(lambda: len(revoked) == 1, 10, "the revocation")
-        # Keepalives keep the session alive, though its only subscription is gone.
-        await until(lambda: health.received_count >= 4, 10, "keepalives after the revocation")
-    assert revoked[0].status == "user_removed"
-    assert revoked[0].type == "channel.chat.message"
+        await until(lambda: server.active not in (None, first), 10, "a new subscription")
+        assert await server.chat("after", chatter="5")
+        await until(lambda: len(sink.events) == 1, 10, "the line after the new subscription")
+    assert [(r.type, r.status) for r in revoked] == [("channel.chat.message", "user_removed")]
+    assert health.reasons == ["revoked"]
+    assert server.subscribe_requests == 2
+
+
+class GatedSink(RecordingSink):
+    """A sink that holds every submit while its gate is closed (a full buffer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.waiting = 0
+
+    async def submit(self, source: str, items: Sequence[Decoded]) -> asyncio.Future[None]:
+        self.waiting += 1
+        await self.gate.wait()
+        self.waiting -= 1
+        return await super().submit(source, items)
+
+
+@pytest.mark.asyncio
+async def test_a_hand_over_with_a_full_buffer_loses_nothing(server: EventSubServer) -> None:
+    """The old connection is closed once the new one is welcomed, but its frames are still
+    unread: the close must wait for them rather than abort after ``close_timeout``."""
+    sink = GatedSink()
+    health = RecordingHealth()
+    eventsub = source(server, sink, health)
+    eventsub.close_timeout = 0.05
+    async with running(eventsub.run()):
+        await until(lambda: server.active is not None, 10, "a subscription")
+        first = server.active
+        sink.gate.set()
+        for n in range(5):
+            assert await server.chat(f"early-{n}", chatter="1")
+        await until(lambda: len(sink.events) == 5, 10, "the first lines")
+        sink.gate.clear()
+        assert first is not None
+        await server.reconnect()
+        for n in range(200):  # the drain of the old connection takes the first, then waits
+            assert await server.chat(f"old-{n}", chatter="1", session=first)
+        await until(lambda: server.active is not first, 10, "the new welcome")
+        for n in range(50):
+            assert await server.chat(f"new-{n}", chatter="1")
+        # Twenty close timeouts with the buffer full: an aborted close would lose old-*.
+        await asyncio.sleep(20 * eventsub.close_timeout)
+        sink.gate.set()
+        await until(lambda: len(sink.events) == 255, 10, "every line")
+    assert eventsub.hand_overs == 1
     assert health.retries == []
+    assert sorted(sink.event_ids) == sorted(f"twitch:{line}" for line in server.sent)

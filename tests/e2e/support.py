@@ -20,6 +20,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import UNIT
+from tests.platforms import EventSubServer
 from tests.waiting import until_sync
 from workers.demo.sale import Expected
 from workers.redis_server import free_port
@@ -130,6 +131,51 @@ url = "{url}"
 {default}
 backoff_initial = 0.05
 backoff_max = 0.5
+"""
+
+
+TOKEN_ENV = "LIVESTREAM_TEST_TWITCH_TOKEN"
+
+
+def eventsub_source(server: EventSubServer, stream: str) -> str:
+    """A Twitch EventSub source reading ``server``; its token in ``TOKEN_ENV``."""
+    return f"""
+[[sources]]
+name = "twitch"
+type = "websocket-client"
+format = "twitch-eventsub"
+url = "{server.url}"
+stream = "{stream}"
+backoff_initial = 0.05
+backoff_max = 0.5
+
+[sources.twitch]
+client_id = "{server.client_id}"
+token_env = "{TOKEN_ENV}"
+broadcaster_user_id = "{server.broadcaster}"
+user_id = "2000"
+helix_url = "{server.helix_url}"
+keepalive_margin_seconds = {0.5 * UNIT}
+"""
+
+
+SECRET = "shpss_test_secret_0123456789abcdef"
+SECRET_ENV = "LIVESTREAM_TEST_SHOPIFY_SECRET"
+
+
+def webhook_source(port: int, stream: str) -> str:
+    """A Shopify webhook endpoint on ``port``; its secret ``SECRET`` in ``SECRET_ENV``."""
+    return f"""
+[[sources]]
+name = "shop"
+type = "http-server"
+format = "shopify"
+listen = "127.0.0.1:{port}"
+path = "/webhooks/shopify"
+secret_env = "{SECRET_ENV}"
+stream = "{stream}"
+max_body_bytes = 65536
+commit_timeout_seconds = {1.5 * UNIT}
 """
 
 

@@ -19,7 +19,18 @@ import pytest
 import yaml
 
 from tests.conftest import UNIT
-from tests.e2e.support import IngesterProcess, ReplayFeed, client_source, write_config
+from tests.e2e.support import (
+    SECRET,
+    SECRET_ENV,
+    TOKEN_ENV,
+    IngesterProcess,
+    ReplayFeed,
+    client_source,
+    eventsub_source,
+    webhook_source,
+    write_config,
+)
+from tests.platforms import EventSubServer, Shop
 from tests.stack import (
     JOB,
     PROMETHEUS_CONFIG,
@@ -211,20 +222,27 @@ async def test_every_dashboard_query_and_rule_against_a_real_prometheus(
     data = with_bad_inputs(frames(sale.deliveries), stream)
     feed = ReplayFeed(data, cut_after=len(data) // 2, replay=50, pause=0.005)
     ports = [free_port(), free_port()]
+    hooks = [free_port(), free_port()]
     prometheus = Prometheus(tmp_path, [f"127.0.0.1:{port}" for port in ports])
+    twitch = EventSubServer()
+    # Besides the sale's feed, each replica has the platform sources, so that their panels
+    # have series: EventSub (revocations, at 0) and a Shopify endpoint (ignored, refused).
     replicas = [
         IngesterProcess(
             write_config(
                 tmp_path / f"replica-{n}.toml",
                 redis_url=redis_url,
                 http_port=port,
-                sources=client_source("feed", feed.url(f"replica-{n}")),
+                sources=client_source("feed", feed.url(f"replica-{n}"))
+                + eventsub_source(twitch, stream)
+                + webhook_source(hook, stream),
             ),
             port,
+            env={TOKEN_ENV: twitch.token, SECRET_ENV: SECRET},
         )
-        for n, port in enumerate(ports)
+        for n, (port, hook) in enumerate(zip(ports, hooks, strict=True))
     ]
-    async with feed.serving(), aiohttp.ClientSession() as http:
+    async with feed.serving(), twitch.serving(), aiohttp.ClientSession() as http:
         with prometheus.running():
             checks = Checks(http, prometheus, stream)
 
@@ -237,6 +255,14 @@ async def test_every_dashboard_query_and_rule_against_a_real_prometheus(
 
             await until(ready, 20, "prometheus to be ready")
             with replicas[0], replicas[1]:
+                for hook in hooks:
+                    shop = Shop(f"http://127.0.0.1:{hook}/webhooks/shopify", SECRET)
+                    body = b'{"id": 1}'
+                    assert await shop.deliver(http, "orders/paid", body, event_id="e1") == 200
+                    forged = await shop.deliver(
+                        http, "orders/create", body, event_id="e2", hmac_header="AAAA"
+                    )
+                    assert forged == 401
                 await checks.every_query_answers()
                 assert not feed.finished("replica-0"), "the checks must run while the sale flows"
                 await until(

@@ -67,6 +67,7 @@ def test_signature_is_base64_hmac_sha256_of_the_raw_body() -> None:
     assert not verified(SECRET, raw, "")
     assert not verified(SECRET, raw, "Zm9v")
     assert not verified(SECRET, raw, "é")  # not ASCII: refused, not an error
+    assert not verified(SECRET, raw, "\udcff")  # a non-UTF-8 header byte, as aiohttp gives it
 
 
 def test_an_order_weighs_what_its_line_items_weigh() -> None:

@@ -9,7 +9,13 @@ import pytest
 
 from ingest.model import Comment, Reason, Rejection, Viewers
 from ingest.native import NativeOptions
-from ingest.socialstream import NOT_CHAT, OTHER_EVENT, SocialStreamFormat, plain_text
+from ingest.socialstream import (
+    NOT_CHAT,
+    OTHER_EVENT,
+    RESTART_JUMP,
+    SocialStreamFormat,
+    plain_text,
+)
 
 STREAM = "lucngan-2025"
 NOW = 1_750_000_000.0
@@ -95,6 +101,13 @@ def test_a_restarted_relay_sends_its_lines_again_under_the_same_identities() -> 
     # The counter starts again (here below the last id): a new relay run.
     after = [relay.comment(line(id=7 + n, chatmessage=f"VT0{n % 2}")).id for n in range(4)]
     assert after == before
+
+
+def test_a_relay_counter_that_leaps_ahead_is_a_restart_too() -> None:
+    relay = Relay()
+    first = relay.comment(line(id=100)).id
+    assert relay.comment(line(id=100 + RESTART_JUMP)).id != first  # still the same run
+    assert relay.comment(line(id=100 + 2 * RESTART_JUMP + 1)).id == first  # restarted higher
 
 
 def test_a_new_connection_is_a_new_run() -> None:
