@@ -229,14 +229,15 @@ class EventSubSource:
                     )
                     self.on_revoked(message)
                     self._live_subscriptions -= 1
-                    if self._live_subscriptions <= 0:
-                        # Nothing left to receive: a new session subscribes again (and while
-                        # Helix refuses, the source retries with backoff, disconnected).
-                        raise SessionError("revoked")
                 case Reconnect():
                     return message
                 case Keepalive() | Welcome():
                     pass
+            if self._live_subscriptions <= 0:
+                # Every subscription was revoked (maybe on a connection being drained): nothing
+                # left to receive. A new session subscribes again, retrying with backoff while
+                # Helix refuses.
+                raise SessionError("revoked")
             if not isinstance(message, Invalid):
                 deadline = loop.time() + keepalive + self.keepalive_margin
 
