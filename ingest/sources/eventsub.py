@@ -34,6 +34,7 @@ from websockets.exceptions import ConnectionClosed
 
 from ingest.sources.backoff import Backoff
 from ingest.sources.base import Health, Sink
+from ingest.sources.reconnect import Reconnecting
 from ingest.sources.websocket import retry_reason
 from ingest.twitch import (
     CHAT_MESSAGE,
@@ -96,7 +97,7 @@ class Helix:
                     raise SessionError(f"subscribe http {response.status}", text)
 
 
-class EventSubSource:
+class EventSubSource(Reconnecting):
     def __init__(
         self,
         name: str,
@@ -135,41 +136,20 @@ class EventSubSource:
         self.clock = clock
         self.on_revoked = on_revoked
         self.on_ignored = on_ignored
-        self.session_id: str | None = None
         self.hand_overs = 0
         self._live_subscriptions = 0
-        self._connected_at: float | None = None
 
-    async def run(self) -> None:
-        while True:
-            self._connected_at = None
-            try:
-                await self._session()
-                reason = "closed"
-            except SessionError as exc:
-                log.warning("eventsub session ended: %s", exc)
-                reason = exc.reason
-            except Exception as exc:
-                why = retry_reason(exc)
-                if why is None:
-                    raise
-                reason = why
-            finally:
-                self.session_id = None
-                self.health.connected(self.name, False)
-            up_since = self._connected_at
-            if up_since is not None and self.clock() - up_since >= self.backoff_reset_after:
-                self.backoff.reset()
-            delay = self.backoff.next()
-            self.health.reconnecting(self.name, reason, delay)
-            await asyncio.sleep(delay)
+    def _retry_reason(self, exc: Exception) -> str | None:
+        if isinstance(exc, SessionError):
+            log.warning("eventsub session ended: %s", exc)
+            return exc.reason
+        return retry_reason(exc)
 
     async def _session(self) -> None:
         ws, welcome = await self._open(self.url)
         try:
             await self.helix.create(welcome.session_id, self.subscriptions)
             self._live_subscriptions = len(self.subscriptions)
-            self.session_id = welcome.session_id
             self._connected_at = self.clock()
             self.health.connected(self.name, True)
             while True:
@@ -268,7 +248,6 @@ class EventSubSource:
             new_welcome = dataclasses.replace(
                 new_welcome, keepalive_seconds=welcome.keepalive_seconds
             )
-        self.session_id = new_welcome.session_id
         self.hand_overs += 1
         return ws, new_welcome
 

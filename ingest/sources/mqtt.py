@@ -8,8 +8,8 @@ before connecting, and sends each PUBACK only once the message's events are comm
 (or rejected and dead-lettered). PUBACKs go out in the order the messages arrived, as MQTT
 requires. If the process dies first, the broker redelivers and dedup makes that harmless.
 
-Retry policy, the one decision: every MQTT or network error reconnects with exponential backoff
-and jitter; the backoff resets once a connection has stayed up ``backoff_reset_after`` seconds.
+Retry policy: every MQTT or network error reconnects, in the loop all client sources share
+(``ingest.sources.reconnect``).
 Backpressure: the broker sends at most ``receive_maximum`` unacknowledged QoS 1 messages (MQTT 5
 Receive Maximum), so an ingester that stops acknowledging — because its buffer is full — stops
 the flow at the broker instead of queueing without bound here.
@@ -32,12 +32,13 @@ from ingest.model import Decoded, Reason, Rejection
 from ingest.native import valid_stream
 from ingest.sources.backoff import Backoff
 from ingest.sources.base import Format, Health, Sink
+from ingest.sources.reconnect import Reconnecting
 from ingest.sources.topics import TopicPattern
 
 _Ack = tuple[int, int, asyncio.Future[None]]
 
 
-class MqttSource:
+class MqttSource(Reconnecting):
     """Subscribes to topic patterns and forwards each message's events to the sink."""
 
     def __init__(
@@ -127,30 +128,22 @@ class MqttSource:
         prefix = f"$share/{self.shared_group}/" if self.shared_group else ""
         return [prefix + pattern.filter for pattern in self.patterns]
 
-    async def run(self) -> None:
-        while True:
-            connected_at: float | None = None
-            try:
-                async with self._client() as client:
-                    connected_at = self.clock()
-                    for topic in self._filters():
-                        await client.subscribe(topic, qos=self.qos)
-                    self.health.connected(self.name, True)  # connected means receiving
-                    await self._consume(client)
-                reason = "closed"
-            except aiomqtt.MqttCodeError as exc:
-                reason = f"mqtt rc {exc.rc}"
-            except aiomqtt.MqttError:
-                reason = "mqtt error"
-            except OSError:
-                reason = "network"
-            finally:
-                self.health.connected(self.name, False)
-            if connected_at is not None and self.clock() - connected_at >= self.backoff_reset_after:
-                self.backoff.reset()
-            delay = self.backoff.next()
-            self.health.reconnecting(self.name, reason, delay)
-            await asyncio.sleep(delay)
+    async def _session(self) -> None:
+        async with self._client() as client:
+            self._connected_at = self.clock()
+            for topic in self._filters():
+                await client.subscribe(topic, qos=self.qos)
+            self.health.connected(self.name, True)  # connected means receiving
+            await self._consume(client)
+
+    def _retry_reason(self, exc: Exception) -> str | None:
+        if isinstance(exc, aiomqtt.MqttCodeError):
+            return f"mqtt rc {exc.rc}"
+        if isinstance(exc, aiomqtt.MqttError):
+            return "mqtt error"
+        if isinstance(exc, OSError):
+            return "network"
+        return None
 
     async def _consume(self, client: aiomqtt.Client) -> None:
         pending: collections.deque[_Ack] = collections.deque()

@@ -1,10 +1,9 @@
 """Websocket transports: a client that connects out, and a server that producers push to.
 
-Both only read frames, decode them with the source's format and submit the result. Reconnect
-policy of the client is one decision, here: every error is retried with exponential backoff and
-jitter except a bad URI; the backoff resets once a connection has stayed up
-``backoff_reset_after`` seconds. The library's own reconnect iterator is not used, so no second
-retry layer stacks on this one.
+Both only read frames, decode them with the source's format and submit the result. The client
+reconnects in the shared loop (``ingest.sources.reconnect``): every error is retried except a
+bad URI. The library's own reconnect iterator is not used, so no second retry layer stacks on
+that one.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from websockets.http11 import Request, Response
 
 from ingest.sources.backoff import Backoff
 from ingest.sources.base import Format, Health, Sink
+from ingest.sources.reconnect import Reconnecting
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def retry_reason(exc: BaseException) -> str | None:
     return type(exc).__name__
 
 
-class WebsocketClientSource:
+class WebsocketClientSource(Reconnecting):
     """Connects to a URL, optionally sends a subscribe message, and reads frames until cancelled.
 
     ``on_connect`` is called on every new connection (a stateful format resets there)."""
@@ -106,29 +106,12 @@ class WebsocketClientSource:
         self.backoff_reset_after = backoff_reset_after
         self.clock = clock
         self.connection: ClientConnection | None = None
-        self._connected_at: float | None = None
 
-    async def run(self) -> None:
-        while True:
-            self._connected_at = None
-            try:
-                await self._session()
-                reason = "closed"
-            except Exception as exc:
-                why = retry_reason(exc)
-                if why is None:
-                    raise
-                reason = why
-            finally:
-                self.connection = None
-                self.health.connected(self.name, False)
-            # Only a connection that stayed up resets; a slow failed attempt does not.
-            up_since = self._connected_at
-            if up_since is not None and self.clock() - up_since >= self.backoff_reset_after:
-                self.backoff.reset()
-            delay = self.backoff.next()
-            self.health.reconnecting(self.name, reason, delay)
-            await asyncio.sleep(delay)
+    def _retry_reason(self, exc: Exception) -> str | None:
+        return retry_reason(exc)
+
+    def _ended(self) -> None:
+        self.connection = None
 
     async def _session(self) -> None:
         async with connect(

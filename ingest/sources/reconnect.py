@@ -1,0 +1,58 @@
+"""The reconnect loop that every client source shares: one session after another, for ever.
+
+After each ended session the source is down; then it waits a backoff delay with jitter, which
+only a session that stayed up ``backoff_reset_after`` seconds resets (a slow failed attempt does
+not). Each source says what a session is and which of its errors are worth retrying; the loop
+stacks on no retry layer of a library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from ingest.sources.backoff import Backoff
+from ingest.sources.base import Health
+
+
+class Reconnecting:
+    """Base of the client sources. Subclasses set the attributes below, implement
+    ``_session()``, and set ``_connected_at = clock()`` once a session is established."""
+
+    name: str
+    health: Health
+    backoff: Backoff
+    backoff_reset_after: float
+    clock: Callable[[], float]
+    _connected_at: float | None = None
+
+    async def _session(self) -> None:
+        raise NotImplementedError
+
+    def _retry_reason(self, exc: Exception) -> str | None:
+        """A short, bounded reason to retry after ``exc``, or None to let it end the source."""
+        return None
+
+    def _ended(self) -> None:
+        """Forget the ended session's state."""
+
+    async def run(self) -> None:
+        while True:
+            self._connected_at = None
+            try:
+                await self._session()
+                reason = "closed"
+            except Exception as exc:
+                why = self._retry_reason(exc)
+                if why is None:
+                    raise
+                reason = why
+            finally:
+                self._ended()
+                self.health.connected(self.name, False)
+            up_since = self._connected_at
+            if up_since is not None and self.clock() - up_since >= self.backoff_reset_after:
+                self.backoff.reset()
+            delay = self.backoff.next()
+            self.health.reconnecting(self.name, reason, delay)
+            await asyncio.sleep(delay)
