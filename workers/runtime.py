@@ -99,6 +99,10 @@ class SourceHealth:
         self.metrics.reconnects.labels(source).inc()
         log.info("source reconnecting", source=source, reason=reason, delay=round(delay, 3))
 
+    def ignored(self, source: str, what: str) -> None:
+        """An input taken but not an event we count (a bounded ``what``): counted only."""
+        self.metrics.ignored.labels(source, what).inc()
+
     def unauthorized(self, source: str) -> None:
         """A webhook delivery refused for its signature: counted, logged without flooding."""
         self.metrics.unauthorized.labels(source).inc()
@@ -179,7 +183,7 @@ def eventsub_source(
         backoff=Backoff(config.backoff_initial, config.backoff_max),
         backoff_reset_after=config.backoff_reset_after,
         on_revoked=revoked,
-        on_ignored=lambda what: metrics.ignored.labels(config.name, what).inc(),
+        on_ignored=functools.partial(health.ignored, config.name),
     )
 
 
@@ -191,7 +195,6 @@ def build_source(
     environ: Mapping[str, str],
 ) -> Source:
     fmt = NativeFormat(options)
-    metrics = health.metrics
     match config:
         case WebsocketClientConfig(format="twitch-eventsub"):
             return eventsub_source(config, options, committer, health, environ)
@@ -208,7 +211,7 @@ def build_source(
                 secret=environ[config.secret_env],
                 max_body_bytes=config.max_body_bytes,
                 commit_timeout=config.commit_timeout_seconds,
-                on_ignored=lambda what: metrics.ignored.labels(config.name, what).inc(),
+                on_ignored=functools.partial(health.ignored, config.name),
                 on_unauthorized=functools.partial(health.unauthorized, config.name),
             )
         case WebsocketClientConfig():
@@ -218,9 +221,7 @@ def build_source(
             on_connect = None
             client_format: Format = fmt
             if config.format == "socialstream":
-                relay = SocialStreamFormat(
-                    options, lambda what: metrics.ignored.labels(config.name, what).inc()
-                )
+                relay = SocialStreamFormat(options, functools.partial(health.ignored, config.name))
                 client_format, on_connect = relay, relay.new_connection
             return WebsocketClientSource(
                 config.name,

@@ -54,7 +54,6 @@ class ShopifyWebhookSource:
         self.commit_timeout = commit_timeout
         self.on_ignored = on_ignored
         self.on_unauthorized = on_unauthorized
-        self.ready = asyncio.Event()
 
     async def _deliver(self, request: web.Request) -> web.Response:
         body = await request.read()  # past client_max_size: 413, raised by aiohttp
@@ -89,7 +88,6 @@ class ShopifyWebhookSource:
             await site.start()
             self.port = int(runner.addresses[0][1])
             self.health.connected(self.name, True)
-            self.ready.set()
             await asyncio.Event().wait()
         finally:
             self.health.connected(self.name, False)
