@@ -121,12 +121,13 @@ rejection_interval_seconds = 0
     return path
 
 
-def client_source(name: str, url: str, stream: str | None = None) -> str:
+def client_source(name: str, url: str, stream: str | None = None, fmt: str = "native") -> str:
     default = f'stream = "{stream}"' if stream else ""
     return f"""
 [[sources]]
 name = "{name}"
 type = "websocket-client"
+format = "{fmt}"
 url = "{url}"
 {default}
 backoff_initial = 0.05
@@ -139,16 +140,9 @@ TOKEN_ENV = "LIVESTREAM_TEST_TWITCH_TOKEN"
 
 def eventsub_source(server: EventSubServer, stream: str) -> str:
     """A Twitch EventSub source reading ``server``; its token in ``TOKEN_ENV``."""
-    return f"""
-[[sources]]
-name = "twitch"
-type = "websocket-client"
-format = "twitch-eventsub"
-url = "{server.url}"
-stream = "{stream}"
-backoff_initial = 0.05
-backoff_max = 0.5
-
+    return (
+        client_source("twitch", server.url, stream, "twitch-eventsub")
+        + f"""
 [sources.twitch]
 client_id = "{server.client_id}"
 token_env = "{TOKEN_ENV}"
@@ -157,6 +151,7 @@ user_id = "2000"
 helix_url = "{server.helix_url}"
 keepalive_margin_seconds = {0.5 * UNIT}
 """
+    )
 
 
 SECRET = "shpss_test_secret_0123456789abcdef"

@@ -16,25 +16,12 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from tests.e2e.support import IngesterProcess, scrape, select, write_config
+from tests.e2e.support import IngesterProcess, client_source, scrape, select, write_config
 from tests.platforms import RelayServer
 from tests.waiting import until
 from workers.redis_server import free_port
 
 SESSION = "lucngan-live"
-
-
-def relay_source(url: str, stream: str) -> str:
-    return f"""
-[[sources]]
-name = "ssn"
-type = "websocket-client"
-format = "socialstream"
-url = "{url}"
-stream = "{stream}"
-backoff_initial = 0.05
-backoff_max = 0.5
-"""
 
 
 @pytest_asyncio.fixture
@@ -54,7 +41,7 @@ def replicas(
             tmp_path / f"ssn-{n}.toml",
             redis_url=redis_url,
             http_port=port,
-            sources=relay_source(relay.url(SESSION), stream),
+            sources=client_source("ssn", relay.url(SESSION), stream, "socialstream"),
         )
         processes.append(IngesterProcess(config, port))
     with processes[0], processes[1]:
