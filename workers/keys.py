@@ -128,8 +128,8 @@ REGION_ORDERS: Final = "region"
 OTHER_SKU: Final = "other"
 
 TOTAL_LIMIT: Final = 9 * 10**18
-"""Largest value a total may reach: below int64's 9.22e18, with room for the approximate
-(double) arithmetic the script uses to check it."""
+"""Largest value a total may reach, checked in exact integer arithmetic: below int64's 9.22e18,
+so HINCRBY never overflows."""
 
 # One script per batch of one stream: dedup and totals in one atomic step. Idempotent: a retried
 # batch finds every event already seen and changes nothing.
@@ -153,7 +153,8 @@ TOTAL_LIMIT: Final = 9 * 10**18
 # A record may end with one more element, the event's aliases: [[shard, member], ...]. An event
 # is a duplicate if any of its identities was seen; an event that counts marks them all.
 # Members, money and grams are decimal strings, passed to HINCRBY as they are: exact whatever
-# their size (a Lua number is a double); the checks against the total limit use tonumber().
+# their size (a Lua number is a double); the checks against the total limit add and compare them
+# exactly, as two limbs of base 1e9.
 # Viewer counts and times are plain integers, below 2^53.
 # Returns one character per event: "1" counted, "0" duplicate, "2" refused (a total would
 # overflow).
@@ -163,7 +164,7 @@ local commenters, buyers, seen = KEYS[5], KEYS[6], KEYS[7]
 local now = tonumber(ARGV[1])
 if not now then now = tonumber(redis.call('TIME')[1]) end
 local span, lookback, ahead = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local sku_limit, limit = tonumber(ARGV[5]), tonumber(ARGV[6])
+local sku_limit, limit_text = tonumber(ARGV[5]), ARGV[6]
 local gen = math.floor(now / span)
 local expire_at = (gen + lookback + 1) * span
 
@@ -228,17 +229,41 @@ local function take(claims)
   if sku_count then sku_count = sku_count + claims.n end
 end
 
+-- Exact big integers as two limbs, {high, low} = high * 1e9 + low: every limb a double holds
+-- exactly (a total is below 2^63, so high < 1e10). Lua numbers are doubles, 1,024 apart near
+-- the limit: a total is never compared or added as one number.
+local BASE = 1000000000
+local function big(text)
+  text = tostring(text)
+  local sign = 1
+  if string.sub(text, 1, 1) == '-' then
+    sign, text = -1, string.sub(text, 2)
+  end
+  local high = tonumber(string.sub(text, 1, -10)) or 0
+  local low = tonumber(string.sub(text, -9)) or 0
+  return {sign * high, sign * low}
+end
+local function add(a, b)
+  local low = a[2] + b[2]
+  local carry = math.floor(low / BASE)
+  return {a[1] + b[1] + carry, low - carry * BASE}
+end
+local function above(a, b)
+  return a[1] > b[1] or (a[1] == b[1] and a[2] > b[2])
+end
+local limit = big(limit_text)
+
 -- Whether adding every increment keeps every total under the limit; if so, reserve them.
 local function fits(increments)
   for field, inc in pairs(increments) do
     local current = projected[field]
     if current == nil then
-      current = tonumber(redis.call('HGET', totals, field) or '0')
+      current = add(big(redis.call('HGET', totals, field) or '0'), {0, 0})
       projected[field] = current
     end
-    if current + inc > limit then return false end
+    if above(add(current, inc), limit) then return false end
   end
-  for field, inc in pairs(increments) do projected[field] = projected[field] + inc end
+  for field, inc in pairs(increments) do projected[field] = add(projected[field], inc) end
   return true
 end
 
@@ -267,14 +292,14 @@ for _, r in ipairs(cmsgpack.unpack(ARGV[7])) do
   if tag == 'o' and state == '1' then
     local pc = r[5] .. '|' .. r[6]
     local inc = {}
-    inc['grams|' .. pc] = tonumber(r[11])
-    inc['value|' .. r[5] .. '|' .. r[9]] = tonumber(r[10])
+    inc['grams|' .. pc] = big(r[11])
+    inc['value|' .. r[5] .. '|' .. r[9]] = big(r[10])
     r.labels = {}
     local claims = {skus = {}, n = 0}
     for j, item in ipairs(r[12]) do
       local field = 'sku_grams|' .. label_for(item[1], claims)
       r.labels[j] = field
-      inc[field] = (inc[field] or 0) + tonumber(item[2])
+      inc[field] = add(inc[field] or {0, 0}, big(item[2]))
     end
     if not fits(inc) then
       state = '2'

@@ -288,3 +288,27 @@ async def test_a_refused_order_claims_no_sku_label(redis: Redis, stream: str) ->
     (totals,) = await s.totals([stream])
     assert totals.by("sku_grams") == {("BBB",): 2000}
     assert await redis.smembers(StreamKeys(stream).skus) == {b"BBB"}
+
+
+@pytest.mark.asyncio
+async def test_the_total_limit_is_checked_in_exact_integers(redis: Redis, stream: str) -> None:
+    """Near 9e18 doubles are 1,024 apart: a float check let $5 orders through at the limit."""
+    s = store(redis)
+    field = "value|shopee|USD"
+    await redis.hset(StreamKeys(stream).totals, field, keys.TOTAL_LIMIT)
+    five = [order(stream, f"at{i}", currency="USD", amount_minor=500) for i in range(5)]
+    assert await s.commit(five) == [Outcome.TOTAL_LIMIT] * 5
+    assert int(await redis.hget(StreamKeys(stream).totals, field) or 0) == keys.TOTAL_LIMIT
+    # 1,000 below the limit: two fit exactly, the third would pass it by 500.
+    await redis.hset(StreamKeys(stream).totals, field, keys.TOTAL_LIMIT - 1000)
+    near = [order(stream, f"near{i}", currency="USD", amount_minor=500) for i in range(3)]
+    assert await s.commit(near) == [Outcome.NEW, Outcome.NEW, Outcome.TOTAL_LIMIT]
+    assert int(await redis.hget(StreamKeys(stream).totals, field) or 0) == keys.TOTAL_LIMIT
+    # One more minor unit than the room is refused, exactly the room fits.
+    await redis.hset(StreamKeys(stream).totals, field, keys.TOTAL_LIMIT - 7)
+    assert await s.commit([order(stream, "x8", currency="USD", amount_minor=8)]) == [
+        Outcome.TOTAL_LIMIT
+    ]
+    assert await s.commit([order(stream, "x7", currency="USD", amount_minor=7)]) == [Outcome.NEW]
+    assert int(await redis.hget(StreamKeys(stream).totals, field) or 0) == keys.TOTAL_LIMIT
+
