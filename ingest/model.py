@@ -111,14 +111,27 @@ identities in a namespace of their own. An event is a duplicate if any of its id
 seen; an event that counts marks them all."""
 
 
+RAW_BYTES: Final = 8192
+"""Raw input a rejection keeps: enough to see what was wrong in its dead letter. Cut when the
+rejection is made, so a large frame is not held whole while it waits for Redis."""
+DETAIL_CHARS: Final = 500
+
+
 class Rejection(msgspec.Struct, frozen=True):
-    """An input that is not counted: why, where, and the raw bytes for the dead-letter stream."""
+    """An input that is not counted: why, where, and the raw bytes for the dead-letter stream
+    (the first :data:`RAW_BYTES` of them)."""
 
     reason: Reason
     detail: str
     raw: bytes
     stream: str | None = None
     kind: str = UNKNOWN_KIND
+
+    def __post_init__(self) -> None:
+        if len(self.raw) > RAW_BYTES:
+            msgspec.structs.force_setattr(self, "raw", bytes(self.raw[:RAW_BYTES]))
+        if len(self.detail) > DETAIL_CHARS:
+            msgspec.structs.force_setattr(self, "detail", self.detail[:DETAIL_CHARS])
 
 
 Decoded = Event | Rejection

@@ -1,9 +1,11 @@
 """The bounded buffer between sources and Redis, and the batching committer behind it.
 
-Sources ``submit`` decoded frames; when ``capacity`` events wait uncommitted, ``submit`` waits
-(backpressure). ``max_in_flight`` workers each take a batch of whole frames and commit it in one
-Redis round trip. A worker commits at once when nothing else is in flight (low latency at low
-rates); otherwise it waits up to ``max_delay`` for a fuller batch. A failed commit is retried with
+Sources ``submit`` decoded frames; when ``capacity`` events, or ``buffer_bytes`` bytes of them,
+wait uncommitted, ``submit`` waits (backpressure). A frame is taken whenever the buffer is below
+both bounds, so one frame larger than a bound still passes an empty buffer. ``max_in_flight``
+workers each take a batch of whole frames and commit it in one Redis round trip. A worker
+commits at once when nothing else is in flight (low latency at low rates); otherwise it waits up
+to ``max_delay`` for a fuller batch. A failed commit is retried with
 backoff until it succeeds — the commit is idempotent — while the buffer fills and sources wait.
 """
 
@@ -29,12 +31,31 @@ from workers.store import DeadLetter, Outcome, Store
 log = structlog.get_logger("committer")
 
 
+EVENT_BYTES = 512
+"""Memory an event is counted as holding in the buffer: an upper estimate (a decoded comment or
+order of a typical frame measures ~300–350 bytes, its share of the frame's list included)."""
+REJECTION_BYTES = 256
+"""A rejection's own memory, on top of its raw bytes (at most ``ingest.model.RAW_BYTES``) and its
+detail."""
+
+
+def held_bytes(items: Sequence[Decoded]) -> int:
+    """What the buffer counts a frame's items as holding (see :data:`EVENT_BYTES`)."""
+    size = EVENT_BYTES * len(items)
+    for item in items:
+        if isinstance(item, Rejection):
+            size += REJECTION_BYTES - EVENT_BYTES + len(item.raw) + len(item.detail)
+    return size
+
+
 @dataclasses.dataclass(slots=True)
 class _Frame:
     source: str
     items: Sequence[Decoded]
     future: asyncio.Future[None]
     arrived: float
+    size: int
+    """Bytes held, per :func:`held_bytes`."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -43,6 +64,7 @@ class BatchSettings:
     max_delay: float = 0.005
     max_in_flight: int = 2
     capacity: int = 50_000
+    buffer_bytes: int = 64 * 1024 * 1024
 
 
 class Committer:
@@ -65,6 +87,7 @@ class Committer:
         self.monotonic = monotonic
         self._frames: collections.deque[_Frame] = collections.deque()
         self._buffered = 0
+        self._buffered_bytes = 0
         self._queued = 0
         """Events waiting in ``_frames`` (not yet taken by a worker)."""
         self._in_flight = 0
@@ -75,6 +98,7 @@ class Committer:
         self._empty.set()
         self._throttle = Throttle(log_interval, monotonic)
         health.buffered.set_function(lambda: self._buffered)
+        health.buffered_bytes.set_function(lambda: self._buffered_bytes)
         self._outcomes: dict[tuple[str, str, str], int] = collections.Counter()
         self.submitted = 0
         """Events (and rejections) submitted since start."""
@@ -86,16 +110,24 @@ class Committer:
         """Events submitted and not yet committed (including those being committed)."""
         return self._buffered
 
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes the buffered events hold (an estimate, see :func:`held_bytes`)."""
+        return self._buffered_bytes
+
     async def submit(self, source: str, items: Sequence[Decoded]) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if not items:
             future.set_result(None)
             return future
-        while self._buffered >= self.settings.capacity:
+        settings = self.settings
+        while self._buffered >= settings.capacity or self._buffered_bytes >= settings.buffer_bytes:
             self._space.clear()
             await self._space.wait()
-        self._frames.append(_Frame(source, items, future, self.monotonic()))
+        size = held_bytes(items)
+        self._frames.append(_Frame(source, items, future, self.monotonic(), size))
         self._buffered += len(items)
+        self._buffered_bytes += size
         self._queued += len(items)
         self.submitted += len(items)
         self._empty.clear()
@@ -122,8 +154,8 @@ class Committer:
                 await self._commit(batch)
             finally:
                 self._in_flight -= 1
-                done = sum(len(frame.items) for frame in batch)
-                self._buffered -= done
+                self._buffered -= sum(len(frame.items) for frame in batch)
+                self._buffered_bytes -= sum(frame.size for frame in batch)
                 self._space.set()
                 if self._buffered == 0:
                     self._empty.set()

@@ -94,6 +94,7 @@ class BatchConfig(_Model):
     max_delay_ms: float = Field(5.0, ge=0, le=1000)
     max_in_flight: int = Field(2, ge=1, le=16)
     buffer_events: int = Field(50_000, ge=1)
+    buffer_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
 
 
 class LabelsConfig(_Model):

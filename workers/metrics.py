@@ -97,6 +97,11 @@ class HealthMetrics:
             "Events read but not yet committed.",
             registry=r,
         )
+        self.buffered_bytes = Gauge(
+            "livestream_ingest_buffered_bytes",
+            "Memory the uncommitted events hold (estimate: see [batch] buffer_bytes).",
+            registry=r,
+        )
         self.redis_up = Gauge(
             "livestream_ingest_redis_up",
             "1 if the last Redis commit or read succeeded, else 0.",

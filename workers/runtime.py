@@ -323,6 +323,7 @@ class Ingester:
                 max_delay=batch.max_delay_ms / 1000,
                 max_in_flight=batch.max_in_flight,
                 capacity=batch.buffer_events,
+                buffer_bytes=batch.buffer_bytes,
             ),
             log_interval=config.log.rejection_interval_seconds,
         )

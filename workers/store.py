@@ -14,12 +14,12 @@ import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from ingest.model import Comment, Event, Order, Rejection, Viewers
+from ingest.model import RAW_BYTES, Comment, Event, Order, Rejection, Viewers
 from workers import keys
 from workers.keys import StreamKeys, fingerprint
 
-DEAD_LETTER_RAW_BYTES = 8192
-"""Raw input kept per dead letter: enough to see what was wrong, bounded for memory."""
+DEAD_LETTER_RAW_BYTES = RAW_BYTES
+"""Raw input kept per dead letter (a rejection holds no more from the start)."""
 
 
 class Outcome(enum.Enum):

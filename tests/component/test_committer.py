@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from redis.asyncio import Redis
 
 from ingest.model import Comment, Reason, Rejection
+from ingest.native import NativeFormat, NativeOptions
 from tests.clusters import Cluster
 from tests.waiting import until
 from workers.committer import BatchSettings, Committer
@@ -25,6 +27,10 @@ def comments(stream: str, start: int, n: int) -> list[Comment]:
         Comment(stream, "tiktok", f"c{i}", 1_750_000_000_000, f"u{i}")
         for i in range(start, start + n)
     ]
+
+
+def native_format(stream: str) -> NativeFormat:
+    return NativeFormat(NativeOptions(default_stream=stream, max_frame_bytes=4 << 20))
 
 
 @pytest.fixture
@@ -177,3 +183,54 @@ async def test_an_unreachable_cluster_is_retried_until_it_is_back(stream: str) -
             await client.aclose()
     finally:
         cluster.close()
+
+
+@pytest.mark.asyncio
+async def test_the_buffer_is_bounded_in_bytes_while_redis_is_down(
+    own_redis: RedisServer, stream: str
+) -> None:
+    """Rejections of 1 MiB frames wait for Redis holding only their dead-letter bound, and the
+    byte bound stops the sources long before the event bound would."""
+    own_redis.stop(kill=True)
+    settings = BatchSettings(max_events=100, capacity=50_000, buffer_bytes=1 << 20)
+    big = native_format(stream)
+    async with committer(own_redis.url, settings) as (c, health):
+        held = 0
+
+        async def produce() -> None:
+            nonlocal held
+            for n in range(300):
+                frame = b'{"kind": "comment", "n": %d, "pad": "' % n + b"x" * (1 << 20)
+                await c.submit("src", big.decode(frame))
+                held += 1
+
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            producer = asyncio.create_task(produce())
+            await until(lambda: c.buffered_bytes >= settings.buffer_bytes, 10, "a full buffer")
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert not producer.done(), "a buffer full of bytes must make the source wait"
+        assert held < 300
+        assert c.buffered_bytes < settings.buffer_bytes + 16 * 1024
+        assert sample(health, "livestream_ingest_buffered_bytes") == c.buffered_bytes
+        print(f"traced growth with the buffer full: {grown} bytes")
+        assert grown < 4 * settings.buffer_bytes, f"{grown} bytes held"
+        producer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await producer
+
+
+@pytest.mark.asyncio
+async def test_one_frame_larger_than_the_byte_bound_still_passes(
+    redis_url: str, stream: str
+) -> None:
+    settings = BatchSettings(buffer_bytes=1024)
+    async with committer(redis_url, settings) as (c, _):
+        letters = [Rejection(Reason.MALFORMED_JSON, "x", b"{" * 4000, stream) for _ in range(3)]
+        async with asyncio.timeout(10):
+            await (await c.submit("src", letters))
+            await (await c.submit("src", letters))
+        assert c.buffered_bytes == 0

@@ -11,6 +11,7 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
+import ingest.model
 import ingest.native
 from ingest.model import (
     UNKNOWN_KIND,
@@ -841,3 +842,16 @@ def test_events_dated_more_than_a_day_ahead_are_refused() -> None:
     assert not isinstance(soon, Rejection)
     assert isinstance(far, Rejection)
     assert (far.reason, far.stream) == (Reason.OUT_OF_RANGE, "s")
+
+
+def test_a_rejection_keeps_at_most_the_dead_letter_bound_of_its_raw_bytes() -> None:
+    """Nothing larger than a dead letter keeps is held while the rejection waits for Redis."""
+    huge = b'{"kind": "comment", "pad": "' + b"x" * (1 << 20) + b'"'  # malformed: no end
+    (rejection,) = native(max_frame_bytes=4 << 20).decode(huge)
+    assert isinstance(rejection, Rejection)
+    assert rejection.reason is Reason.MALFORMED_JSON
+    assert rejection.raw == huge[:8192]
+    (oversize,) = native().decode(huge)
+    assert isinstance(oversize, Rejection)
+    assert len(oversize.raw) == 8192 == ingest.model.RAW_BYTES
+    assert len(Rejection(Reason.INVALID_VALUE, "d" * 5000, huge).detail) <= 500
