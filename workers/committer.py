@@ -232,10 +232,9 @@ class Committer:
             else:
                 continue
             raw = msgspec.json.encode(event)
-            # A refused stream gets no key of its own: its letters go to the unrouted stream.
-            stream = None if outcome is Outcome.STREAM_LIMIT else event.stream
+            # The store files a stream that is not admitted under li:dead, with its name.
             letters.append(
-                DeadLetter(source, Rejection(reason, detail, raw, stream, event.kind.value))
+                DeadLetter(source, Rejection(reason, detail, raw, event.stream, event.kind.value))
             )
         return letters
 

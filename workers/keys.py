@@ -14,10 +14,20 @@ slot and one script can update all of it atomically. Keys of a stream ``s``::
     li:{s}:viewers         hash    platform -> latest count, "platform|ts" -> its event time (ms)
     li:{s}:commenters      HLL     unique commenters
     li:{s}:buyers          HLL     unique buyers
-    li:{s}:dead            stream  rejected inputs, capped with MAXLEN ~
+    li:{s}:dead            stream  rejected inputs, capped with MAXLEN ~; only for a stream the
+                                   registry has admitted
 
-and outside any stream: ``li:streams`` (set of stream names, for the collector) and ``li:dead``
-(rejections whose stream is unknown).
+and outside any stream: ``li:streams`` and ``li:dead``::
+
+    li:streams             zset    the stream registry: stream -> last commit (epoch seconds);
+                                   at most ``max_streams`` members active within the retention;
+                                   idle longer leave it (and the scrape); no TTL
+    li:dead                stream  rejections whose stream is unknown or not admitted (their
+                                   "stream" field names it), capped with MAXLEN ~
+
+A retired stream's own keys stay: its seen sets and order state expire on their own, its totals,
+SKU labels, viewers, unique counts and dead letters remain until deleted by hand; if the stream
+comes back (and there is room) it is admitted again and its totals continue.
 """
 
 from __future__ import annotations
@@ -28,6 +38,8 @@ from typing import Final
 
 PREFIX: Final = "li"
 STREAMS: Final = f"{PREFIX}:streams"
+"""Sorted set, stream -> last commit (seconds). Version 1 kept a plain set here: see
+MIGRATE_SCRIPT."""
 UNROUTED_DEAD: Final = f"{PREFIX}:dead"
 
 DEDUP_SHARDS: Final = 4096
@@ -140,6 +152,10 @@ so HINCRBY never overflows."""
 # that are declared, so none of its writes can fail. (On a cluster, Redis 7 refuses a script's
 # access to a key that is not local, e.g. mid-migration: that refusal can only come in phase 1.)
 #
+# KEYS: the stream's keys (StreamKeys.script_keys(), then, on a cluster, every seen set and order
+# state key it may touch), and on a single Redis last the registry li:streams: then the script
+# also admits the stream, atomically with the commit (ARGV 8-10).
+#
 # ARGV: now (seconds; "" = Redis TIME), generation span, lookback generations, generations
 # ahead (1 on a cluster, where the clock is the ingesters': a replica whose clock runs ahead may
 # have written to the next generation), sku limit, total limit, then every event's record in one
@@ -156,8 +172,11 @@ so HINCRBY never overflows."""
 # their size (a Lua number is a double); the checks against the total limit add and compare them
 # exactly, as two limbs of base 1e9.
 # Viewer counts and times are plain integers, below 2^53.
+# ARGV 8-10, with the registry only: the stream, max_streams, and the idle seconds after which a
+# stream leaves the registry (the dedup retention). A stream active within that time is admitted;
+# another one only while fewer than max_streams are, else the whole batch is refused.
 # Returns one character per event: "1" counted, "0" duplicate, "2" refused (a total would
-# overflow).
+# overflow), "s" refused (the stream is not admitted: max_streams).
 COMMIT_SCRIPT: Final = """
 local totals, orders, skus, viewers = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local commenters, buyers, seen = KEYS[5], KEYS[6], KEYS[7]
@@ -169,6 +188,16 @@ local gen = math.floor(now / span)
 local expire_at = (gen + lookback + 1) * span
 
 -- Phase 1: reads only.
+local registry, stream, idle_before = KEYS[#KEYS], ARGV[8], nil
+if stream then
+  local max_streams = tonumber(ARGV[9])
+  idle_before = now - tonumber(ARGV[10])
+  local last = tonumber(redis.call('ZSCORE', registry, stream))
+  if not (last and last > idle_before)
+    and redis.call('ZCOUNT', registry, '(' .. idle_before, '+inf') >= max_streams then
+    return string.rep('s', #cmsgpack.unpack(ARGV[7]))
+  end
+end
 local records, outcome = {}, {}
 local batch_ids, projected, sku_label, new_skus = {}, {}, {}, {}
 local sku_count = nil
@@ -331,6 +360,10 @@ for _, r in ipairs(cmsgpack.unpack(ARGV[7])) do
 end
 
 -- Phase 2: writes, for the events that count.
+if stream then  -- admit or touch the stream; the idle ones leave
+  redis.call('ZREMRANGEBYSCORE', registry, '-inf', idle_before)
+  redis.call('ZADD', registry, 'GT', now, stream)
+end
 local expiring = {}
 local function expire_once(key)
   if not expiring[key] then
@@ -405,4 +438,66 @@ for j = 1, #buyer_ids, 500 do
   redis.call('PFADD', buyers, unpack(buyer_ids, j, math.min(j + 499, #buyer_ids)))
 end
 return table.concat(outcome)
+"""
+
+# The registry on a Redis Cluster, where li:streams lives in a slot of its own: admit (or touch)
+# the streams of a batch before their commit scripts, in one atomic step for every replica.
+# Same rule as the commit script's. ARGV: now, max_streams, idle seconds, then the streams.
+# Returns 1 (admitted) or 0 (refused) per stream.
+ADMIT_SCRIPT: Final = """
+local registry = KEYS[1]
+local now, max_streams = tonumber(ARGV[1]), tonumber(ARGV[2])
+local idle_before = now - tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', registry, '-inf', idle_before)
+local active = redis.call('ZCARD', registry)
+local admitted = {}
+for i = 4, #ARGV do
+  local stream = ARGV[i]
+  if redis.call('ZSCORE', registry, stream) then
+    redis.call('ZADD', registry, 'GT', now, stream)
+    admitted[#admitted + 1] = 1
+  elseif active < max_streams then
+    redis.call('ZADD', registry, now, stream)
+    active = active + 1
+    admitted[#admitted + 1] = 1
+  else
+    admitted[#admitted + 1] = 0
+  end
+end
+return admitted
+"""
+
+# A dead letter on a single Redis: to the stream's own key only if the registry has admitted the
+# stream, else to li:dead with the stream named. KEYS: registry, li:{s}:dead, li:dead.
+# ARGV: stream, MAXLEN, then the letter's field/value pairs.
+LETTER_SCRIPT: Final = """
+local fields = {}
+for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+local key = KEYS[2]
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  key = KEYS[3]
+  fields[#fields + 1] = 'stream'
+  fields[#fields + 1] = ARGV[1]
+end
+return redis.call('XADD', key, 'MAXLEN', '~', ARGV[2], '*', unpack(fields))
+"""
+
+# Converts li:streams from version 1's plain set to the registry's sorted set, every stream
+# active as of now, in one atomic step (replicas may run it at once). ARGV: now ("" = TIME).
+MIGRATE_SCRIPT: Final = """
+local registry = KEYS[1]
+if redis.call('TYPE', registry).ok ~= 'set' then return 0 end
+local now = tonumber(ARGV[1])
+if not now then now = tonumber(redis.call('TIME')[1]) end
+local members = redis.call('SMEMBERS', registry)
+redis.call('DEL', registry)
+for i = 1, #members, 500 do
+  local args = {}
+  for j = i, math.min(i + 499, #members) do
+    args[#args + 1] = now
+    args[#args + 1] = members[j]
+  end
+  redis.call('ZADD', registry, unpack(args))
+end
+return #members
 """

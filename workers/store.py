@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ResponseError
 
 from ingest.model import RAW_BYTES, Comment, Event, Order, Rejection, Viewers
 from workers import keys
@@ -114,8 +115,25 @@ def _records(events: Sequence[Event]) -> bytes:
     return _pack(records)
 
 
+CLUSTER_CALLS = 32
+"""On a cluster, script calls of one commit in flight at once: a batch may name a thousand
+streams, and the cluster client's pool holds 100 connections per node (beyond them a call fails
+with MaxConnectionsError, and the whole commit would be retried for ever)."""
+
+ADMISSION_SECONDS = 60
+"""On a cluster, how long this process trusts its own admission of a stream before it asks the
+registry again (which also marks the stream active): idle streams leave the registry only after
+the retention, far longer."""
+
+
 class Store:
     """Commits batches atomically per stream and reads totals. Owns no connection lifecycle.
+
+    The registry ``li:streams`` admits at most ``max_streams`` streams active within the
+    retention; a batch of a stream it does not admit is refused whole (``STREAM_LIMIT``), and the
+    dead letters of such a stream go to ``li:dead``. On a single Redis the commit script admits
+    the stream, atomically with the commit; on a cluster a separate script on the registry's slot
+    does, atomically across replicas, before the commits.
 
     On a single Redis, one pipeline carries every stream's script call and the script reads the
     server's clock. On a Redis Cluster, each stream's call goes to its slot's primary, and every
@@ -136,6 +154,10 @@ class Store:
         self.clock = clock
         self.cluster = isinstance(redis, RedisCluster)
         self._script = redis.register_script(keys.COMMIT_SCRIPT)
+        self._admit = redis.register_script(keys.ADMIT_SCRIPT)
+        self._letter = redis.register_script(keys.LETTER_SCRIPT)
+        self._migrate = redis.register_script(keys.MIGRATE_SCRIPT)
+        self._registry_ready = False
         self._lookback = keys.lookback_generations(settings.retention_seconds)
         self._ahead = 1 if self.cluster else 0
         self._tail: list[str | int] = [
@@ -145,7 +167,9 @@ class Store:
             settings.sku_limit,
             keys.TOTAL_LIMIT,
         ]
-        self._known_streams: set[str] = set()
+        self._admission = [settings.max_streams, settings.retention_seconds]
+        self._admitted: dict[str, int] = {}
+        """Cluster: stream -> when this process last had it admitted (seconds)."""
 
     def _now(self) -> int | None:
         if self.settings.now_override is not None:
@@ -177,85 +201,112 @@ class Store:
         """Dedup and count ``events``, file ``dead`` letters; each event's outcome.
 
         One script call per stream, each atomic on its own; on a single Redis all in one
-        pipeline round trip (two when a stream is new to this process).
+        pipeline round trip (on a cluster, one more to the registry when a stream is new to this
+        process, or was admitted more than ``ADMISSION_SECONDS`` ago).
         """
+        await self._ensure_registry()
         by_stream: dict[str, list[int]] = defaultdict(list)
         for index, event in enumerate(events):
             by_stream[event.stream].append(index)
         outcomes = [Outcome.STREAM_LIMIT] * len(events)
-        refused = await self._over_stream_limit(
-            [s for s in by_stream if s not in self._known_streams]
-        )
-        for stream in refused:
-            del by_stream[stream]
         now = self._now()
         head: list[str | int] = ["" if now is None else now, *self._tail]
-        batches = {stream: [events[i] for i in indexes] for stream, indexes in by_stream.items()}
-        if self.cluster:
-            assert now is not None
-            async with self.redis.pipeline() as pipe:  # other slots than the streams' own
-                if batches:
-                    pipe.sadd(keys.STREAMS, *batches)
-                for letter in dead:
-                    self._dead_letter(pipe, letter)
-                await pipe.execute()
-            replies: list[Any] = list(
-                await asyncio.gather(
-                    *(
-                        self._script(
-                            keys=self._declared(stream, batch, now),
-                            args=[*head, _records(batch)],
-                            client=self.redis,
-                        )
-                        for stream, batch in batches.items()
-                    )
-                )
-            )
-        else:
-            assert isinstance(self.redis, Redis)
-            async with self.redis.pipeline(transaction=False) as pipe:
-                if batches:
-                    pipe.sadd(keys.STREAMS, *batches)
-                for stream, batch in batches.items():
-                    await self._script(
-                        keys=StreamKeys(stream).script_keys(),
-                        args=[*head, _records(batch)],
-                        client=pipe,
-                    )
-                for letter in dead:
-                    self._dead_letter(pipe, letter)
-                replies = (await pipe.execute())[1 if batches else 0 :]
-        self._known_streams.update(batches)
-        for indexes, reply in zip(by_stream.values(), replies, strict=False):
+        try:
+            if self.cluster:
+                assert now is not None
+                for stream in await self._refused_streams(list(by_stream), now):
+                    del by_stream[stream]
+                batches = {s: [events[i] for i in indexes] for s, indexes in by_stream.items()}
+                replies = await self._commit_cluster(batches, dead, head, now)
+            else:
+                batches = {s: [events[i] for i in indexes] for s, indexes in by_stream.items()}
+                replies = await self._commit_single(batches, dead, head)
+        except ResponseError as exc:
+            if "WRONGTYPE" in str(exc):  # li:streams was recreated by an older version
+                self._registry_ready = False
+            raise
+        for indexes, reply in zip(by_stream.values(), replies, strict=True):
             for index, code in zip(indexes, reply, strict=True):
                 outcomes[index] = _OUTCOMES[code]
         return outcomes
 
-    async def _over_stream_limit(self, streams: list[str]) -> list[str]:
-        """The streams, new to this process, that would pass ``max_streams`` (approximately:
-        replicas racing for the last places may pass it by a few)."""
-        if not streams:
-            return []
+    async def _commit_single(
+        self,
+        batches: dict[str, list[Event]],
+        dead: Sequence[DeadLetter],
+        head: list[str | int],
+    ) -> list[Any]:
+        assert isinstance(self.redis, Redis)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.scard(keys.STREAMS)
-            for stream in streams:
-                pipe.sismember(keys.STREAMS, stream)
-            count, *known = await pipe.execute()
-        room = self.settings.max_streams - int(count)
+            for stream, batch in batches.items():
+                await self._script(
+                    keys=[*StreamKeys(stream).script_keys(), keys.STREAMS],
+                    args=[*head, _records(batch), stream, *self._admission],
+                    client=pipe,
+                )
+            for letter in dead:  # after the commits: they may admit the letters' streams
+                await self._letter_single(pipe, letter)
+            replies: list[Any] = await pipe.execute()
+        return replies[: len(batches)]
+
+    async def _commit_cluster(
+        self,
+        batches: dict[str, list[Event]],
+        dead: Sequence[DeadLetter],
+        head: list[str | int],
+        now: int,
+    ) -> list[Any]:
+        if dead:
+            async with self.redis.pipeline() as pipe:  # other slots than the streams' own
+                for letter in dead:
+                    self._letter_cluster(pipe, letter)
+                await pipe.execute()
+        calls = asyncio.Semaphore(CLUSTER_CALLS)
+
+        async def commit_one(stream: str, batch: list[Event]) -> Any:
+            async with calls:
+                return await self._script(
+                    keys=self._declared(stream, batch, now),
+                    args=[*head, _records(batch)],
+                    client=self.redis,
+                )
+
+        return list(await asyncio.gather(*(commit_one(s, b) for s, b in batches.items())))
+
+    async def _refused_streams(self, streams: list[str], now: int) -> list[str]:
+        """Cluster: admit ``streams`` in the registry (those this process admitted less than
+        ``ADMISSION_SECONDS`` ago pass without asking); the ones refused."""
+        known = self._admitted
+        ask = [s for s in streams if s not in known or now - known[s] >= ADMISSION_SECONDS]
+        if not ask:
+            return []
+        admitted = await self._admit(
+            keys=[keys.STREAMS], args=[now, *self._admission, *ask], client=self.redis
+        )
+        if len(self._admitted) > 2 * self.settings.max_streams:  # forget the retired ones
+            idle_before = now - self.settings.retention_seconds
+            self._admitted = {s: t for s, t in self._admitted.items() if t > idle_before}
         refused = []
-        for stream, member in zip(streams, known, strict=True):
-            if member:
-                continue
-            if room > 0:
-                room -= 1
+        for stream, flag in zip(ask, admitted, strict=True):
+            if int(flag):
+                self._admitted[stream] = now
             else:
+                self._admitted.pop(stream, None)
                 refused.append(stream)
         return refused
 
-    def _dead_letter(self, pipe: Any, letter: DeadLetter) -> None:
+    async def _ensure_registry(self) -> None:
+        """Convert a version 1 registry (a plain set) once per process, or after WRONGTYPE."""
+        if not self._registry_ready:
+            now = self._now()
+            await self._migrate(
+                keys=[keys.STREAMS], args=["" if now is None else now], client=self.redis
+            )
+            self._registry_ready = True
+
+    def _letter_fields(self, letter: DeadLetter) -> dict[str, str | bytes]:
         rejection = letter.rejection
-        key = StreamKeys(rejection.stream).dead if rejection.stream else keys.UNROUTED_DEAD
-        fields = {
+        return {
             "source": letter.source,
             "reason": rejection.reason.value,
             "kind": rejection.kind,
@@ -263,11 +314,46 @@ class Store:
             "raw": rejection.raw[:DEAD_LETTER_RAW_BYTES],
             "at": f"{time.time():.3f}",
         }
+
+    async def _letter_single(self, pipe: Any, letter: DeadLetter) -> None:
+        """To the stream's own key if the registry admits the stream (decided in Redis)."""
+        fields = self._letter_fields(letter)
+        stream = letter.rejection.stream
+        if stream is None:
+            pipe.xadd(
+                keys.UNROUTED_DEAD, fields, maxlen=self.settings.dead_letter_max, approximate=True
+            )
+            return
+        pairs = [item for field in fields.items() for item in field]
+        await self._letter(
+            keys=[keys.STREAMS, StreamKeys(stream).dead, keys.UNROUTED_DEAD],
+            args=[stream, self.settings.dead_letter_max, *pairs],
+            client=pipe,
+        )
+
+    def _letter_cluster(self, pipe: Any, letter: DeadLetter) -> None:
+        """To the stream's own key if this process has had the stream admitted: the registry
+        is in another slot, so this is as fresh as ``ADMISSION_SECONDS``, and a key is only
+        ever made for a stream the registry admitted."""
+        fields = self._letter_fields(letter)
+        stream = letter.rejection.stream
+        if stream is not None and stream in self._admitted:
+            key = StreamKeys(stream).dead
+        else:
+            key = keys.UNROUTED_DEAD
+            if stream is not None:
+                fields["stream"] = stream
         pipe.xadd(key, fields, maxlen=self.settings.dead_letter_max, approximate=True)
 
     async def streams(self) -> list[str]:
-        members = await self.redis.smembers(keys.STREAMS)
-        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+        """The streams active within the retention (by this process's clock)."""
+        await self._ensure_registry()
+        now = self.settings.now_override
+        if now is None:
+            now = int(self.clock())
+        idle_before = now - self.settings.retention_seconds
+        members = await self.redis.zrangebyscore(keys.STREAMS, f"({idle_before}", "+inf")
+        return sorted(_text(m) for m in members if isinstance(m, bytes | str))
 
     async def totals(self, streams: Sequence[str] | None = None) -> list[StreamTotals]:
         """Every stream's totals, read in one pipeline round trip."""

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
+
 import pytest
 from redis.asyncio import Redis
 
 from ingest.model import Comment, Event, LineItem, Order, Reason, Rejection, Viewers
 from workers import keys
 from workers.keys import StreamKeys
+from workers.redis_server import RedisServer
 from workers.store import DeadLetter, Outcome, Store, StoreSettings
 
 DAY = keys.GENERATION_SECONDS
@@ -193,6 +197,7 @@ async def test_ids_are_remembered_for_the_retention_then_forgotten(
 @pytest.mark.asyncio
 async def test_dead_letters_are_kept_per_stream_and_capped(redis: Redis, stream: str) -> None:
     s = Store(redis, StoreSettings(dead_letter_max=5))
+    await s.commit([comment(stream, "c1")])  # admitted: its dead letters get a key of its own
     bad = Rejection(Reason.MALFORMED_JSON, "broken", b"{nope", stream)
     unrouted = Rejection(Reason.MISSING_STREAM, "no stream", b"{}", None)
     await s.commit([], [DeadLetter("src", bad)] * 300 + [DeadLetter("src", unrouted)])
@@ -203,7 +208,7 @@ async def test_dead_letters_are_kept_per_stream_and_capped(redis: Redis, stream:
     assert letters[0]["source"] == b"src"
     assert (await s.dead_letters(None))[0]["reason"] == b"missing_stream"
     (totals,) = await s.totals([stream])
-    assert totals.counters == {}
+    assert totals.counters == {"comments|tiktok": 1}
 
 
 @pytest.mark.asyncio
@@ -312,3 +317,85 @@ async def test_the_total_limit_is_checked_in_exact_integers(redis: Redis, stream
     assert await s.commit([order(stream, "x7", currency="USD", amount_minor=7)]) == [Outcome.NEW]
     assert int(await redis.hget(StreamKeys(stream).totals, field) or 0) == keys.TOTAL_LIMIT
 
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A private Redis: these tests fill or reset the stream registry."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.mark.asyncio
+async def test_dead_letters_of_a_stream_that_is_not_admitted_get_no_key(
+    own_redis: RedisServer,
+) -> None:
+    async with Redis.from_url(own_redis.url) as redis:
+        s = store(redis, max_streams=2)
+        assert await s.commit([comment("in-a", "1"), comment("in-b", "1")]) == [Outcome.NEW] * 2
+        letters = [
+            DeadLetter("src", Rejection(Reason.MISSING_FIELD, "no items", b"{}", f"new-{n}"))
+            for n in range(50)
+        ]
+        admitted = DeadLetter("src", Rejection(Reason.MALFORMED_JSON, "x", b"{", "in-a"))
+        await s.commit([], [*letters, admitted])
+        dead_keys = {k async for k in redis.scan_iter(match="li:*dead")}
+        assert dead_keys == {keys.UNROUTED_DEAD.encode(), StreamKeys("in-a").dead.encode()}
+        unrouted = await s.dead_letters(None, count=100)
+        assert len(unrouted) == 50
+        assert {letter["stream"] for letter in unrouted} == {f"new-{n}".encode() for n in range(50)}
+        assert (await s.dead_letters("in-a"))[0]["reason"] == b"malformed_json"
+
+
+@pytest.mark.asyncio
+async def test_max_streams_holds_across_concurrent_replicas(own_redis: RedisServer) -> None:
+    """Four replicas each commit three batches of 1,000 new streams at once."""
+    clients = [Redis.from_url(own_redis.url) for _ in range(4)]
+    try:
+        replicas = [Store(client, StoreSettings(max_streams=1000)) for client in clients]
+
+        async def replica(n: int) -> list[Outcome]:
+            outcomes: list[Outcome] = []
+            for batch in range(3):
+                events = [comment(f"r{n}-b{batch}-{i}", "1") for i in range(1000)]
+                outcomes += await replicas[n].commit(events)
+            return outcomes
+
+        results = await asyncio.gather(*(replica(n) for n in range(4)))
+        outcomes = [o for result in results for o in result]
+        assert outcomes.count(Outcome.NEW) == 1000
+        assert outcomes.count(Outcome.STREAM_LIMIT) == 11_000
+        assert len(await replicas[0].streams()) == 1000
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_idle_streams_retire_and_free_their_place(own_redis: RedisServer) -> None:
+    retention = 2 * DAY
+    async with Redis.from_url(own_redis.url) as redis:
+        early = store(redis, now=NOW, max_streams=2, retention_seconds=retention)
+        assert (
+            await early.commit([comment("daily-1", "1"), comment("daily-2", "1")])
+            == [Outcome.NEW] * 2
+        )
+        busy = store(redis, now=NOW + DAY, max_streams=2, retention_seconds=retention)
+        assert await busy.commit([comment("daily-2", "2")]) == [Outcome.NEW]
+        later = store(redis, now=NOW + retention + 1, max_streams=2, retention_seconds=retention)
+        assert await later.streams() == ["daily-2"]  # daily-1 is idle: out of the scrape
+        assert await later.commit([comment("daily-3", "1")]) == [Outcome.NEW]
+        assert await later.streams() == ["daily-2", "daily-3"]
+        assert await later.commit([comment("daily-4", "1")]) == [Outcome.STREAM_LIMIT]
+
+
+@pytest.mark.asyncio
+async def test_a_stream_set_from_an_older_version_is_converted(own_redis: RedisServer) -> None:
+    async with Redis.from_url(own_redis.url) as redis:
+        await redis.sadd(keys.STREAMS, "old-a", "old-b")
+        s = store(redis, max_streams=3)
+        assert await s.streams() == ["old-a", "old-b"]
+        assert await s.commit([comment("old-a", "1"), comment("new-c", "1")]) == [Outcome.NEW] * 2
+        assert await s.commit([comment("new-d", "1")]) == [Outcome.STREAM_LIMIT]
+        assert await redis.type(keys.STREAMS) == b"zset"

@@ -11,11 +11,15 @@ from pathlib import Path
 import pytest
 from redis.crc import key_slot
 
+from ingest.model import Comment, Reason, Rejection
 from tests.clusters import Cluster
 from tests.e2e.support import ReplayFeed, feed_ingester
 from tests.e2e.test_exactness import exact
 from tests.waiting import until
+from workers import keys
 from workers.demo.sale import Sale, frames, lychee_sale
+from workers.runtime import redis_client
+from workers.store import DeadLetter, Outcome, Store, StoreSettings
 
 
 @pytest.fixture
@@ -105,3 +109,82 @@ async def test_exact_totals_through_a_failover(tmp_path: Path, stream: str) -> N
                     await exact(process.http_port, sale)
     finally:
         servers.close()
+
+
+@pytest.mark.asyncio
+async def test_max_streams_holds_across_replicas_on_a_cluster(cluster: Cluster) -> None:
+    """Four replicas each commit three batches of 200 new streams at once; the invalid
+    inputs of refused streams make no dead-letter key of their own."""
+    clients = [redis_client(cluster.url, socket_timeout=10.0, cluster=True) for _ in range(4)]
+    try:
+        replicas = [Store(client, StoreSettings(max_streams=200)) for client in clients]
+
+        async def replica(n: int) -> list[Outcome]:
+            outcomes: list[Outcome] = []
+            for batch in range(3):
+                names = [f"r{n}-b{batch}-{i}" for i in range(200)]
+                events = [Comment(s, "tiktok", "c1", 1_750_000_000_000, "u1") for s in names]
+                letters = [
+                    DeadLetter("src", Rejection(Reason.MISSING_FIELD, "no items", b"{}", s))
+                    for s in names[:20]
+                ]
+                outcomes += await replicas[n].commit(events, letters)
+            return outcomes
+
+        results = await asyncio.gather(*(replica(n) for n in range(4)))
+        outcomes = [o for result in results for o in result]
+        assert outcomes.count(Outcome.NEW) == 200
+        assert outcomes.count(Outcome.STREAM_LIMIT) == 2200
+        admitted = set(await replicas[0].streams())
+        assert len(admitted) == 200
+        dead_streams = set()
+        for n in range(len(cluster.nodes)):
+            for key in cluster.client(n).scan_iter(match="li:{*}:dead", count=1000):
+                dead_streams.add(key.decode()[len("li:{") : -len("}:dead")])
+        assert dead_streams <= admitted
+        unrouted = await replicas[0].dead_letters(None, count=1000)
+        assert {letter["stream"].decode() for letter in unrouted}.isdisjoint(admitted)
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_batch_naming_a_thousand_streams_commits_on_a_cluster(cluster: Cluster) -> None:
+    """One script call per stream, more than the client's 100 connections per node."""
+    client = redis_client(cluster.url, socket_timeout=10.0, cluster=True)
+    try:
+        s = Store(client, StoreSettings(max_streams=1000))
+        events = [Comment(f"many-{i}", "tiktok", "c1", 1, "u1") for i in range(1000)]
+        assert await s.commit(events) == [Outcome.NEW] * 1000
+        assert len(await s.streams()) == 1000
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_the_registry_migrates_and_retires_idle_streams_on_a_cluster(
+    cluster: Cluster,
+) -> None:
+    day = 24 * 3600
+    now = 40_000 * day
+    client = redis_client(cluster.url, socket_timeout=10.0, cluster=True)
+    try:
+        await client.sadd(keys.STREAMS, "old-a", "old-b")  # as version 1 left it
+
+        def store(at: int) -> Store:
+            settings = StoreSettings(max_streams=2, retention_seconds=2 * day, now_override=at)
+            return Store(client, settings)
+
+        def event(stream: str, cid: str) -> Comment:
+            return Comment(stream, "tiktok", cid, 1, "u1")
+
+        assert await store(now).streams() == ["old-a", "old-b"]
+        assert await store(now).commit([event("new-c", "1")]) == [Outcome.STREAM_LIMIT]
+        assert await store(now + day).commit([event("old-b", "1")]) == [Outcome.NEW]
+        later = store(now + 2 * day + 1)  # old-a idle longer than the retention
+        assert await later.streams() == ["old-b"]
+        assert await later.commit([event("new-c", "1")]) == [Outcome.NEW]
+        assert await later.streams() == ["new-c", "old-b"]
+    finally:
+        await client.aclose()
