@@ -399,3 +399,20 @@ async def test_a_stream_set_from_an_older_version_is_converted(own_redis: RedisS
         assert await s.commit([comment("old-a", "1"), comment("new-c", "1")]) == [Outcome.NEW] * 2
         assert await s.commit([comment("new-d", "1")]) == [Outcome.STREAM_LIMIT]
         assert await redis.type(keys.STREAMS) == b"zset"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("room", [0, 1, 999_999_999, 1_000_000_000, 1_000_000_001, 2**40])
+async def test_the_exact_limit_adds_increments_across_limbs(
+    redis: Redis, stream: str, room: int
+) -> None:
+    """Two lines of one SKU add up in the script before the check; carries cross 10^9."""
+    s = store(redis)
+    field = "sku_grams|VT01"
+    await redis.hset(StreamKeys(stream).totals, field, keys.TOTAL_LIMIT - room)
+    half = room // 2
+    items = (LineItem("VT01", half), LineItem("VT01", room - half + 1))
+    assert await s.commit([order(stream, "over", items=items, grams=1)]) == [Outcome.TOTAL_LIMIT]
+    items = (LineItem("VT01", half), LineItem("VT01", room - half))
+    assert await s.commit([order(stream, "fits", items=items, grams=1)]) == [Outcome.NEW]
+    assert int(await redis.hget(StreamKeys(stream).totals, field) or 0) == keys.TOTAL_LIMIT
