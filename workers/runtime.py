@@ -286,6 +286,13 @@ def build_source(
             )
 
 
+async def _read(source: Source) -> None:
+    """``source.run()`` with ``source=<name>`` bound to every line logged in its task (and in
+    the tasks it starts), through structlog or a stdlib logger."""
+    with structlog.contextvars.bound_contextvars(source=source.name):
+        await source.run()
+
+
 class Ingester:
     """One ingester process's worth of components. ``await run(stop)`` until ``stop`` is set."""
 
@@ -345,7 +352,7 @@ class Ingester:
             async with self._http(), asyncio.TaskGroup() as group:
                 committing = group.create_task(self.committer.run(), name="committer")
                 reading = [
-                    group.create_task(source.run(), name=f"source[{source.name}].receive")
+                    group.create_task(_read(source), name=f"source[{source.name}].receive")
                     for source in self.sources
                 ]
                 self.started.set()
