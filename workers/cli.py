@@ -48,11 +48,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     configure(config.log.level, config.log.format)
-    from workers.runtime import Ingester
+    from workers.runtime import Ingester, ListenError
 
     async def main(stop: asyncio.Event) -> int:
         ingester = Ingester(config, shutdown_deadline=args.shutdown_deadline)
-        await ingester.run(stop)
+        try:
+            await ingester.run(stop)
+        except ListenError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 1 if ingester.unflushed else 0
 
     return run_until_signalled(main)

@@ -3,12 +3,19 @@ listen address that cannot be used."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.support import IngesterProcess, write_config
+from tests.conftest import UNIT
+from tests.e2e.support import SECRET, SECRET_ENV, IngesterProcess, webhook_source, write_config
 from tests.unit.test_logs import ISO, logfmt
 from workers.redis_server import free_port
 
@@ -55,3 +62,51 @@ def test_every_line_of_a_run_is_in_the_configured_format(
     listening = [r for r in records if r["event"].startswith("server listening on ")]
     assert [(r["logger"], r.get("source")) for r in listening] == [("websockets.server", "push")]
     assert by_event["ingester started"]["logger"] == "runtime"
+
+
+@contextlib.contextmanager
+def occupied() -> Iterator[int]:
+    """A loopback port another process listens on."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield int(holder.getsockname()[1])
+
+
+def run_cli(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "workers", "run", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30 * UNIT,
+        check=False,
+        env={**os.environ, **env},
+    )
+
+
+@pytest.mark.parametrize("where", ["http.listen", "websocket-server", "http-server"])
+def test_an_address_in_use_is_one_line_naming_the_key(
+    redis_url: str, tmp_path: Path, where: str
+) -> None:
+    with occupied() as busy:
+        ports = {where: busy}
+        sources = push_source(free_port()) + (
+            push_source(ports.get("websocket-server", free_port())).replace('"push"', '"push2"')
+            + webhook_source(ports.get("http-server", free_port()), "s")
+        )
+        config = write_config(
+            tmp_path / "busy.toml",
+            redis_url=redis_url,
+            http_port=ports.get("http.listen", free_port()),
+            sources=sources,
+        )
+        result = run_cli(config, {PUSH_TOKEN_ENV: "t0ken", SECRET_ENV: SECRET})
+    key = {"http.listen": "http.listen", "websocket-server": "sources[1].listen"}
+    key["http-server"] = "sources[2].listen"
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"error: {key[where]}: cannot listen on 127.0.0.1:{busy}: address already in use"
+    )
+    assert "Traceback" not in result.stderr
+    assert "ingester started" not in result.stderr
+    assert "source connected" not in result.stderr
