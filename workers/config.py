@@ -412,17 +412,34 @@ def unset_secrets(config: Config, environ: Mapping[str, str] | None = None) -> l
     return _secrets(config.model_dump(), os.environ if environ is None else environ)
 
 
-def load(
-    path: str | Path, environ: Mapping[str, str] | None = None, *, require_secrets: bool = True
-) -> Config:
-    """Read, override and validate a config file."""
-    path = Path(path)
+def load_redis(path: str | Path, environ: Mapping[str, str] | None = None) -> RedisConfig:
+    """Only the ``[redis]`` section of a config file, environment applied (for ``top``, which
+    neither needs the sources' secrets nor cares about the rest)."""
+    data = _read(Path(path))
+    data = apply_environment(data, os.environ if environ is None else environ)
+    section = data.get("redis", {})
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return RedisConfig.model_validate(section)
+    except ValidationError as exc:
+        errors = [f"{_location(('redis', *e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(str(path), errors) from exc
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(str(path), [f"not UTF-8: {exc.reason} at byte {exc.start}"]) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from exc
+
+
+def load(
+    path: str | Path, environ: Mapping[str, str] | None = None, *, require_secrets: bool = True
+) -> Config:
+    """Read, override and validate a config file."""
+    path = Path(path)
+    data = _read(path)
     return parse(data, str(path), environ, require_secrets=require_secrets)
