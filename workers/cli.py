@@ -35,9 +35,9 @@ def run_until_signalled(main: Callable[[asyncio.Event], Coroutine[Any, Any, int]
         return runner.run(wrapper())
 
 
-def _load(path: str) -> config_module.Config | None:
+def _load(path: str, require_secrets: bool = True) -> config_module.Config | None:
     try:
-        return config_module.load(path)
+        return config_module.load(path, require_secrets=require_secrets)
     except config_module.ConfigError as exc:
         print(f"invalid configuration: {exc}", file=sys.stderr)
         return None
@@ -48,20 +48,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     configure(config.log.level, config.log.format)
-    from workers.runtime import Ingester
+    from workers.runtime import Ingester, ListenError
 
     async def main(stop: asyncio.Event) -> int:
         ingester = Ingester(config, shutdown_deadline=args.shutdown_deadline)
-        await ingester.run(stop)
+        try:
+            await ingester.run(stop)
+        except ListenError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 1 if ingester.unflushed else 0
 
     return run_until_signalled(main)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = _load(args.config, require_secrets=args.require_secrets)
     if config is None:
         return 2
+    for problem in config_module.unset_secrets(config):
+        print(f"warning: {problem} (run refuses to start without it)", file=sys.stderr)
     print(f"{args.config}: ok ({len(config.sources)} source(s))")
     return 0
 
@@ -99,6 +105,12 @@ def parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a config file and report every error")
     check.add_argument("-c", "--config", required=True, help="TOML config file")
+    check.add_argument(
+        "--require-secrets",
+        action="store_true",
+        help="an unset secret (token_env, password_env, secret_env) is an error, as for run; "
+        "by default it is a warning",
+    )
     check.set_defaults(func=cmd_check_config)
 
     demo = sub.add_parser(

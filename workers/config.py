@@ -380,11 +380,20 @@ def _duplicate_names(data: dict[str, Any]) -> list[str]:
     return errors
 
 
-def parse(data: dict[str, Any], origin: str, environ: Mapping[str, str] | None = None) -> Config:
-    """Validate parsed TOML (after environment overrides); raise ConfigError with every error."""
+def parse(
+    data: dict[str, Any],
+    origin: str,
+    environ: Mapping[str, str] | None = None,
+    *,
+    require_secrets: bool = True,
+) -> Config:
+    """Validate parsed TOML (after environment overrides); raise ConfigError with every error.
+
+    An unset secret is an error unless ``require_secrets`` is false (see :func:`unset_secrets`).
+    """
     env = os.environ if environ is None else environ
     data = apply_environment(copy.deepcopy(data), env)
-    problems = _duplicate_names(data) + _secrets(data, env)
+    problems = _duplicate_names(data) + (_secrets(data, env) if require_secrets else [])
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
@@ -399,15 +408,39 @@ def parse(data: dict[str, Any], origin: str, environ: Mapping[str, str] | None =
     return config
 
 
-def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
-    """Read, override and validate a config file."""
-    path = Path(path)
+def unset_secrets(config: Config, environ: Mapping[str, str] | None = None) -> list[str]:
+    """The secrets ``config`` names that the environment does not hold, as "location: message"."""
+    return _secrets(config.model_dump(), os.environ if environ is None else environ)
+
+
+def load_redis(path: str | Path, environ: Mapping[str, str] | None = None) -> RedisConfig:
+    """Only the ``[redis]`` section of a config file, environment applied (for ``top``, which
+    neither needs the sources' secrets nor cares about the rest)."""
+    data = _read(Path(path))
+    data = apply_environment(data, os.environ if environ is None else environ)
+    section = data.get("redis", {})
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return RedisConfig.model_validate(section)
+    except ValidationError as exc:
+        errors = [f"{_location(('redis', *e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(str(path), errors) from exc
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(str(path), [f"not UTF-8: {exc.reason} at byte {exc.start}"]) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from exc
-    return parse(data, str(path), environ)
+
+
+def load(
+    path: str | Path, environ: Mapping[str, str] | None = None, *, require_secrets: bool = True
+) -> Config:
+    """Read, override and validate a config file."""
+    path = Path(path)
+    data = _read(path)
+    return parse(data, str(path), environ, require_secrets=require_secrets)

@@ -1,4 +1,10 @@
-"""Structured logs (logfmt or JSON, one event per line) and a throttle against log floods."""
+"""Structured logs (logfmt or JSON, one event per line) and a throttle against log floods.
+
+One pipeline: our structlog events and every stdlib logger's records (``ingest.sources``,
+aiohttp, websockets, aiomqtt) go through the same processors, renderer and level, on one handler
+of the root logger. Values bound with ``structlog.contextvars`` (a source's ``source=``) reach
+the lines of both.
+"""
 
 from __future__ import annotations
 
@@ -6,38 +12,56 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Hashable
+from typing import TextIO
 
 import structlog
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 LEVELS["error"] = logging.ERROR
 
+FRAME_LOGGERS = ("websockets", "aiomqtt", "paho")
+"""Libraries whose debug lines carry whole frames (buyers' names and phone numbers): they log at
+info at most, even with ``level = "debug"``."""
 
-def configure(level: str = "info", fmt: str = "logfmt") -> None:
-    """Route our structlog events and the libraries' stdlib logs to stderr, one line each."""
+
+def configure(level: str = "info", fmt: str = "logfmt", stream: TextIO | None = None) -> None:
+    """Send our events and the libraries' records to ``stream`` (stderr), one line each."""
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
         else structlog.processors.LogfmtRenderer(key_order=["timestamp", "level", "event"])
     )
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(
-        level=max(LEVELS[level], logging.WARNING),
-        stream=sys.stderr,
-        format="timestamp=%(asctime)s level=%(levelname)s logger=%(name)s event=%(message)r",
-        force=True,
+    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
     )
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(LEVELS[level])
+    for name in FRAME_LOGGERS:
+        logging.getLogger(name).setLevel(max(LEVELS[level], logging.INFO))
 
 
 class Throttle:

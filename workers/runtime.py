@@ -14,7 +14,7 @@ import os
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 import structlog
@@ -61,6 +61,26 @@ class Source(Protocol):
     name: str
 
     async def run(self) -> None: ...
+
+
+@runtime_checkable
+class Listener(Protocol):
+    """A source that listens (a server): ``bind`` before the ingester reports started."""
+
+    async def bind(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class ListenError(Exception):
+    """A listen address cannot be used; ``str()`` is the operator's one line."""
+
+    def __init__(self, key: str, address: str, exc: OSError) -> None:
+        reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror
+        reason = reason or str(exc) or type(exc).__name__
+        super().__init__(f"{key}: cannot listen on {address}: {reason[:1].lower()}{reason[1:]}")
+        self.key = key
+        self.address = address
 
 
 class SourceHealth:
@@ -286,6 +306,13 @@ def build_source(
             )
 
 
+async def _read(source: Source) -> None:
+    """``source.run()`` with ``source=<name>`` bound to every line logged in its task (and in
+    the tasks it starts), through structlog or a stdlib logger."""
+    with structlog.contextvars.bound_contextvars(source=source.name):
+        await source.run()
+
+
 class Ingester:
     """One ingester process's worth of components. ``await run(stop)`` until ``stop`` is set."""
 
@@ -343,10 +370,10 @@ class Ingester:
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
-            async with self._http(), asyncio.TaskGroup() as group:
+            async with self._http(), self._listening(), asyncio.TaskGroup() as group:
                 committing = group.create_task(self.committer.run(), name="committer")
                 reading = [
-                    group.create_task(source.run(), name=f"source[{source.name}].receive")
+                    group.create_task(_read(source), name=f"source[{source.name}].receive")
                     for source in self.sources
                 ]
                 self.started.set()
@@ -381,12 +408,38 @@ class Ingester:
         await runner.setup()
         host, port = split_listen(self.config.http.listen)
         site = web.TCPSite(runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ListenError("http.listen", self.config.http.listen, exc) from exc
         self.http_port = int(runner.addresses[0][1])
         try:
             yield
         finally:
             await runner.cleanup()
+
+    @contextlib.asynccontextmanager
+    async def _listening(self) -> AsyncIterator[None]:
+        """Bind every server source, in order, before anything reports started."""
+        bound: list[Listener] = []
+        try:
+            for index, (config, source) in enumerate(
+                zip(self.config.sources, self.sources, strict=True)
+            ):
+                if not isinstance(config, WebsocketServerConfig | HttpServerConfig):
+                    continue
+                assert isinstance(source, Listener)
+                try:  # its server's callbacks keep this context: source= on their lines
+                    with structlog.contextvars.bound_contextvars(source=config.name):
+                        await source.bind()
+                except OSError as exc:
+                    raise ListenError(f"sources[{index}].listen", config.listen, exc) from exc
+                bound.append(source)
+            yield
+        finally:
+            for listener in bound:
+                await listener.close()
 
     async def _metrics(self, request: web.Request) -> web.Response:
         try:

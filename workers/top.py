@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 from rich.console import Console, Group
 from rich.live import Live
@@ -35,6 +36,7 @@ TOP_RATE_WINDOW = 60.0
 """Seconds of history behind the per-minute rates."""
 TOP_N = 5
 HTTP_TIMEOUT = 3.0
+REDIS_TIMEOUT = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,10 +130,14 @@ class Snapshot:
     streams: tuple[StreamView, ...]
     health: tuple[ProcessHealth, ...]
     error: str | None = None
+    stale_for: float | None = None
+    """While Redis does not answer: seconds since ``streams`` (the last figures read) were read."""
 
 
 class Reader:
-    """Reads snapshots: totals from Redis with per-minute rates, health from /metrics URLs."""
+    """Reads snapshots: totals from Redis with per-minute rates, health from /metrics URLs.
+
+    While Redis does not answer, a snapshot keeps the last figures read, with their age."""
 
     def __init__(
         self,
@@ -139,15 +145,26 @@ class Reader:
         stream: str | None,
         metrics: Sequence[str],
         clock: Callable[[], float] = time.monotonic,
+        cluster: bool = False,
     ) -> None:
         self.redis_url = redis_url
         self.stream = stream
         self.metrics = [metrics_url(url) for url in metrics]
         self.clock = clock
-        self.redis = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self.redis: Redis | RedisCluster = (
+            RedisCluster.from_url(
+                redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
+            )
+            if cluster
+            else Redis.from_url(
+                redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
+            )
+        )
         self.store = Store(self.redis, StoreSettings())
         self._rates: dict[str, Rates] = {}
         self._http: aiohttp.ClientSession | None = None
+        self._last: tuple[StreamView, ...] = ()
+        self._last_read: float | None = None
 
     async def __aenter__(self) -> Reader:
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT))
@@ -165,7 +182,9 @@ class Reader:
         try:
             totals = await self.store.totals([self.stream] if self.stream else None)
         except (RedisError, RedisClusterException, OSError) as exc:
-            return Snapshot(self.redis_url, (), tuple(health), f"Redis: {type(exc).__name__}")
+            error = f"Redis: {type(exc).__name__}"
+            stale = None if self._last_read is None else self.clock() - self._last_read
+            return Snapshot(self.redis_url, self._last, tuple(health), error, stale)
         views = []
         for stream in totals:
             values = summary(stream)
@@ -173,7 +192,8 @@ class Reader:
                 stream.stream, Rates(window=TOP_RATE_WINDOW, clock=self.clock)
             )
             views.append(StreamView(stream, values, rates.add(values)))
-        return Snapshot(self.redis_url, tuple(views), tuple(health))
+        self._last, self._last_read = tuple(views), self.clock()
+        return Snapshot(self.redis_url, self._last, tuple(health))
 
 
 # -- rendering ------------------------------------------------------------------------------------
@@ -217,11 +237,18 @@ def _process_line(process: ProcessHealth) -> str:
     return f"ingester {process.url}: {redis}, {buffered} buffered"
 
 
+def _stale(snapshot: Snapshot) -> str:
+    if snapshot.stale_for is None:
+        return ""
+    return f": showing the last figures read, {snapshot.stale_for:,.1f} s ago (STALE)"
+
+
 def plain(snapshot: Snapshot) -> str:
     """The snapshot as text lines: one block per stream, then one per ingester."""
     lines = []
+    stale = snapshot.error is not None and snapshot.stale_for is not None
     if snapshot.error:
-        lines.append(f"{snapshot.error} at {snapshot.redis_url}")
+        lines.append(f"{snapshot.error} at {snapshot.redis_url}{_stale(snapshot)}")
     elif not snapshot.streams:
         lines.append(f"no streams in Redis at {snapshot.redis_url}")
     for view in snapshot.streams:
@@ -231,7 +258,7 @@ def plain(snapshot: Snapshot) -> str:
             f"({values['grams'] / 1e6:,.3f} t)  orders {values['orders']:,} "
             f"({rates['orders']:,.1f}/min)  kg/min {rates['grams'] / 1000:,.1f}  "
             f"comments {values['comments']:,} ({rates['comments']:,.1f}/min)  "
-            f"cancelled {values['cancelled']:,}",
+            f"cancelled {values['cancelled']:,}" + ("  [STALE]" if stale else ""),
             f"  revenue: {_revenue(totals)}",
             f"  top countries: {_weights(top_countries(totals, TOP_N))}",
             f"  top SKUs: {_weights(top_skus(totals, TOP_N))}",
@@ -272,9 +299,8 @@ def _health_table(health: Sequence[ProcessHealth]) -> Table:
     table = Table(title="sources")
     for column in ("ingester", "source", "state", "last input", "accepted", "dup", "rejected"):
         table.add_column(column)
-    for process in health:
-        if process.error is not None or not process.sources:
-            table.add_row(process.url, "", _process_line(process).split(": ", 1)[1])
+    for process in health:  # a row for the process itself: its Redis state and backlog
+        table.add_row(process.url, "", _process_line(process).split(": ", 1)[1])
         for source in process.sources:
             since = source.since_last_input
             table.add_row(
@@ -291,8 +317,9 @@ def _health_table(health: Sequence[ProcessHealth]) -> Table:
 
 
 def rich_view(snapshot: Snapshot) -> Group:
+    mark = " [STALE]" if snapshot.error is not None and snapshot.stale_for is not None else ""
     parts: list[Table | str] = [
-        stream_table(view.totals, view.values, view.rates, f"stream {view.totals.stream}")
+        stream_table(view.totals, view.values, view.rates, f"stream {view.totals.stream}{mark}")
         for view in snapshot.streams
     ]
     if snapshot.error or not snapshot.streams:
@@ -305,22 +332,24 @@ def rich_view(snapshot: Snapshot) -> Group:
 # -- the command ----------------------------------------------------------------------------------
 
 
-def redis_url(args: argparse.Namespace) -> str:
-    """``--redis-url``, else the config's (``-c``, environment applied), else REDIS_URL."""
+def redis_target(args: argparse.Namespace) -> tuple[str, bool]:
+    """Where to read and whether it is a cluster: ``--redis-url``, else the config's ``[redis]``
+    (``-c``, environment applied; nothing else of the file is needed), else REDIS_URL."""
     if args.redis_url:
-        return str(args.redis_url)
+        return str(args.redis_url), False
     if args.config:
-        return config_module.load(args.config).redis.url
-    return os.environ.get("REDIS_URL", DEFAULT_REDIS)
+        redis = config_module.load_redis(args.config)
+        return redis.url, redis.cluster
+    return os.environ.get("REDIS_URL", DEFAULT_REDIS), False
 
 
 async def top(args: argparse.Namespace, stop: asyncio.Event) -> int:
     try:
-        url = redis_url(args)
+        url, cluster = redis_target(args)
     except config_module.ConfigError as exc:
         print(f"invalid configuration: {exc}", file=sys.stderr)
         return 2
-    async with Reader(url, args.stream, args.metrics) as reader:
+    async with Reader(url, args.stream, args.metrics, cluster=cluster) as reader:
         if args.once:
             # Two readings an interval apart, so the rates mean something.
             await reader.read()

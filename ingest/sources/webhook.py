@@ -54,6 +54,7 @@ class ShopifyWebhookSource:
         self.commit_timeout = commit_timeout
         self.on_ignored = on_ignored
         self.on_unauthorized = on_unauthorized
+        self._runner: web.AppRunner | None = None
 
     async def _deliver(self, request: web.Request) -> web.Response:
         body = await request.read()  # past client_max_size: 413, raised by aiohttp
@@ -75,7 +76,10 @@ class ShopifyWebhookSource:
             return web.Response(status=503, text="not committed in time, deliver again\n")
         return web.Response(text="ok\n")
 
-    async def run(self) -> None:
+    async def bind(self) -> None:
+        """Listen now (OSError if the address cannot be used); ``run`` then serves."""
+        if self._runner is not None:
+            return
         app = web.Application(client_max_size=self.max_body_bytes)
         app.router.add_post(self.path, self._deliver)
         # Deliveries in flight at shutdown get until their commit timeout to be answered.
@@ -84,11 +88,24 @@ class ShopifyWebhookSource:
         )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, self.port)
-            await site.start()
-            self.port = int(runner.addresses[0][1])
+            await web.TCPSite(runner, self.host, self.port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+
+    async def close(self) -> None:
+        """Stop listening (also when ``run`` never started)."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def run(self) -> None:
+        await self.bind()
+        try:
             self.health.connected(self.name, True)
             await asyncio.Event().wait()
         finally:
             self.health.connected(self.name, False)
-            await runner.cleanup()
+            await self.close()

@@ -182,8 +182,11 @@ class WebsocketServerSource:
         with contextlib.suppress(ConnectionClosed):
             await _read(ws, self.name, self.fmt, self.sink, self.health)
 
-    async def run(self) -> None:
-        async with serve(
+    async def bind(self) -> None:
+        """Listen now (OSError if the address cannot be used); ``run`` then serves."""
+        if self.server is not None:
+            return
+        self.server = await serve(
             self._handle,
             self.host,
             self.port,
@@ -191,12 +194,23 @@ class WebsocketServerSource:
             max_size=self.max_size,
             ping_interval=self.ping_interval,
             ping_timeout=self.ping_timeout,
-        ) as server:
-            self.server = server
-            self.port = server.sockets[0].getsockname()[1] if self.port == 0 else self.port
+        )
+        self.port = self.server.sockets[0].getsockname()[1] if self.port == 0 else self.port
+
+    async def close(self) -> None:
+        """Stop listening and close every connection (also when ``run`` never started)."""
+        server, self.server = self.server, None
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+
+    async def run(self) -> None:
+        await self.bind()
+        assert self.server is not None
+        try:
             self.health.connected(self.name, True)
             self.ready.set()
-            try:
-                await server.serve_forever()
-            finally:
-                self.health.connected(self.name, False)
+            await self.server.serve_forever()
+        finally:
+            self.health.connected(self.name, False)
+            await self.close()

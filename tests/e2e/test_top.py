@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import subprocess
 import sys
@@ -12,14 +13,18 @@ import orjson
 import pytest
 from aiohttp import web
 from redis.asyncio import Redis
+from rich.console import Console
 
 from ingest.model import Event, Rejection
 from ingest.native import NativeFormat, NativeOptions
+from tests.clusters import Cluster
 from tests.conftest import UNIT
+from tests.e2e.support import feed_ingester
 from workers.config import DEFAULT_PLATFORMS
 from workers.metrics import HealthMetrics, exposition
-from workers.redis_server import free_port
+from workers.redis_server import RedisServer, free_port
 from workers.store import Store, StoreSettings
+from workers.top import Reader, plain, rich_view
 
 TS = "2025-06-14T09:05:08+07:00"
 VN = {"country": "VN", "currency": "VND"}
@@ -189,3 +194,133 @@ def test_top_says_when_redis_does_not_answer() -> None:
     assert result.returncode == 1
     assert result.stdout.startswith("Redis: ConnectionError at redis://127.0.0.1:")
     assert "Traceback" not in result.stderr
+
+
+def test_top_needs_only_redis_from_a_config_whose_secrets_are_unset(
+    redis_url: str, stream: str, tmp_path: Path
+) -> None:
+    asyncio.run(commit_known(redis_url, stream))
+    config = write_config(tmp_path / "ingester.toml", redis_url)
+    with config.open("a", encoding="utf-8") as file:
+        file.write(
+            '\n[[sources]]\nname = "push"\ntype = "websocket-server"\n'
+            'token_env = "LIVESTREAM_TEST_TOP_UNSET_TOKEN"\n'
+        )
+    assert "LIVESTREAM_TEST_TOP_UNSET_TOKEN" not in os.environ
+
+    result = run_top("-c", str(config), "--stream", stream)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"stream {stream}  sold 7.250 kg")
+
+
+async def commit_known(url: str, stream: str) -> None:
+    client = Redis.from_url(url)
+    try:
+        await Store(client, StoreSettings()).commit(known_events(stream))
+    finally:
+        await client.aclose()
+
+
+def test_top_honours_redis_cluster(tmp_path: Path, stream: str) -> None:
+    from tests.e2e.test_cluster import streams_on_every_node
+    from workers.runtime import redis_client
+
+    servers = Cluster()
+    try:
+        servers.start()
+        names = streams_on_every_node(servers, stream)
+
+        async def commit() -> None:
+            client = redis_client(servers.url, 5.0, cluster=True)
+            try:
+                store = Store(client, StoreSettings())
+                for name in names:
+                    await store.commit(known_events(name))
+            finally:
+                await client.aclose()
+
+        asyncio.run(commit())
+        config = write_config(tmp_path / "cluster.toml", servers.url)
+        config.write_text(config.read_text() + "cluster = true\n", encoding="utf-8")
+        result = run_top("-c", str(config))
+    finally:
+        servers.close()
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    shown = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("stream ")]
+    assert sorted(shown) == sorted(names)
+
+
+@pytest.mark.asyncio
+async def test_top_keeps_the_last_figures_marked_stale_while_redis_is_down(stream: str) -> None:
+    now = [1000.0]
+    server = RedisServer()
+    try:
+        server.start()
+        await commit_known(server.url, stream)
+        async with Reader(server.url, stream, [], clock=lambda: now[0]) as reader:
+            fresh = await reader.read()
+            assert fresh.error is None
+            assert fresh.stale_for is None
+            server.stop()
+            now[0] += 12.5
+            down = await reader.read()
+    finally:
+        server.close()
+
+    assert down.error is not None
+    assert down.error.startswith("Redis: ")
+    assert down.streams == fresh.streams
+    assert down.stale_for == 12.5
+    lines = plain(down).splitlines()
+    assert lines[0] == (
+        f"{down.error} at {server.url}: showing the last figures read, 12.5 s ago (STALE)"
+    )
+    assert lines[1].startswith(f"stream {stream}  sold 7.250 kg")
+    assert lines[1].endswith("  [STALE]")
+    text = render(rich_view(down))
+    assert "STALE" in text
+    assert "7.250 kg" in text
+
+
+def render(view: object) -> str:
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(view)
+    return console.export_text()
+
+
+@pytest.mark.asyncio
+async def test_top_shows_each_ingesters_redis_state_and_backlog(
+    tmp_path: Path, stream: str
+) -> None:
+    server = RedisServer()
+    try:
+        server.start()
+        await commit_known(server.url, stream)
+        process = feed_ingester(tmp_path, "watched", server.url, f"ws://127.0.0.1:{free_port()}/")
+        with process:
+            metrics = ("--metrics", f"127.0.0.1:{process.http_port}")
+            url = f"http://127.0.0.1:{process.http_port}/metrics"
+            up = await asyncio.to_thread(run_top, "--redis-url", server.url, *metrics)
+            rich = await asyncio.to_thread(run_rich_top, "--redis-url", server.url, *metrics)
+            server.stop()
+            down = await asyncio.to_thread(run_top, "--redis-url", server.url, *metrics)
+    finally:
+        server.close()
+
+    assert f"ingester {url}: redis up, 0 buffered" in up.stdout.splitlines()
+    assert "  source feed: DISCONNECTED, no input yet" in up.stdout
+    assert "redis up, 0 buffered" in rich.stdout, rich.stdout
+    assert f"ingester {url}: REDIS DOWN, 0 buffered" in down.stdout.splitlines()
+
+
+def run_rich_top(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "workers", "top", "--once", "--interval", "0.1", *args],
+        capture_output=True,
+        text=True,
+        timeout=30 * UNIT,
+        check=False,
+        env={**os.environ, "COLUMNS": "200"},
+    )

@@ -503,5 +503,37 @@ def test_check_config_reports_a_missing_file(
 def test_check_config_reads_the_environment(
     clean_environment: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    clean_environment.setenv("LIVESTREAM__SOURCES__1__LISTEN", "nowhere")
     assert cli.main(["check-config", "-c", str(SHIPPED)]) == 2
+    assert "sources[1].listen: " in capsys.readouterr().err
+
+
+def test_check_config_warns_of_unset_secrets_and_passes(
+    clean_environment: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["check-config", "-c", str(SHIPPED)]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{SHIPPED}: ok (2 source(s))\n"
+    assert err == (
+        "warning: sources[1].token_env: environment variable LIVESTREAM_PUSH_TOKEN is not set"
+        " (run refuses to start without it)\n"
+    )
+
+
+def test_check_config_require_secrets_makes_them_errors(
+    clean_environment: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["check-config", "--require-secrets", "-c", str(SHIPPED)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "\nsources[1].token_env: environment variable LIVESTREAM_PUSH_TOKEN is not set" in err
+    clean_environment.setenv("LIVESTREAM_PUSH_TOKEN", "secret")
+    assert cli.main(["check-config", "--require-secrets", "-c", str(SHIPPED)]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_run_still_refuses_to_start_without_a_secret(
+    clean_environment: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["run", "-c", str(SHIPPED)]) == 2
     assert "LIVESTREAM_PUSH_TOKEN is not set" in capsys.readouterr().err

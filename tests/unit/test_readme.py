@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -76,6 +78,30 @@ def test_shell_examples_parse_and_name_real_keys() -> None:
                 assert words[2] in (StreamKeys("lucngan-2025").dead, UNROUTED_DEAD)
             else:
                 raise AssertionError(f"unexpected example: {line}")
+
+
+def test_check_config_example_passes_on_a_fresh_shell() -> None:
+    """No secret exported: check-config warns of them and passes, as the README says."""
+    examples = [
+        shlex.split(line, comments=True)
+        for block in blocks("sh")
+        for line in block.splitlines()
+        if line.startswith("livestream-ingester check-config")
+    ]
+    assert examples
+    fresh = {k: v for k, v in os.environ.items() if not k.startswith(("LIVESTREAM", "REDIS"))}
+    for words in examples:
+        result = subprocess.run(
+            [sys.executable, "-m", "workers", *words[1:]],
+            cwd=ROOT,
+            env=fresh,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "LIVESTREAM_PUSH_TOKEN" in result.stderr
 
 
 def documented_metrics() -> set[str]:

@@ -1,8 +1,11 @@
-"""Tests for small pure parts: Backoff, Throttle, dedup fingerprints and lookback generations."""
+"""Tests for small pure parts: Backoff, Throttle, ListenError, dedup fingerprints and lookback
+generations."""
 
 from __future__ import annotations
 
 import collections
+import errno
+import socket
 from collections.abc import Callable, Iterable
 
 import pytest
@@ -11,6 +14,7 @@ from ingest.model import Order
 from ingest.sources.backoff import Backoff
 from workers.keys import DEDUP_SHARDS, GENERATION_SECONDS, fingerprint, lookback_generations
 from workers.logs import Throttle
+from workers.runtime import ListenError
 
 HOUR = 3600
 
@@ -206,3 +210,21 @@ def test_created_and_cancelled_fingerprints_differ() -> None:
 def test_lookback_generations(retention_seconds: int, generations: int) -> None:
     assert GENERATION_SECONDS == 24 * HOUR
     assert lookback_generations(retention_seconds) == generations
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (OSError(errno.EADDRINUSE, "error while attempting to bind"), "address already in use"),
+        (OSError(errno.EACCES, "Permission denied"), "permission denied"),
+        (
+            socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
+            "name or service not known",
+        ),
+        (OSError("no errno"), "no errno"),
+    ],
+)
+def test_listen_error_is_one_line_naming_key_and_address(error: OSError, reason: str) -> None:
+    assert str(ListenError("sources[2].listen", "127.0.0.1:8766", error)) == (
+        f"sources[2].listen: cannot listen on 127.0.0.1:8766: {reason}"
+    )
