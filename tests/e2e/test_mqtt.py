@@ -38,7 +38,9 @@ def broker() -> Iterator[Mosquitto]:
     server.close()
 
 
-def mqtt_source(port: int, client_id: str, shared_group: str | None = None) -> str:
+def mqtt_source(
+    port: int, client_id: str, shared_group: str | None = None, protocol: str = "5"
+) -> str:
     group = f'shared_group = "{shared_group}"' if shared_group else ""
     return f"""
 [[sources]]
@@ -46,6 +48,7 @@ name = "mqtt"
 type = "mqtt"
 url = "mqtt://127.0.0.1:{port}"
 client_id = "{client_id}"
+protocol = "{protocol}"
 {group}
 backoff_initial = 0.05
 backoff_max = 0.5
@@ -68,7 +71,9 @@ def ingester(
         tmp_path / f"{client_id}.toml",
         redis_url=redis_url,
         http_port=port,
-        sources=mqtt_source(broker.port, client_id, kw.get("shared_group")),
+        sources=mqtt_source(
+            broker.port, client_id, kw.get("shared_group"), kw.get("protocol", "5")
+        ),
     )
     return IngesterProcess(config, port)
 
@@ -136,6 +141,33 @@ async def test_broker_restart_mid_run_loses_nothing_and_counts_once(
             await asyncio.wait_for(task, 60)
         assert publisher.reconnects >= 1
         await exact(process.http_port, sale)
+        reconnects = select(scrape(process.http_port), "livestream_ingest_source_reconnects_total")
+        assert reconnects[("mqtt",)] >= 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_broker_restart_while_draining_a_resumed_session_recovers_quickly(
+    tmp_path: Path, redis_url: str, broker: Mosquitto, stream: str, protocol: str
+) -> None:
+    """The sale is queued for the ingester's session while it is away; the broker restarts
+    while the ingester drains that backlog. Under uvloop the socket's error event used to end
+    the loop's watch on the socket after one read, so the session hung, still "connected",
+    until the keepalive (30 s, then a ping timeout) gave up."""
+    sale = small_sale(stream)
+    data = messages(sale)
+    process = ingester(tmp_path, redis_url, broker, f"drain-{protocol}", protocol=protocol)
+    with process:
+        await subscribed(process)
+        assert process.terminate() == 0
+    await asyncio.wait_for(make_publisher(broker.port, data).run(), 60)
+    with process:
+        await until(lambda: sum(handled(process).values()) >= 300, 30, "the drain to start")
+        broker.stop()
+        assert sum(handled(process).values()) < len(data), "restarted after the drain ended"
+        broker.start()
+        # Well within the default keepalive (30 s): recovery must not wait for it.
+        await exact(process.http_port, sale, within=8)
         reconnects = select(scrape(process.http_port), "livestream_ingest_source_reconnects_total")
         assert reconnects[("mqtt",)] >= 1
 
