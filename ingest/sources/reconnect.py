@@ -3,7 +3,8 @@
 After each ended session the source is down; then it waits a backoff delay with jitter, which
 only a session that stayed up ``backoff_reset_after`` seconds resets (a slow failed attempt does
 not). Each source says what a session is and which of its errors are worth retrying; the loop
-stacks on no retry layer of a library.
+stacks on no retry layer of a library. A stop wins: an error raised while the task is being
+cancelled (a library's close that timed out, say) ends the loop as the cancellation it is.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ class Reconnecting:
                 await self._session()
                 reason = "closed"
             except Exception as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc
                 why = self._retry_reason(exc)
                 if why is None:
                     raise
