@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import ssl
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -21,6 +25,7 @@ from redis.asyncio import Redis
 from ingest.sources.mqtt import Publisher
 from tests.brokers import Mosquitto
 from tests.brokers import publisher as make_publisher
+from tests.conftest import UNIT
 from tests.e2e.support import IngesterProcess, scrape, select, write_config
 from tests.e2e.test_exactness import exact, small_sale
 from tests.waiting import until
@@ -39,7 +44,11 @@ def broker() -> Iterator[Mosquitto]:
 
 
 def mqtt_source(
-    port: int, client_id: str, shared_group: str | None = None, protocol: str = "5"
+    port: int,
+    client_id: str,
+    shared_group: str | None = None,
+    protocol: str = "5",
+    keepalive: int = 30,
 ) -> str:
     group = f'shared_group = "{shared_group}"' if shared_group else ""
     return f"""
@@ -49,6 +58,7 @@ type = "mqtt"
 url = "mqtt://127.0.0.1:{port}"
 client_id = "{client_id}"
 protocol = "{protocol}"
+keepalive = {keepalive}
 {group}
 backoff_initial = 0.05
 backoff_max = 0.5
@@ -64,7 +74,7 @@ def messages(sale: Sale) -> list[tuple[str, bytes]]:
 
 
 def ingester(
-    tmp_path: Path, redis_url: str, broker: Mosquitto, client_id: str, **kw: str
+    tmp_path: Path, redis_url: str, broker: Mosquitto, client_id: str, **kw: Any
 ) -> IngesterProcess:
     port = free_port()
     config = write_config(
@@ -72,7 +82,11 @@ def ingester(
         redis_url=redis_url,
         http_port=port,
         sources=mqtt_source(
-            broker.port, client_id, kw.get("shared_group"), kw.get("protocol", "5")
+            broker.port,
+            client_id,
+            kw.get("shared_group"),
+            kw.get("protocol", "5"),
+            kw.get("keepalive", 30),
         ),
     )
     return IngesterProcess(config, port)
@@ -170,6 +184,56 @@ async def test_broker_restart_while_draining_a_resumed_session_recovers_quickly(
         await exact(process.http_port, sale, within=8)
         reconnects = select(scrape(process.http_port), "livestream_ingest_source_reconnects_total")
         assert reconnects[("mqtt",)] >= 1
+
+
+@contextlib.contextmanager
+def frozen(broker: Mosquitto) -> Iterator[None]:
+    """The broker stops answering (SIGSTOP) with its connections still open; SIGCONT after."""
+    assert broker.process is not None
+    os.kill(broker.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(broker.process.pid, signal.SIGCONT)
+
+
+def connected(process: IngesterProcess) -> float:
+    return select(scrape(process.http_port), "livestream_ingest_source_connected")[("mqtt",)]
+
+
+@pytest.mark.asyncio
+async def test_a_broker_that_stops_answering_ends_the_session_as_stalled(
+    tmp_path: Path, redis_url: str, broker: Mosquitto
+) -> None:
+    """The connected gauge says 1 only while something arrives: nothing for 1.5 × keepalive
+    (no message, no PINGRESP) ends the session, counted as a reconnect "stalled"."""
+    with ingester(tmp_path, redis_url, broker, "frozen", keepalive=5) as process:
+        await subscribed(process)
+        with frozen(broker):
+            await until(lambda: connected(process) == 0, 12, "the silent session to end")
+            reconnects = select(
+                scrape(process.http_port), "livestream_ingest_source_reconnects_total"
+            )
+            assert reconnects[("mqtt",)] >= 1
+            assert "reason=stalled" in process.log.read_text()
+        await subscribed(process)
+
+
+@pytest.mark.asyncio
+async def test_sigterm_while_the_broker_hangs_exits_0_within_the_deadline(
+    tmp_path: Path, redis_url: str, broker: Mosquitto
+) -> None:
+    """A stop wins: the DISCONNECT that cannot complete waits ``stop_timeout`` (2 s), and the
+    error it ends with does not make the source reconnect instead of stopping."""
+    process = ingester(tmp_path, redis_url, broker, "term-frozen")
+    with process, frozen(broker):
+        await subscribed(process)
+        assert process.process is not None
+        started = time.monotonic()
+        process.process.terminate()
+        # stop_timeout + Ingester(shutdown_deadline=10), with room for a slow machine
+        assert process.process.wait(15 * UNIT) == 0
+        print(f"SIGTERM to exit: {time.monotonic() - started:.2f} s")
 
 
 @pytest.mark.asyncio

@@ -81,8 +81,7 @@ def test_watchdog_expires_after_its_limit_of_silence_and_feeding_resets_it() -> 
 
 def test_a_stalled_session_is_retried_with_its_own_reason() -> None:
     source = MqttSource.__new__(MqttSource)
-    try:
-        raise aiomqtt.MqttError("Disconnected during message iteration") from SessionStalled()
-    except aiomqtt.MqttError as exc:
-        assert source._retry_reason(exc) == "stalled"
+    ended = aiomqtt.MqttError("Disconnected during message iteration")
+    ended.__cause__ = SessionStalled()
+    assert source._retry_reason(ended) == "stalled"
     assert source._retry_reason(aiomqtt.MqttError("x")) == "mqtt error"
