@@ -43,9 +43,10 @@ class Reconnecting:
             try:
                 await self._session()
                 reason = "closed"
+                if _stopping():  # a library swallowed the cancellation
+                    raise asyncio.CancelledError
             except Exception as exc:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
+                if _stopping():
                     raise asyncio.CancelledError from exc
                 why = self._retry_reason(exc)
                 if why is None:
@@ -60,3 +61,9 @@ class Reconnecting:
             delay = self.backoff.next()
             self.health.reconnecting(self.name, reason, delay)
             await asyncio.sleep(delay)
+
+
+def _stopping() -> bool:
+    """The running task has been asked to stop (cancelled, whatever happened since)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -12,7 +12,7 @@ from ingest.sources.mqtt import MqttSource, SessionStalled, Watchdog
 from ingest.sources.reconnect import Reconnecting
 
 
-class Health:
+class RecordingHealth:
     def __init__(self) -> None:
         self.up: list[bool] = []
         self.reasons: list[str] = []
@@ -29,11 +29,13 @@ class Health:
 
 class CleanupFails(Reconnecting):
     """A session whose cleanup, once cancelled, raises a retryable error, as aiomqtt's
-    ``__aexit__`` does when its DISCONNECT times out."""
+    ``__aexit__`` does when its DISCONNECT times out (or, ``swallow``, just returns)."""
 
-    def __init__(self) -> None:
+    def __init__(self, swallow: bool) -> None:
+        self.swallow = swallow
         self.name = "s"
-        self.health = Health()
+        self.record = RecordingHealth()
+        self.health = self.record
         self.backoff = Backoff(0.001, 0.001)
         self.backoff_reset_after = 10.0
         self.clock = lambda: 0.0
@@ -47,24 +49,27 @@ class CleanupFails(Reconnecting):
         self.up.set()
         try:
             await asyncio.Event().wait()
-        finally:
-            raise OSError("disconnect timed out")
+        except asyncio.CancelledError:
+            if self.swallow:
+                return
+            raise OSError("disconnect timed out") from None
 
     def _retry_reason(self, exc: Exception) -> str | None:
         return "network" if isinstance(exc, OSError) else None
 
 
 @pytest.mark.asyncio
-async def test_cancelling_ends_the_loop_even_if_the_cleanup_raises_a_retryable_error() -> None:
-    source = CleanupFails()
+@pytest.mark.parametrize("swallow", [False, True], ids=["cleanup-raises", "cleanup-returns"])
+async def test_cancelling_ends_the_loop_whatever_the_session_does_with_it(swallow: bool) -> None:
+    source = CleanupFails(swallow)
     task = asyncio.create_task(source.run())
     await source.up.wait()
     task.cancel()
     await asyncio.wait([task])
     assert source.sessions == 1, "the loop reconnected after a stop"
     assert task.cancelled()
-    assert source.health.up[-1] is False
-    assert source.health.reasons == []
+    assert source.record.up[-1] is False
+    assert source.record.reasons == []
 
 
 def test_watchdog_expires_after_its_limit_of_silence_and_feeding_resets_it() -> None:
