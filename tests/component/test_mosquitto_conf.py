@@ -7,9 +7,12 @@ mosquitto exit, which fails this test.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import getpass
 import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -70,3 +73,70 @@ async def test_mosquitto_runs_the_shipped_config_and_delivers(tmp_path: Path) ->
     finally:
         process.terminate()
         process.wait(10 * UNIT)
+
+
+def setting(name: str) -> int:
+    values = [
+        int(line.split()[1])
+        for line in SHIPPED.read_text(encoding="utf-8").splitlines()
+        if line.split()[:1] == [name]
+    ]
+    assert len(values) == 1, f"{name} is set once in the shipped config"
+    return values[0]
+
+
+@pytest.mark.asyncio
+async def test_the_shipped_in_flight_limit_holds_back_a_client_that_does_not_acknowledge(
+    tmp_path: Path,
+) -> None:
+    """A 3.1.1 client announces no Receive Maximum: the broker's ``max_inflight_messages`` is
+    all that bounds what an ingester that stops acknowledging must hold. It is set, bounded,
+    and no smaller than the source's default receive_maximum (1000)."""
+    limit = setting("max_inflight_messages")
+    assert 1000 <= limit <= setting("max_queued_messages")
+    port = free_port()
+    process = start(tmp_path, port)
+    try:
+        await until(lambda: local_port_open(port, process), 10, "mosquitto to listen")
+        session = aiomqtt.Client(
+            "127.0.0.1",
+            port,
+            identifier="inflight",
+            protocol=aiomqtt.ProtocolVersion.V311,
+            clean_session=False,
+        )
+        async with session:
+            await session.subscribe("conf/inflight", qos=1)
+        async with aiomqtt.Client("127.0.0.1", port) as producer:
+            for n in range(limit + 500):
+                await producer.publish("conf/inflight", str(n).encode(), qos=1)
+        session._client.manual_ack_set(True)
+        received: list[aiomqtt.Message] = []
+        async with session:
+
+            async def take() -> None:
+                async for message in session.messages:
+                    received.append(message)
+
+            taking = asyncio.create_task(take())
+            try:
+                await until(lambda: len(received) >= limit, 20, "a full in-flight window")
+                session._client.ack(received[0].mid, 1)
+                await until(lambda: len(received) >= limit + 1, 20, "one more per PUBACK")
+                assert len(received) == limit + 1
+            finally:
+                taking.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await taking
+    finally:
+        process.terminate()
+        process.wait(10 * UNIT)
+
+
+def local_port_open(port: int, process: subprocess.Popen[bytes]) -> bool:
+    assert process.poll() is None, "mosquitto exited"
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+    except OSError:
+        return False
+    return True
