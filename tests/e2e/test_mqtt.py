@@ -169,8 +169,20 @@ async def test_broker_restart_while_draining_a_resumed_session_recovers_quickly(
     the loop's watch on the socket after one read, so the session hung, still "connected",
     until the keepalive (30 s, then a ping timeout) gave up."""
     sale = small_sale(stream)
-    data = messages(sale)
     process = ingester(tmp_path, redis_url, broker, f"drain-{protocol}", protocol=protocol)
+    async with broker_restarted_while_draining(process, broker, messages(sale)):
+        # Well within the default keepalive (30 s): recovery must not wait for it.
+        await exact(process.http_port, sale, within=8)
+        reconnects = select(scrape(process.http_port), "livestream_ingest_source_reconnects_total")
+        assert reconnects[("mqtt",)] >= 1
+
+
+@contextlib.asynccontextmanager
+async def broker_restarted_while_draining(
+    process: IngesterProcess, broker: Mosquitto, data: list[tuple[str, bytes]]
+) -> AsyncIterator[None]:
+    """``data`` queued for the ingester's session while it is away, the ingester started
+    again, and the broker restarted while it drains that backlog."""
     with process:
         await subscribed(process)
         assert process.terminate() == 0
@@ -180,10 +192,21 @@ async def test_broker_restart_while_draining_a_resumed_session_recovers_quickly(
         broker.stop()
         assert sum(handled(process).values()) < len(data), "restarted after the drain ended"
         broker.start()
-        # Well within the default keepalive (30 s): recovery must not wait for it.
-        await exact(process.http_port, sale, within=8)
-        reconnects = select(scrape(process.http_port), "livestream_ingest_source_reconnects_total")
-        assert reconnects[("mqtt",)] >= 1
+        yield
+
+
+@pytest.mark.asyncio
+async def test_sigterm_after_a_broker_restart_mid_drain_exits_0(
+    tmp_path: Path, redis_url: str, broker: Mosquitto, stream: str
+) -> None:
+    """Was: the session hung (see above), its DISCONNECT never went out, aiomqtt's
+    ``__aexit__`` raised after 10 s and the source reconnected instead of stopping."""
+    process = ingester(tmp_path, redis_url, broker, "drain-term")
+    async with broker_restarted_while_draining(process, broker, messages(small_sale(stream))):
+        assert process.process is not None
+        process.process.terminate()
+        # Ingester(shutdown_deadline=10) and the DISCONNECT's 2 s, with room for a slow machine
+        assert process.process.wait(15 * UNIT) == 0
 
 
 @contextlib.contextmanager
