@@ -191,6 +191,11 @@ class _SocketWatch:
 
     def close(self) -> None:
         """Stop watching and close the socket if the session ended without paho closing it."""
+        disconnected = self.client._disconnected
+        if disconnected.done() and not disconnected.cancelled():
+            # Mark it retrieved: a session stopped before it read the disconnection would
+            # otherwise log "Future exception was never retrieved".
+            disconnected.exception()
         sock = self.paho.socket()
         if sock is None:
             return
