@@ -18,6 +18,7 @@ for good, so paho never read as far as the error and the session hung "connected
 keepalive gave up; and aiomqtt's registrations, deferred with ``call_soon_threadsafe``, then
 failed on the dead watch. The reader here keeps reading, without waiting for another readiness
 event, while the socket has input, so paho always reaches the error or the end of the stream.
+
 Backpressure: the broker sends at most ``receive_maximum`` unacknowledged QoS 1 messages (MQTT 5
 Receive Maximum), so an ingester that stops acknowledging — because its buffer is full — stops
 the flow at the broker instead of queueing without bound here.
