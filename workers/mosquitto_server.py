@@ -33,7 +33,7 @@ persistence true
 persistence_location {self.dir}/
 autosave_interval 1
 max_queued_messages 1000000
-max_inflight_messages 0
+max_inflight_messages 1000
 user root
 log_dest file {self.dir}/mosquitto.log
 """,

@@ -9,7 +9,16 @@ before connecting, and sends each PUBACK only once the message's events are comm
 requires. If the process dies first, the broker redelivers and dedup makes that harmless.
 
 Retry policy: every MQTT or network error reconnects, in the loop all client sources share
-(``ingest.sources.reconnect``).
+(``ingest.sources.reconnect``); so does a session that went silent (``Watchdog``).
+
+The socket's event-loop callbacks are ours (``_SocketWatch``), not aiomqtt's: under uvloop,
+an error event on the socket (a reset while unread data is buffered, as when the broker
+restarts during a backlog) runs the reader once and then ends the loop's watch of that socket
+for good, so paho never read as far as the error and the session hung "connected" until the
+keepalive gave up; and aiomqtt's registrations, deferred with ``call_soon_threadsafe``, then
+failed on the dead watch. The reader here keeps reading, without waiting for another readiness
+event, while the socket has input, so paho always reaches the error or the end of the stream.
+
 Backpressure: the broker sends at most ``receive_maximum`` unacknowledged QoS 1 messages (MQTT 5
 Receive Maximum), so an ingester that stops acknowledging — because its buffer is full — stops
 the flow at the broker instead of queueing without bound here.
@@ -20,11 +29,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import select
 import ssl
+import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -36,6 +49,160 @@ from ingest.sources.reconnect import Reconnecting
 from ingest.sources.topics import TopicPattern
 
 _Ack = tuple[int, int, asyncio.Future[None]]
+
+READS_PER_CALLBACK = 64
+"""Packets read in one go before the reader lets other callbacks run."""
+
+
+class SessionStalled(Exception):
+    """Nothing arrived from the broker, not even a PINGRESP, for longer than keepalive allows."""
+
+
+class Watchdog:
+    """Says when a session has been silent too long. paho pings after ``keepalive`` seconds
+    without traffic, so on a live connection something arrives at least that often; ``limit``
+    (1.5 × keepalive) leaves room for the ping's round trip."""
+
+    def __init__(self, limit: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.clock = clock
+        self.last = clock()
+
+    def feed(self) -> None:
+        self.last = self.clock()
+
+    def expired(self) -> bool:
+        return self.clock() - self.last > self.limit
+
+
+def _has_input(sock: Any) -> bool:
+    """Bytes, an end of stream or an error wait on ``sock`` (checked without blocking)."""
+    pending = getattr(sock, "pending", None)  # TLS: decrypted bytes paho has not taken yet
+    if pending is not None and pending() > 0:
+        return True
+    fd = sock.fileno()
+    if fd < 0:
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))
+
+
+class _SocketWatch:
+    """Connects paho's socket to the running loop in place of aiomqtt 2.x's callbacks.
+
+    paho calls these from the executor thread that connects as well as from the loop; work
+    for the loop is done directly on its thread and handed over otherwise. A registration
+    for a socket paho has closed meanwhile is dropped. If the loop refuses to watch the socket
+    (uvloop, after an error event) the session ends instead of hanging. Each arrival feeds the
+    watchdog.
+    """
+
+    def __init__(self, client: aiomqtt.Client, watchdog: Watchdog) -> None:
+        self.client = client
+        self.paho = client._client
+        self.watchdog = watchdog
+        self.loop = asyncio.get_running_loop()
+        self.thread = threading.get_ident()
+        self.paho.on_socket_open = self._on_open
+        self.paho.on_socket_close = self._on_close
+        self.paho.on_socket_register_write = self._on_register_write
+        self.paho.on_socket_unregister_write = self._on_unregister_write
+
+    def _on_loop(self, callback: Callable[..., object], *args: Any) -> None:
+        if threading.get_ident() == self.thread:
+            callback(*args)
+        else:
+            self.loop.call_soon_threadsafe(callback, *args)
+
+    def _live(self, sock: Any) -> bool:
+        fd: int = sock.fileno()
+        return fd >= 0 and self.paho.socket() is sock
+
+    def fail(self, exc: BaseException) -> None:
+        """End the session: the consumer sees ``MqttError`` caused by ``exc``."""
+        disconnected = self.client._disconnected
+        if not disconnected.done():
+            disconnected.set_exception(exc)
+
+    def _on_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._on_loop(self._open, sock)
+
+    def _open(self, sock: Any) -> None:
+        if not self._live(sock):
+            return
+        try:
+            self.loop.add_reader(sock.fileno(), self._readable)
+        except RuntimeError as exc:
+            self.fail(exc)
+            return
+        self.client._misc_task = self.loop.create_task(self.client._misc_loop(), name="mqtt.misc")
+
+    def _readable(self) -> None:
+        self.watchdog.feed()
+        try:
+            for _ in range(READS_PER_CALLBACK):
+                sock = self.paho.socket()
+                if sock is None or self.paho.loop_read() != paho.MQTT_ERR_SUCCESS:
+                    return  # paho closed the socket and reported the disconnection
+                if not _has_input(sock):
+                    return
+        except Exception as exc:
+            self.fail(exc)
+            return
+        # More is waiting: go on next round rather than wait for a readiness event, which
+        # uvloop no longer delivers after an error event on the socket.
+        self.loop.call_soon(self._readable)
+
+    def _on_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._on_loop(self._closed, sock.fileno())
+        misc = self.client._misc_task
+        if misc is not None and not misc.done():
+            self._on_loop(misc.cancel)
+
+    def _closed(self, fd: int) -> None:
+        if fd >= 0:
+            # Also drops uvloop's dead watch, which would refuse the next socket with this fd.
+            self.loop.remove_reader(fd)
+            self.loop.remove_writer(fd)
+
+    def _on_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._on_loop(self._start_writing, sock)
+
+    def _start_writing(self, sock: Any) -> None:
+        if not self._live(sock) or not self.paho.want_write():
+            return
+        try:
+            self.loop.add_writer(sock.fileno(), self._writable)
+        except RuntimeError as exc:  # uvloop: its watch of this socket ended on an error
+            self.fail(exc)
+
+    def _writable(self) -> None:
+        try:
+            self.paho.loop_write()
+        except Exception as exc:
+            self.fail(exc)
+
+    def _on_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._on_loop(self._stop_writing, sock.fileno())
+
+    def _stop_writing(self, fd: int) -> None:
+        if fd >= 0:
+            self.loop.remove_writer(fd)
+
+    def close(self) -> None:
+        """Stop watching and close the socket if the session ended without paho closing it."""
+        disconnected = self.client._disconnected
+        if disconnected.done() and not disconnected.cancelled():
+            # Mark it retrieved: a session stopped before it read the disconnection would
+            # otherwise log "Future exception was never retrieved".
+            disconnected.exception()
+        sock = self.paho.socket()
+        if sock is None:
+            return
+        self._closed(sock.fileno())
+        with contextlib.suppress(OSError):
+            sock.close()
 
 
 class MqttSource(Reconnecting):
@@ -61,6 +228,7 @@ class MqttSource(Reconnecting):
         session_expiry: int = 86_400,
         receive_maximum: int = 1000,
         keepalive: int = 30,
+        stop_timeout: float = 2.0,
         backoff: Backoff | None = None,
         backoff_reset_after: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
@@ -82,6 +250,7 @@ class MqttSource(Reconnecting):
         self.session_expiry = session_expiry
         self.receive_maximum = receive_maximum
         self.keepalive = keepalive
+        self.stop_timeout = stop_timeout
         self.backoff = backoff or Backoff(0.5, 30.0)
         self.backoff_reset_after = backoff_reset_after
         self.clock = clock
@@ -129,14 +298,28 @@ class MqttSource(Reconnecting):
         return [prefix + pattern.filter for pattern in self.patterns]
 
     async def _session(self) -> None:
-        async with self._client() as client:
-            self._connected_at = self.clock()
-            for topic in self._filters():
-                await client.subscribe(topic, qos=self.qos)
-            self.health.connected(self.name, True)  # connected means receiving
-            await self._consume(client)
+        client = self._client()
+        watchdog = Watchdog(1.5 * self.keepalive, self.clock)
+        watch = _SocketWatch(client, watchdog)
+        try:
+            async with client:
+                self._connected_at = self.clock()
+                for topic in self._filters():
+                    await client.subscribe(topic, qos=self.qos)
+                self.health.connected(self.name, True)  # connected means receiving
+                try:
+                    await self._consume(client, watch)
+                except asyncio.CancelledError:
+                    # Stopping: aiomqtt waits ``timeout`` for its DISCONNECT to go out, which a
+                    # hung broker never lets happen; don't hold the shutdown that long.
+                    client.timeout = self.stop_timeout
+                    raise
+        finally:
+            watch.close()
 
     def _retry_reason(self, exc: Exception) -> str | None:
+        if isinstance(exc.__cause__, SessionStalled):
+            return "stalled"
         if isinstance(exc, aiomqtt.MqttCodeError):
             return f"mqtt rc {exc.rc}"
         if isinstance(exc, aiomqtt.MqttError):
@@ -145,12 +328,13 @@ class MqttSource(Reconnecting):
             return "network"
         return None
 
-    async def _consume(self, client: aiomqtt.Client) -> None:
+    async def _consume(self, client: aiomqtt.Client, watch: _SocketWatch) -> None:
         pending: collections.deque[_Ack] = collections.deque()
         arrived = asyncio.Event()
         acking = asyncio.create_task(
             self._acknowledge(client, pending, arrived), name=f"source[{self.name}].ack"
         )
+        guarding = asyncio.create_task(self._guard(watch), name=f"source[{self.name}].watchdog")
         try:
             async for message in client.messages:
                 self.health.received(self.name)
@@ -159,9 +343,19 @@ class MqttSource(Reconnecting):
                     pending.append((message.mid, message.qos, future))
                     arrived.set()
         finally:
-            acking.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await acking
+            for task in (acking, guarding):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _guard(self, watch: _SocketWatch) -> None:
+        """End a session from which nothing arrives any more (counted as a reconnect)."""
+        watchdog = watch.watchdog
+        while True:
+            await asyncio.sleep(min(1.0, watchdog.limit / 10))
+            if watchdog.expired():
+                break
+        watch.fail(SessionStalled(f"nothing from the broker for {watchdog.limit:g} s"))
 
     def _decode(self, message: aiomqtt.Message) -> list[Decoded]:
         payload = message.payload

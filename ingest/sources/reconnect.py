@@ -3,7 +3,8 @@
 After each ended session the source is down; then it waits a backoff delay with jitter, which
 only a session that stayed up ``backoff_reset_after`` seconds resets (a slow failed attempt does
 not). Each source says what a session is and which of its errors are worth retrying; the loop
-stacks on no retry layer of a library.
+stacks on no retry layer of a library. A stop wins: an error raised while the task is being
+cancelled (a library's close that timed out, say) ends the loop as the cancellation it is.
 """
 
 from __future__ import annotations
@@ -42,7 +43,11 @@ class Reconnecting:
             try:
                 await self._session()
                 reason = "closed"
+                if _stopping():  # a library swallowed the cancellation
+                    raise asyncio.CancelledError
             except Exception as exc:
+                if _stopping():
+                    raise asyncio.CancelledError from exc
                 why = self._retry_reason(exc)
                 if why is None:
                     raise
@@ -56,3 +61,9 @@ class Reconnecting:
             delay = self.backoff.next()
             self.health.reconnecting(self.name, reason, delay)
             await asyncio.sleep(delay)
+
+
+def _stopping() -> bool:
+    """The running task has been asked to stop (cancelled, whatever happened since)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -7,9 +7,11 @@ mosquitto exit, which fails this test.
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -70,3 +72,72 @@ async def test_mosquitto_runs_the_shipped_config_and_delivers(tmp_path: Path) ->
     finally:
         process.terminate()
         process.wait(10 * UNIT)
+
+
+def setting(name: str) -> int:
+    values = [
+        int(line.split()[1])
+        for line in SHIPPED.read_text(encoding="utf-8").splitlines()
+        if line.split()[:1] == [name]
+    ]
+    assert len(values) == 1, f"{name} is set once in the shipped config"
+    return values[0]
+
+
+@pytest.mark.asyncio
+async def test_the_shipped_in_flight_limit_holds_back_a_client_that_does_not_acknowledge(
+    tmp_path: Path,
+) -> None:
+    """A 3.1.1 client announces no Receive Maximum: the broker's ``max_inflight_messages`` is
+    all that bounds what an ingester that stops acknowledging must hold. It is set, bounded,
+    and no smaller than the source's default receive_maximum (1000). (Mosquitto 2.0.11 sends a
+    whole new window after one PUBACK, so the bound holds only once acknowledging stops.)"""
+    limit = setting("max_inflight_messages")
+    assert 1000 <= limit <= setting("max_queued_messages")
+    port = free_port()
+    process = start(tmp_path, port)
+    try:
+        await until(lambda: local_port_open(port, process), 10, "mosquitto to listen")
+        # ``held`` never acknowledges; ``witness`` acknowledges all, and once it has every
+        # message the broker has routed them all: ``held`` must then have one window, no more.
+        held = aiomqtt.Client(
+            "127.0.0.1", port, identifier="held", protocol=aiomqtt.ProtocolVersion.V311
+        )
+        held._client.manual_ack_set(True)
+        witness = aiomqtt.Client("127.0.0.1", port, identifier="witness")
+        total = limit + 500
+        counts = {"held": 0, "witness": 0}
+
+        async def count(name: str, client: aiomqtt.Client) -> None:
+            async for _ in client.messages:
+                counts[name] += 1
+
+        async with held, witness:
+            await held.subscribe("conf/inflight", qos=1)
+            await witness.subscribe("conf/inflight", qos=1)
+            tasks = [
+                asyncio.create_task(count(n, c)) for n, c in (("held", held), ("witness", witness))
+            ]
+            try:
+                async with aiomqtt.Client("127.0.0.1", port) as producer:
+                    for n in range(total):
+                        await producer.publish("conf/inflight", str(n).encode(), qos=1)
+                await until(lambda: counts["witness"] == total, 20, "every message routed")
+                await until(lambda: counts["held"] >= limit, 20, "a full in-flight window")
+                assert counts["held"] == limit
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        process.terminate()
+        process.wait(10 * UNIT)
+
+
+def local_port_open(port: int, process: subprocess.Popen[bytes]) -> bool:
+    assert process.poll() is None, "mosquitto exited"
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+    except OSError:
+        return False
+    return True

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import ssl
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -21,6 +25,7 @@ from redis.asyncio import Redis
 from ingest.sources.mqtt import Publisher
 from tests.brokers import Mosquitto
 from tests.brokers import publisher as make_publisher
+from tests.conftest import UNIT
 from tests.e2e.support import IngesterProcess, scrape, select, write_config
 from tests.e2e.test_exactness import exact, small_sale
 from tests.waiting import until
@@ -38,7 +43,13 @@ def broker() -> Iterator[Mosquitto]:
     server.close()
 
 
-def mqtt_source(port: int, client_id: str, shared_group: str | None = None) -> str:
+def mqtt_source(
+    port: int,
+    client_id: str,
+    shared_group: str | None = None,
+    protocol: str = "5",
+    keepalive: int = 30,
+) -> str:
     group = f'shared_group = "{shared_group}"' if shared_group else ""
     return f"""
 [[sources]]
@@ -46,6 +57,8 @@ name = "mqtt"
 type = "mqtt"
 url = "mqtt://127.0.0.1:{port}"
 client_id = "{client_id}"
+protocol = "{protocol}"
+keepalive = {keepalive}
 {group}
 backoff_initial = 0.05
 backoff_max = 0.5
@@ -61,14 +74,20 @@ def messages(sale: Sale) -> list[tuple[str, bytes]]:
 
 
 def ingester(
-    tmp_path: Path, redis_url: str, broker: Mosquitto, client_id: str, **kw: str
+    tmp_path: Path, redis_url: str, broker: Mosquitto, client_id: str, **kw: Any
 ) -> IngesterProcess:
     port = free_port()
     config = write_config(
         tmp_path / f"{client_id}.toml",
         redis_url=redis_url,
         http_port=port,
-        sources=mqtt_source(broker.port, client_id, kw.get("shared_group")),
+        sources=mqtt_source(
+            broker.port,
+            client_id,
+            kw.get("shared_group"),
+            kw.get("protocol", "5"),
+            kw.get("keepalive", 30),
+        ),
     )
     return IngesterProcess(config, port)
 
@@ -138,6 +157,106 @@ async def test_broker_restart_mid_run_loses_nothing_and_counts_once(
         await exact(process.http_port, sale)
         reconnects = select(scrape(process.http_port), "livestream_ingest_source_reconnects_total")
         assert reconnects[("mqtt",)] >= 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_broker_restart_while_draining_a_resumed_session_recovers_quickly(
+    tmp_path: Path, redis_url: str, broker: Mosquitto, stream: str, protocol: str
+) -> None:
+    """The sale is queued for the ingester's session while it is away; the broker restarts
+    while the ingester drains that backlog. Under uvloop the socket's error event used to end
+    the loop's watch on the socket after one read, so the session hung, still "connected",
+    until the keepalive (30 s, then a ping timeout) gave up."""
+    sale = small_sale(stream)
+    process = ingester(tmp_path, redis_url, broker, f"drain-{protocol}", protocol=protocol)
+    async with broker_restarted_while_draining(process, broker, messages(sale)):
+        # Well within the default keepalive (30 s): recovery must not wait for it.
+        await exact(process.http_port, sale, within=8)
+        reconnects = select(scrape(process.http_port), "livestream_ingest_source_reconnects_total")
+        assert reconnects[("mqtt",)] >= 1
+
+
+@contextlib.asynccontextmanager
+async def broker_restarted_while_draining(
+    process: IngesterProcess, broker: Mosquitto, data: list[tuple[str, bytes]]
+) -> AsyncIterator[None]:
+    """``data`` queued for the ingester's session while it is away, the ingester started
+    again, and the broker restarted while it drains that backlog."""
+    with process:
+        await subscribed(process)
+        assert process.terminate() == 0
+    await asyncio.wait_for(make_publisher(broker.port, data).run(), 60)
+    with process:
+        await until(lambda: sum(handled(process).values()) >= 300, 30, "the drain to start")
+        broker.stop()
+        assert sum(handled(process).values()) < len(data), "restarted after the drain ended"
+        broker.start()
+        yield
+
+
+@pytest.mark.asyncio
+async def test_sigterm_after_a_broker_restart_mid_drain_exits_0(
+    tmp_path: Path, redis_url: str, broker: Mosquitto, stream: str
+) -> None:
+    """Was: the session hung (see above), its DISCONNECT never went out, aiomqtt's
+    ``__aexit__`` raised after 10 s and the source reconnected instead of stopping."""
+    process = ingester(tmp_path, redis_url, broker, "drain-term")
+    async with broker_restarted_while_draining(process, broker, messages(small_sale(stream))):
+        assert process.process is not None
+        process.process.terminate()
+        # Ingester(shutdown_deadline=10) and the DISCONNECT's 2 s, with room for a slow machine
+        assert process.process.wait(15 * UNIT) == 0
+
+
+@contextlib.contextmanager
+def frozen(broker: Mosquitto) -> Iterator[None]:
+    """The broker stops answering (SIGSTOP) with its connections still open; SIGCONT after."""
+    assert broker.process is not None
+    os.kill(broker.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(broker.process.pid, signal.SIGCONT)
+
+
+def connected(process: IngesterProcess) -> float:
+    return select(scrape(process.http_port), "livestream_ingest_source_connected")[("mqtt",)]
+
+
+@pytest.mark.asyncio
+async def test_a_broker_that_stops_answering_ends_the_session_as_stalled(
+    tmp_path: Path, redis_url: str, broker: Mosquitto
+) -> None:
+    """The connected gauge says 1 only while something arrives: nothing for 1.5 × keepalive
+    (no message, no PINGRESP) ends the session, counted as a reconnect "stalled"."""
+    with ingester(tmp_path, redis_url, broker, "frozen", keepalive=5) as process:
+        await subscribed(process)
+        with frozen(broker):
+            await until(lambda: connected(process) == 0, 12, "the silent session to end")
+            reconnects = select(
+                scrape(process.http_port), "livestream_ingest_source_reconnects_total"
+            )
+            assert reconnects[("mqtt",)] >= 1
+            assert "reason=stalled" in process.log.read_text()
+        await subscribed(process)
+
+
+@pytest.mark.asyncio
+async def test_sigterm_while_the_broker_hangs_exits_0_within_the_deadline(
+    tmp_path: Path, redis_url: str, broker: Mosquitto
+) -> None:
+    """A stop wins: the DISCONNECT that cannot complete waits ``stop_timeout`` (2 s), and the
+    error it ends with does not make the source reconnect instead of stopping."""
+    process = ingester(tmp_path, redis_url, broker, "term-frozen")
+    with process, frozen(broker):
+        await subscribed(process)
+        assert process.process is not None
+        started = time.monotonic()
+        process.process.terminate()
+        # stop_timeout + Ingester(shutdown_deadline=10), with room for a slow machine
+        assert process.process.wait(15 * UNIT) == 0
+        print(f"SIGTERM to exit: {time.monotonic() - started:.2f} s")
 
 
 @pytest.mark.asyncio
