@@ -1,12 +1,13 @@
 """Shopify webhook endpoint: an HTTP server source (aiohttp) that answers only after the commit.
 
-Per delivery: 413 past the body limit (aiohttp's ``client_max_size``); 401 unless the
-``X-Shopify-Hmac-Sha256`` header signs the raw body (nothing of an unsigned body is kept: it
-could be anyone's); 200 for a topic we do not count (counted as ignored); otherwise the delivery
-is decoded and submitted, and the answer waits for its commit: 200 once it is counted, found a
-duplicate or dead-lettered (a body that can never be counted must not be retried for hours),
-503 if the commit does not finish within ``commit_timeout`` (Shopify waits 5 s), so Shopify
-delivers again and dedup makes that harmless.
+Per delivery: 400 for a body cut off mid-way or malformed in transfer (counted and reported to
+``on_bad_request``, never a traceback: a client's mistake); 413 past the body limit (aiohttp's
+``client_max_size``); 401 unless the ``X-Shopify-Hmac-Sha256`` header signs the raw body
+(nothing of an unsigned body is kept: it could be anyone's); 200 for a topic we do not count
+(counted as ignored); otherwise the delivery is decoded and submitted, and the answer waits for
+its commit: 200 once it is counted, found a duplicate or dead-lettered (a body that can never be
+counted must not be retried for hours), 503 if the commit does not finish within
+``commit_timeout`` (Shopify waits 5 s), so Shopify delivers again and dedup makes that harmless.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import logging
 from collections.abc import Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ingest.shopify import TOPICS, ShopifyFormat, verified
 from ingest.sources.base import Health, Sink
+from ingest.sources.http import INCOMPLETE_BODY, MALFORMED_REQUEST, ServerLog
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,7 @@ class ShopifyWebhookSource:
         commit_timeout: float = 4.0,
         on_ignored: Callable[[str], None] = lambda what: None,
         on_unauthorized: Callable[[], None] = lambda: None,
+        on_bad_request: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.name = name
         self.fmt = fmt
@@ -54,9 +58,17 @@ class ShopifyWebhookSource:
         self.commit_timeout = commit_timeout
         self.on_ignored = on_ignored
         self.on_unauthorized = on_unauthorized
+        self.on_bad_request = on_bad_request
 
     async def _deliver(self, request: web.Request) -> web.Response:
-        body = await request.read()  # past client_max_size: 413, raised by aiohttp
+        try:
+            body = await request.read()  # past client_max_size: 413, raised by aiohttp
+        except ConnectionError:  # the client hung up mid-body: nobody reads the answer
+            self.on_bad_request(INCOMPLETE_BODY)
+            return web.Response(status=400, text="incomplete body\n")
+        except HttpProcessingError:  # short of Content-Length, or broken chunks
+            self.on_bad_request(MALFORMED_REQUEST)
+            return web.Response(status=400, text="malformed body\n")
         if not verified(self._secret, body, request.headers.get("X-Shopify-Hmac-Sha256")):
             self.on_unauthorized()
             return web.Response(status=401, text="invalid signature\n")
@@ -80,7 +92,11 @@ class ShopifyWebhookSource:
         app.router.add_post(self.path, self._deliver)
         # Deliveries in flight at shutdown get until their commit timeout to be answered.
         runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=self.commit_timeout + 1
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=self.commit_timeout + 1,
+            logger=ServerLog(self.on_bad_request),
         )
         await runner.setup()
         try:
