@@ -234,6 +234,7 @@ def test_duplicate_source_names_alone() -> None:
         ("batch", "max_in_flight", 17, "batch.max_in_flight"),
         ("batch", "max_events", "many", "batch.max_events"),
         ("labels", "platforms", ["TikTok"], "labels.platforms[0]"),
+        ("labels", "platforms", ["tiktok\n"], "labels.platforms[0]"),  # "$" is the end
         ("log", "level", "verbose", "log.level"),
         ("log", "format", "xml", "log.format"),
         ("http", "listen", "127.0.0.1:70000", "http.listen"),
@@ -252,6 +253,8 @@ def test_one_bad_value(section: str, key: str, value: object, location: str) -> 
         ({"url": "http://x/"}, "sources[0].url"),
         ({"name": "Bad Name"}, "sources[0].name"),
         ({"stream": "{x}"}, "sources[0].stream"),
+        ({"stream": "live\n"}, "sources[0].stream"),
+        ({"name": "push\n"}, "sources[0].name"),
         ({"streams": ["ok", "a b"]}, "sources[0].streams[1]"),
         ({"stream": "a", "streams": ["b"]}, "sources[0]"),
         ({"max_size": 1024, "max_frame_bytes": 2048}, "sources[0]"),
