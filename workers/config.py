@@ -342,8 +342,22 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return text or "(top level)"
 
 
+MIN_SECRET_BYTES = 16
+"""Shortest token, password or signing secret taken from the environment (UTF-8 bytes)."""
+
+
+def _weakness(secret: str) -> str | None:
+    """Why a secret from the environment is unfit, or None. Its value is never shown."""
+    if secret != secret.strip():
+        return "starts or ends with whitespace"
+    if len(secret.encode("utf-8", "surrogateescape")) < MIN_SECRET_BYTES:
+        return f"shorter than {MIN_SECRET_BYTES} bytes"
+    return None
+
+
 def _secrets(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
-    """Checked on the raw data, so a missing secret is reported along with every field error."""
+    """Checked on the raw data, so a missing or weak secret is reported along with every field
+    error."""
     sources = data.get("sources")
     errors = []
     for index, source in enumerate(sources if isinstance(sources, list) else []):
@@ -354,10 +368,14 @@ def _secrets(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
         for where, table in tables:
             for key in ("token_env", "password_env", "secret_env"):
                 name = table.get(key)
-                if isinstance(name, str) and not environ.get(name):
-                    errors.append(
-                        f"sources[{index}].{where}{key}: environment variable {name} is not set"
-                    )
+                if not isinstance(name, str):
+                    continue
+                location = f"sources[{index}].{where}{key}"
+                secret = environ.get(name)
+                if not secret:
+                    errors.append(f"{location}: environment variable {name} is not set")
+                elif (weakness := _weakness(secret)) is not None:
+                    errors.append(f"{location}: environment variable {name} is {weakness}")
     return errors
 
 
