@@ -78,10 +78,26 @@ class RedisConfig(_Model):
         return value
 
 
-class HttpConfig(_Model):
+class ListenerLimits(_Model):
+    """Bounds of a listener that any client can reach (``ingest.sources.http.Limits``)."""
+
+    max_connections: int = Field(128, ge=1, le=65536)
+    """Connections open at once; one more is closed at once and counted."""
+    header_timeout_seconds: float = Field(10.0, gt=0, le=600)
+    """A request head must arrive within this of the connection (or of the keep-alive time
+    after the previous answer), else the connection is closed."""
+    body_timeout_seconds: float = Field(10.0, gt=0, le=600)
+    """A request body must arrive within this, else 408 (an unread one is drained for at most
+    this, or 10 s)."""
+    keepalive_timeout_seconds: float = Field(15.0, gt=0, le=3600)
+    """An idle connection is closed after this."""
+
+
+class HttpConfig(ListenerLimits):
     listen: Annotated[str, Field(description="host:port of /metrics, /healthz, /readyz")] = (
         "127.0.0.1:9464"
     )
+    max_connections: int = Field(32, ge=1, le=65536)
     _check = field_validator("listen")(lambda cls, v: _listen(v))
 
 
@@ -176,7 +192,7 @@ class WebsocketClientConfig(_SourceBase):
         return self
 
 
-class HttpServerConfig(_SourceBase):
+class HttpServerConfig(_SourceBase, ListenerLimits):
     """Webhook deliveries by HTTP POST (Shopify)."""
 
     type: Literal["http-server"]

@@ -129,6 +129,12 @@ class HealthMetrics:
             ["listener", "reason"],
             registry=r,
         )
+        self.connections_refused = Counter(
+            "livestream_ingest_connections_refused",
+            "Connections a listener closed at once: it had max_connections open.",
+            ["listener"],
+            registry=r,
+        )
         self.revocations = Counter(
             "livestream_ingest_eventsub_revocations",
             "Twitch EventSub subscriptions revoked, by source, subscription type and status.",

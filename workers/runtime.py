@@ -32,7 +32,7 @@ from ingest.socialstream import SocialStreamFormat
 from ingest.sources.backoff import Backoff
 from ingest.sources.base import Format
 from ingest.sources.eventsub import EventSubSource, Helix, chat_subscriptions
-from ingest.sources.http import ServerLog
+from ingest.sources.http import Guard, GuardedSite, Limits, ServerLog
 from ingest.sources.mqtt import MqttSource
 from ingest.sources.topics import TopicPattern
 from ingest.sources.webhook import ShopifyWebhookSource
@@ -42,6 +42,7 @@ from workers.committer import BatchSettings, Committer
 from workers.config import (
     Config,
     HttpServerConfig,
+    ListenerLimits,
     MqttConfig,
     SourceConfig,
     WebsocketClientConfig,
@@ -116,6 +117,11 @@ class SourceHealth:
         """A client's mistake (a bounded ``reason``): counted, logged without flooding."""
         self.metrics.bad_requests.labels(listener, reason).inc()
         self._refused(listener, "bad request", reason)
+
+    def connection_refused(self, listener: str) -> None:
+        """A connection closed at once: the listener had its ``max_connections`` open."""
+        self.metrics.connections_refused.labels(listener).inc()
+        self._refused(listener, "connection refused", "max_connections")
 
     def _refused(self, listener: str, what: str, reason: str) -> None:
         suppressed = self._refusals.allow((listener, what))
@@ -200,6 +206,15 @@ def eventsub_source(
     )
 
 
+def limits(config: ListenerLimits) -> Limits:
+    return Limits(
+        max_connections=config.max_connections,
+        header_timeout=config.header_timeout_seconds,
+        body_timeout=config.body_timeout_seconds,
+        keepalive_timeout=config.keepalive_timeout_seconds,
+    )
+
+
 def build_source(
     config: SourceConfig,
     options: NativeOptions,
@@ -227,6 +242,8 @@ def build_source(
                 on_ignored=functools.partial(health.ignored, config.name),
                 on_unauthorized=functools.partial(health.unauthorized, config.name),
                 on_bad_request=functools.partial(health.bad_request, config.name),
+                limits=limits(config),
+                on_refused=functools.partial(health.connection_refused, config.name),
             )
         case WebsocketClientConfig():
             headers = dict(config.headers)
@@ -387,7 +404,13 @@ class Ingester:
 
     @contextlib.asynccontextmanager
     async def _http(self) -> AsyncIterator[None]:
-        app = web.Application()
+        bounds = limits(self.config.http)
+        guard = Guard(
+            bounds,
+            on_refused=functools.partial(self.health.connection_refused, HTTP_LISTENER),
+            on_timeout=functools.partial(self.health.bad_request, HTTP_LISTENER),
+        )
+        app = web.Application(middlewares=[guard.middleware])
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
@@ -396,10 +419,11 @@ class Ingester:
             access_log=None,
             handle_signals=False,
             logger=ServerLog(functools.partial(self.health.bad_request, HTTP_LISTENER)),
+            **bounds.runner_options(),
         )
         await runner.setup()
         host, port = split_listen(self.config.http.listen)
-        site = web.TCPSite(runner, host, port)
+        site = GuardedSite(runner, host, port, guard)
         await site.start()
         self.http_port = int(runner.addresses[0][1])
         try:

@@ -1,5 +1,8 @@
 """Shopify webhook endpoint: an HTTP server source (aiohttp) that answers only after the commit.
 
+Connections are bounded by ``limits`` (``ingest.sources.http``): how many at once, how long a
+request head and a body may take (408), how long an idle connection stays.
+
 Per delivery: 400 for a body cut off mid-way or malformed in transfer (counted and reported to
 ``on_bad_request``, never a traceback: a client's mistake); 413 past the body limit (aiohttp's
 ``client_max_size``); 401 unless the ``X-Shopify-Hmac-Sha256`` header signs the raw body
@@ -21,7 +24,15 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from ingest.shopify import TOPICS, ShopifyFormat, verified
 from ingest.sources.base import Health, Sink
-from ingest.sources.http import INCOMPLETE_BODY, MALFORMED_REQUEST, ServerLog
+from ingest.sources.http import (
+    BODY_TIMEOUT,
+    INCOMPLETE_BODY,
+    MALFORMED_REQUEST,
+    Guard,
+    GuardedSite,
+    Limits,
+    ServerLog,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +56,8 @@ class ShopifyWebhookSource:
         on_ignored: Callable[[str], None] = lambda what: None,
         on_unauthorized: Callable[[], None] = lambda: None,
         on_bad_request: Callable[[str], None] = lambda reason: None,
+        limits: Limits | None = None,
+        on_refused: Callable[[], None] = lambda: None,
     ) -> None:
         self.name = name
         self.fmt = fmt
@@ -59,10 +72,18 @@ class ShopifyWebhookSource:
         self.on_ignored = on_ignored
         self.on_unauthorized = on_unauthorized
         self.on_bad_request = on_bad_request
+        self.limits = limits or Limits()
+        self.on_refused = on_refused
 
     async def _deliver(self, request: web.Request) -> web.Response:
         try:
-            body = await request.read()  # past client_max_size: 413, raised by aiohttp
+            async with asyncio.timeout(self.limits.body_timeout):
+                body = await request.read()  # past client_max_size: 413, raised by aiohttp
+        except TimeoutError:  # a body trickling in, or never coming: not kept waiting for
+            self.on_bad_request(BODY_TIMEOUT)
+            late = web.Response(status=408, text="body not received in time\n")
+            late.force_close()  # closed once answered (and what came of the body drained)
+            return late
         except ConnectionError:  # the client hung up mid-body: nobody reads the answer
             self.on_bad_request(INCOMPLETE_BODY)
             return web.Response(status=400, text="incomplete body\n")
@@ -88,7 +109,8 @@ class ShopifyWebhookSource:
         return web.Response(text="ok\n")
 
     async def run(self) -> None:
-        app = web.Application(client_max_size=self.max_body_bytes)
+        guard = Guard(self.limits, on_refused=self.on_refused, on_timeout=self.on_bad_request)
+        app = web.Application(client_max_size=self.max_body_bytes, middlewares=[guard.middleware])
         app.router.add_post(self.path, self._deliver)
         # Deliveries in flight at shutdown get until their commit timeout to be answered.
         runner = web.AppRunner(
@@ -97,10 +119,11 @@ class ShopifyWebhookSource:
             handle_signals=False,
             shutdown_timeout=self.commit_timeout + 1,
             logger=ServerLog(self.on_bad_request),
+            **self.limits.runner_options(),
         )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, self.port)
+            site = GuardedSite(runner, self.host, self.port, guard)
             await site.start()
             self.port = int(runner.addresses[0][1])
             self.health.connected(self.name, True)

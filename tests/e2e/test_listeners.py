@@ -148,3 +148,98 @@ async def test_client_mistakes_are_4xx_counted_and_logged_once_without_traceback
         log = listeners.log_since(offset)
     assert "Traceback" not in log, log
     assert len(log.splitlines()) <= 3, log  # one line per listener, the rest suppressed
+
+
+CAP = 6
+"""Connections each listener takes at once in the slow-client test."""
+
+
+@pytest.fixture
+def bounded(tmp_path: Path, redis_url: str, stream: str) -> Iterator[Listeners]:
+    http, hook = free_port(), free_port()
+    limits = f"""
+max_connections = {CAP}
+header_timeout_seconds = {1.0 * UNIT}
+body_timeout_seconds = {1.0 * UNIT}
+keepalive_timeout_seconds = {1.0 * UNIT}
+"""
+    sources = f"""
+[[sources]]
+name = "shop"
+type = "http-server"
+format = "shopify"
+listen = "127.0.0.1:{hook}"
+secret_env = "{SECRET_ENV}"
+stream = "{stream}"
+{limits}"""
+    config = write_config(tmp_path / "slow.toml", redis_url=redis_url, http_port=http, sources="")
+    text = config.read_text().replace(
+        f'listen = "127.0.0.1:{http}"\n', f'listen = "127.0.0.1:{http}"\n{limits}'
+    )
+    config.write_text(text + sources)
+    with IngesterProcess(config, http, env={SECRET_ENV: SECRET}) as process:
+        yield Listeners(process, 0, hook)
+
+
+async def hang_up_by_server(reader: asyncio.StreamReader) -> bool:
+    """Whether the server closed the connection (EOF, or a reset), reading whatever it sent."""
+    try:
+        while await reader.read(4096):
+            pass
+    except ConnectionError:
+        pass
+    return True
+
+
+@pytest.mark.asyncio
+async def test_slow_clients_are_dropped_and_a_full_listener_refuses_and_counts(
+    bounded: Listeners,
+) -> None:
+    port, http = bounded.hook, bounded.process.http_port
+    slow: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        for target in [port] * CAP + [http] * CAP:  # half a header each, then nothing
+            reader, writer = await asyncio.open_connection("127.0.0.1", target)
+            writer.write(b"POST /webhooks/shopify HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Shop")
+            slow.append((reader, writer))
+        # Both listeners are full: one more connection is closed at once, and counted.
+        for target in (port, http):
+            reader, writer = await asyncio.open_connection("127.0.0.1", target)
+            async with asyncio.timeout(5 * UNIT):
+                assert await hang_up_by_server(reader)
+            writer.close()
+        # Every slow client is dropped once its head is late; nothing is answered to them.
+        async with asyncio.timeout(10 * UNIT):
+            await asyncio.gather(*(hang_up_by_server(reader) for reader, _ in slow))
+    finally:
+        for _, writer in slow:
+            writer.close()
+    # A body that never comes: 408 once the body timeout passes, and the connection closed.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /webhooks/shopify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{"
+    )
+    async with asyncio.timeout(10 * UNIT):
+        status = await reader.readline()
+        assert await hang_up_by_server(reader)
+    writer.close()
+    assert status.split()[1] == b"408"
+    # The listeners answer again.
+    assert await exchange(http, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n") == 200
+    delivery = b"POST /webhooks/shopify HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+    assert await exchange(port, delivery) == 401
+
+    def counted(name: str, listener: str) -> dict[tuple[str, ...], float]:
+        return bounded.counted(name, listener=listener)
+
+    await until(
+        lambda: (
+            counted("livestream_ingest_bad_requests_total", "shop")
+            == {("header_timeout",): CAP, ("body_timeout",): 1}
+        ),
+        10,
+        "the webhook's timeouts to be counted",
+    )
+    assert counted("livestream_ingest_bad_requests_total", "http") == {("header_timeout",): CAP}
+    assert counted("livestream_ingest_connections_refused_total", "shop") == {(): 1}
+    assert counted("livestream_ingest_connections_refused_total", "http") == {(): 1}
