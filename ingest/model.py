@@ -32,6 +32,8 @@ class Reason(enum.StrEnum):
     MISSING_STREAM = "missing_stream"
     STREAM_NOT_ALLOWED = "stream_not_allowed"
     TOO_MANY_EVENTS = "too_many_events"
+    TOPIC_MISMATCH = "topic_mismatch"
+    """A body that is not what its (unsigned) topic says: a Shopify create under cancelled."""
 
 
 class Kind(enum.StrEnum):

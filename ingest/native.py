@@ -35,6 +35,7 @@ from ingest.regions import UNKNOWN, RegionTable, default_regions, normalise_coun
 STREAM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 PLATFORM_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$"
+CURRENCY_PATTERN = r"^[A-Z]{3}$"
 OTHER_PLATFORM = "other"
 REGION_CACHE = 4096
 MAX_AMOUNT = 10**15
@@ -78,7 +79,7 @@ class OrderWire(msgspec.Struct, frozen=True, tag_field="kind", tag="order"):
     buyer: UserId | None = None
     country: Label | None = None
     region: Label | None = None
-    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] | None = None
+    currency: Annotated[str, msgspec.Meta(pattern=CURRENCY_PATTERN)] | None = None
     amount: Amount | None = None
     items: Annotated[list[ItemWire], msgspec.Meta(max_length=100)] = []
 
@@ -95,10 +96,13 @@ Wire = CommentWire | OrderWire | ViewersWire
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MS = dt.timedelta(milliseconds=1)
-# msgspec searches patterns with Python's re, where "$" also matches before a final "\n":
-# names that become Redis keys or labels are checked again in full.
+# msgspec searches patterns with Python's re, where "$" also matches before a final "\n"
+# (in the JSON Schema and the docs it is the end of the text): every pattern-checked string is
+# checked again in full.
 _STREAM = re.compile(STREAM_PATTERN)
+_PLATFORM = re.compile(PLATFORM_PATTERN)
 _SKU = re.compile(SKU_PATTERN)
+_CURRENCY = re.compile(CURRENCY_PATTERN)
 _PATH = re.compile(r"at `\$(?:\[\d+\])?\.?(?P<path>[^`]*)`")
 
 
@@ -214,6 +218,8 @@ class NativeFormat:
         assert isinstance(kind, str)
         if wire.stream is not None and not _STREAM.fullmatch(wire.stream):
             return self._reject(Reason.INVALID_VALUE, "invalid stream name", raw, kind=kind)
+        if not _PLATFORM.fullmatch(wire.platform):
+            return self._reject(Reason.INVALID_VALUE, "invalid platform name", raw, kind=kind)
         stream = wire.stream or self.options.default_stream
         if stream is None:
             return self._reject(Reason.MISSING_STREAM, "no stream and no default", raw, kind=kind)
@@ -246,6 +252,8 @@ class NativeFormat:
             return reject(Reason.INVALID_VALUE, "invalid sku")
         if wire.currency is None:
             return reject(Reason.MISSING_FIELD, "a created order needs a currency")
+        if not _CURRENCY.fullmatch(wire.currency):
+            return reject(Reason.INVALID_VALUE, "invalid currency code")
         try:
             if wire.amount is not None:
                 amount = to_minor(wire.amount, wire.currency)

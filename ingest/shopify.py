@@ -13,6 +13,12 @@ Pure; the HTTP endpoint is ``ingest.sources.webhook``. Facts relied on (shopify.
 An order's identity is (order id, topic): ``orders/create`` is the order, ``orders/cancelled``
 its cancellation, whichever comes first (the commit script settles a cancellation that arrives
 before its order). The event id is an alias, so any delivery of one event counts once.
+
+The topic header is not covered by the signature: anyone holding one signed body can post it
+under another topic. So the body must be what its topic says, else it is refused as
+``topic_mismatch``: a cancellation is an order with ``cancelled_at`` and ``cancel_reason`` set
+(as Shopify sends it), a new order one without ``cancelled_at`` (its payload is the order as it
+was when created).
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ class _Order(msgspec.Struct, frozen=True):
     total_price: str
     line_items: Annotated[list[_LineItem], msgspec.Meta(max_length=1000)]
     cancelled_at: dt.datetime | None = None
+    """Set in a cancelled order only; an ``orders/create`` body with it is refused."""
     shipping_address: _Address | None = None
     customer: _Customer | None = None
 
@@ -76,7 +83,7 @@ class _Order(msgspec.Struct, frozen=True):
 class _Cancelled(msgspec.Struct, frozen=True):
     id: Annotated[int, msgspec.Meta(ge=1)]
     cancelled_at: dt.datetime | None = None
-    created_at: dt.datetime | None = None
+    cancel_reason: str | None = None
 
 
 def signature(secret: bytes, body: bytes) -> str:
@@ -112,8 +119,10 @@ class ShopifyFormat(Adapter):
                 cancelled = self._cancelled.decode(body)
             except msgspec.DecodeError as exc:
                 return self.invalid(exc, body, "order")
-            when = cancelled.cancelled_at or cancelled.created_at
-            ts_ms = self.now_ms() if when is None else self.ts_ms(when)
+            if cancelled.cancelled_at is None or not cancelled.cancel_reason:
+                detail = "an orders/cancelled body without cancelled_at and cancel_reason"
+                return self.reject(Reason.TOPIC_MISMATCH, detail, body, "order")
+            ts_ms = self.ts_ms(cancelled.cancelled_at)
             if ts_ms is None:
                 return self.reject(Reason.OUT_OF_RANGE, "timestamp in the future", body, "order")
             oid = f"shopify:{cancelled.id}"
@@ -128,6 +137,8 @@ class ShopifyFormat(Adapter):
         def reject(reason: Reason, detail: str) -> Decoded:
             return self.reject(reason, detail, body, "order")
 
+        if order.cancelled_at is not None:
+            return reject(Reason.TOPIC_MISMATCH, "an orders/create body of a cancelled order")
         if not order.line_items:
             return reject(Reason.MISSING_FIELD, "an order needs at least one line item")
         ts_ms = self.ts_ms(order.created_at)

@@ -80,7 +80,7 @@ class EventSubServer:
         *,
         keepalive: int = 10,
         client_id: str = "test-client-id",
-        token: str = "test-token",
+        token: str = "test-token-0123456789",
         broadcaster: str = "1001",
         subscribe_within: float = 10.0,
     ) -> None:

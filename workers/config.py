@@ -78,10 +78,26 @@ class RedisConfig(_Model):
         return value
 
 
-class HttpConfig(_Model):
+class ListenerLimits(_Model):
+    """Bounds of a listener that any client can reach (``ingest.sources.http.Limits``)."""
+
+    max_connections: int = Field(128, ge=1, le=65536)
+    """Connections open at once; one more is closed at once and counted."""
+    header_timeout_seconds: float = Field(10.0, gt=0, le=600)
+    """A request head must arrive within this of the connection (or of the keep-alive time
+    after the previous answer), else the connection is closed."""
+    body_timeout_seconds: float = Field(10.0, gt=0, le=600)
+    """A request body must arrive within this, else 408 (an unread one is drained for at most
+    this, or 10 s)."""
+    keepalive_timeout_seconds: float = Field(15.0, gt=0, le=3600)
+    """An idle connection is closed after this."""
+
+
+class HttpConfig(ListenerLimits):
     listen: Annotated[str, Field(description="host:port of /metrics, /healthz, /readyz")] = (
         "127.0.0.1:9464"
     )
+    max_connections: int = Field(32, ge=1, le=65536)
     _check = field_validator("listen")(lambda cls, v: _listen(v))
 
 
@@ -177,7 +193,7 @@ class WebsocketClientConfig(_SourceBase):
         return self
 
 
-class HttpServerConfig(_SourceBase):
+class HttpServerConfig(_SourceBase, ListenerLimits):
     """Webhook deliveries by HTTP POST (Shopify)."""
 
     type: Literal["http-server"]
@@ -343,8 +359,22 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return text or "(top level)"
 
 
+MIN_SECRET_BYTES = 16
+"""Shortest token, password or signing secret taken from the environment (UTF-8 bytes)."""
+
+
+def _weakness(secret: str) -> str | None:
+    """Why a secret from the environment is unfit, or None. Its value is never shown."""
+    if secret != secret.strip():
+        return "starts or ends with whitespace"
+    if len(secret.encode("utf-8", "surrogateescape")) < MIN_SECRET_BYTES:
+        return f"shorter than {MIN_SECRET_BYTES} bytes"
+    return None
+
+
 def _secrets(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
-    """Checked on the raw data, so a missing secret is reported along with every field error."""
+    """Checked on the raw data, so a missing or weak secret is reported along with every field
+    error."""
     sources = data.get("sources")
     errors = []
     for index, source in enumerate(sources if isinstance(sources, list) else []):
@@ -355,10 +385,14 @@ def _secrets(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
         for where, table in tables:
             for key in ("token_env", "password_env", "secret_env"):
                 name = table.get(key)
-                if isinstance(name, str) and not environ.get(name):
-                    errors.append(
-                        f"sources[{index}].{where}{key}: environment variable {name} is not set"
-                    )
+                if not isinstance(name, str):
+                    continue
+                location = f"sources[{index}].{where}{key}"
+                secret = environ.get(name)
+                if not secret:
+                    errors.append(f"{location}: environment variable {name} is not set")
+                elif (weakness := _weakness(secret)) is not None:
+                    errors.append(f"{location}: environment variable {name} is {weakness}")
     return errors
 
 

@@ -122,8 +122,22 @@ class HealthMetrics:
         )
         self.unauthorized = Counter(
             "livestream_ingest_unauthorized_requests",
-            "Webhook deliveries refused (401) for a missing or wrong signature; not kept.",
+            "Requests refused (401) by a listening source for a missing or wrong signature or "
+            "token; not kept.",
             ["source"],
+            registry=r,
+        )
+        self.bad_requests = Counter(
+            "livestream_ingest_bad_requests",
+            "Requests a listener refused as a client's mistake (a body cut off mid-way, ...), "
+            "by listener and reason.",
+            ["listener", "reason"],
+            registry=r,
+        )
+        self.connections_refused = Counter(
+            "livestream_ingest_connections_refused",
+            "Connections a listener closed at once: it had max_connections open.",
+            ["listener"],
             registry=r,
         )
         self.revocations = Counter(

@@ -32,6 +32,7 @@ from ingest.socialstream import SocialStreamFormat
 from ingest.sources.backoff import Backoff
 from ingest.sources.base import Format
 from ingest.sources.eventsub import EventSubSource, Helix, chat_subscriptions
+from ingest.sources.http import Guard, GuardedSite, Limits, ServerLog
 from ingest.sources.mqtt import MqttSource
 from ingest.sources.topics import TopicPattern
 from ingest.sources.webhook import ShopifyWebhookSource
@@ -41,6 +42,7 @@ from workers.committer import BatchSettings, Committer
 from workers.config import (
     Config,
     HttpServerConfig,
+    ListenerLimits,
     MqttConfig,
     SourceConfig,
     WebsocketClientConfig,
@@ -53,6 +55,8 @@ from workers.store import Store, StoreSettings
 
 log = structlog.get_logger("runtime")
 
+HTTP_LISTENER = "http"
+"""The ``listener`` label of the metrics endpoint (``[http] listen``)."""
 SCRAPE_TIMEOUT = 2.0
 """Seconds a scrape waits for Redis; then it answers with health metrics only."""
 
@@ -123,14 +127,29 @@ class SourceHealth:
         """An input taken but not an event we count (a bounded ``what``): counted only."""
         self.metrics.ignored.labels(source, what).inc()
 
-    def unauthorized(self, source: str) -> None:
-        """A webhook delivery refused for its signature: counted, logged without flooding."""
+    def unauthorized(self, source: str, reason: str = "signature") -> None:
+        """A request refused by a listening source for its credentials (a bounded ``reason``):
+        counted, logged without flooding."""
         self.metrics.unauthorized.labels(source).inc()
-        suppressed = self._refusals.allow(source)
+        self._refused(source, "unauthorized", reason)
+
+    def bad_request(self, listener: str, reason: str) -> None:
+        """A client's mistake (a bounded ``reason``): counted, logged without flooding."""
+        self.metrics.bad_requests.labels(listener, reason).inc()
+        self._refused(listener, "bad request", reason)
+
+    def connection_refused(self, listener: str) -> None:
+        """A connection closed at once: the listener had its ``max_connections`` open."""
+        self.metrics.connections_refused.labels(listener).inc()
+        self._refused(listener, "connection refused", "max_connections")
+
+    def _refused(self, listener: str, what: str, reason: str) -> None:
+        suppressed = self._refusals.allow((listener, what))
         if suppressed is not None:
             log.warning(
-                "webhook delivery refused: bad signature",
-                source=source,
+                f"request refused: {what}",
+                source=listener,
+                reason=reason,
                 suppressed_since_last=suppressed,
             )
 
@@ -207,6 +226,15 @@ def eventsub_source(
     )
 
 
+def limits(config: ListenerLimits) -> Limits:
+    return Limits(
+        max_connections=config.max_connections,
+        header_timeout=config.header_timeout_seconds,
+        body_timeout=config.body_timeout_seconds,
+        keepalive_timeout=config.keepalive_timeout_seconds,
+    )
+
+
 def build_source(
     config: SourceConfig,
     options: NativeOptions,
@@ -233,6 +261,9 @@ def build_source(
                 commit_timeout=config.commit_timeout_seconds,
                 on_ignored=functools.partial(health.ignored, config.name),
                 on_unauthorized=functools.partial(health.unauthorized, config.name),
+                on_bad_request=functools.partial(health.bad_request, config.name),
+                limits=limits(config),
+                on_refused=functools.partial(health.connection_refused, config.name),
             )
         case WebsocketClientConfig():
             headers = dict(config.headers)
@@ -274,6 +305,7 @@ def build_source(
                 max_size=config.max_size,
                 ping_interval=config.ping_interval,
                 ping_timeout=config.ping_timeout,
+                on_unauthorized=functools.partial(health.unauthorized, config.name),
             )
         case MqttConfig():
 
@@ -400,14 +432,26 @@ class Ingester:
 
     @contextlib.asynccontextmanager
     async def _http(self) -> AsyncIterator[None]:
-        app = web.Application()
+        bounds = limits(self.config.http)
+        guard = Guard(
+            bounds,
+            on_refused=functools.partial(self.health.connection_refused, HTTP_LISTENER),
+            on_timeout=functools.partial(self.health.bad_request, HTTP_LISTENER),
+        )
+        app = web.Application(middlewares=[guard.middleware])
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            logger=ServerLog(functools.partial(self.health.bad_request, HTTP_LISTENER)),
+            **bounds.runner_options(),
+        )
         await runner.setup()
         host, port = split_listen(self.config.http.listen)
-        site = web.TCPSite(runner, host, port)
+        site = GuardedSite(runner, host, port, guard)
         try:
             await site.start()
         except OSError as exc:

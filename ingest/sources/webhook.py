@@ -1,12 +1,16 @@
 """Shopify webhook endpoint: an HTTP server source (aiohttp) that answers only after the commit.
 
-Per delivery: 413 past the body limit (aiohttp's ``client_max_size``); 401 unless the
-``X-Shopify-Hmac-Sha256`` header signs the raw body (nothing of an unsigned body is kept: it
-could be anyone's); 200 for a topic we do not count (counted as ignored); otherwise the delivery
-is decoded and submitted, and the answer waits for its commit: 200 once it is counted, found a
-duplicate or dead-lettered (a body that can never be counted must not be retried for hours),
-503 if the commit does not finish within ``commit_timeout`` (Shopify waits 5 s), so Shopify
-delivers again and dedup makes that harmless.
+Connections are bounded by ``limits`` (``ingest.sources.http``): how many at once, how long a
+request head and a body may take (408), how long an idle connection stays.
+
+Per delivery: 400 for a body cut off mid-way or malformed in transfer (counted and reported to
+``on_bad_request``, never a traceback: a client's mistake); 413 past the body limit (aiohttp's
+``client_max_size``); 401 unless the ``X-Shopify-Hmac-Sha256`` header signs the raw body
+(nothing of an unsigned body is kept: it could be anyone's); 200 for a topic we do not count
+(counted as ignored); otherwise the delivery is decoded and submitted, and the answer waits for
+its commit: 200 once it is counted, found a duplicate or dead-lettered (a body that can never be
+counted must not be retried for hours), 503 if the commit does not finish within
+``commit_timeout`` (Shopify waits 5 s), so Shopify delivers again and dedup makes that harmless.
 """
 
 from __future__ import annotations
@@ -16,9 +20,19 @@ import logging
 from collections.abc import Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ingest.shopify import TOPICS, ShopifyFormat, verified
 from ingest.sources.base import Health, Sink
+from ingest.sources.http import (
+    BODY_TIMEOUT,
+    INCOMPLETE_BODY,
+    MALFORMED_REQUEST,
+    Guard,
+    GuardedSite,
+    Limits,
+    ServerLog,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +55,9 @@ class ShopifyWebhookSource:
         commit_timeout: float = 4.0,
         on_ignored: Callable[[str], None] = lambda what: None,
         on_unauthorized: Callable[[], None] = lambda: None,
+        on_bad_request: Callable[[str], None] = lambda reason: None,
+        limits: Limits | None = None,
+        on_refused: Callable[[], None] = lambda: None,
     ) -> None:
         self.name = name
         self.fmt = fmt
@@ -54,10 +71,26 @@ class ShopifyWebhookSource:
         self.commit_timeout = commit_timeout
         self.on_ignored = on_ignored
         self.on_unauthorized = on_unauthorized
+        self.on_bad_request = on_bad_request
+        self.limits = limits or Limits()
+        self.on_refused = on_refused
         self._runner: web.AppRunner | None = None
 
     async def _deliver(self, request: web.Request) -> web.Response:
-        body = await request.read()  # past client_max_size: 413, raised by aiohttp
+        try:
+            async with asyncio.timeout(self.limits.body_timeout):
+                body = await request.read()  # past client_max_size: 413, raised by aiohttp
+        except TimeoutError:  # a body trickling in, or never coming: not kept waiting for
+            self.on_bad_request(BODY_TIMEOUT)
+            late = web.Response(status=408, text="body not received in time\n")
+            late.force_close()  # closed once answered (and what came of the body drained)
+            return late
+        except ConnectionError:  # the client hung up mid-body: nobody reads the answer
+            self.on_bad_request(INCOMPLETE_BODY)
+            return web.Response(status=400, text="incomplete body\n")
+        except HttpProcessingError:  # short of Content-Length, or broken chunks
+            self.on_bad_request(MALFORMED_REQUEST)
+            return web.Response(status=400, text="malformed body\n")
         if not verified(self._secret, body, request.headers.get("X-Shopify-Hmac-Sha256")):
             self.on_unauthorized()
             return web.Response(status=401, text="invalid signature\n")
@@ -80,15 +113,21 @@ class ShopifyWebhookSource:
         """Listen now (OSError if the address cannot be used); ``run`` then serves."""
         if self._runner is not None:
             return
-        app = web.Application(client_max_size=self.max_body_bytes)
+        guard = Guard(self.limits, on_refused=self.on_refused, on_timeout=self.on_bad_request)
+        app = web.Application(client_max_size=self.max_body_bytes, middlewares=[guard.middleware])
         app.router.add_post(self.path, self._deliver)
         # Deliveries in flight at shutdown get until their commit timeout to be answered.
         runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=self.commit_timeout + 1
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=self.commit_timeout + 1,
+            logger=ServerLog(self.on_bad_request),
+            **self.limits.runner_options(),
         )
         await runner.setup()
         try:
-            await web.TCPSite(runner, self.host, self.port).start()
+            await GuardedSite(runner, self.host, self.port, guard).start()
         except BaseException:
             await runner.cleanup()
             raise

@@ -136,7 +136,11 @@ class WebsocketClientSource(Reconnecting):
 
 class WebsocketServerSource:
     """Listens on host:port; producers connect to ``path`` with ``Authorization: Bearer <token>``
-    and push frames. Each connection is read independently; a bad frame never closes it."""
+    and push frames. Each connection is read independently; a bad frame never closes it.
+
+    A handshake without exactly one such header, or with another token, is answered 401 and
+    reported to ``on_unauthorized`` with a bounded reason; nothing raises out of the check (an
+    exception there would be websockets' 500 and a traceback per request)."""
 
     def __init__(
         self,
@@ -152,6 +156,7 @@ class WebsocketServerSource:
         max_size: int = 1024 * 1024,
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
+        on_unauthorized: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.name = name
         self.host = host
@@ -164,18 +169,34 @@ class WebsocketServerSource:
         self.max_size = max_size
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
+        self.on_unauthorized = on_unauthorized
         self.server: Server | None = None
         self.ready = asyncio.Event()
 
     def _authorise(self, connection: ServerConnection, request: Request) -> Response | None:
         if request.path.split("?", 1)[0] != self.path:
             return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
-        scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
-        # The scheme is case-insensitive (RFC 9110); the token is compared in constant time.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(offered.encode(), self._token):
+        reason = self._refusal(request.headers.get_all("Authorization"))
+        if reason is not None:
+            self.on_unauthorized(reason)
             response = connection.respond(HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
             response.headers["WWW-Authenticate"] = 'Bearer realm="livestream-ingester"'
             return response
+        return None
+
+    def _refusal(self, values: list[str]) -> str | None:
+        """Why these ``Authorization`` values do not authenticate, or None if they do."""
+        if not values:
+            return "missing"
+        if len(values) > 1:
+            return "duplicate"
+        scheme, _, offered = values[0].partition(" ")
+        # The scheme is case-insensitive (RFC 9110); the token is compared in constant time.
+        # websockets decodes header values as ISO-8859-1, so any value encodes.
+        if scheme.lower() != "bearer":
+            return "scheme"
+        if not hmac.compare_digest(offered.encode(), self._token):
+            return "token"
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:

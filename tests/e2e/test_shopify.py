@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from redis.asyncio import Redis
 
 from ingest.shopify import signature
 from tests.e2e.support import (
@@ -32,6 +33,7 @@ from tests.e2e.support import (
 from tests.platforms import Shop
 from tests.waiting import until
 from workers.redis_server import RedisServer, free_port
+from workers.store import Store, StoreSettings
 
 COUNTRIES: dict[str, list[str | None]] = {
     "VN": ["Hà Nội", "Bắc Giang", "TP Hồ Chí Minh"],
@@ -268,3 +270,39 @@ async def test_a_delivery_is_acknowledged_only_once_committed(tmp_path: Path, st
                 assert sum(grams.values()) == sum(o.grams for o in orders)
     finally:
         redis.close()
+
+
+@pytest.mark.asyncio
+async def test_a_signed_body_replayed_under_another_topic_is_refused(
+    ingester: tuple[IngesterProcess, Shop], redis: Redis, stream: str
+) -> None:
+    """The topic header is not signed: a captured orders/create body re-posted as
+    orders/cancelled (and a cancellation re-posted as orders/create) must not count. Each is
+    answered 200 (it can never count: no retries for hours), rejected and dead-lettered."""
+    process, shop = ingester
+    rng = random.Random(12)
+    orders = [make_order(rng, 8_000_000 + n) for n in range(4)]
+    async with aiohttp.ClientSession() as http:
+        statuses = [
+            await shop.deliver(http, "orders/create", orjson.dumps(o.body), event_id=f"c{o.id}")
+            for o in orders
+        ]
+        captured = orjson.dumps(orders[0].body)
+        for n in range(3):  # replayed with its own signature, under new event ids
+            statuses.append(
+                await shop.deliver(http, "orders/cancelled", captured, event_id=f"forged-{n}")
+            )
+        real_cancel = orjson.dumps(cancelled(orders[1]))
+        statuses.append(await shop.deliver(http, "orders/cancelled", real_cancel, event_id="x1"))
+        statuses.append(  # a captured cancellation as a new order: refused too
+            await shop.deliver(http, "orders/create", real_cancel, event_id="forged-create")
+        )
+    assert statuses == [200] * 9
+    samples = scrape(process.http_port)
+    expected = expected_totals(orders, [orders[1]])
+    assert {name: select(samples, name, stream=stream) for name in expected} == expected
+    rejections = select(samples, "livestream_ingest_rejections_total", source="shop")
+    assert rejections == {("topic_mismatch",): 4}
+    letters = await Store(redis, StoreSettings()).dead_letters(stream)
+    assert [f["reason"] for f in letters] == [b"topic_mismatch"] * 4
+    assert {f["raw"] for f in letters} == {captured, real_cancel}

@@ -8,6 +8,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
+import pytest
 import yaml
 
 from workers.cli import parser
@@ -55,12 +56,39 @@ def host_path(service: dict[str, Any], container_path: str) -> Path:
     raise AssertionError(f"{container_path} is not mounted")
 
 
-def published(service: dict[str, Any]) -> dict[int, int]:
+class MissingVariable(Exception):
+    """A required variable (``${NAME:?message}``) is unset: docker compose refuses to start."""
+
+
+def interpolate(value: str, environ: dict[str, str]) -> str:
+    """Compose's variable interpolation, as far as this file uses it: ``$$``, ``${NAME}``,
+    ``${NAME:-default}`` and ``${NAME:?message}``."""
+
+    def one(match: re.Match[str]) -> str:
+        if match[0] == "$$":
+            return "$"
+        name, operator, rest = match["name"], match["op"], match["rest"] or ""
+        if environ.get(name):
+            return environ[name]
+        if operator == ":?":
+            raise MissingVariable(f"{name}: {rest}")
+        return rest
+
+    pattern = r"\$\$|\$\{(?P<name>\w+)(?:(?P<op>:-|:\?)(?P<rest>[^}]*))?\}"
+    return re.sub(pattern, one, value)
+
+
+def published(service: dict[str, Any], environ: dict[str, str] | None = None) -> dict[int, int]:
     """Container port -> host port."""
+    return {port: host for port, (_, host) in bindings(service, environ).items()}
+
+
+def bindings(service: dict[str, Any], environ: dict[str, str] | None = None) -> dict[int, Any]:
+    """Container port -> (host address, host port), with the variables of ``environ``."""
     found = {}
     for mapping in service.get("ports", []):
-        host, container = mapping.split(":")
-        found[int(container)] = int(host)
+        address, host, container = interpolate(mapping, environ or {}).split(":")
+        found[int(container)] = (address, int(host))
     return found
 
 
@@ -173,17 +201,59 @@ def test_grafana_provisioning_matches_its_mounts() -> None:
     assert 3000 in published(grafana)
 
 
-def test_mosquitto_config_is_mounted_where_the_image_reads_it() -> None:
-    mosquitto = services()["mosquitto"]
-    conf = host_path(mosquitto, "/mosquitto/config/mosquitto.conf")
+def broker_settings(service: dict[str, Any], conf: Path) -> dict[str, str]:
+    """Mosquitto's settings from ``conf`` and the files it includes; a later line wins."""
     settings: dict[str, str] = {}
     for line in conf.read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             key, _, value = line.partition(" ")
-            settings.setdefault(key, value.strip())
+            if key == "include_dir":  # the files mounted into it, in name order
+                directory = PurePosixPath(value.strip())
+                for target in sorted(mounts(service)):
+                    if PurePosixPath(target).parent == directory and target.endswith(".conf"):
+                        settings.update(broker_settings(service, host_path(service, target)))
+            else:
+                settings[key] = value.strip()
+    return settings
+
+
+def test_mosquitto_config_is_mounted_where_the_image_reads_it() -> None:
+    mosquitto = services()["mosquitto"]
+    (command,) = mosquitto["command"]
+    run = re.search(r"exec mosquitto -c (\S+)$", command)
+    assert run, command
+    settings = broker_settings(mosquitto, host_path(mosquitto, run[1]))
     assert int(settings["listener"]) in published(mosquitto)
-    assert settings["allow_anonymous"] == "true"
     assert int(settings["max_queued_messages"]) > 1000  # the default drops bursts
     data_dir = settings["persistence_location"]
     volumes = {v.split(":")[1]: v.split(":")[0] for v in mosquitto["volumes"]}
     assert volumes[data_dir.rstrip("/")] in compose()["volumes"]
+
+
+def test_ports_are_published_on_loopback_unless_the_operator_opts_out() -> None:
+    everywhere = {"LIVESTREAM_PUBLISH_ADDRESS": "0.0.0.0"}
+    for name, service in services().items():
+        for address, _ in bindings(service).values():
+            assert address == "127.0.0.1", name
+        for address, _ in bindings(service, everywhere).values():
+            assert address == "0.0.0.0", name
+
+
+def test_grafana_and_the_broker_refuse_to_start_without_a_password() -> None:
+    all_services = services()
+    grafana = all_services["grafana"]["environment"]
+    with pytest.raises(MissingVariable, match="GRAFANA_ADMIN_PASSWORD"):
+        interpolate(grafana["GF_SECURITY_ADMIN_PASSWORD"], {})
+    assert interpolate(grafana["GF_SECURITY_ADMIN_PASSWORD"], {"GRAFANA_ADMIN_PASSWORD": "pw"}) == (
+        "pw"
+    )
+    mosquitto = all_services["mosquitto"]
+    with pytest.raises(MissingVariable, match="MQTT_PASSWORD"):
+        interpolate(mosquitto["environment"]["MQTT_PASSWORD"], {})
+    (command,) = mosquitto["command"]
+    conf = re.search(r"exec mosquitto -c (\S+)$", command)
+    assert conf
+    settings = broker_settings(mosquitto, host_path(mosquitto, conf[1]))
+    assert settings["allow_anonymous"] == "false"
+    assert settings["password_file"] in command  # written from the environment at start
+    assert "$$MQTT_USERNAME" in mosquitto["healthcheck"]["test"][-1]

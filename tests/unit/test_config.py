@@ -28,7 +28,7 @@ from workers.config import (
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "config" / "ingester.toml"
 DEMO = ROOT / "config" / "demo.toml"
-TOKEN = {"LIVESTREAM_PUSH_TOKEN": "secret"}
+TOKEN = {"LIVESTREAM_PUSH_TOKEN": "secret-0123456789"}
 
 MINIMAL: dict[str, Any] = {
     "sources": [{"name": "relay", "type": "websocket-client", "url": "ws://127.0.0.1:1/feed"}]
@@ -88,7 +88,7 @@ def test_demo_config_is_valid() -> None:
 
 
 PLATFORMS = ROOT / "config" / "platforms.toml"
-PLATFORM_SECRETS = {"TWITCH_TOKEN": "t", "SHOPIFY_SECRET": "s"}
+PLATFORM_SECRETS = {"TWITCH_TOKEN": "t" * 30, "SHOPIFY_SECRET": "s" * 32}
 
 
 def test_platforms_config_is_valid_and_complete() -> None:
@@ -160,7 +160,7 @@ def test_twitch_table_and_format_go_together() -> None:
     data = minimal()
     twitch = {"client_id": "c", "token_env": "T", "broadcaster_user_id": "1", "user_id": "2"}
     data["sources"][0].update(stream="s", twitch=twitch)
-    assert errors_of(data, {"T": "t"}) == [
+    assert errors_of(data, {"T": "t" * 16}) == [
         "sources[0]: Value error, format 'twitch-eventsub' and a [twitch] table go together"
     ]
 
@@ -195,7 +195,7 @@ def test_every_mistake_is_reported_with_its_location() -> None:
             {"name": "d", "type": "websocket-server", "listen": "localhost", "token_env": "T"},
         ],
     }
-    errors = errors_of(data, {"T": "t"})
+    errors = errors_of(data, {"T": "t" * 16})
     locations = sorted(error.split(":", 1)[0] for error in errors)
     assert locations == sorted(
         [
@@ -234,6 +234,7 @@ def test_duplicate_source_names_alone() -> None:
         ("batch", "max_in_flight", 17, "batch.max_in_flight"),
         ("batch", "max_events", "many", "batch.max_events"),
         ("labels", "platforms", ["TikTok"], "labels.platforms[0]"),
+        ("labels", "platforms", ["tiktok\n"], "labels.platforms[0]"),  # "$" is the end
         ("log", "level", "verbose", "log.level"),
         ("log", "format", "xml", "log.format"),
         ("http", "listen", "127.0.0.1:70000", "http.listen"),
@@ -252,6 +253,8 @@ def test_one_bad_value(section: str, key: str, value: object, location: str) -> 
         ({"url": "http://x/"}, "sources[0].url"),
         ({"name": "Bad Name"}, "sources[0].name"),
         ({"stream": "{x}"}, "sources[0].stream"),
+        ({"stream": "live\n"}, "sources[0].stream"),
+        ({"name": "push\n"}, "sources[0].name"),
         ({"streams": ["ok", "a b"]}, "sources[0].streams[1]"),
         ({"stream": "a", "streams": ["b"]}, "sources[0]"),
         ({"max_size": 1024, "max_frame_bytes": 2048}, "sources[0]"),
@@ -273,9 +276,42 @@ def test_missing_token_variable() -> None:
     assert errors_of(data, {"OTHER": "x"}) == [
         "sources[0].token_env: environment variable PUSH_TOKEN is not set"
     ]
-    (source,) = parse(data, "test.toml", {"PUSH_TOKEN": "t"}).sources
+    (source,) = parse(data, "test.toml", {"PUSH_TOKEN": "t" * 16}).sources
     assert isinstance(source, WebsocketServerConfig)
     assert source.token_env == "PUSH_TOKEN"
+
+
+@pytest.mark.parametrize(
+    "secret", ["x", " ", " " * 40, "short-secret-15", "é" * 7, " padded-secret-0123456789 "]
+)
+def test_weak_secrets_are_refused_with_their_key(secret: str) -> None:
+    data = {
+        "sources": [
+            {"name": "push", "type": "websocket-server", "token_env": "PUSH_TOKEN"},
+            {
+                "name": "shop",
+                "type": "http-server",
+                "format": "shopify",
+                "stream": "s",
+                "secret_env": "SHOP_SECRET",
+            },
+            {
+                "name": "mqtt",
+                "type": "mqtt",
+                "client_id": "i",
+                "topics": [{"pattern": "live/+"}],
+                "password_env": "MQTT_PASSWORD",
+            },
+        ]
+    }
+    env = {"PUSH_TOKEN": secret, "SHOP_SECRET": secret, "MQTT_PASSWORD": secret}
+    assert [error.split(":")[0] for error in errors_of(data, env)] == [
+        "sources[0].token_env",
+        "sources[1].secret_env",
+        "sources[2].password_env",
+    ]
+    strong = dict.fromkeys(env, "0123456789abcdef")  # 16 bytes
+    assert len(parse(data, "test.toml", strong).sources) == 3
 
 
 def test_server_source_requires_a_token_env() -> None:
@@ -453,7 +489,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 def test_check_config_accepts_a_good_file(
     clean_environment: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    clean_environment.setenv("LIVESTREAM_PUSH_TOKEN", "secret")
+    clean_environment.setenv("LIVESTREAM_PUSH_TOKEN", "secret-0123456789")
     assert cli.main(["check-config", "-c", str(SHIPPED)]) == 0
     out, err = capsys.readouterr()
     assert out == f"{SHIPPED}: ok (2 source(s))\n"

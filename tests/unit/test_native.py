@@ -448,6 +448,9 @@ REJECTED: list[tuple[str, bytes, Reason, str]] = [
         "order",
     ),
     ("upper-platform", encode(comment(platform="TikTok")), Reason.INVALID_VALUE, "comment"),
+    # Python's "$" matches before a final newline; the documented pattern does not.
+    ("platform-newline", encode(comment(platform="tiktok\n")), Reason.INVALID_VALUE, "comment"),
+    ("currency-newline", encode(order(currency="VND\n")), Reason.INVALID_VALUE, "order"),
     (
         "zero-qty",
         encode(order(items=[{"sku": "a", "qty": 0, "grams": 1}])),

@@ -41,10 +41,10 @@ def test_config_examples_are_valid() -> None:
     examples = blocks("toml")
     assert len(examples) == 3
     env = {
-        "LIVESTREAM_PUSH_TOKEN": "t",
-        "MQTT_PASSWORD": "p",
-        "TWITCH_TOKEN": "t",
-        "SHOPIFY_SECRET": "s",
+        "LIVESTREAM_PUSH_TOKEN": "t" * 16,
+        "MQTT_PASSWORD": "p" * 16,
+        "TWITCH_TOKEN": "t" * 30,
+        "SHOPIFY_SECRET": "s" * 32,
     }
     sources = [
         (source.type, source.format)

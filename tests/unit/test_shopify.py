@@ -21,6 +21,7 @@ OPTIONS = NativeOptions(
     default_stream=STREAM, platforms=frozenset({"shopify"}), max_frame_bytes=8192, clock=lambda: NOW
 )
 SECRET = b"hush"
+WHEN = "2025-06-14T10:00:00+07:00"
 
 # In the documented shape; total_weight 0 while the items weigh, as in Shopify's own sample.
 ORDER: dict[str, Any] = {
@@ -110,7 +111,7 @@ def test_without_an_address_country_and_region_are_unknown() -> None:
 
 
 def test_a_cancellation_carries_its_order_id_and_event() -> None:
-    cancel = one(CANCEL, body(cancelled_at="2025-06-14T10:00:00+07:00"), "ev-2")
+    cancel = one(CANCEL, body(cancelled_at=WHEN, cancel_reason="customer"), "ev-2")
     assert cancel == Order(
         STREAM,
         "shopify",
@@ -158,6 +159,34 @@ def test_unusable_orders_are_rejected_with_a_reason(raw: bytes, reason: Reason) 
 
 
 def test_an_unusable_cancellation_is_rejected() -> None:
-    rejection = one(CANCEL, b'{"cancelled_at": null}')
+    rejection = one(CANCEL, b'{"cancelled_at": "2025-06-14T10:00:00Z", "cancel_reason": "other"}')
     assert isinstance(rejection, Rejection)
     assert (rejection.reason, rejection.kind) == (Reason.MISSING_FIELD, "order")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        body(),  # a signed orders/create body, re-posted under orders/cancelled
+        body(cancelled_at=None, cancel_reason="customer"),
+        body(cancelled_at=WHEN, cancel_reason=None),
+        orjson.dumps({"id": 1, "created_at": WHEN, "cancelled_at": WHEN}),
+    ],
+)
+def test_a_cancellation_must_be_a_cancelled_order(raw: bytes) -> None:
+    """The topic is not signed: only the body says whether an order was cancelled."""
+    rejection = one(CANCEL, raw)
+    assert isinstance(rejection, Rejection)
+    assert (rejection.reason, rejection.kind, rejection.raw) == (
+        Reason.TOPIC_MISMATCH,
+        "order",
+        raw,
+    )
+
+
+def test_a_cancelled_order_is_not_a_new_order() -> None:
+    """A captured cancellation re-posted under orders/create is refused too."""
+    raw = body(cancelled_at=WHEN, cancel_reason="customer")
+    rejection = one(CREATE, raw)
+    assert isinstance(rejection, Rejection)
+    assert (rejection.reason, rejection.kind) == (Reason.TOPIC_MISMATCH, "order")

@@ -1,0 +1,192 @@
+"""What every aiohttp listener (the webhook source, the metrics endpoint) shares: bounds on slow
+and numerous clients, and a client's malformed request counted, never logged with a traceback.
+
+aiohttp has no timeout for reading a request head, and keeps an idle connection for an hour by
+default: a few hundred clients sending half a header would hold every file descriptor of the
+process. :class:`GuardedSite` listens in aiohttp's place and a :class:`Guard` enforces
+:class:`Limits`: at most
+``max_connections`` open at once (one more is closed at once and reported to ``on_refused``); a
+request head must arrive within ``header_timeout`` of the connection opening (or of the previous
+answer plus ``keepalive_timeout``), else the connection is closed and reported as
+``header_timeout``. Handlers that read a body bound it with ``body_timeout`` (408).
+
+aiohttp answers a request it cannot parse (a bad header line, a broken chunk) with 400 by itself
+and logs the parser's traceback at ERROR through its server logger: one per request, before any
+authentication, so anyone could fill the logs. :class:`ServerLog` is the logger handed to
+aiohttp instead: those go to ``on_bad_request`` (a counter and a throttled line); anything else
+(a bug of ours: a 500) is still logged in full by ``aiohttp.server``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+MALFORMED_REQUEST = "malformed_request"
+INCOMPLETE_BODY = "incomplete_body"
+HEADER_TIMEOUT = "header_timeout"
+BODY_TIMEOUT = "body_timeout"
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Bounds of one listener; the defaults suit a public endpoint."""
+
+    max_connections: int = 128
+    header_timeout: float = 10.0
+    body_timeout: float = 10.0
+    keepalive_timeout: float = 15.0
+
+    def runner_options(self) -> dict[str, Any]:
+        """aiohttp's own knobs (``web.AppRunner(app, **options)``): idle keep-alive, and how
+        long an unread body is drained after the answer."""
+        return {
+            "keepalive_timeout": self.keepalive_timeout,
+            "lingering_time": min(10.0, self.body_timeout),
+        }
+
+
+class ServerLog(logging.Logger):
+    """aiohttp's server logger for one listener (``AppRunner(..., logger=ServerLog(...))``)."""
+
+    def __init__(self, on_bad_request: Callable[[str], None]) -> None:
+        super().__init__("aiohttp.server")
+        self.parent = logging.getLogger("aiohttp.server")
+        self.on_bad_request = on_bad_request
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):  # aiohttp answers it with a 4xx
+            self.on_bad_request(MALFORMED_REQUEST)
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Guard:
+    """One listener's :class:`Limits` over its connections. Its :meth:`middleware` goes into
+    the application (it sees each request head arrive); :class:`GuardedSite` listens."""
+
+    def __init__(
+        self,
+        limits: Limits,
+        *,
+        on_refused: Callable[[], None],
+        on_timeout: Callable[[str], None],
+    ) -> None:
+        self.limits = limits
+        self.on_refused = on_refused
+        self.on_timeout = on_timeout
+        self.open: dict[asyncio.BaseTransport, _Connection] = {}
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The head of a request arrived: no deadline while it is handled; after the answer,
+        the next head is due within the keep-alive time plus the head timeout."""
+        transport = request.transport
+        connection = self.open.get(transport) if transport is not None else None
+        if connection is not None:
+            connection.disarm()
+        try:
+            return await handler(request)
+        finally:
+            if connection is not None and connection.transport is not None:
+                connection.arm(self.limits.keepalive_timeout + self.limits.header_timeout)
+
+
+class _Connection(asyncio.Protocol):
+    """One accepted connection: aiohttp's protocol inside, a deadline for each request head."""
+
+    def __init__(self, guard: Guard, protocol: Callable[[], asyncio.Protocol]) -> None:
+        self.guard = guard
+        self.protocol = protocol
+        self.inner: asyncio.Protocol | None = None
+        self.transport: asyncio.Transport | None = None
+        self.deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, base)  # uvloop's transports do not subclass asyncio's
+        guard = self.guard
+        if len(guard.open) >= guard.limits.max_connections:
+            transport.abort()
+            guard.on_refused()
+            return
+        self.transport = transport
+        guard.open[transport] = self
+        self.arm(guard.limits.header_timeout)
+        self.inner = self.protocol()
+        self.inner.connection_made(transport)
+
+    def arm(self, delay: float) -> None:
+        self.disarm()
+        self.deadline = asyncio.get_running_loop().call_later(delay, self.expire)
+
+    def disarm(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+    def expire(self) -> None:
+        self.deadline = None
+        if self.transport is not None:
+            self.guard.on_timeout(HEADER_TIMEOUT)
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.disarm()
+        if self.transport is not None:
+            self.guard.open.pop(self.transport, None)
+            self.transport = None
+        if self.inner is not None:
+            self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.inner is not None:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()
+
+
+class GuardedSite(web.BaseSite):
+    """A TCP site like aiohttp's ``TCPSite`` whose connections go through ``guard``."""
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: Guard) -> None:
+        super().__init__(runner)
+        self.host, self.port = host, port
+        self.guard = guard
+
+    @property
+    def name(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _protocol(self) -> asyncio.Protocol:
+        server = self._runner.server
+        assert server is not None
+        handler: asyncio.Protocol = server()
+        return handler
+
+    async def start(self) -> None:
+        await super().start()
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: _Connection(self.guard, self._protocol),
+            self.host,
+            self.port,
+            backlog=self._backlog,
+            reuse_address=True,
+        )
