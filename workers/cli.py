@@ -47,7 +47,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 2
-    configure(config.log.level, config.log.format)
+    configure(
+        config.log.level, config.log.format, library_interval=config.log.rejection_interval_seconds
+    )
     from workers.runtime import Ingester, ListenError
 
     async def main(stop: asyncio.Event) -> int:

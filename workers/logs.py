@@ -24,8 +24,36 @@ FRAME_LOGGERS = ("websockets", "aiomqtt", "paho")
 info at most, even with ``level = "debug"``."""
 
 
-def configure(level: str = "info", fmt: str = "logfmt", stream: TextIO | None = None) -> None:
-    """Send our events and the libraries' records to ``stream`` (stderr), one line each."""
+OWN_LOGGERS = ("ingest", "workers", "bench")
+"""Our stdlib module loggers: they throttle what a client can repeat themselves."""
+
+
+class LibraryThrottle(logging.Filter):
+    """Lets one line per library logger and message template through every ``interval``
+    seconds below ERROR: a library's per-connection lines (websockets' "connection closed", a
+    refused handshake's "HTTP response sent") must not let a client flood the log."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._throttle = Throttle(interval, clock)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, dict):  # a structlog event: ours
+            return True
+        if record.levelno >= logging.ERROR or record.name.split(".")[0] in OWN_LOGGERS:
+            return True
+        return self._throttle.allow((record.name, record.levelno, str(record.msg))) is not None
+
+
+def configure(
+    level: str = "info",
+    fmt: str = "logfmt",
+    stream: TextIO | None = None,
+    library_interval: float = 10.0,
+) -> None:
+    """Send our events and the libraries' records to ``stream`` (stderr), one line each;
+    the libraries' lines below ERROR at most once per template every ``library_interval``
+    seconds (ours, structlog events or our modules' records, pass as they are)."""
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
@@ -44,6 +72,7 @@ def configure(level: str = "info", fmt: str = "logfmt", stream: TextIO | None = 
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr if stream is None else stream)
+    handler.addFilter(LibraryThrottle(library_interval))
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,

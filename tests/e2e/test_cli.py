@@ -43,7 +43,7 @@ def ingester(folder: Path, redis_url: str, fmt: str, level: str = "info") -> Ing
     text = config.read_text(encoding="utf-8")
     text = text.replace("[log]\n", f'[log]\nformat = "{fmt}"\nlevel = "{level}"\n')
     config.write_text(text, encoding="utf-8")
-    return IngesterProcess(config, port, env={PUSH_TOKEN_ENV: "t0ken"})
+    return IngesterProcess(config, port, env={PUSH_TOKEN_ENV: "t0ken-for-the-cli-tests"})
 
 
 @pytest.mark.parametrize("fmt", ["json", "logfmt"])
@@ -100,7 +100,7 @@ def test_an_address_in_use_is_one_line_naming_the_key(
             http_port=ports.get("http.listen", free_port()),
             sources=sources,
         )
-        result = run_cli(config, {PUSH_TOKEN_ENV: "t0ken", SECRET_ENV: SECRET})
+        result = run_cli(config, {PUSH_TOKEN_ENV: "t0ken-for-the-cli-tests", SECRET_ENV: SECRET})
     key = {"http.listen": "http.listen", "websocket-server": "sources[1].listen"}
     key["http-server"] = "sources[2].listen"
     assert result.returncode == 2, result.stderr

@@ -563,7 +563,7 @@ def test_check_config_require_secrets_makes_them_errors(
     out, err = capsys.readouterr()
     assert out == ""
     assert "\nsources[1].token_env: environment variable LIVESTREAM_PUSH_TOKEN is not set" in err
-    clean_environment.setenv("LIVESTREAM_PUSH_TOKEN", "secret")
+    clean_environment.setenv("LIVESTREAM_PUSH_TOKEN", "secret-0123456789")
     assert cli.main(["check-config", "--require-secrets", "-c", str(SHIPPED)]) == 0
     assert capsys.readouterr().err == ""
 

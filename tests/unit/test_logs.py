@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
+from workers import logs
 from workers.logs import configure
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
@@ -124,3 +125,20 @@ def test_a_bound_source_reaches_stdlib_and_structlog_lines(
     logging.getLogger("aiohttp.access").warning("outside any source")
     records = [logfmt(line) for line in lines(capsys)]
     assert [r.get("source") for r in records] == ["twitch", "twitch", None]
+
+
+def test_a_library_line_a_client_can_repeat_is_throttled_ours_are_not() -> None:
+    now = [0.0]
+    throttle = logs.LibraryThrottle(10.0, clock=lambda: now[0])
+
+    def record(name: str, msg: object, level: int = logging.INFO) -> logging.LogRecord:
+        return logging.LogRecord(name, level, __file__, 1, msg, None, None)
+
+    closed = [throttle.filter(record("websockets.server", "connection closed")) for _ in range(5)]
+    assert closed == [True, False, False, False, False]
+    assert throttle.filter(record("websockets.server", "server listening on %s"))
+    assert throttle.filter(record("websockets.server", "boom", logging.ERROR))
+    assert all(throttle.filter(record("runtime", {"event": "x"})) for _ in range(3))
+    assert all(throttle.filter(record("ingest.sources.mqtt", "x")) for _ in range(3))
+    now[0] = 10.0
+    assert throttle.filter(record("websockets.server", "connection closed"))
