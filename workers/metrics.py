@@ -202,9 +202,14 @@ class _Families:
         return self._families
 
 
+def business_exposition(totals: Sequence[StreamTotals]) -> bytes:
+    """The text exposition of the business families (slow for many streams: not on the loop)."""
+    return generate_latest(_Families(business_families(totals)))
+
+
 def exposition(health: HealthMetrics, totals: Sequence[StreamTotals] | None) -> bytes:
     """The text exposition: business families (if Redis answered) and health metrics."""
     parts = [generate_latest(health.registry)]
     if totals is not None:
-        parts.insert(0, generate_latest(_Families(business_families(totals))))
+        parts.insert(0, business_exposition(totals))
     return b"".join(parts)

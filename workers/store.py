@@ -7,7 +7,7 @@ import dataclasses
 import enum
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -20,6 +20,10 @@ from workers.keys import StreamKeys, fingerprint
 
 DEAD_LETTER_RAW_BYTES = 8192
 """Raw input kept per dead letter: enough to see what was wrong, bounded for memory."""
+
+TOTALS_CHUNK = 500
+"""Streams per round trip when reading totals: Redis answers one chunk at a time, so commits
+run between the chunks of a long read instead of waiting for all of it."""
 
 
 class Outcome(enum.Enum):
@@ -44,6 +48,9 @@ class StoreSettings:
     dead_letter_max: int = 10_000
     now_override: int | None = None
     """Seconds since the epoch used instead of the clock for dedup generations (tests only)."""
+    read_concurrency: int = 64
+    """Cluster mode: calls in flight at once when reading totals (at most the client's
+    connections per node)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -269,11 +276,25 @@ class Store:
         members = await self.redis.smembers(keys.STREAMS)
         return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
 
-    async def totals(self, streams: Sequence[str] | None = None) -> list[StreamTotals]:
-        """Every stream's totals, read in one pipeline round trip."""
+    async def totals(
+        self, streams: Sequence[str] | None = None, chunk: int = TOTALS_CHUNK
+    ) -> list[StreamTotals]:
+        """Every stream's totals, ``chunk`` streams per pipeline round trip."""
         names = list(streams) if streams is not None else await self.streams()
+        result: list[StreamTotals] = []
+        for start in range(0, len(names), chunk):
+            result += await self._totals(names[start : start + chunk])
+        return result
+
+    async def _totals(self, names: list[str]) -> list[StreamTotals]:
         replies: list[Any]
-        if self.cluster:  # a cluster pipeline refuses PFCOUNT: one call per stream, at once
+        if self.cluster:  # a cluster pipeline refuses PFCOUNT: one call per stream, bounded
+            limit = asyncio.Semaphore(self.settings.read_concurrency)
+
+            async def bounded(call: Awaitable[Any]) -> Any:
+                async with limit:
+                    return await call
+
             calls = []
             for stream in names:
                 k = StreamKeys(stream)
@@ -283,7 +304,7 @@ class Store:
                     self.redis.pfcount(k.commenters),
                     self.redis.pfcount(k.buyers),
                 ]
-            replies = list(await asyncio.gather(*calls))
+            replies = list(await asyncio.gather(*(bounded(call) for call in calls)))
         else:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for stream in names:

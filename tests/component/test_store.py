@@ -288,3 +288,14 @@ async def test_a_refused_order_claims_no_sku_label(redis: Redis, stream: str) ->
     (totals,) = await s.totals([stream])
     assert totals.by("sku_grams") == {("BBB",): 2000}
     assert await redis.smembers(StreamKeys(stream).skus) == {b"BBB"}
+
+
+@pytest.mark.asyncio
+async def test_totals_read_in_chunks_are_every_streams_in_order(redis: Redis, stream: str) -> None:
+    s = store(redis)
+    streams = [f"{stream}-{n}" for n in range(7)]
+    await s.commit([comment(name, f"c{n}") for n, name in enumerate(streams) for _ in range(n + 1)])
+    chunked = await s.totals(streams, chunk=3)
+    assert [t.stream for t in chunked] == streams
+    assert [t.total(keys.COMMENTS) for t in chunked] == [1] * 7
+    assert chunked == await s.totals(streams)
