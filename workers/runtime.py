@@ -54,7 +54,7 @@ from workers.store import Store, StoreSettings
 
 log = structlog.get_logger("runtime")
 
-SCRAPE_TIMEOUT = 2.0
+SCRAPE_TIMEOUT = 5.0
 """Seconds a scrape waits for Redis; then it answers with health metrics only."""
 
 SCRAPE_CLIENT_NAME = "livestream-ingester-scrape"
@@ -352,6 +352,7 @@ class Ingester:
         self.business = SharedRead(
             self._read_business, http.scrape_freshness_seconds, name="http.metrics.read"
         )
+        self.health_text = SharedRead(self._render_health, 0.0, name="http.metrics.health")
         self.readiness = SharedRead(self._ping, 0.0, name="http.readyz.ping")
         self._scrape_failures = Throttle(config.log.rejection_interval_seconds)
         batch = config.batch
@@ -409,6 +410,7 @@ class Ingester:
                 committing.cancel()
         finally:
             await self.business.aclose()
+            await self.health_text.aclose()
             await self.readiness.aclose()
             await self.scrape_redis.aclose()
             await self.redis.aclose()
@@ -440,6 +442,10 @@ class Ingester:
         self.metrics.redis_up.set(1)
         return await asyncio.to_thread(business_exposition, totals)
 
+    async def _render_health(self) -> bytes:
+        """The health metrics, current: scrapes share a rendering only while it runs."""
+        return await asyncio.to_thread(generate_latest, self.metrics.registry)
+
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
         business = b""
         try:
@@ -455,7 +461,7 @@ class Ingester:
                     error=type(exc).__name__,
                     suppressed_since_last=suppressed,
                 )
-        health = await asyncio.to_thread(generate_latest, self.metrics.registry)
+        health = await self.health_text.get()
         response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
         response.content_length = len(business) + len(health)
         await response.prepare(request)

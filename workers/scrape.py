@@ -2,7 +2,9 @@
 
 A flood of ``/metrics`` scrapes must not become a flood of Redis reads: every scrape that comes
 while a read is in flight waits for that read, and a result younger than the freshness window
-(counted from the read's start, so the data is never older than that) answers at once.
+(counted from the read's start, so the data is never older than that) answers at once. A read
+slower than the window is reused for as long as it took, so however many scrapes come, reading
+takes at most half the time.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ class SharedRead(Generic[T]):
     """``await get()`` runs ``read()`` at most once at a time for all callers.
 
     A result is reused while younger than ``freshness`` seconds (0: only callers that come
-    while it is in flight share it). A failed read reaches the callers that waited for it and is
-    then forgotten: the next caller starts a new read. A caller that gives up (a timeout, a
-    cancelled request) does not cancel the read for the others.
+    while it is in flight share it), or for as long after its end as the read took. A failed
+    read reaches the callers that waited for it and is then forgotten: the next caller starts a
+    new read. A caller that gives up (a timeout, a cancelled request) does not cancel the read
+    for the others.
     """
 
     def __init__(
@@ -36,7 +39,8 @@ class SharedRead(Generic[T]):
         self.freshness = freshness
         self.name = name
         self.clock = clock
-        self._result: tuple[float, T] | None = None
+        self._result: tuple[float, float, T] | None = None
+        """When the last read started and ended, and its result."""
         self._task: asyncio.Task[T] | None = None
         self.reads = 0
         """Reads started."""
@@ -45,8 +49,9 @@ class SharedRead(Generic[T]):
 
     async def get(self) -> T:
         if self._result is not None:
-            started, value = self._result
-            if self.clock() - started < self.freshness:
+            started, ended, value = self._result
+            now = self.clock()
+            if now - started < self.freshness or now - ended < ended - started:
                 return value
         task = self._task
         if task is None:
@@ -65,7 +70,7 @@ class SharedRead(Generic[T]):
             value = await self._read()
         finally:
             self._task = None
-        self._result = (started, value)
+        self._result = (started, self.clock(), value)
         return value
 
     async def aclose(self) -> None:

@@ -63,14 +63,17 @@ async def test_a_result_is_reused_within_the_window_counted_from_the_reads_start
 
 
 @pytest.mark.asyncio
-async def test_a_read_that_outlasts_the_window_is_not_reused_after_it() -> None:
+async def test_a_read_slower_than_the_window_is_reused_for_as_long_as_it_took() -> None:
     source, clock = Source(), Clock()
     shared = SharedRead(source.read, 1.0, name="test.read", clock=clock)
     first = asyncio.create_task(shared.get())
     await waiting(shared, source, 1)
-    clock.now += 1.5  # the data is as old as the read's start
+    clock.now += 3.0  # the read takes 3 s
     source.release.set()
     assert await first == 1
+    clock.now += 2.999  # reading never takes more than half the time
+    assert await shared.get() == 1
+    clock.now += 0.001
     assert await shared.get() == 2
 
 
