@@ -50,7 +50,7 @@ from workers.config import (
 from workers.logs import Throttle
 from workers.metrics import HealthMetrics, business_exposition
 from workers.scrape import SharedRead
-from workers.store import Store, StoreSettings
+from workers.store import Store, StoreSettings, parse_totals
 
 log = structlog.get_logger("runtime")
 
@@ -435,12 +435,12 @@ class Ingester:
     async def _read_business(self) -> bytes:
         """Every stream's totals, rendered: one read serves every scrape of its window."""
         try:
-            totals = await self.scrape_store.totals()
+            raw = await self.scrape_store.raw_totals()
         except READ_ERRORS:
             self.metrics.redis_up.set(0)
             raise
         self.metrics.redis_up.set(1)
-        return await asyncio.to_thread(business_exposition, totals)
+        return await asyncio.to_thread(lambda: business_exposition(parse_totals(raw)))
 
     async def _render_health(self) -> bytes:
         """The health metrics, current: scrapes share a rendering only while it runs."""

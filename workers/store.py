@@ -21,9 +21,9 @@ from workers.keys import StreamKeys, fingerprint
 DEAD_LETTER_RAW_BYTES = 8192
 """Raw input kept per dead letter: enough to see what was wrong, bounded for memory."""
 
-TOTALS_CHUNK = 500
-"""Streams per round trip when reading totals: Redis answers one chunk at a time, so commits
-run between the chunks of a long read instead of waiting for all of it."""
+TOTALS_CHUNK = 200
+"""Streams per round trip when reading totals: Redis answers one chunk at a time, and the event
+loop sends and receives one at a time, so commits run between the chunks of a long read."""
 
 
 class Outcome(enum.Enum):
@@ -280,13 +280,19 @@ class Store:
         self, streams: Sequence[str] | None = None, chunk: int = TOTALS_CHUNK
     ) -> list[StreamTotals]:
         """Every stream's totals, ``chunk`` streams per pipeline round trip."""
-        names = list(streams) if streams is not None else await self.streams()
-        result: list[StreamTotals] = []
-        for start in range(0, len(names), chunk):
-            result += await self._totals(names[start : start + chunk])
-        return result
+        return parse_totals(await self.raw_totals(streams, chunk))
 
-    async def _totals(self, names: list[str]) -> list[StreamTotals]:
+    async def raw_totals(
+        self, streams: Sequence[str] | None = None, chunk: int = TOTALS_CHUNK
+    ) -> RawTotals:
+        """What :meth:`totals` reads, unparsed: :func:`parse_totals` can run off the loop."""
+        names = list(streams) if streams is not None else await self.streams()
+        replies: list[Any] = []
+        for start in range(0, len(names), chunk):
+            replies += await self._replies(names[start : start + chunk])
+        return RawTotals(names, replies)
+
+    async def _replies(self, names: list[str]) -> list[Any]:
         replies: list[Any]
         if self.cluster:  # a cluster pipeline refuses PFCOUNT: one call per stream, bounded
             limit = asyncio.Semaphore(self.settings.read_concurrency)
@@ -314,25 +320,38 @@ class Store:
                     pipe.pfcount(k.commenters)
                     pipe.pfcount(k.buyers)
                 replies = await pipe.execute()
-        result = []
-        for n, stream in enumerate(names):
-            counters, viewers, commenters, buyers = replies[4 * n : 4 * n + 4]
-            result.append(
-                StreamTotals(
-                    stream=stream,
-                    counters={_text(f): int(v) for f, v in counters.items()},
-                    viewers={_text(f): int(v) for f, v in viewers.items() if b"|" not in _bytes(f)},
-                    unique_commenters=int(commenters),
-                    unique_buyers=int(buyers),
-                )
-            )
-        return result
+        return replies
 
     async def dead_letters(self, stream: str | None, count: int = 100) -> list[dict[str, Any]]:
         """The newest dead letters of a stream (or the unrouted ones), newest first."""
         key = StreamKeys(stream).dead if stream else keys.UNROUTED_DEAD
         entries = await self.redis.xrevrange(key, count=count) or []
         return [{_text(k or ""): v for k, v in (fields or {}).items()} for _, fields in entries]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RawTotals:
+    """Streams and their four replies each (totals, viewers, two unique counts), as read."""
+
+    streams: list[str]
+    replies: list[Any]
+
+
+def parse_totals(raw: RawTotals) -> list[StreamTotals]:
+    result = []
+    replies = raw.replies
+    for n, stream in enumerate(raw.streams):
+        counters, viewers, commenters, buyers = replies[4 * n : 4 * n + 4]
+        result.append(
+            StreamTotals(
+                stream=stream,
+                counters={_text(f): int(v) for f, v in counters.items()},
+                viewers={_text(f): int(v) for f, v in viewers.items() if b"|" not in _bytes(f)},
+                unique_commenters=int(commenters),
+                unique_buyers=int(buyers),
+            )
+        )
+    return result
 
 
 def _text(value: bytes | str) -> str:
