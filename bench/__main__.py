@@ -3,6 +3,7 @@ transport ceiling and a naive peer, measured in one run on this machine.
 
     python -m bench                 # the full run (about 10 minutes on 2 cores)
     python -m bench --quick         # a small run that checks the bench itself works
+    python -m bench --only scrape   # one section (here: scrapes beside commits)
 
 Starts its own redis-server (and Mosquitto) on loopback ports and a websocket feed in this
 process; every figure is the median of ``--runs`` runs with min and max, printed as a table and
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import resource
@@ -28,13 +30,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+import aiohttp
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
 from bench.workload import Workload
 from ingest.sources.mqtt import Publisher
+from workers import keys
 from workers.keys import StreamKeys
 from workers.mosquitto_server import Mosquitto
 from workers.redis_server import RedisServer, free_port
@@ -52,14 +57,28 @@ class Sizes:
     latency_seconds: float
     mqtt: int
     scaling: int
+    scrape_streams: tuple[int, ...]
+    scrape_phase_seconds: float
+    scrapers: int
 
     @classmethod
     def full(cls) -> Sizes:
-        return cls(500_000, 60_000, 1_250_000, 5_000_000, 20.0, 100_000, 400_000)
+        return cls(
+            500_000,
+            60_000,
+            1_250_000,
+            5_000_000,
+            20.0,
+            100_000,
+            400_000,
+            (10, 1_000, 10_000),
+            10.0,
+            50,
+        )
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(20_000, 3_000, 30_000, 60_000, 2.0, 3_000, 20_000)
+        return cls(20_000, 3_000, 30_000, 60_000, 2.0, 3_000, 20_000, (10, 100), 1.0, 10)
 
 
 def spread(values: Sequence[float]) -> dict[str, float]:
@@ -98,18 +117,19 @@ class Feed:
         if self.started is None:
             self.started = time.perf_counter()
         start = time.perf_counter()
-        for n, frame in enumerate(self.frames(part, parts)):
-            if self.rate:
-                due = start + n / self.rate - time.perf_counter()
-                if due > 0:
-                    await asyncio.sleep(due)
-            await ws.send(frame, text=True)
-            if self.on_send is not None:
-                self.on_send(n, time.perf_counter())
-            self.sent += 1
-            if not self.rate and n % 128 == 0:
-                await asyncio.sleep(0)
-        await ws.wait_closed()
+        with contextlib.suppress(ConnectionClosed):  # the ingester stopped before the end
+            for n, frame in enumerate(self.frames(part, parts)):
+                if self.rate:
+                    due = start + n / self.rate - time.perf_counter()
+                    if due > 0:
+                        await asyncio.sleep(due)
+                await ws.send(frame, text=True)
+                if self.on_send is not None:
+                    self.on_send(n, time.perf_counter())
+                self.sent += 1
+                if not self.rate and n % 128 == 0:
+                    await asyncio.sleep(0)
+            await ws.wait_closed()
 
     @contextlib.asynccontextmanager
     async def serving(self) -> AsyncIterator[Feed]:
@@ -341,6 +361,49 @@ class Bench:
         q = statistics.quantiles(lat, n=100)
         return {"p50": q[49], "p99": q[98], "max": lat[-1], "probes": len(lat)}
 
+    async def scrapes(self, streams: int) -> dict[str, float]:
+        """Commit latency and scrape time with ``streams`` streams in Redis, in three phases of
+        ``scrape_phase_seconds``: no scrapes; one scraper, each scrape a fresh read of the
+        totals; ``scrapers`` scrapers back to back. Probes go at 100/s throughout; each probe's
+        send → commit is measured as in :meth:`latency` and counted in the phase it was sent in."""
+        rate = 100.0
+        sent: dict[int, float] = {}
+        committed: list[float] = []
+        redis = self.fresh_redis()
+        client = Redis.from_url(redis.url)
+        try:
+            await _fill(client, streams)
+            await client.config_set("notify-keyspace-events", "Kh")
+            pubsub = client.pubsub()
+            await pubsub.subscribe(f"__keyspace@0__:{StreamKeys('bench-probe').totals}")
+
+            async def listen() -> None:
+                async for message in pubsub.listen():
+                    if message["type"] == "message":
+                        committed.append(time.perf_counter())
+
+            probes = (self.workload.probe(i) for i in itertools.count())  # until the end
+            feed = Feed(lambda part, parts: probes, rate=rate)
+            feed.on_send = sent.__setitem__
+            listening = asyncio.create_task(listen(), name="bench.scrapes.listen")
+            async with (
+                feed.serving(),
+                Ingester(self.workdir, redis.url, ws_source(feed.url())) as ing,
+            ):
+                scrapes, extra, times = await _scrape_phases(ing, self.sizes)
+                with contextlib.suppress(TimeoutError):  # the flood's last probes
+                    async with asyncio.timeout(2):
+                        while len(committed) < len(sent):  # noqa: ASYNC110 - filled by listen()
+                            await asyncio.sleep(0.02)
+            listening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listening
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+        finally:
+            await client.aclose()
+            redis.close()
+        return _scrape_figures(sent, committed, scrapes, times) | extra
+
     async def rss(self) -> dict[str, float]:
         n = self.sizes.rss
         marks = (n // 5, n)
@@ -412,6 +475,14 @@ class Bench:
         finally:
             redis.close()
 
+    async def run_scrapes(self) -> dict[str, Any]:
+        out = self.results
+        for streams in self.sizes.scrape_streams:
+            runs = [await self.scrapes(streams) for _ in range(self.runs)]
+            out[f"scrape_{streams}"] = {k: spread([run[k] for run in runs]) for k in runs[0]}
+            say(f"scrapes with {streams} streams: {out[f'scrape_{streams}']}")
+        return out
+
     async def run(self) -> dict[str, Any]:
         r, sizes, out = self.runs, self.sizes, self.results
         frames = self.frames(sizes.throughput)[0]
@@ -438,7 +509,117 @@ class Bench:
         for processes in (1, 2, 4):
             out[f"scaling_{processes}"] = spread([await self.scaling(processes) for _ in range(r)])
             say(f"scaling {processes}: {out[f'scaling_{processes}']}")
-        return out
+        return await self.run_scrapes()
+
+
+async def _scrape_phases(
+    ing: Ingester, sizes: Sizes
+) -> tuple[dict[str, list[float]], dict[str, float], list[float]]:
+    """Scrape durations (s) of the one-at-a-time and flood phases, body size and RSS peak, and
+    the bounds of the three phases. The flood's clients run in a process of their own."""
+    phase = sizes.scrape_phase_seconds
+    url = f"http://127.0.0.1:{ing.http}/metrics"
+    scrapes: dict[str, list[float]] = {"single": [], "flood": []}
+    rss = [rss_bytes(ing.pid)]
+    await ing.wait_handled(1)
+    times = [time.perf_counter()]
+    await asyncio.sleep(phase)  # no scrapes
+    times.append(time.perf_counter())
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        while time.perf_counter() < times[-1] + phase:  # one at a time, each a fresh read
+            start = time.perf_counter()
+            async with session.get(url) as reply:
+                await reply.read()
+            scrapes["single"].append(time.perf_counter() - start)
+            await asyncio.sleep(1.1)
+    times.append(time.perf_counter())
+    flood = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.peers",
+        "scrapers",
+        url,
+        str(sizes.scrapers),
+        str(phase),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    waiting = asyncio.create_task(flood.communicate(), name="bench.scrapes.flood")
+    while not waiting.done():
+        rss.append(rss_bytes(ing.pid))
+        await asyncio.wait([waiting], timeout=0.1)
+    times.append(time.perf_counter())
+    out = orjson.loads((await waiting)[0])
+    scrapes["flood"] = out["durations"]
+    extra = {"body_mb": out["body_bytes"] / 2**20, "rss_peak_mb": max(rss) / 2**20}
+    return scrapes, extra, times
+
+
+def _scrape_figures(
+    sent: dict[int, float],
+    committed: list[float],
+    scrapes: dict[str, list[float]],
+    times: list[float],
+) -> dict[str, float]:
+    """Probe latencies of each phase, and scrape durations, in ms."""
+    t0, t1, t2, t3 = times
+
+    def latencies(start: float, end: float) -> list[float]:
+        return sorted(
+            (committed[k] - sent[k]) * 1000
+            for k in range(min(len(committed), len(sent)))
+            if start <= sent[k] < end
+        )
+
+    def q(values: list[float], p: int) -> float:
+        if len(values) < 2:
+            return values[0] if values else 0.0
+        return statistics.quantiles(values, n=100)[p - 1]
+
+    idle, single_phase, flooded = latencies(t0, t1), latencies(t1, t2), latencies(t2, t3)
+    single = sorted(v * 1000 for v in scrapes["single"])
+    many = sorted(v * 1000 for v in scrapes["flood"])
+    return {
+        "commit_idle_p50": q(idle, 50),
+        "commit_idle_p99": q(idle, 99),
+        "commit_idle_max": max(idle, default=0.0),
+        "commit_single_p50": q(single_phase, 50),
+        "commit_single_p99": q(single_phase, 99),
+        "commit_single_max": max(single_phase, default=0.0),
+        "commit_flood_p50": q(flooded, 50),
+        "commit_flood_p99": q(flooded, 99),
+        "commit_flood_max": max(flooded, default=0.0),
+        "scrape_single_p50": q(single, 50),
+        "scrape_flood_p50": q(many, 50),
+        "scrape_flood_p99": q(many, 99),
+        "scrapes_per_second": len(many) / (t3 - t2),
+    }
+
+
+async def _fill(client: Redis, streams: int, chunk: int = 1000) -> None:
+    """``streams`` streams with totals as a sale leaves them (a few platforms, countries and
+    SKUs each, viewers, unique counts), written straight in the layout of ``workers/keys.py``."""
+    names = [f"bench-fill-{n:05d}" for n in range(streams)]
+    for start in range(0, streams, chunk):
+        async with client.pipeline(transaction=False) as pipe:
+            part = names[start : start + chunk]
+            pipe.sadd(keys.STREAMS, *part)
+            for n, name in enumerate(part, start):
+                k = StreamKeys(name)
+                fields: dict[Any, Any] = {}  # hset's mapping type is invariant
+                for platform in ("tiktok", "facebook"):
+                    fields[f"{keys.COMMENTS}|{platform}"] = 100 + n
+                    for country in ("VN", "US"):
+                        fields[f"{keys.ORDERS}|{platform}|{country}"] = 10
+                        fields[f"{keys.GRAMS}|{platform}|{country}"] = 20_000
+                    fields[f"{keys.VALUE}|{platform}|VND"] = 1_200_000
+                for sku in ("VT01", "VT02", "VT05"):
+                    fields[f"{keys.SKU_GRAMS}|{sku}"] = 5000
+                fields[f"{keys.REGION_ORDERS}|VN|Hà Nội"] = 4
+                pipe.hset(k.totals, mapping=fields)
+                pipe.hset(k.viewers, mapping={"tiktok": 1000, "facebook": 500})
+                pipe.pfadd(k.commenters, "a", "b", "c")
+                pipe.pfadd(k.buyers, "a")
+            await pipe.execute()
 
 
 async def _publish(port: int, messages: list[tuple[str, bytes]]) -> None:
@@ -458,6 +639,27 @@ def _self_cpu() -> float:
 
 def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+def scrape_table(out: dict[str, Any]) -> str:
+    lines = [
+        "| streams | scrape, one at a time (ms) | scrape p50 / p99 under flood (ms) | scrapes/s "
+        "| commit p50 / p99 / max (ms): no scrapes | one scraper | flood "
+        "| body (MiB) | RSS peak (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key in sorted((k for k in out if k.startswith("scrape_")), key=lambda k: int(k[7:])):
+        m = {name: s["median"] for name, s in out[key].items()}
+        lines.append(
+            f"| {int(key[7:]):,} | {m['scrape_single_p50']:.1f} | {m['scrape_flood_p50']:.0f} / "
+            f"{m['scrape_flood_p99']:.0f} | {m['scrapes_per_second']:.0f} | "
+            f"{m['commit_idle_p50']:.2f} / {m['commit_idle_p99']:.2f} / "
+            f"{m['commit_idle_max']:.1f} | {m['commit_single_p50']:.2f} / "
+            f"{m['commit_single_p99']:.2f} / {m['commit_single_max']:.1f} | "
+            f"{m['commit_flood_p50']:.2f} / {m['commit_flood_p99']:.2f} / "
+            f"{m['commit_flood_max']:.1f} | {m['body_mb']:.2f} | {m['rss_peak_mb']:.0f} |"
+        )
+    return "\n".join(lines)
 
 
 def table(out: dict[str, Any]) -> str:
@@ -492,6 +694,8 @@ def table(out: dict[str, Any]) -> str:
         f"- ingester RSS: {rss['rss_start_mb']:.0f} MB at start, "
         + ", ".join(f"{v:.0f} MB {k[7:-3]}" for k, v in rss.items() if k.startswith("rss_at_"))
         + f" events (growth {rss['growth']:.1%})",
+        "",
+        scrape_table(out),
     ]
     return "\n".join(lines)
 
@@ -501,16 +705,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes: check the bench works")
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (default 3)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
+    parser.add_argument("--only", choices=["scrape"], help="run one section only")
     args = parser.parse_args()
     sizes = Sizes.quick() if args.quick else Sizes.full()
     with tempfile.TemporaryDirectory(prefix="li-bench-") as tmp:
-        out = asyncio.run(Bench(sizes, args.runs, Path(tmp)).run())
+        bench = Bench(sizes, args.runs, Path(tmp))
+        out = asyncio.run(bench.run_scrapes() if args.only == "scrape" else bench.run())
     out["machine"] = {"cores": os.cpu_count(), "python": sys.version.split()[0]}
     out["sizes"] = dataclasses.asdict(sizes)
     path = args.out or RESULTS / time.strftime("%Y%m%d-%H%M%S.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2), encoding="utf-8")
-    print(table(out))
+    print(scrape_table(out) if args.only == "scrape" else table(out))
     print(f"\nresults: {path}")
 
 

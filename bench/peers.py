@@ -1,4 +1,5 @@
-"""The two yardsticks the benchmark runs beside the ingester, each as its own process.
+"""The two yardsticks the benchmark runs beside the ingester, each as its own process, and the
+scrape flood it turns on an ingester (a process of its own, so the bench's clock stays free).
 
 ``ceiling``: a plain websockets client that only receives and parses frames (no validation, no
 Redis): the transport limit of our stack. ``naive``: the design many would write, and generic
@@ -7,6 +8,7 @@ per-process prometheus counters. Both print one JSON line: events, seconds, even
 
     python -m bench.peers ceiling URL N
     python -m bench.peers naive URL N REDIS_URL
+    python -m bench.peers scrapers URL N SECONDS    # N clients scraping URL back to back
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 import time
 from typing import Any
 
+import aiohttp
 import orjson
 from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
@@ -78,14 +81,37 @@ async def _handle(redis: Redis, event: dict[str, Any], events: Counter) -> None:
     events.labels(kind, "accepted").inc()
 
 
+async def scrapers(url: str, n: int, seconds: float) -> dict[str, Any]:
+    """``n`` clients scraping ``url`` back to back for ``seconds``: each scrape's duration."""
+    durations: list[float] = []
+    size = 0
+    end = time.perf_counter() + seconds
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        nonlocal size
+        while time.perf_counter() < end:
+            start = time.perf_counter()
+            async with session.get(url) as reply:
+                size = len(await reply.read())
+            durations.append(time.perf_counter() - start)
+
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        await asyncio.gather(*(one(session) for _ in range(n)))
+    return {"durations": durations, "body_bytes": size}
+
+
 def _result(n: int, seconds: float) -> dict[str, float]:
     return {"events": n, "seconds": seconds, "rate": n / seconds}
 
 
 def main() -> None:
     mode, url, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    result: dict[str, Any]
     if mode == "ceiling":
         result = asyncio.run(ceiling(url, n))
+    elif mode == "scrapers":
+        result = asyncio.run(scrapers(url, n, float(sys.argv[4])))
     else:
         result = asyncio.run(naive(url, n, sys.argv[4]))
     sys.stdout.buffer.write(orjson.dumps(result) + b"\n")

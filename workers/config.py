@@ -98,6 +98,10 @@ class HttpConfig(ListenerLimits):
         "127.0.0.1:9464"
     )
     max_connections: int = Field(32, ge=1, le=65536)
+    scrape_freshness_seconds: float = Field(1.0, gt=0, le=1.0)
+    """Business totals read for a scrape answer every scrape for this long."""
+    scrape_max_connections: int = Field(2, ge=2, le=64)
+    """Redis connections (per node of a cluster) for /metrics and /readyz, apart from commits."""
     _check = field_validator("listen")(lambda cls, v: _listen(v))
 
 

@@ -7,7 +7,8 @@ Aggregate them across replicas with ``max``, never ``sum``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import cast
 
 from prometheus_client import (
     CollectorRegistry,
@@ -18,6 +19,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
+from prometheus_client.utils import floatToGoString
 
 from ingest.money import to_major
 from workers import keys
@@ -221,9 +223,104 @@ class _Families:
         return self._families
 
 
+def _header_blocks() -> list[str]:
+    """Each business family's "# HELP" and "# TYPE" lines, as ``generate_latest`` writes them."""
+    text = generate_latest(_Families(business_families([]))).decode()
+    lines = text.splitlines(keepends=True)
+    return ["".join(lines[i : i + 2]) for i in range(0, len(lines), 2)]
+
+
+_HEADERS = _header_blocks()
+_COUNTER_FIELDS = (
+    keys.ORDERS,
+    keys.GRAMS,
+    keys.VALUE,
+    keys.CANCELLED,
+    keys.CANCELLED_GRAMS,
+    keys.SKU_GRAMS,
+    keys.COMMENTS,
+    keys.REGION_ORDERS,
+)
+"""The counter families of :func:`business_families`, in its order (``_HEADERS`` too)."""
+
+
+_go_float = cast(Callable[[float], str], floatToGoString)
+
+
+def _number(value: float) -> str:
+    """A sample value as ``generate_latest`` writes it (``1.0``, ``1.2e+06``, ...)."""
+    if type(value) is int and -(10**15) < value < 10**6:  # the common case, quickly
+        return f"{value}.0"
+    return _go_float(value)
+
+
+def _label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def business_exposition(totals: Sequence[StreamTotals]) -> bytes:
+    """The text of ``generate_latest`` over :func:`business_families`, byte for byte, written
+    straight from the totals: several times faster, as a scrape of many streams renders tens
+    of thousands of samples (a unit test holds the two equal)."""
+    labelled = {  # label names of each family's samples, after the stream, sorted as written
+        keys.ORDERS: ("platform", "country"),
+        keys.GRAMS: ("platform", "country"),
+        keys.VALUE: ("platform", "currency"),
+        keys.CANCELLED: ("platform", "country"),
+        keys.CANCELLED_GRAMS: ("platform", "country"),
+        keys.SKU_GRAMS: ("sku",),
+        keys.COMMENTS: ("platform",),
+        keys.REGION_ORDERS: ("country", "region"),
+    }
+    streams = [(stream, f'stream="{_label_value(stream.stream)}"') for stream in totals]
+    grouped = [_by_metric(stream.counters) for stream in totals]
+    out: list[str] = []
+    for header, field in zip(_HEADERS, _COUNTER_FIELDS, strict=False):
+        out.append(header)
+        name = header.split("\n", 2)[1].split(" ")[2]
+        names = ("stream", *labelled[field])
+        order = sorted(range(len(names)), key=names.__getitem__)
+        stream_at = order.index(0)
+        around: dict[tuple[str, ...], tuple[str, str]] = {}  # the other labels, before and after
+        for (_, stream_label), groups in zip(streams, grouped, strict=True):
+            for labels, number in groups.get(field, ()):
+                if labels not in around:
+                    parts = [f'{names[i]}="{_label_value(labels[i - 1])}",' for i in order if i]
+                    before, after = "".join(parts[:stream_at]), "".join(parts[stream_at:])
+                    around[labels] = (before, "," + after[:-1] if after else "")
+                before, after = around[labels]
+                value = to_major(number, labels[1]) if field == keys.VALUE else number
+                out.append(f"{name}{{{before}{stream_label}{after}}} {_number(value)}\n")
+    gauges = _HEADERS[len(_COUNTER_FIELDS) :]
+    for header, attribute in zip(gauges[:2], ("unique_commenters", "unique_buyers"), strict=True):
+        out.append(header)
+        name = header.split("\n", 2)[1].split(" ")[2]
+        for stream, stream_label in streams:
+            value = getattr(stream, attribute)
+            out.append(f"{name}{{{stream_label}}} {_number(value)}\n")
+    out.append(gauges[2])
+    name = gauges[2].split("\n", 2)[1].split(" ")[2]
+    for stream, stream_label in streams:
+        for platform, count in sorted(stream.viewers.items()):
+            platform_label = f'platform="{_label_value(platform)}"'
+            out.append(f"{name}{{{platform_label},{stream_label}}} {_number(count)}\n")
+    return "".join(out).encode()
+
+
+def _by_metric(counters: dict[str, int]) -> dict[str, list[tuple[tuple[str, ...], int]]]:
+    """A stream's counter fields grouped by metric, each sorted by its label values."""
+    grouped: dict[str, list[tuple[tuple[str, ...], int]]] = {}
+    for field, value in counters.items():
+        metric, _, rest = field.partition(keys.SEP)
+        grouped.setdefault(metric, []).append((tuple(rest.split(keys.SEP)), value))
+    for items in grouped.values():
+        items.sort()
+    return grouped
+
+
 def exposition(health: HealthMetrics, totals: Sequence[StreamTotals] | None) -> bytes:
     """The text exposition: business families (if Redis answered) and health metrics."""
     parts = [generate_latest(health.registry)]
     if totals is not None:
-        parts.insert(0, generate_latest(_Families(business_families(totals))))
+        parts.insert(0, business_exposition(totals))
     return b"".join(parts)

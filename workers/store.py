@@ -7,7 +7,7 @@ import dataclasses
 import enum
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -21,6 +21,10 @@ from workers.keys import StreamKeys, fingerprint
 
 DEAD_LETTER_RAW_BYTES = RAW_BYTES
 """Raw input kept per dead letter (a rejection holds no more from the start)."""
+
+TOTALS_CHUNK = 200
+"""Streams per round trip when reading totals: Redis answers one chunk at a time, and the event
+loop sends and receives one at a time, so commits run between the chunks of a long read."""
 
 
 class Outcome(enum.Enum):
@@ -45,6 +49,9 @@ class StoreSettings:
     dead_letter_max: int = 10_000
     now_override: int | None = None
     """Seconds since the epoch used instead of the clock for dedup generations (tests only)."""
+    read_concurrency: int = 64
+    """Cluster mode: calls in flight at once when reading totals (at most the client's
+    connections per node)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -355,11 +362,31 @@ class Store:
         members = await self.redis.zrangebyscore(keys.STREAMS, f"({idle_before}", "+inf")
         return sorted(_text(m) for m in members if isinstance(m, bytes | str))
 
-    async def totals(self, streams: Sequence[str] | None = None) -> list[StreamTotals]:
-        """Every stream's totals, read in one pipeline round trip."""
+    async def totals(
+        self, streams: Sequence[str] | None = None, chunk: int = TOTALS_CHUNK
+    ) -> list[StreamTotals]:
+        """Every stream's totals, ``chunk`` streams per pipeline round trip."""
+        return parse_totals(await self.raw_totals(streams, chunk))
+
+    async def raw_totals(
+        self, streams: Sequence[str] | None = None, chunk: int = TOTALS_CHUNK
+    ) -> RawTotals:
+        """What :meth:`totals` reads, unparsed: :func:`parse_totals` can run off the loop."""
         names = list(streams) if streams is not None else await self.streams()
+        replies: list[Any] = []
+        for start in range(0, len(names), chunk):
+            replies += await self._replies(names[start : start + chunk])
+        return RawTotals(names, replies)
+
+    async def _replies(self, names: list[str]) -> list[Any]:
         replies: list[Any]
-        if self.cluster:  # a cluster pipeline refuses PFCOUNT: one call per stream, at once
+        if self.cluster:  # a cluster pipeline refuses PFCOUNT: one call per stream, bounded
+            limit = asyncio.Semaphore(self.settings.read_concurrency)
+
+            async def bounded(call: Awaitable[Any]) -> Any:
+                async with limit:
+                    return await call
+
             calls = []
             for stream in names:
                 k = StreamKeys(stream)
@@ -369,7 +396,7 @@ class Store:
                     self.redis.pfcount(k.commenters),
                     self.redis.pfcount(k.buyers),
                 ]
-            replies = list(await asyncio.gather(*calls))
+            replies = list(await asyncio.gather(*(bounded(call) for call in calls)))
         else:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for stream in names:
@@ -379,25 +406,38 @@ class Store:
                     pipe.pfcount(k.commenters)
                     pipe.pfcount(k.buyers)
                 replies = await pipe.execute()
-        result = []
-        for n, stream in enumerate(names):
-            counters, viewers, commenters, buyers = replies[4 * n : 4 * n + 4]
-            result.append(
-                StreamTotals(
-                    stream=stream,
-                    counters={_text(f): int(v) for f, v in counters.items()},
-                    viewers={_text(f): int(v) for f, v in viewers.items() if b"|" not in _bytes(f)},
-                    unique_commenters=int(commenters),
-                    unique_buyers=int(buyers),
-                )
-            )
-        return result
+        return replies
 
     async def dead_letters(self, stream: str | None, count: int = 100) -> list[dict[str, Any]]:
         """The newest dead letters of a stream (or the unrouted ones), newest first."""
         key = StreamKeys(stream).dead if stream else keys.UNROUTED_DEAD
         entries = await self.redis.xrevrange(key, count=count) or []
         return [{_text(k or ""): v for k, v in (fields or {}).items()} for _, fields in entries]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RawTotals:
+    """Streams and their four replies each (totals, viewers, two unique counts), as read."""
+
+    streams: list[str]
+    replies: list[Any]
+
+
+def parse_totals(raw: RawTotals) -> list[StreamTotals]:
+    result = []
+    replies = raw.replies
+    for n, stream in enumerate(raw.streams):
+        counters, viewers, commenters, buyers = replies[4 * n : 4 * n + 4]
+        result.append(
+            StreamTotals(
+                stream=stream,
+                counters={_text(f): int(v) for f, v in counters.items()},
+                viewers={_text(f): int(v) for f, v in viewers.items() if b"|" not in _bytes(f)},
+                unique_commenters=int(commenters),
+                unique_buyers=int(buyers),
+            )
+        )
+    return result
 
 
 def _text(value: bytes | str) -> str:

@@ -416,3 +416,14 @@ async def test_the_exact_limit_adds_increments_across_limbs(
     items = (LineItem("VT01", half), LineItem("VT01", room - half))
     assert await s.commit([order(stream, "fits", items=items, grams=1)]) == [Outcome.NEW]
     assert int(await redis.hget(StreamKeys(stream).totals, field) or 0) == keys.TOTAL_LIMIT
+
+
+@pytest.mark.asyncio
+async def test_totals_read_in_chunks_are_every_streams_in_order(redis: Redis, stream: str) -> None:
+    s = store(redis)
+    streams = [f"{stream}-{n}" for n in range(7)]
+    await s.commit([comment(name, f"c{n}") for n, name in enumerate(streams) for _ in range(n + 1)])
+    chunked = await s.totals(streams, chunk=3)
+    assert [t.stream for t in chunked] == streams
+    assert [t.total(keys.COMMENTS) for t in chunked] == [1] * 7
+    assert chunked == await s.totals(streams)

@@ -30,3 +30,11 @@ def test_the_quick_benchmark_runs_and_writes_every_figure(tmp_path: Path) -> Non
     assert figures["detail"]["dedup_bytes_per_id"] > 0
     assert figures["rss"]["growth"] > -1
     assert "| our pipeline, one process |" in result.stdout
+    for streams in (10, 100):  # scrapes beside commits
+        scrapes = figures[f"scrape_{streams}"]
+        assert scrapes["scrape_single_p50"]["median"] > 0
+        assert scrapes["scrape_flood_p50"]["median"] > 0
+        assert scrapes["commit_idle_p50"]["median"] > 0
+        assert scrapes["commit_flood_p50"]["median"] > 0
+        assert scrapes["body_mb"]["median"] > 0
+    assert "| 100 |" in result.stdout
