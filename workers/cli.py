@@ -115,7 +115,11 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--http", default="127.0.0.1:9464", help="host:port for /metrics (default %(default)s)"
     )
-    demo.add_argument("--config", default=None, help="ingester config (default: config/demo.toml)")
+    demo.add_argument(
+        "--config",
+        default=None,
+        help="ingester config (default: the demo.toml shipped in workers/demo/)",
+    )
     demo.add_argument(
         "--exit-when-done",
         action="store_true",
