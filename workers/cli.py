@@ -1,4 +1,4 @@
-"""``livestream-ingester``: run, check-config, demo, top."""
+"""``livestream-ingester``: run, check-config, demo, top, rules."""
 
 from __future__ import annotations
 
@@ -78,6 +78,19 @@ def cmd_top(args: argparse.Namespace) -> int:
 
     configure("warning", "logfmt")
     return run_until_signalled(lambda stop: top(args, stop))
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    from workers.rules import RunbookBaseError, with_runbook_base
+
+    try:
+        with open(args.file, encoding="utf-8") as file:
+            text = file.read()
+        sys.stdout.write(with_runbook_base(text, args.runbook_base))
+    except (OSError, RunbookBaseError) as exc:
+        print(f"rules: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -171,6 +184,23 @@ def parser() -> argparse.ArgumentParser:
     )
     view.add_argument("--plain", action="store_true", help="print lines instead of a live view")
     view.set_defaults(func=cmd_top)
+
+    rules = sub.add_parser(
+        "rules", help="print the Prometheus rules with runbook links under another base URL"
+    )
+    rules.add_argument(
+        "--runbook-base",
+        required=True,
+        metavar="URL",
+        help="absolute URL of the runbooks page (docs/operations.md as you host it)",
+    )
+    rules.add_argument(
+        "file",
+        nargs="?",
+        default="config/prometheus/rules.yml",
+        help="rule file to rewrite (default %(default)s)",
+    )
+    rules.set_defaults(func=cmd_rules)
     return top
 
 
