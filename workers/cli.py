@@ -53,6 +53,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     async def main(stop: asyncio.Event) -> int:
         ingester = Ingester(config, shutdown_deadline=args.shutdown_deadline)
         await ingester.run(stop)
+        if ingester.refused is not None:
+            return 2
         return 1 if ingester.unflushed else 0
 
     return run_until_signalled(main)

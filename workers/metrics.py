@@ -102,6 +102,24 @@ class HealthMetrics:
             "1 if the last Redis commit or read succeeded, else 0.",
             registry=r,
         )
+        self.redis_eviction_safe = Gauge(
+            "livestream_ingest_redis_eviction_safe",
+            "1 if every Redis primary has maxmemory-policy noeviction, 0 if one may evict the "
+            "dedup sets (redeliveries would count again); absent until first read.",
+            registry=r,
+        )
+        self.redis_memory_used = Gauge(
+            "livestream_ingest_redis_memory_used_bytes",
+            "Memory used by each Redis primary (INFO memory used_memory), read periodically.",
+            ["node"],
+            registry=r,
+        )
+        self.redis_memory_max = Gauge(
+            "livestream_ingest_redis_memory_max_bytes",
+            "maxmemory of each Redis primary (0: no limit), read periodically.",
+            ["node"],
+            registry=r,
+        )
         self.scrape_errors = Counter(
             "livestream_ingest_totals_read_errors",
             "Scrapes that could not read business totals from Redis.",

@@ -49,6 +49,7 @@ from workers.config import (
 )
 from workers.logs import Throttle
 from workers.metrics import HealthMetrics, exposition
+from workers.redis_policy import PolicyWatch, UnsafeEvictionPolicy
 from workers.store import Store, StoreSettings
 
 log = structlog.get_logger("runtime")
@@ -304,6 +305,14 @@ class Ingester:
         self.redis = redis_client(
             config.redis.url, config.redis.socket_timeout, config.redis.cluster
         )
+        self.policy = PolicyWatch(
+            self.redis,
+            self.metrics,
+            refuse=config.redis.eviction_policy_check == "refuse",
+            interval=config.redis.policy_check_interval,
+        )
+        self.refused: UnsafeEvictionPolicy | None = None
+        """Set when the Redis eviction policy made a refusing ingester stop (exit status 2)."""
         self.store = Store(
             self.redis,
             StoreSettings(
@@ -342,7 +351,14 @@ class Ingester:
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
+            try:
+                await self.policy.check()
+            except UnsafeEvictionPolicy as exc:
+                self.refused = exc
+                log.error("refusing to start", reason=str(exc))
+                return
             async with self._http(), asyncio.TaskGroup() as group:
+                watching = group.create_task(self._watch_policy(stop), name="redis.policy")
                 committing = group.create_task(self.committer.run(), name="committer")
                 reading = [
                     group.create_task(source.run(), name=f"source[{source.name}].receive")
@@ -367,8 +383,19 @@ class Ingester:
                     self.unflushed = self.committer.buffered
                     log.error("stopping: flush deadline passed", unflushed=self.unflushed)
                 committing.cancel()
+                watching.cancel()
         finally:
             await self.redis.aclose()
+
+    async def _watch_policy(self, stop: asyncio.Event) -> None:
+        """Re-read the eviction policy periodically; a refusing ingester stops (in stages) when
+        Redis turns unsafe under it (a failover, a CONFIG SET)."""
+        try:
+            await self.policy.run()
+        except UnsafeEvictionPolicy as exc:
+            self.refused = exc
+            log.error("stopping: redis may evict dedup sets", reason=str(exc))
+            stop.set()
 
     @contextlib.asynccontextmanager
     async def _http(self) -> AsyncIterator[None]:
