@@ -139,6 +139,13 @@ class HealthMetrics:
             ["source"],
             registry=r,
         )
+        self.webhook_unavailable = Counter(
+            "livestream_ingest_webhook_unavailable",
+            "Webhook deliveries answered 503 (not committed within commit_timeout_seconds): "
+            "the platform delivers them again.",
+            ["source"],
+            registry=r,
+        )
         self.revocations = Counter(
             "livestream_ingest_eventsub_revocations",
             "Twitch EventSub subscriptions revoked, by source, subscription type and status.",

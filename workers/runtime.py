@@ -115,6 +115,10 @@ class SourceHealth:
                 suppressed_since_last=suppressed,
             )
 
+    def unavailable(self, source: str) -> None:
+        """A webhook delivery answered 503 (not committed in time): counted."""
+        self.metrics.webhook_unavailable.labels(source).inc()
+
     def received(self, source: str) -> None:
         # A dict store per frame; the gauge reads it at scrape time. Its series appears with
         # the source's first input, as "never received" must stay distinguishable.
@@ -214,6 +218,7 @@ def build_source(
                 commit_timeout=config.commit_timeout_seconds,
                 on_ignored=functools.partial(health.ignored, config.name),
                 on_unauthorized=functools.partial(health.unauthorized, config.name),
+                on_unavailable=functools.partial(health.unavailable, config.name),
             )
         case WebsocketClientConfig():
             headers = dict(config.headers)
@@ -344,6 +349,8 @@ class Ingester:
                 build_source(source, options, self.committer, self.health, self.environ)
             )
             self.metrics.add_source(source.name)
+            if isinstance(source, HttpServerConfig):  # at 0, so the first 503 is an increase
+                self.metrics.webhook_unavailable.labels(source.name)
         self.http_port: int | None = None
         self.unflushed = 0
         """Events read but not committed when the shutdown deadline passed (exit status 1)."""

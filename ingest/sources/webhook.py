@@ -41,6 +41,7 @@ class ShopifyWebhookSource:
         commit_timeout: float = 4.0,
         on_ignored: Callable[[str], None] = lambda what: None,
         on_unauthorized: Callable[[], None] = lambda: None,
+        on_unavailable: Callable[[], None] = lambda: None,
     ) -> None:
         self.name = name
         self.fmt = fmt
@@ -54,6 +55,7 @@ class ShopifyWebhookSource:
         self.commit_timeout = commit_timeout
         self.on_ignored = on_ignored
         self.on_unauthorized = on_unauthorized
+        self.on_unavailable = on_unavailable
 
     async def _deliver(self, request: web.Request) -> web.Response:
         body = await request.read()  # past client_max_size: 413, raised by aiohttp
@@ -72,6 +74,7 @@ class ShopifyWebhookSource:
             async with asyncio.timeout(self.commit_timeout):
                 await asyncio.shield(await self.sink.submit(self.name, items))
         except TimeoutError:
+            self.on_unavailable()
             return web.Response(status=503, text="not committed in time, deliver again\n")
         return web.Response(text="ok\n")
 

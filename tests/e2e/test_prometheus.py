@@ -313,9 +313,13 @@ class BurstFeed:
     connected client at the same moments (as a flash sale does): the counter every replica
     exposes jumps between scrapes, which is what makes each replica's ``rate()`` noisy."""
 
-    def __init__(self, stream: str, bursts: int, seed: int) -> None:
+    def __init__(self, stream: str, bursts: int, seed: int, initial: int = 500) -> None:
         rng = random.Random(seed)
         self.stream = stream
+        self.initial = initial
+        """Orders sent before the bursts (the sale so far): with a counter that is already well
+        above one window's increase, ``rate()`` extrapolates to the window's edges instead of
+        stopping where the counter would reach zero, as it does for a counter that starts."""
         self.sizes = [rng.randint(2, 16) for _ in range(bursts)]
         self.port = free_port()
         self.clients: set[ServerConnection] = set()
@@ -327,7 +331,7 @@ class BurstFeed:
 
     @property
     def total(self) -> int:
-        return 1 + sum(self.sizes)
+        return self.initial + sum(self.sizes)
 
     def order(self, number: int) -> str:
         return orjson.dumps(
@@ -522,10 +526,10 @@ async def test_per_minute_rates_add_up_with_offset_scrapes_and_a_replica_kill_al
             with prometheus.running():
                 checks = Checks(http, prometheus, "")
                 await checks.ready()
-                # One order first, so that every series exists before the rates are measured.
+                # The sale so far first, so that every series exists before rates are measured.
                 for feed in sets.feeds.values():
-                    await feed.send(1)
-                await sets.scraped_with(checks, {"solo": 1, "trio": 1})
+                    await feed.send(feed.initial)
+                await sets.scraped_with(checks, {"solo": solo.initial, "trio": trio.initial})
                 start = time.time()
 
                 async def period() -> None:
@@ -538,7 +542,7 @@ async def test_per_minute_rates_add_up_with_offset_scrapes_and_a_replica_kill_al
                 moments = await checks.query(f'timestamp(up{{job="{JOB}"}})')
                 assert len(set(moments)) == len(sets.targets), moments
                 errors = {
-                    name: integrals[name] / (feed.total - 1) - 1  # new after the first scrape
+                    name: integrals[name] / (feed.total - feed.initial) - 1  # new since then
                     for name, feed in sets.feeds.items()
                 }
                 print(f"per-minute rates integrated: {integrals}; relative errors: {errors}")
