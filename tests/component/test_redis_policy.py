@@ -16,12 +16,14 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
+from tests.clusters import Cluster
 from tests.conftest import UNIT
 from tests.waiting import until
 from workers import config as config_module
-from workers.redis_policy import SAFE_POLICY, NodeMemory, parse_node
+from workers.metrics import HealthMetrics
+from workers.redis_policy import SAFE_POLICY, NodeMemory, PolicyWatch, parse_node, read_nodes
 from workers.redis_server import RedisServer, free_port
-from workers.runtime import Ingester
+from workers.runtime import Ingester, redis_client
 
 
 @contextlib.contextmanager
@@ -138,3 +140,23 @@ def test_policy_and_memory_from_config_or_info() -> None:
     )
     assert parse_node(None, info).policy == "allkeys-lru"
     assert parse_node({b"maxmemory-policy": b"volatile-lfu"}, info).policy == "volatile-lfu"
+
+
+@pytest.mark.asyncio
+async def test_every_primary_of_a_cluster_is_checked() -> None:
+    cluster = Cluster()
+    cluster.start()
+    client = redis_client(cluster.url, socket_timeout=2.0, cluster=True)
+    try:
+        nodes = await read_nodes(client)
+        assert len(nodes) == 3
+        assert {memory.policy for memory in nodes.values()} == {SAFE_POLICY}
+        cluster.command(2, "CONFIG", "SET", "maxmemory-policy", "volatile-lru")
+        watch = PolicyWatch(client, HealthMetrics(), refuse=False, interval=1.0)
+        assert await watch.check() is False
+        policies = {name: memory.policy for name, memory in (await read_nodes(client)).items()}
+        assert sorted(policies.values()) == [SAFE_POLICY, SAFE_POLICY, "volatile-lru"]
+        assert policies[f"127.0.0.1:{cluster.nodes[2].port}"] == "volatile-lru"
+    finally:
+        await client.aclose()
+        cluster.close()
