@@ -112,10 +112,12 @@ def business_labels() -> dict[str, frozenset[str]]:
 
 
 def undeduplicated(expr: str) -> list[str]:
-    """Business metrics in ``expr`` not first taken ``max by`` all their labels across replicas.
+    """Business metrics in ``expr`` not first de-duplicated by all their labels across replicas.
 
     Every replica exposes the same business totals, so each selector must sit directly inside
-    ``max by (<every label of the metric>)`` (possibly around ``rate``/``increase``).
+    ``max by (<every label of the metric>)`` (possibly around ``increase``), or, around
+    ``rate``, inside ``avg by (...)``: each replica's rate is a noisy estimate from its own
+    scrape times, and their maximum overstates it.
     """
     problems = []
     for metric, labels in business_labels().items():
@@ -123,9 +125,12 @@ def undeduplicated(expr: str) -> list[str]:
         if not uses:
             continue
         wrapped = re.findall(
-            rf"max by \(([^)]*)\) \((?:(?:rate|increase)\()?{metric}(?![\w:])", expr
+            rf"(?:max by \(([^)]*)\) \((?:increase\()?"
+            rf"|avg by \(([^)]*)\) \(rate\(){metric}(?![\w:])",
+            expr,
         )
-        good = [w for w in wrapped if frozenset(x.strip() for x in w.split(",")) == labels]
+        by = [by_max or by_avg for by_max, by_avg in wrapped]
+        good = [w for w in by if frozenset(x.strip() for x in w.split(",")) == labels]
         if len(good) != uses:
             problems.append(f"{metric} in {expr}")
     return problems

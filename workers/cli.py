@@ -1,4 +1,4 @@
-"""``livestream-ingester``: run, check-config, demo, top."""
+"""``livestream-ingester``: run, check-config, demo, top, rules."""
 
 from __future__ import annotations
 
@@ -59,6 +59,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ListenError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        if ingester.refused is not None:
+            return 2
         return 1 if ingester.unflushed else 0
 
     return run_until_signalled(main)
@@ -86,6 +88,19 @@ def cmd_top(args: argparse.Namespace) -> int:
 
     configure("warning", "logfmt")
     return run_until_signalled(lambda stop: top(args, stop))
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    from workers.rules import RunbookBaseError, with_runbook_base
+
+    try:
+        with open(args.file, encoding="utf-8") as file:
+            text = file.read()
+        sys.stdout.write(with_runbook_base(text, args.runbook_base))
+    except (OSError, RunbookBaseError) as exc:
+        print(f"rules: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -129,7 +144,11 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--http", default="127.0.0.1:9464", help="host:port for /metrics (default %(default)s)"
     )
-    demo.add_argument("--config", default=None, help="ingester config (default: config/demo.toml)")
+    demo.add_argument(
+        "--config",
+        default=None,
+        help="ingester config (default: the demo.toml shipped in workers/demo/)",
+    )
     demo.add_argument(
         "--exit-when-done",
         action="store_true",
@@ -181,6 +200,23 @@ def parser() -> argparse.ArgumentParser:
     )
     view.add_argument("--plain", action="store_true", help="print lines instead of a live view")
     view.set_defaults(func=cmd_top)
+
+    rules = sub.add_parser(
+        "rules", help="print the Prometheus rules with runbook links under another base URL"
+    )
+    rules.add_argument(
+        "--runbook-base",
+        required=True,
+        metavar="URL",
+        help="absolute URL of the runbooks page (docs/operations.md as you host it)",
+    )
+    rules.add_argument(
+        "file",
+        nargs="?",
+        default="config/prometheus/rules.yml",
+        help="rule file to rewrite (default %(default)s)",
+    )
+    rules.set_defaults(func=cmd_rules)
     return top
 
 

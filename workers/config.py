@@ -69,6 +69,11 @@ class RedisConfig(_Model):
     cluster: bool = False
     """``url`` names one node of a Redis Cluster; the others are discovered."""
     socket_timeout: float = Field(5.0, gt=0)
+    eviction_policy_check: Literal["refuse", "warn"] = "refuse"
+    """Redis may evict the dedup sets (maxmemory-policy not noeviction): refuse to start (and
+    stop if it changes), or run and report it (metric, error log, alert)."""
+    policy_check_interval: float = Field(15.0, ge=1, le=3600)
+    """Seconds between reads of the eviction policy and memory (INFO memory)."""
 
     @field_validator("url")
     @classmethod

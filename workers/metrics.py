@@ -109,6 +109,24 @@ class HealthMetrics:
             "1 if the last Redis commit or read succeeded, else 0.",
             registry=r,
         )
+        self.redis_eviction_safe = Gauge(
+            "livestream_ingest_redis_eviction_safe",
+            "1 if every Redis primary has maxmemory-policy noeviction, 0 if one may evict the "
+            "dedup sets (redeliveries would count again); absent until first read.",
+            registry=r,
+        )
+        self.redis_memory_used = Gauge(
+            "livestream_ingest_redis_memory_used_bytes",
+            "Memory used by each Redis primary (INFO memory used_memory), read periodically.",
+            ["node"],
+            registry=r,
+        )
+        self.redis_memory_max = Gauge(
+            "livestream_ingest_redis_memory_max_bytes",
+            "maxmemory of each Redis primary (0: no limit), read periodically.",
+            ["node"],
+            registry=r,
+        )
         self.scrape_errors = Counter(
             "livestream_ingest_totals_read_errors",
             "Scrapes that could not read business totals from Redis.",
@@ -140,6 +158,13 @@ class HealthMetrics:
             "livestream_ingest_connections_refused",
             "Connections a listener closed at once: it had max_connections open.",
             ["listener"],
+            registry=r,
+        )
+        self.webhook_unavailable = Counter(
+            "livestream_ingest_webhook_unavailable",
+            "Webhook deliveries answered 503 (not committed within commit_timeout_seconds): "
+            "the platform delivers them again.",
+            ["source"],
             registry=r,
         )
         self.revocations = Counter(

@@ -52,6 +52,7 @@ from workers.config import (
 )
 from workers.logs import Throttle
 from workers.metrics import HealthMetrics, business_exposition
+from workers.redis_policy import PolicyWatch, UnsafeEvictionPolicy
 from workers.scrape import SharedRead
 from workers.store import RawTotals, Store, StoreSettings, parse_totals
 
@@ -178,6 +179,10 @@ class SourceHealth:
                 suppressed_since_last=suppressed,
             )
 
+    def unavailable(self, source: str) -> None:
+        """A webhook delivery answered 503 (not committed in time): counted."""
+        self.metrics.webhook_unavailable.labels(source).inc()
+
     def received(self, source: str) -> None:
         # A dict store per frame; the gauge reads it at scrape time. Its series appears with
         # the source's first input, as "never received" must stay distinguishable.
@@ -302,6 +307,7 @@ def build_source(
                 on_bad_request=functools.partial(health.bad_request, config.name),
                 limits=limits(config),
                 on_refused=functools.partial(health.connection_refused, config.name),
+                on_unavailable=functools.partial(health.unavailable, config.name),
             )
         case WebsocketClientConfig():
             headers = dict(config.headers)
@@ -401,6 +407,14 @@ class Ingester:
         self.redis = redis_client(
             config.redis.url, config.redis.socket_timeout, config.redis.cluster
         )
+        self.policy = PolicyWatch(
+            self.redis,
+            self.metrics,
+            refuse=config.redis.eviction_policy_check == "refuse",
+            interval=config.redis.policy_check_interval,
+        )
+        self.refused: UnsafeEvictionPolicy | None = None
+        """Set when the Redis eviction policy made a refusing ingester stop (exit status 2)."""
         settings = StoreSettings(
             retention_seconds=config.dedup.retention_hours * 3600,
             sku_limit=config.labels.sku_limit,
@@ -451,6 +465,8 @@ class Ingester:
                 build_source(source, options, self.committer, self.health, self.environ)
             )
             self.metrics.add_source(source.name)
+            if isinstance(source, HttpServerConfig):  # at 0, so the first 503 is an increase
+                self.metrics.webhook_unavailable.labels(source.name)
         self.http_port: int | None = None
         self.unflushed = 0
         """Events read but not committed when the shutdown deadline passed (exit status 1)."""
@@ -458,7 +474,14 @@ class Ingester:
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
+            try:
+                await self.policy.check()
+            except UnsafeEvictionPolicy as exc:
+                self.refused = exc
+                log.error("refusing to start", reason=str(exc))
+                return
             async with self._http(), self._listening(), asyncio.TaskGroup() as group:
+                watching = group.create_task(self._watch_policy(stop), name="redis.policy")
                 committing = group.create_task(self.committer.run(), name="committer")
                 reading = [
                     group.create_task(_read(source), name=f"source[{source.name}].receive")
@@ -483,12 +506,23 @@ class Ingester:
                     self.unflushed = self.committer.buffered
                     log.error("stopping: flush deadline passed", unflushed=self.unflushed)
                 committing.cancel()
+                watching.cancel()
         finally:
             await self.business.aclose()
             await self.health_text.aclose()
             await self.readiness.aclose()
             await self.scrape_redis.aclose()
             await self.redis.aclose()
+
+    async def _watch_policy(self, stop: asyncio.Event) -> None:
+        """Re-read the eviction policy periodically; a refusing ingester stops (in stages) when
+        Redis turns unsafe under it (a failover, a CONFIG SET)."""
+        try:
+            await self.policy.run()
+        except UnsafeEvictionPolicy as exc:
+            self.refused = exc
+            log.error("stopping: redis may evict dedup sets", reason=str(exc))
+            stop.set()
 
     @contextlib.asynccontextmanager
     async def _http(self) -> AsyncIterator[None]:

@@ -58,6 +58,7 @@ class ShopifyWebhookSource:
         on_bad_request: Callable[[str], None] = lambda reason: None,
         limits: Limits | None = None,
         on_refused: Callable[[], None] = lambda: None,
+        on_unavailable: Callable[[], None] = lambda: None,
     ) -> None:
         self.name = name
         self.fmt = fmt
@@ -75,6 +76,7 @@ class ShopifyWebhookSource:
         self.limits = limits or Limits()
         self.on_refused = on_refused
         self._runner: web.AppRunner | None = None
+        self.on_unavailable = on_unavailable
 
     async def _deliver(self, request: web.Request) -> web.Response:
         try:
@@ -106,6 +108,7 @@ class ShopifyWebhookSource:
             async with asyncio.timeout(self.commit_timeout):
                 await asyncio.shield(await self.sink.submit(self.name, items))
         except TimeoutError:
+            self.on_unavailable()
             return web.Response(status=503, text="not committed in time, deliver again\n")
         return web.Response(text="ok\n")
 

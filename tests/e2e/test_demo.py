@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 from tests.brokers import Mosquitto
@@ -78,3 +79,62 @@ def test_demo_says_when_no_broker_answers(redis_url: str) -> None:
     result = run_demo([sys.executable, "-m", "workers", "--mqtt", url], {"REDIS_URL": redis_url})
     assert result.returncode == 1
     assert f"No MQTT broker answers at {url}" in result.stderr
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_demo_runs_from_a_wheel_install(tmp_path: Path, redis_url: str) -> None:
+    """What `pip install .` gives a newcomer (and the Docker image): the wheel alone, run from
+    elsewhere. The dependencies come from this venv's site-packages through a .pth line (its
+    editable finder is not loaded that way), so neither the checkout nor the network is used."""
+    source = tmp_path / "source"  # a copy, as the Dockerfile builds: no build/ in the checkout
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for package in ("ingest", "workers"):
+        shutil.copytree(
+            ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    wheels = tmp_path / "wheels"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
+    build = [*pip, "wheel", "--no-deps", "--wheel-dir", str(wheels), str(source)]
+    subprocess.run(build, check=True, cwd=tmp_path, timeout=180 * UNIT)
+    (wheel,) = wheels.glob("livestream_ingester-*.whl")
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=60 * UNIT)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    deps = sysconfig.get_paths()["purelib"]
+    (Path(purelib) / "dev-dependencies.pth").write_text(deps + "\n", encoding="utf-8")
+    install = [str(python), "-m", "pip", "--disable-pip-version-check", "--quiet", "install"]
+    subprocess.run([*install, "--no-deps", str(wheel)], check=True, timeout=120 * UNIT)
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["REDIS_URL"] = redis_url
+    result = subprocess.run(
+        [str(venv / "bin" / "livestream-ingester"), *DEMO_TO_THE_END],
+        cwd=tmp_path,
+        env={**env, "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=180 * UNIT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "totals equal the expected ones" in result.stdout
+    where = subprocess.run(
+        [str(python), "-c", "import workers; print(workers.__file__)"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert where.startswith(purelib), where  # the wheel's copy ran, not the checkout

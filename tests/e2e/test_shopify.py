@@ -241,6 +241,8 @@ async def test_a_delivery_is_acknowledged_only_once_committed(tmp_path: Path, st
                 assert await deliver(orders[0]) == 200
                 redis.stop()
                 assert await asyncio.gather(*(deliver(o) for o in orders[1:])) == [503] * 4
+                unavailable = "livestream_ingest_webhook_unavailable_total"
+                assert select(scrape(process.http_port), unavailable) == {("shop",): 4}
                 redis.start()
                 # Shopify's retries: the same deliveries, until each is answered 200 (the
                 # committer may still be in its backoff when Redis is back).

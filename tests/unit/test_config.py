@@ -27,7 +27,7 @@ from workers.config import (
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "config" / "ingester.toml"
-DEMO = ROOT / "config" / "demo.toml"
+DEMO = ROOT / "workers" / "demo" / "demo.toml"
 TOKEN = {"LIVESTREAM_PUSH_TOKEN": "secret-0123456789"}
 
 MINIMAL: dict[str, Any] = {

@@ -51,7 +51,7 @@ def test_both_dashboards_exist_with_stable_uids() -> None:
             assert link["url"].removeprefix("/d/") in UIDS.values()
 
 
-def test_variables_are_defined_and_the_stream_comes_from_the_orders() -> None:
+def test_variables_are_defined_and_the_stream_lists_every_stream() -> None:
     for path, board in boards():
         variables = {v["name"]: v for v in board["templating"]["list"]}
         assert variables["datasource"]["type"] == "datasource"
@@ -67,7 +67,16 @@ def test_variables_are_defined_and_the_stream_comes_from_the_orders() -> None:
         assert used - BUILTINS <= set(variables), path.name
         if path.name == "live-session.json":
             stream = variables["stream"]
-            assert stream["query"] == "label_values(livestream_orders_total, stream)"
+            # Every stream, chat-only ones too; one at a time, matched exactly (no regex to escape).
+            assert stream["query"] == (
+                'label_values({__name__=~"livestream_orders_total|livestream_comments_total'
+                '|livestream_viewers"}, stream)'
+            )
+            assert (stream["multi"], stream["includeAll"]) == (False, False)
+            assert board["time"]["from"] == "now-6h", "the default range covers a whole sale"
+            for panel in panels(board):
+                for target in panel.get("targets", []):
+                    assert "$stream" not in target["expr"] or 'stream="$stream"' in target["expr"]
             assert stream["datasource"]["uid"] == "${datasource}"
 
 
@@ -120,7 +129,9 @@ def test_rates_use_the_rate_interval_and_replicas_are_aggregated_right() -> None
     for target in targets():
         expr = target.expr
         for window in re.findall(r"\[([^\]]+)\]", expr):
-            assert window in ("$__rate_interval", "$__range"), f"fixed window in {target}"
+            assert window in ("$__rate_interval", "$__range", "$__range:$__interval"), (
+                f"fixed window in {target}"
+            )
         # Business totals: max across replicas (every replica exposes the same values).
         assert undeduplicated(expr) == [], target
         # Process health counters: summed across replicas.

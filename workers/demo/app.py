@@ -1,8 +1,8 @@
 """``livestream-ingester demo``: a synthetic lychee sale, through the ordinary websocket source.
 
 The built-in feed server replays the sale (duplicates, a mid-stream disconnect with replay); an
-ingester configured from ``config/demo.toml`` consumes it, serves ``/metrics`` and a live view
-shows the totals it reads back from Redis.
+ingester configured from ``demo.toml`` (package data beside this module) consumes it, serves
+``/metrics`` and a live view shows the totals it reads back from Redis.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import sys
 import time
 import tomllib
 from collections.abc import Iterator
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -36,7 +38,9 @@ log = structlog.get_logger("demo")
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 SETTLE_SECONDS = 10.0
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "demo.toml"
+# Package data, read with importlib.resources: it ships in the wheel (a path relative to a checkout
+# does not exist in site-packages).
+DEMO_CONFIG = resources.files("workers.demo") / "demo.toml"
 NO_REDIS = (
     "No Redis answers at {url} and there is no redis-server on PATH to start one: "
     "install Redis (Debian: apt-get install redis-server) or set REDIS_URL to a running one."
@@ -97,9 +101,14 @@ def mismatches(expected: Expected, totals: StreamTotals) -> list[str]:
 
 
 def demo_config(
-    path: Path, feed_url: str, redis: str, http: str, mqtt: MqttOrders | None
+    path: Path | Traversable,
+    feed_url: str,
+    redis: str,
+    http: str,
+    mqtt: MqttOrders | None,
 ) -> config_module.Config:
-    """``config/demo.toml`` pointed at this run's feed, Redis and port (and broker)."""
+    """The demo's ``demo.toml`` (or ``--config``) pointed at this run's feed, Redis and port
+    (and broker)."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
