@@ -28,7 +28,7 @@ async def test_commits_go_on_while_a_flood_of_scrapes_waits_for_one_read(
     config = parse(
         {
             "redis": {"url": redis_url, "socket_timeout": 60 * UNIT},
-            "http": {"listen": "127.0.0.1:0", "scrape_max_connections": 2},
+            "http": {"listen": "127.0.0.1:0", "scrape_max_connections": 2, "max_connections": 64},
         },
         "test",
         environ={},

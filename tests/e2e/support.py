@@ -106,6 +106,9 @@ cluster = {str(cluster).lower()}
 
 [http]
 listen = "127.0.0.1:{http_port}"
+# These tests scrape right after a commit; the freshness window (tested on its own, in
+# test_scrape_flood.py) would answer them with a read from before it.
+scrape_freshness_seconds = 0.001
 
 [batch]
 max_delay_ms = 2

@@ -270,19 +270,21 @@ async def test_ingester_sigkilled_and_restarted_gets_what_was_published_meanwhil
     process = ingester(tmp_path, redis_url, broker, "killed")
     with process:
         await subscribed(process)
-        publisher = make_publisher(broker.port, data, pause=0.0003)
+        # Paced over 40 s, so publishing goes on while the ingester is down: a scrape waits up
+        # to its 5 s timeout for the paused Redis.
+        publisher = Publisher(
+            "127.0.0.1", broker.port, data, at=[40 * n / len(data) for n in range(len(data))]
+        )
         async with publishing(publisher) as task:
             await until(lambda: publisher.position > len(data) // 4, 30, "a quarter published")
             await redis.client_pause(30_000, all=False)
             try:
-                await until(
-                    lambda: (
-                        select(scrape(process.http_port), "livestream_ingest_buffered_events")[()]
-                        >= 100
-                    ),
-                    20,
-                    "received but uncommitted messages",
-                )
+
+                async def backlog() -> bool:  # a scrape waits for the paused Redis: off the loop
+                    samples = await asyncio.to_thread(scrape, process.http_port)
+                    return select(samples, "livestream_ingest_buffered_events")[()] >= 100
+
+                await until(backlog, 20, "received but uncommitted messages")
                 process.kill()
             finally:
                 await redis.client_unpause()

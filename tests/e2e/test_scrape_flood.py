@@ -84,9 +84,10 @@ def ingester(tmp_path: Path, server: RedisServer, names: list[str]) -> Iterator[
     port = free_port()
     config = write_config(tmp_path / "flood.toml", redis_url=server.url, http_port=port, sources="")
     text = config.read_text(encoding="utf-8").replace(
-        "[http]\n",
-        f"[http]\nscrape_freshness_seconds = {FRESHNESS}\n"
-        f"scrape_max_connections = {MAX_CONNECTIONS}\n",
+        "scrape_freshness_seconds = 0.001\n",
+        f"scrape_freshness_seconds = {FRESHNESS}\n"
+        f"scrape_max_connections = {MAX_CONNECTIONS}\n"
+        f"max_connections = {2 * SCRAPES}\n",  # the flood, not the connection cap, is tested
     )
     config.write_text(text + "\n[labels]\nmax_streams = 100000\n", encoding="utf-8")
     with IngesterProcess(config, port) as process:
