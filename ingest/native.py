@@ -7,17 +7,16 @@ published JSON Schema (``ingest/native-event.schema.json``, regenerated with
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import re
 import sys
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Annotated, Literal
 
 import msgspec
 import orjson
 
+from ingest.adapter import OTHER_PLATFORM, FormatOptions, classify, undecodable
 from ingest.model import (
     UNKNOWN_KIND,
     Comment,
@@ -30,13 +29,12 @@ from ingest.model import (
     Viewers,
 )
 from ingest.money import MoneyError, to_minor
-from ingest.regions import UNKNOWN, RegionTable, default_regions, normalise_country
+from ingest.regions import UNKNOWN, normalise_country
 
 STREAM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 PLATFORM_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$"
 CURRENCY_PATTERN = r"^[A-Z]{3}$"
-OTHER_PLATFORM = "other"
 REGION_CACHE = 4096
 MAX_AMOUNT = 10**15
 """Largest order amount in major units as given, and in minor units once converted (so that
@@ -106,57 +104,10 @@ _CURRENCY = re.compile(CURRENCY_PATTERN)
 _PATH = re.compile(r"at `\$(?:\[\d+\])?\.?(?P<path>[^`]*)`")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class NativeOptions:
-    """What a source's config decides about the frames it reads."""
-
-    default_stream: str | None = None
-    allowed_streams: frozenset[str] | None = None
-    platforms: frozenset[str] = frozenset()
-    max_frame_bytes: int = 256 * 1024
-    max_events_per_frame: int = 1000
-    regions: RegionTable = dataclasses.field(default_factory=default_regions)
-    max_future_seconds: float = 24 * 3600
-    """Events dated further ahead than this are refused: a wrong clock must not pin the
-    latest-by-event-time viewers gauge for ever."""
-    clock: Callable[[], float] = time.time
-
-    def for_stream(self, stream: str) -> NativeOptions:
-        """Options for frames whose transport names their stream (an MQTT topic level): it is
-        the default, and an event naming another stream is rejected."""
-        allowed = self.allowed_streams
-        only = frozenset({stream}) if allowed is None or stream in allowed else frozenset()
-        return dataclasses.replace(self, default_stream=stream, allowed_streams=only)
-
-
-def classify(error: msgspec.ValidationError) -> Reason:
-    """Map msgspec's validation message to a bounded reason."""
-    message = str(error)
-    if message.startswith("Object missing required field"):
-        return Reason.MISSING_FIELD
-    if message.startswith("Invalid value") and message.endswith("`$.kind`"):
-        return Reason.UNKNOWN_KIND
-    if message.startswith("Invalid RFC3339") or "timezone" in message:
-        return Reason.INVALID_TIMESTAMP
-    if message.startswith("Expected `str` matching regex") and message.endswith("`$.currency`"):
-        return Reason.INVALID_CURRENCY
-    if ">=" in message or "<=" in message or "length" in message:
-        return Reason.OUT_OF_RANGE
-    if ", got `" in message:
-        return Reason.INVALID_TYPE
-    return Reason.INVALID_VALUE
-
-
-def undecodable(error: msgspec.DecodeError) -> Reason:
-    """Why msgspec could not parse a body. (Invalid UTF-8 in a string raised UnicodeDecodeError
-    up to msgspec 0.22, a DecodeError since 0.23: both are caught.)"""
-    return Reason.INVALID_UTF8 if str(error).startswith("Invalid UTF-8") else Reason.MALFORMED_JSON
-
-
 class NativeFormat:
     """Decoder for native frames, configured once per source."""
 
-    def __init__(self, options: NativeOptions) -> None:
+    def __init__(self, options: FormatOptions) -> None:
         self.options = options
         self._one = msgspec.json.Decoder(Wire)
         self._many = msgspec.json.Decoder(list[msgspec.Raw])

@@ -32,10 +32,10 @@ from typing import Annotated, Final
 
 import msgspec
 
-from ingest.adapter import Adapter
+from ingest.adapter import Adapter, FormatOptions
 from ingest.model import Decoded, LineItem, Order, Reason
 from ingest.money import MoneyError, to_minor
-from ingest.native import MAX_AMOUNT, SKU_PATTERN, NativeOptions
+from ingest.native import MAX_AMOUNT, SKU_PATTERN
 from ingest.regions import UNKNOWN, normalise_country
 
 CREATE: Final = "orders/create"
@@ -103,7 +103,7 @@ def verified(secret: bytes, body: bytes, header: str | None) -> bool:
 
 
 class ShopifyFormat(Adapter):
-    def __init__(self, options: NativeOptions) -> None:
+    def __init__(self, options: FormatOptions) -> None:
         super().__init__(options, "shopify")
         self._order = msgspec.json.Decoder(_Order)
         self._cancelled = msgspec.json.Decoder(_Cancelled)

@@ -38,9 +38,8 @@ from typing import Annotated, Final
 
 import msgspec
 
-from ingest.adapter import Adapter, as_bytes
+from ingest.adapter import Adapter, FormatOptions, as_bytes
 from ingest.model import Comment, Decoded, Reason, Viewers
-from ingest.native import NativeOptions
 
 NOT_CHAT: Final = "not_chat"
 OTHER_EVENT: Final = "other_event"
@@ -100,7 +99,7 @@ class SocialStreamFormat(Adapter):
 
     def __init__(
         self,
-        options: NativeOptions,
+        options: FormatOptions,
         on_ignored: Callable[[str], None] = lambda what: None,
     ) -> None:
         super().__init__(options, "other")

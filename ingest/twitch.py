@@ -18,9 +18,8 @@ from typing import Annotated, Final
 
 import msgspec
 
-from ingest.adapter import Adapter, as_bytes
+from ingest.adapter import Adapter, FormatOptions, as_bytes
 from ingest.model import Comment, Decoded, Reason
-from ingest.native import NativeOptions
 
 CHAT_MESSAGE: Final = "channel.chat.message"
 REVOCATION_STATUSES: Final = frozenset({"user_removed", "authorization_revoked", "version_removed"})
@@ -116,7 +115,7 @@ class EventSubFormat(Adapter):
     """Parses EventSub frames of one source. ``broadcaster_user_id``, when set, is the only
     channel whose chat is counted: another channel's notification is rejected."""
 
-    def __init__(self, options: NativeOptions, broadcaster_user_id: str | None = None) -> None:
+    def __init__(self, options: FormatOptions, broadcaster_user_id: str | None = None) -> None:
         super().__init__(options, "twitch")
         self.broadcaster_user_id = broadcaster_user_id
         self._envelope = msgspec.json.Decoder(_Envelope)

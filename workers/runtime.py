@@ -27,7 +27,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 
-from ingest.native import NativeFormat, NativeOptions
+from ingest.adapter import FormatOptions
+from ingest.native import NativeFormat
 from ingest.shopify import ShopifyFormat
 from ingest.socialstream import SocialStreamFormat
 from ingest.sources.backoff import Backoff
@@ -228,7 +229,7 @@ def tls_context(config: MqttConfig) -> ssl.SSLContext | None:
 
 def eventsub_source(
     config: WebsocketClientConfig,
-    options: NativeOptions,
+    options: FormatOptions,
     committer: Committer,
     health: SourceHealth,
     environ: Mapping[str, str],
@@ -275,7 +276,7 @@ def limits(config: ListenerLimits) -> Limits:
 
 def build_source(
     config: SourceConfig,
-    options: NativeOptions,
+    options: FormatOptions,
     committer: Committer,
     health: SourceHealth,
     environ: Mapping[str, str],
