@@ -1,8 +1,8 @@
-"""What the platform formats share: one stream from config, bounded labels, rejections.
+"""What every wire format shares: its options, bounded labels and reasons, and its rejections.
 
-A platform's frames do not name our stream, so each source of a platform format counts into the
-stream its config names. Like the native format, an adapter never raises: a bug in one becomes
-a rejection of the input that triggered it, not a dead source.
+The native format and the platform formats are all adapters (:class:`Adapter`): pure, bytes in,
+events and rejections out, and they never raise: a bug in one becomes a rejection of the input that
+triggered it, not a dead source.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Callable
 import msgspec
 
 from ingest.model import UNKNOWN_KIND, Decoded, Reason, Rejection
+from ingest.money import MAX_AMOUNT, MoneyError
 from ingest.regions import RegionTable, default_regions
 
 OTHER_PLATFORM = "other"
@@ -71,38 +72,76 @@ def undecodable(error: msgspec.DecodeError) -> Reason:
 
 
 class Adapter:
-    """Base of the platform formats. ``platform`` is the label when it is a configured one."""
+    """Base of every wire format: the rules each applies whatever the platform.
 
-    def __init__(self, options: FormatOptions, platform: str) -> None:
-        if options.default_stream is None:
-            raise ValueError("a platform format needs the source's stream")
+    A frame too large is refused unread; an event dated beyond the allowed clock skew, an amount
+    that is not exact money or is absurdly large, each become a rejection with a bounded reason;
+    and :meth:`guarded` turns any failure of a decoder into a rejection of the input that
+    triggered it, so a bug never takes a source down.
+    """
+
+    def __init__(self, options: FormatOptions) -> None:
         self.options = options
-        self.stream = options.default_stream
-        self.platform = self.label(platform)
 
     def label(self, platform: str) -> str:
+        """``platform`` when it is a configured one, else ``other``: labels stay bounded."""
         return platform if platform in self.options.platforms else OTHER_PLATFORM
 
-    def ts_ms(self, when: dt.datetime) -> int | None:
-        """Milliseconds since the epoch, or None if dated beyond the allowed clock skew."""
+    def timestamp(
+        self, when: dt.datetime, raw: bytes, kind: str, stream: str | None = None
+    ) -> int | Rejection:
+        """Milliseconds since the epoch, or the rejection of an event dated beyond the allowed
+        clock skew."""
         ts_ms = (when - _EPOCH) // _MS
         if ts_ms > (self.options.clock() + self.options.max_future_seconds) * 1000:
-            return None
+            return self.reject(Reason.OUT_OF_RANGE, "timestamp in the future", raw, kind, stream)
         return ts_ms
 
     def now_ms(self) -> int:
         return int(self.options.clock() * 1000)
 
-    def reject(
-        self, reason: Reason, detail: str, raw: bytes, kind: str = UNKNOWN_KIND
-    ) -> Rejection:
-        return Rejection(reason, detail, raw, self.stream, kind)
+    def amount(
+        self, minor_units: Callable[[], int], raw: bytes, stream: str | None = None
+    ) -> int | Rejection:
+        """An order's amount, ``minor_units()``, or the order's rejection when that is not exact
+        money (:class:`MoneyError`) or above :data:`MAX_AMOUNT`."""
+        try:
+            amount = minor_units()
+        except MoneyError as exc:
+            reason = Reason.INVALID_CURRENCY if exc.currency_error else Reason.INVALID_AMOUNT
+            return self.reject(reason, str(exc), raw, "order", stream)
+        if amount > MAX_AMOUNT:
+            detail = f"amount above {MAX_AMOUNT} minor units"
+            return self.reject(Reason.OUT_OF_RANGE, detail, raw, "order", stream)
+        return amount
 
-    def invalid(self, exc: msgspec.DecodeError, raw: bytes, kind: str = UNKNOWN_KIND) -> Rejection:
-        """The rejection of a body that does not match its platform's documented shape."""
+    def reject(
+        self,
+        reason: Reason,
+        detail: str,
+        raw: bytes,
+        kind: str = UNKNOWN_KIND,
+        stream: str | None = None,
+    ) -> Rejection:
+        """A rejection filed under ``stream`` when it is one the source may count, else under
+        the source's default stream (a stream outside the allow-list must not get a dead-letter
+        key)."""
+        allowed = self.options.allowed_streams
+        if stream is None or (allowed is not None and stream not in allowed):
+            stream = self.options.default_stream
+        return Rejection(reason, detail, raw, stream, kind)
+
+    def invalid(
+        self,
+        exc: msgspec.DecodeError,
+        raw: bytes,
+        kind: str = UNKNOWN_KIND,
+        stream: str | None = None,
+    ) -> Rejection:
+        """The rejection of a body that does not match its format's shape."""
         if isinstance(exc, msgspec.ValidationError):
-            return self.reject(classify(exc), str(exc), raw, kind)
-        return self.reject(undecodable(exc), str(exc), raw, kind)
+            return self.reject(classify(exc), str(exc), raw, kind, stream)
+        return self.reject(undecodable(exc), str(exc), raw, kind, stream)
 
     def guarded(self, raw: bytes, decode: Callable[[], list[Decoded]]) -> list[Decoded]:
         """``decode()``, with oversize frames and any failure turned into a rejection."""
@@ -116,6 +155,19 @@ class Adapter:
             return [self.reject(Reason.MALFORMED_JSON, "nested too deeply", raw)]
         except Exception as exc:  # a decoder bug must not take the source down with it
             return [self.reject(Reason.INVALID_VALUE, f"decoder error: {type(exc).__name__}", raw)]
+
+
+class PlatformAdapter(Adapter):
+    """Base of the platform formats, whose frames do not name our stream: each source of one
+    counts into the stream its config names. ``platform`` is the label when it is a configured
+    one."""
+
+    def __init__(self, options: FormatOptions, platform: str) -> None:
+        if options.default_stream is None:
+            raise ValueError("a platform format needs the source's stream")
+        super().__init__(options)
+        self.stream = options.default_stream
+        self.platform = self.label(platform)
 
 
 def as_bytes(frame: bytes | str) -> bytes:

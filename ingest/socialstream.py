@@ -38,7 +38,7 @@ from typing import Annotated, Final
 
 import msgspec
 
-from ingest.adapter import Adapter, FormatOptions, as_bytes
+from ingest.adapter import FormatOptions, PlatformAdapter, as_bytes
 from ingest.model import Comment, Decoded, Reason, Viewers
 
 NOT_CHAT: Final = "not_chat"
@@ -93,7 +93,7 @@ class _TextParser(html.parser.HTMLParser):
                 self.parts.append(f" {alt} ")
 
 
-class SocialStreamFormat(Adapter):
+class SocialStreamFormat(PlatformAdapter):
     """Decodes the relay's frames for one source. Stateful only in the line numbering of
     rule 2 above; ``new_connection()`` starts a new relay run."""
 
