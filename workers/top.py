@@ -50,7 +50,9 @@ REDIS_TIMEOUT = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
-class SourceHealth:
+class SourceStatus:
+    """One source of an ingester as its /metrics tells it."""
+
     source: str
     connected: bool
     since_last_input: float | None
@@ -67,7 +69,7 @@ class ProcessHealth:
     error: str | None = None
     redis_up: bool | None = None
     buffered: float | None = None
-    sources: tuple[SourceHealth, ...] = ()
+    sources: tuple[SourceStatus, ...] = ()
 
 
 def parse_health(url: str, text: str, now: float) -> ProcessHealth:
@@ -94,7 +96,7 @@ def parse_health(url: str, text: str, now: float) -> ProcessHealth:
             elif name == "livestream_ingest_buffered_events":
                 buffered = value
     sources = tuple(
-        SourceHealth(
+        SourceStatus(
             source=source,
             connected=connected.get(source, False),
             since_last_input=max(0.0, now - last[source]) if source in last else None,
@@ -223,7 +225,7 @@ def _since(seconds: float | None) -> str:
     return f"last input {seconds:,.1f} s ago"
 
 
-def _source_line(source: SourceHealth) -> str:
+def _source_line(source: SourceStatus) -> str:
     counts = ", ".join(
         f"{source.outcomes.get(outcome, 0):,.0f} {outcome}"
         for outcome in ("accepted", "duplicate", "rejected")
