@@ -170,13 +170,13 @@ class SourceHealth:
         self._refused(listener, "connection refused", "max_connections")
 
     def _refused(self, listener: str, what: str, reason: str) -> None:
-        suppressed = self._refusals.allow((listener, what))
-        if suppressed is not None:
+        decision = self._refusals.decide((listener, what))
+        if decision.allowed:
             log.warning(
                 f"request refused: {what}",
                 source=listener,
                 reason=reason,
-                suppressed_since_last=suppressed,
+                suppressed_since_last=decision.suppressed,
             )
 
     def received(self, source: str) -> None:
@@ -568,12 +568,12 @@ class Ingester:
         except (*READ_ERRORS, TimeoutError) as exc:
             self.metrics.scrape_errors.inc()
             self.metrics.redis_up.set(0)
-            suppressed = self._scrape_failures.allow(type(exc).__name__)
-            if suppressed is not None:
+            decision = self._scrape_failures.decide(type(exc).__name__)
+            if decision.allowed:
                 log.warning(
                     "cannot read totals for a scrape",
                     error=type(exc).__name__,
-                    suppressed_since_last=suppressed,
+                    suppressed_since_last=decision.suppressed,
                 )
         health = await self.health_text.get()
         response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
