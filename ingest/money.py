@@ -7,6 +7,10 @@ from functools import cache
 
 from iso4217 import Currency
 
+MAX_AMOUNT = 10**15
+"""Largest order amount in major units as given, and in minor units once converted (so that
+the int64 totals in Redis cannot overflow before ~9,000 such absurd orders)."""
+
 _DECIMAL = re.compile(r"(?P<int>0|[1-9][0-9]{0,17})(?:\.(?P<frac>[0-9]{1,9}))?")
 
 

@@ -7,17 +7,16 @@ published JSON Schema (``ingest/native-event.schema.json``, regenerated with
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import re
 import sys
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Annotated, Literal
 
 import msgspec
 import orjson
 
+from ingest.adapter import Adapter, FormatOptions, as_bytes
 from ingest.model import (
     UNKNOWN_KIND,
     Comment,
@@ -29,18 +28,14 @@ from ingest.model import (
     Rejection,
     Viewers,
 )
-from ingest.money import MoneyError, to_minor
-from ingest.regions import UNKNOWN, RegionTable, default_regions, normalise_country
+from ingest.money import MAX_AMOUNT, to_minor
+from ingest.regions import UNKNOWN, normalise_country
 
 STREAM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 PLATFORM_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$"
 CURRENCY_PATTERN = r"^[A-Z]{3}$"
-OTHER_PLATFORM = "other"
 REGION_CACHE = 4096
-MAX_AMOUNT = 10**15
-"""Largest order amount in major units as given, and in minor units once converted (so that
-the int64 totals in Redis cannot overflow before ~9,000 such absurd orders)."""
 
 StreamName = Annotated[str, msgspec.Meta(pattern=STREAM_PATTERN)]
 PlatformName = Annotated[str, msgspec.Meta(pattern=PLATFORM_PATTERN)]
@@ -94,8 +89,6 @@ class ViewersWire(msgspec.Struct, frozen=True, tag_field="kind", tag="viewers"):
 
 Wire = CommentWire | OrderWire | ViewersWire
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_MS = dt.timedelta(milliseconds=1)
 # msgspec searches patterns with Python's re, where "$" also matches before a final "\n"
 # (in the JSON Schema and the docs it is the end of the text): every pattern-checked string is
 # checked again in full.
@@ -106,58 +99,12 @@ _CURRENCY = re.compile(CURRENCY_PATTERN)
 _PATH = re.compile(r"at `\$(?:\[\d+\])?\.?(?P<path>[^`]*)`")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class NativeOptions:
-    """What a source's config decides about the frames it reads."""
+class NativeFormat(Adapter):
+    """Decoder for native frames, configured once per source. Each event names its platform and
+    (unless the source gives a default) its stream."""
 
-    default_stream: str | None = None
-    allowed_streams: frozenset[str] | None = None
-    platforms: frozenset[str] = frozenset()
-    max_frame_bytes: int = 256 * 1024
-    max_events_per_frame: int = 1000
-    regions: RegionTable = dataclasses.field(default_factory=default_regions)
-    max_future_seconds: float = 24 * 3600
-    """Events dated further ahead than this are refused: a wrong clock must not pin the
-    latest-by-event-time viewers gauge for ever."""
-    clock: Callable[[], float] = time.time
-
-    def for_stream(self, stream: str) -> NativeOptions:
-        """Options for frames whose transport names their stream (an MQTT topic level): it is
-        the default, and an event naming another stream is rejected."""
-        allowed = self.allowed_streams
-        only = frozenset({stream}) if allowed is None or stream in allowed else frozenset()
-        return dataclasses.replace(self, default_stream=stream, allowed_streams=only)
-
-
-def classify(error: msgspec.ValidationError) -> Reason:
-    """Map msgspec's validation message to a bounded reason."""
-    message = str(error)
-    if message.startswith("Object missing required field"):
-        return Reason.MISSING_FIELD
-    if message.startswith("Invalid value") and message.endswith("`$.kind`"):
-        return Reason.UNKNOWN_KIND
-    if message.startswith("Invalid RFC3339") or "timezone" in message:
-        return Reason.INVALID_TIMESTAMP
-    if message.startswith("Expected `str` matching regex") and message.endswith("`$.currency`"):
-        return Reason.INVALID_CURRENCY
-    if ">=" in message or "<=" in message or "length" in message:
-        return Reason.OUT_OF_RANGE
-    if ", got `" in message:
-        return Reason.INVALID_TYPE
-    return Reason.INVALID_VALUE
-
-
-def undecodable(error: msgspec.DecodeError) -> Reason:
-    """Why msgspec could not parse a body. (Invalid UTF-8 in a string raised UnicodeDecodeError
-    up to msgspec 0.22, a DecodeError since 0.23: both are caught.)"""
-    return Reason.INVALID_UTF8 if str(error).startswith("Invalid UTF-8") else Reason.MALFORMED_JSON
-
-
-class NativeFormat:
-    """Decoder for native frames, configured once per source."""
-
-    def __init__(self, options: NativeOptions) -> None:
-        self.options = options
+    def __init__(self, options: FormatOptions) -> None:
+        super().__init__(options)
         self._one = msgspec.json.Decoder(Wire)
         self._many = msgspec.json.Decoder(list[msgspec.Raw])
         self._regions: dict[tuple[str, str], str] = {}
@@ -174,42 +121,33 @@ class NativeFormat:
 
     def decode(self, frame: bytes | str) -> list[Decoded]:
         """Never raises: whatever the frame, every part of it becomes an event or a rejection."""
-        raw = frame.encode("utf-8", "surrogatepass") if isinstance(frame, str) else frame
-        try:
-            return self._decode(raw)
-        except RecursionError:
-            return [self._reject(Reason.MALFORMED_JSON, "nested too deeply", raw)]
-        except Exception as exc:  # a decoder bug must not take the source down with it
-            return [self._reject(Reason.INVALID_VALUE, f"decoder error: {type(exc).__name__}", raw)]
+        raw = as_bytes(frame)
+        return self.guarded(raw, lambda: self._decode(raw))
 
     def _decode(self, raw: bytes) -> list[Decoded]:
-        if len(raw) > self.options.max_frame_bytes:
-            return [self._reject(Reason.OVERSIZE, f"frame of {len(raw)} bytes", raw)]
         if raw.lstrip()[:1] != b"[":
             return [self._decode_one(raw)]
         try:
             parts = self._many.decode(raw)
-        except UnicodeDecodeError as exc:
-            return [self._reject(Reason.INVALID_UTF8, str(exc), raw)]
         except msgspec.DecodeError as exc:
-            return [self._reject(undecodable(exc), str(exc), raw)]
+            return [self.invalid(exc, raw)]
         if len(parts) > self.options.max_events_per_frame:
             detail = f"{len(parts)} events in one frame"
-            return [self._reject(Reason.TOO_MANY_EVENTS, detail, raw)]
+            return [self.reject(Reason.TOO_MANY_EVENTS, detail, raw)]
         return [self._decode_one(bytes(part)) for part in parts]
 
     def _decode_one(self, raw: bytes) -> Decoded:
         try:
             wire = self._one.decode(raw)
         except UnicodeDecodeError as exc:
-            return self._reject(Reason.INVALID_UTF8, str(exc), raw)
+            return self.reject(Reason.INVALID_UTF8, str(exc), raw)
         except msgspec.ValidationError as exc:
-            reason = classify(exc)
+            stream, kind = _peek(raw)
             if str(exc).startswith("Expected `object`"):
-                reason = Reason.NOT_AN_OBJECT
-            return self._reject(reason, str(exc), raw, *_peek(raw))
+                return self.reject(Reason.NOT_AN_OBJECT, str(exc), raw, kind, stream)
+            return self.invalid(exc, raw, kind, stream)
         except msgspec.DecodeError as exc:
-            return self._reject(undecodable(exc), str(exc), raw)
+            return self.invalid(exc, raw)
         return self.normalise(wire, raw)
 
     def normalise(self, wire: Wire, raw: bytes) -> Decoded:
@@ -217,19 +155,19 @@ class NativeFormat:
         kind = wire.__struct_config__.tag
         assert isinstance(kind, str)
         if wire.stream is not None and not _STREAM.fullmatch(wire.stream):
-            return self._reject(Reason.INVALID_VALUE, "invalid stream name", raw, kind=kind)
+            return self.reject(Reason.INVALID_VALUE, "invalid stream name", raw, kind)
         if not _PLATFORM.fullmatch(wire.platform):
-            return self._reject(Reason.INVALID_VALUE, "invalid platform name", raw, kind=kind)
+            return self.reject(Reason.INVALID_VALUE, "invalid platform name", raw, kind)
         stream = wire.stream or self.options.default_stream
         if stream is None:
-            return self._reject(Reason.MISSING_STREAM, "no stream and no default", raw, kind=kind)
+            return self.reject(Reason.MISSING_STREAM, "no stream and no default", raw, kind)
         allowed = self.options.allowed_streams
         if allowed is not None and stream not in allowed:
-            return self._reject(Reason.STREAM_NOT_ALLOWED, stream, raw, stream, kind)
-        platform = wire.platform if wire.platform in self.options.platforms else OTHER_PLATFORM
-        ts_ms = (wire.ts - _EPOCH) // _MS
-        if ts_ms > (self.options.clock() + self.options.max_future_seconds) * 1000:
-            return self._reject(Reason.OUT_OF_RANGE, "timestamp in the future", raw, stream, kind)
+            return self.reject(Reason.STREAM_NOT_ALLOWED, stream, raw, kind, stream)
+        platform = self.label(wire.platform)
+        ts_ms = self.timestamp(wire.ts, raw, kind, stream)
+        if isinstance(ts_ms, Rejection):
+            return ts_ms
         match wire:
             case CommentWire():
                 return Comment(stream, platform, wire.id, ts_ms, wire.user)
@@ -244,32 +182,32 @@ class NativeFormat:
         self, wire: OrderWire, stream: str, platform: str, ts_ms: int, raw: bytes
     ) -> Decoded:
         def reject(reason: Reason, detail: str) -> Rejection:
-            return self._reject(reason, detail, raw, stream, "order")
+            return self.reject(reason, detail, raw, "order", stream)
 
         if not wire.items:
             return reject(Reason.MISSING_FIELD, "a created order needs at least one item")
         if not all(_SKU.fullmatch(item.sku) for item in wire.items):
             return reject(Reason.INVALID_VALUE, "invalid sku")
-        if wire.currency is None:
+        currency = wire.currency
+        if currency is None:
             return reject(Reason.MISSING_FIELD, "a created order needs a currency")
-        if not _CURRENCY.fullmatch(wire.currency):
+        if not _CURRENCY.fullmatch(currency):
             return reject(Reason.INVALID_VALUE, "invalid currency code")
-        try:
+        if wire.amount is None and not all(item.price is not None for item in wire.items):
+            return reject(Reason.MISSING_FIELD, "no amount and not every item has a price")
+
+        def minor_units() -> int:
             if wire.amount is not None:
-                amount = to_minor(wire.amount, wire.currency)
-            elif all(item.price is not None for item in wire.items):
-                amount = sum(
-                    item.qty * to_minor(item.price, wire.currency)
-                    for item in wire.items
-                    if item.price is not None
-                )
-            else:
-                return reject(Reason.MISSING_FIELD, "no amount and not every item has a price")
-        except MoneyError as exc:
-            reason = Reason.INVALID_CURRENCY if exc.currency_error else Reason.INVALID_AMOUNT
-            return reject(reason, str(exc))
-        if amount > MAX_AMOUNT:
-            return reject(Reason.OUT_OF_RANGE, f"amount above {MAX_AMOUNT} minor units")
+                return to_minor(wire.amount, currency)
+            return sum(
+                item.qty * to_minor(item.price, currency)
+                for item in wire.items
+                if item.price is not None
+            )
+
+        amount = self.amount(minor_units, raw, stream)
+        if isinstance(amount, Rejection):
+            return amount
         items = tuple(LineItem(item.sku.upper(), item.qty * item.grams) for item in wire.items)
         country = normalise_country(wire.country)
         region = self._region(country, wire.region) if wire.region else UNKNOWN
@@ -282,24 +220,11 @@ class NativeFormat:
             buyer=wire.buyer,
             country=country,
             region=region,
-            currency=wire.currency,
+            currency=currency,
             amount_minor=amount,
             grams=sum(item.grams for item in items),
             items=items,
         )
-
-    def _reject(
-        self,
-        reason: Reason,
-        detail: str,
-        raw: bytes,
-        stream: str | None = None,
-        kind: str = UNKNOWN_KIND,
-    ) -> Rejection:
-        allowed = self.options.allowed_streams
-        if stream is not None and allowed is not None and stream not in allowed:
-            stream = None  # a stream outside the allow-list must not get a dead-letter key
-        return Rejection(reason, detail, raw, stream or self.options.default_stream, kind)
 
 
 def valid_stream(name: str) -> bool:

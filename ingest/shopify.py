@@ -32,10 +32,10 @@ from typing import Annotated, Final
 
 import msgspec
 
-from ingest.adapter import Adapter
-from ingest.model import Decoded, LineItem, Order, Reason
-from ingest.money import MoneyError, to_minor
-from ingest.native import MAX_AMOUNT, SKU_PATTERN, NativeOptions
+from ingest.adapter import FormatOptions, PlatformAdapter
+from ingest.model import Decoded, LineItem, Order, Reason, Rejection
+from ingest.money import to_minor
+from ingest.native import SKU_PATTERN
 from ingest.regions import UNKNOWN, normalise_country
 
 CREATE: Final = "orders/create"
@@ -102,8 +102,8 @@ def verified(secret: bytes, body: bytes, header: str | None) -> bool:
     return hmac.compare_digest(signature(secret, body).encode(), offered)
 
 
-class ShopifyFormat(Adapter):
-    def __init__(self, options: NativeOptions) -> None:
+class ShopifyFormat(PlatformAdapter):
+    def __init__(self, options: FormatOptions) -> None:
         super().__init__(options, "shopify")
         self._order = msgspec.json.Decoder(_Order)
         self._cancelled = msgspec.json.Decoder(_Cancelled)
@@ -122,9 +122,9 @@ class ShopifyFormat(Adapter):
             if cancelled.cancelled_at is None or not cancelled.cancel_reason:
                 detail = "an orders/cancelled body without cancelled_at and cancel_reason"
                 return self.reject(Reason.TOPIC_MISMATCH, detail, body, "order")
-            ts_ms = self.ts_ms(cancelled.cancelled_at)
-            if ts_ms is None:
-                return self.reject(Reason.OUT_OF_RANGE, "timestamp in the future", body, "order")
+            ts_ms = self.timestamp(cancelled.cancelled_at, body, "order")
+            if isinstance(ts_ms, Rejection):
+                return ts_ms
             oid = f"shopify:{cancelled.id}"
             return Order(self.stream, self.platform, oid, ts_ms, cancelled=True, aliases=aliases)
         try:
@@ -141,17 +141,12 @@ class ShopifyFormat(Adapter):
             return reject(Reason.TOPIC_MISMATCH, "an orders/create body of a cancelled order")
         if not order.line_items:
             return reject(Reason.MISSING_FIELD, "an order needs at least one line item")
-        ts_ms = self.ts_ms(order.created_at)
-        if ts_ms is None:
-            return reject(Reason.OUT_OF_RANGE, "timestamp in the future")
-        try:
-            amount = to_minor(order.total_price, order.currency)
-        except MoneyError as exc:
-            return reject(
-                Reason.INVALID_CURRENCY if exc.currency_error else Reason.INVALID_AMOUNT, str(exc)
-            )
-        if amount > MAX_AMOUNT:
-            return reject(Reason.OUT_OF_RANGE, f"amount above {MAX_AMOUNT} minor units")
+        ts_ms = self.timestamp(order.created_at, body, "order")
+        if isinstance(ts_ms, Rejection):
+            return ts_ms
+        amount = self.amount(lambda: to_minor(order.total_price, order.currency), body)
+        if isinstance(amount, Rejection):
+            return amount
         items = tuple(
             LineItem(_sku(item.sku), item.grams * item.quantity) for item in order.line_items
         )

@@ -38,9 +38,8 @@ from typing import Annotated, Final
 
 import msgspec
 
-from ingest.adapter import Adapter, as_bytes
+from ingest.adapter import FormatOptions, PlatformAdapter, as_bytes
 from ingest.model import Comment, Decoded, Reason, Viewers
-from ingest.native import NativeOptions
 
 NOT_CHAT: Final = "not_chat"
 OTHER_EVENT: Final = "other_event"
@@ -94,13 +93,13 @@ class _TextParser(html.parser.HTMLParser):
                 self.parts.append(f" {alt} ")
 
 
-class SocialStreamFormat(Adapter):
+class SocialStreamFormat(PlatformAdapter):
     """Decodes the relay's frames for one source. Stateful only in the line numbering of
     rule 2 above; ``new_connection()`` starts a new relay run."""
 
     def __init__(
         self,
-        options: NativeOptions,
+        options: FormatOptions,
         on_ignored: Callable[[str], None] = lambda what: None,
     ) -> None:
         super().__init__(options, "other")

@@ -18,9 +18,8 @@ from typing import Annotated, Final
 
 import msgspec
 
-from ingest.adapter import Adapter, as_bytes
-from ingest.model import Comment, Decoded, Reason
-from ingest.native import NativeOptions
+from ingest.adapter import FormatOptions, PlatformAdapter, as_bytes
+from ingest.model import Comment, Decoded, Reason, Rejection
 
 CHAT_MESSAGE: Final = "channel.chat.message"
 REVOCATION_STATUSES: Final = frozenset({"user_removed", "authorization_revoked", "version_removed"})
@@ -112,11 +111,11 @@ class Invalid:
 Message = Welcome | Keepalive | Reconnect | Revocation | Notification | Invalid
 
 
-class EventSubFormat(Adapter):
+class EventSubFormat(PlatformAdapter):
     """Parses EventSub frames of one source. ``broadcaster_user_id``, when set, is the only
     channel whose chat is counted: another channel's notification is rejected."""
 
-    def __init__(self, options: NativeOptions, broadcaster_user_id: str | None = None) -> None:
+    def __init__(self, options: FormatOptions, broadcaster_user_id: str | None = None) -> None:
         super().__init__(options, "twitch")
         self.broadcaster_user_id = broadcaster_user_id
         self._envelope = msgspec.json.Decoder(_Envelope)
@@ -190,10 +189,9 @@ class EventSubFormat(Adapter):
         ):
             detail = f"chat of broadcaster {chat.broadcaster_user_id[:32]}"
             return Invalid([self.reject(Reason.STREAM_NOT_ALLOWED, detail, raw, "comment")])
-        ts_ms = self.ts_ms(metadata.message_timestamp)
-        if ts_ms is None:
-            detail = "timestamp in the future"
-            return Invalid([self.reject(Reason.OUT_OF_RANGE, detail, raw, "comment")])
+        ts_ms = self.timestamp(metadata.message_timestamp, raw, "comment")
+        if isinstance(ts_ms, Rejection):
+            return Invalid([ts_ms])
         comment = Comment(
             self.stream,
             self.platform,

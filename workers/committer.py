@@ -287,8 +287,8 @@ class Committer:
             rejection = letter.rejection
             outcomes[letter.source, rejection.kind, "rejected"] += 1
             health.rejections.labels(letter.source, rejection.reason.value).inc()
-            suppressed = self._throttle.allow((letter.source, rejection.reason))
-            if suppressed is not None:
+            decision = self._throttle.decide((letter.source, rejection.reason))
+            if decision.allowed:
                 log.warning(
                     "rejected input",
                     source=letter.source,
@@ -296,7 +296,7 @@ class Committer:
                     kind=rejection.kind,
                     stream=rejection.stream,
                     detail=rejection.detail[:200],
-                    suppressed_since_last=suppressed,
+                    suppressed_since_last=decision.suppressed,
                 )
         for (source, kind, outcome), count in outcomes.items():
             health.events.labels(source, kind or UNKNOWN_KIND, outcome).inc(count)

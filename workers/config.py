@@ -19,7 +19,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ingest.native import PLATFORM_PATTERN, STREAM_PATTERN, NativeOptions
+from ingest.adapter import FormatOptions
+from ingest.native import PLATFORM_PATTERN, STREAM_PATTERN
 from ingest.regions import DEFAULT_TABLES, RegionTable
 from ingest.sources.topics import TopicPattern
 
@@ -304,8 +305,8 @@ class Config(_Model):
     def region_table(self) -> RegionTable:
         return RegionTable(DEFAULT_TABLES).merged(self.regions)
 
-    def native_options(self, source: _SourceBase, regions: RegionTable) -> NativeOptions:
-        return NativeOptions(
+    def native_options(self, source: _SourceBase, regions: RegionTable) -> FormatOptions:
+        return FormatOptions(
             default_stream=source.stream,
             allowed_streams=frozenset(source.streams) if source.streams is not None else None,
             platforms=frozenset(self.labels.platforms),

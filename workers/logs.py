@@ -8,6 +8,7 @@ the lines of both.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import time
@@ -42,7 +43,7 @@ class LibraryThrottle(logging.Filter):
             return True
         if record.levelno >= logging.ERROR or record.name.split(".")[0] in OWN_LOGGERS:
             return True
-        return self._throttle.allow((record.name, record.levelno, str(record.msg))) is not None
+        return self._throttle.decide((record.name, record.levelno, str(record.msg))).allowed
 
 
 def configure(
@@ -93,6 +94,19 @@ def configure(
         logging.getLogger(name).setLevel(max(LEVELS[level], logging.INFO))
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Decision:
+    """What a :class:`Throttle` decided about one line."""
+
+    allowed: bool
+    """Whether to log the line."""
+    suppressed: int = 0
+    """When allowed, how many lines of its key were dropped since the last one logged."""
+
+
+_DROP = Decision(allowed=False)
+
+
 class Throttle:
     """Lets one log line per key through every ``interval`` seconds and counts the rest."""
 
@@ -102,12 +116,13 @@ class Throttle:
         self._last: dict[Hashable, float] = {}
         self._suppressed: dict[Hashable, int] = {}
 
-    def allow(self, key: Hashable) -> int | None:
-        """None if this line should be dropped; else how many were dropped since the last one."""
+    def decide(self, key: Hashable) -> Decision:
+        """Whether the line of ``key`` is logged now; a dropped line is counted, and the count
+        reported with the next one allowed."""
         now = self.clock()
         last = self._last.get(key)
         if last is not None and now - last < self.interval:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return None
+            return _DROP
         self._last[key] = now
-        return self._suppressed.pop(key, 0)
+        return Decision(allowed=True, suppressed=self._suppressed.pop(key, 0))

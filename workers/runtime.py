@@ -27,7 +27,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 
-from ingest.native import NativeFormat, NativeOptions
+from ingest.adapter import FormatOptions
+from ingest.native import NativeFormat
 from ingest.shopify import ShopifyFormat
 from ingest.socialstream import SocialStreamFormat
 from ingest.sources.backoff import Backoff
@@ -170,13 +171,13 @@ class SourceHealth:
         self._refused(listener, "connection refused", "max_connections")
 
     def _refused(self, listener: str, what: str, reason: str) -> None:
-        suppressed = self._refusals.allow((listener, what))
-        if suppressed is not None:
+        decision = self._refusals.decide((listener, what))
+        if decision.allowed:
             log.warning(
                 f"request refused: {what}",
                 source=listener,
                 reason=reason,
-                suppressed_since_last=suppressed,
+                suppressed_since_last=decision.suppressed,
             )
 
     def unavailable(self, source: str) -> None:
@@ -233,7 +234,7 @@ def tls_context(config: MqttConfig) -> ssl.SSLContext | None:
 
 def eventsub_source(
     config: WebsocketClientConfig,
-    options: NativeOptions,
+    options: FormatOptions,
     committer: Committer,
     health: SourceHealth,
     environ: Mapping[str, str],
@@ -280,7 +281,7 @@ def limits(config: ListenerLimits) -> Limits:
 
 def build_source(
     config: SourceConfig,
-    options: NativeOptions,
+    options: FormatOptions,
     committer: Committer,
     health: SourceHealth,
     environ: Mapping[str, str],
@@ -601,12 +602,12 @@ class Ingester:
         except (*READ_ERRORS, TimeoutError) as exc:
             self.metrics.scrape_errors.inc()
             self.metrics.redis_up.set(0)
-            suppressed = self._scrape_failures.allow(type(exc).__name__)
-            if suppressed is not None:
+            decision = self._scrape_failures.decide(type(exc).__name__)
+            if decision.allowed:
                 log.warning(
                     "cannot read totals for a scrape",
                     error=type(exc).__name__,
-                    suppressed_since_last=suppressed,
+                    suppressed_since_last=decision.suppressed,
                 )
         health = await self.health_text.get()
         response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})

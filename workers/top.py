@@ -28,19 +28,31 @@ from rich.live import Live
 from rich.table import Table
 
 from workers import config as config_module
+from workers.display import (
+    TOP_N,
+    Rates,
+    kilograms,
+    money,
+    revenue,
+    stream_table,
+    summary,
+    top_countries,
+    top_skus,
+    viewers,
+)
 from workers.store import Store, StoreSettings, StreamTotals
-from workers.view import Rates, kilograms, money, revenue, summary, top_countries, top_skus
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 TOP_RATE_WINDOW = 60.0
 """Seconds of history behind the per-minute rates."""
-TOP_N = 5
 HTTP_TIMEOUT = 3.0
 REDIS_TIMEOUT = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
-class SourceHealth:
+class SourceStatus:
+    """One source of an ingester as its /metrics tells it."""
+
     source: str
     connected: bool
     since_last_input: float | None
@@ -57,7 +69,7 @@ class ProcessHealth:
     error: str | None = None
     redis_up: bool | None = None
     buffered: float | None = None
-    sources: tuple[SourceHealth, ...] = ()
+    sources: tuple[SourceStatus, ...] = ()
 
 
 def parse_health(url: str, text: str, now: float) -> ProcessHealth:
@@ -84,7 +96,7 @@ def parse_health(url: str, text: str, now: float) -> ProcessHealth:
             elif name == "livestream_ingest_buffered_events":
                 buffered = value
     sources = tuple(
-        SourceHealth(
+        SourceStatus(
             source=source,
             connected=connected.get(source, False),
             since_last_input=max(0.0, now - last[source]) if source in last else None,
@@ -207,17 +219,13 @@ def _revenue(totals: StreamTotals) -> str:
     return "; ".join(f"{c} {money(m, c)}" for c, m in revenue(totals).items()) or "-"
 
 
-def _viewers(totals: StreamTotals) -> str:
-    return ", ".join(f"{p} {n:,}" for p, n in sorted(totals.viewers.items())) or "-"
-
-
 def _since(seconds: float | None) -> str:
     if seconds is None:
         return "no input yet"
     return f"last input {seconds:,.1f} s ago"
 
 
-def _source_line(source: SourceHealth) -> str:
+def _source_line(source: SourceStatus) -> str:
     counts = ", ".join(
         f"{source.outcomes.get(outcome, 0):,.0f} {outcome}"
         for outcome in ("accepted", "duplicate", "rejected")
@@ -263,36 +271,12 @@ def plain(snapshot: Snapshot) -> str:
             f"  top countries: {_weights(top_countries(totals, TOP_N))}",
             f"  top SKUs: {_weights(top_skus(totals, TOP_N))}",
             f"  unique buyers {totals.unique_buyers:,}, unique commenters "
-            f"{totals.unique_commenters:,}, viewers: {_viewers(totals)}",
+            f"{totals.unique_commenters:,}, viewers: {viewers(totals)}",
         ]
     for process in snapshot.health:
         lines.append(_process_line(process))
         lines += [_source_line(source) for source in process.sources]
     return "\n".join(lines)
-
-
-def stream_table(
-    totals: StreamTotals, values: dict[str, int], rates: dict[str, float], title: str
-) -> Table:
-    """One stream's figures as a table (here and in the demo's live view)."""
-    table = Table(title=title, show_header=False, min_width=60)
-    table.add_column("what", style="bold")
-    table.add_column("value", justify="right")
-    table.add_row("sold", f"{kilograms(values['grams'])} kg  ({values['grams'] / 1e6:,.3f} t)")
-    table.add_row("orders", f"{values['orders']:,}  ({rates['orders']:,.1f}/min)")
-    table.add_row("kg per minute", f"{rates['grams'] / 1000:,.1f}")
-    table.add_row("comments", f"{values['comments']:,}  ({rates['comments']:,.1f}/min)")
-    table.add_row("cancelled", f"{values['cancelled']:,}")
-    for currency, minor in revenue(totals).items():
-        table.add_row(f"revenue {currency}", money(minor, currency))
-    for rank, (country, grams) in enumerate(top_countries(totals, TOP_N)):
-        table.add_row("top countries" if rank == 0 else "", f"{country} {kilograms(grams)} kg")
-    for rank, (sku, grams) in enumerate(top_skus(totals, TOP_N)):
-        table.add_row("top SKUs" if rank == 0 else "", f"{sku} {kilograms(grams)} kg")
-    table.add_row("unique buyers", f"{totals.unique_buyers:,}")
-    table.add_row("unique commenters", f"{totals.unique_commenters:,}")
-    table.add_row("viewers", _viewers(totals))
-    return table
 
 
 def _health_table(health: Sequence[ProcessHealth]) -> Table:

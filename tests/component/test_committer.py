@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from redis.asyncio import Redis
 
+from ingest.adapter import FormatOptions
 from ingest.model import Comment, Reason, Rejection
-from ingest.native import NativeFormat, NativeOptions
+from ingest.native import NativeFormat
 from tests.clusters import Cluster
 from tests.waiting import until
 from workers.committer import BatchSettings, Committer
@@ -30,7 +31,7 @@ def comments(stream: str, start: int, n: int) -> list[Comment]:
 
 
 def native_format(stream: str) -> NativeFormat:
-    return NativeFormat(NativeOptions(default_stream=stream, max_frame_bytes=4 << 20))
+    return NativeFormat(FormatOptions(default_stream=stream, max_frame_bytes=4 << 20))
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import pytest
 import pytest_asyncio
 from websockets.asyncio.server import ServerConnection, serve
 
+from ingest.adapter import FormatOptions
 from ingest.model import Comment, Decoded
-from ingest.native import NativeOptions
 from ingest.sources.backoff import Backoff
 from ingest.sources.eventsub import EventSubSource, Helix, chat_subscriptions
 from ingest.twitch import EventSubFormat, Revocation
@@ -34,7 +34,7 @@ def source(
     revoked: list[Revocation] | None = None,
 ) -> EventSubSource:
     fmt = EventSubFormat(
-        NativeOptions(default_stream=STREAM, platforms=frozenset({"twitch"})), server.broadcaster
+        FormatOptions(default_stream=STREAM, platforms=frozenset({"twitch"})), server.broadcaster
     )
     return EventSubSource(
         "twitch",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from ingest.native import NativeOptions
+from ingest.adapter import FormatOptions
 from ingest.socialstream import SocialStreamFormat
 from ingest.sources.backoff import Backoff
 from ingest.sources.websocket import WebsocketClientSource
@@ -19,7 +19,7 @@ LINE = {"chatname": "Lan", "chatmessage": "VT01 2kg", "type": "tiktok", "userid"
 
 @pytest.mark.asyncio
 async def test_join_by_message_and_each_connection_is_a_new_run() -> None:
-    fmt = SocialStreamFormat(NativeOptions(default_stream="s", platforms=frozenset({"tiktok"})))
+    fmt = SocialStreamFormat(FormatOptions(default_stream="s", platforms=frozenset({"tiktok"})))
     sink = RecordingSink()
     health = RecordingHealth()
     async with RelayServer().serving() as relay:

@@ -21,8 +21,9 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError, Inval
 from websockets.frames import CloseCode
 from websockets.protocol import State
 
+from ingest.adapter import FormatOptions
 from ingest.model import Comment, Order, Reason, Viewers
-from ingest.native import NativeFormat, NativeOptions
+from ingest.native import NativeFormat
 from ingest.sources.backoff import Backoff
 from ingest.sources.websocket import WebsocketClientSource, WebsocketServerSource
 from tests.conftest import UNIT
@@ -48,7 +49,7 @@ def bounded() -> asyncio.Timeout:
 
 def native() -> NativeFormat:
     return NativeFormat(
-        NativeOptions(
+        FormatOptions(
             default_stream=STREAM,
             platforms=frozenset({"tiktok"}),
             max_frame_bytes=MAX_FRAME_BYTES,

@@ -15,8 +15,9 @@ from aiohttp import web
 from redis.asyncio import Redis
 from rich.console import Console
 
+from ingest.adapter import FormatOptions
 from ingest.model import Event, Rejection
-from ingest.native import NativeFormat, NativeOptions
+from ingest.native import NativeFormat
 from tests.clusters import Cluster
 from tests.conftest import UNIT
 from tests.e2e.support import feed_ingester
@@ -94,7 +95,7 @@ def known_events(stream: str) -> list[Event]:
             | {"ts": TS, "count": 1234}
         ),
     ]
-    fmt = NativeFormat(NativeOptions(platforms=frozenset(DEFAULT_PLATFORMS)))
+    fmt = NativeFormat(FormatOptions(platforms=frozenset(DEFAULT_PLATFORMS)))
     events: list[Event] = []
     for line in lines:
         (decoded,) = fmt.decode(line)

@@ -13,6 +13,7 @@ from jsonschema import Draft202012Validator
 
 import ingest.model
 import ingest.native
+from ingest.adapter import FormatOptions
 from ingest.model import (
     UNKNOWN_KIND,
     Comment,
@@ -24,7 +25,7 @@ from ingest.model import (
     Rejection,
     Viewers,
 )
-from ingest.native import NativeFormat, NativeOptions, events_only, json_schema
+from ingest.native import NativeFormat, events_only, json_schema
 
 DEFAULT = "lucngan-2025"
 PLATFORMS = frozenset({"tiktok", "facebook", "shopee"})
@@ -36,7 +37,7 @@ SCHEMA_FILE = Path(ingest.native.__file__).with_name("native-event.schema.json")
 def native(**overrides: Any) -> NativeFormat:
     options: dict[str, Any] = {"default_stream": DEFAULT, "platforms": PLATFORMS}
     options.update(overrides)
-    return NativeFormat(NativeOptions(**options))
+    return NativeFormat(FormatOptions(**options))
 
 
 def comment(**changes: Any) -> dict[str, Any]:
@@ -816,7 +817,7 @@ def test_schema_invalid_examples_are_rejected_by_both(
 
 
 def test_deeply_nested_json_is_rejected_not_raised() -> None:
-    fmt = NativeFormat(NativeOptions(default_stream="s"))
+    fmt = NativeFormat(FormatOptions(default_stream="s"))
     for frame in (b"[" * 5000 + b"]" * 5000, b'{"a":' * 3000 + b"1" + b"}" * 3000):
         (result,) = fmt.decode(frame)
         assert isinstance(result, Rejection)
@@ -824,7 +825,7 @@ def test_deeply_nested_json_is_rejected_not_raised() -> None:
 
 
 def test_a_text_frame_with_a_lone_surrogate_is_invalid_utf8() -> None:
-    fmt = NativeFormat(NativeOptions(default_stream="s"))
+    fmt = NativeFormat(FormatOptions(default_stream="s"))
     (result,) = fmt.decode('{"kind": "comment", "id": "\ud800"}')
     assert isinstance(result, Rejection)
     assert result.reason is Reason.INVALID_UTF8
@@ -833,7 +834,7 @@ def test_a_text_frame_with_a_lone_surrogate_is_invalid_utf8() -> None:
 def test_events_dated_more_than_a_day_ahead_are_refused() -> None:
     now = 1_750_000_000.0  # 2025-06-15T15:06:40Z
     fmt = NativeFormat(
-        NativeOptions(default_stream="s", platforms=frozenset({"tiktok"}), clock=lambda: now)
+        FormatOptions(default_stream="s", platforms=frozenset({"tiktok"}), clock=lambda: now)
     )
 
     def at(ts: str) -> bytes:

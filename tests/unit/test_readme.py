@@ -12,8 +12,9 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from ingest.adapter import FormatOptions
 from ingest.model import Reason, Rejection
-from ingest.native import NativeFormat, NativeOptions
+from ingest.native import NativeFormat
 from workers.cli import parser
 from workers.config import DEFAULT_PLATFORMS, parse
 from workers.keys import UNROUTED_DEAD, StreamKeys
@@ -29,7 +30,7 @@ def blocks(language: str) -> list[str]:
 
 
 def test_native_examples_decode_without_rejection() -> None:
-    fmt = NativeFormat(NativeOptions(platforms=frozenset(DEFAULT_PLATFORMS)))
+    fmt = NativeFormat(FormatOptions(platforms=frozenset(DEFAULT_PLATFORMS)))
     lines = [line for block in blocks("json") for line in block.splitlines() if line.strip()]
     assert len(lines) == 4
     for line in lines:

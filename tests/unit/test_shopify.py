@@ -11,13 +11,13 @@ from typing import Any
 import orjson
 import pytest
 
+from ingest.adapter import FormatOptions
 from ingest.model import RAW_BYTES, LineItem, Order, Reason, Rejection
-from ingest.native import NativeOptions
 from ingest.shopify import CANCEL, CREATE, EVENT_NAMESPACE, ShopifyFormat, signature, verified
 
 STREAM = "lucngan-2025"
 NOW = 1_750_000_000.0
-OPTIONS = NativeOptions(
+OPTIONS = FormatOptions(
     default_stream=STREAM, platforms=frozenset({"shopify"}), max_frame_bytes=8192, clock=lambda: NOW
 )
 SECRET = b"hush"

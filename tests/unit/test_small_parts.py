@@ -13,7 +13,7 @@ import pytest
 from ingest.model import Order
 from ingest.sources.backoff import Backoff
 from workers.keys import DEDUP_SHARDS, GENERATION_SECONDS, fingerprint, lookback_generations
-from workers.logs import Throttle
+from workers.logs import Decision, Throttle
 from workers.runtime import ListenError
 
 HOUR = 3600
@@ -105,45 +105,45 @@ class Clock:
 
 def test_throttle_first_call_is_allowed_with_nothing_suppressed() -> None:
     throttle = Throttle(10.0, clock=Clock())
-    assert throttle.allow("key") == 0
+    assert throttle.decide("key") == Decision(allowed=True, suppressed=0)
 
 
 def test_throttle_drops_and_counts_within_the_interval() -> None:
     clock = Clock()
     throttle = Throttle(10.0, clock=clock)
-    assert throttle.allow("k") == 0
+    assert throttle.decide("k") == Decision(allowed=True, suppressed=0)
     for step in (0.0, 1.0, 5.0, 9.999):
         clock.now = 1000.0 + step
-        assert throttle.allow("k") is None
+        assert not throttle.decide("k").allowed
     clock.now = 1010.0
-    assert throttle.allow("k") == 4
+    assert throttle.decide("k") == Decision(allowed=True, suppressed=4)
     # The count starts over after it is reported, and the interval from the allowed call.
     clock.now = 1015.0
-    assert throttle.allow("k") is None
+    assert not throttle.decide("k").allowed
     clock.now = 1020.0
-    assert throttle.allow("k") == 1
+    assert throttle.decide("k") == Decision(allowed=True, suppressed=1)
     clock.now = 1040.0
-    assert throttle.allow("k") == 0
+    assert throttle.decide("k") == Decision(allowed=True, suppressed=0)
 
 
 def test_throttle_keys_are_independent() -> None:
     clock = Clock()
     throttle = Throttle(10.0, clock=clock)
-    assert throttle.allow(("source-a", "oversize")) == 0
-    assert throttle.allow(("source-a", "malformed_json")) == 0
-    assert throttle.allow(("source-b", "oversize")) == 0
-    assert throttle.allow(("source-a", "oversize")) is None
-    assert throttle.allow(("source-a", "oversize")) is None
-    assert throttle.allow(("source-b", "oversize")) is None
+    assert throttle.decide(("source-a", "oversize")) == Decision(allowed=True, suppressed=0)
+    assert throttle.decide(("source-a", "malformed_json")) == Decision(allowed=True, suppressed=0)
+    assert throttle.decide(("source-b", "oversize")) == Decision(allowed=True, suppressed=0)
+    assert not throttle.decide(("source-a", "oversize")).allowed
+    assert not throttle.decide(("source-a", "oversize")).allowed
+    assert not throttle.decide(("source-b", "oversize")).allowed
     clock.now += 10
-    assert throttle.allow(("source-a", "oversize")) == 2
-    assert throttle.allow(("source-a", "malformed_json")) == 0
-    assert throttle.allow(("source-b", "oversize")) == 1
+    assert throttle.decide(("source-a", "oversize")) == Decision(allowed=True, suppressed=2)
+    assert throttle.decide(("source-a", "malformed_json")) == Decision(allowed=True, suppressed=0)
+    assert throttle.decide(("source-b", "oversize")) == Decision(allowed=True, suppressed=1)
 
 
 def test_throttle_zero_interval_allows_everything() -> None:
     throttle = Throttle(0.0, clock=Clock())
-    assert [throttle.allow("k") for _ in range(3)] == [0, 0, 0]
+    assert [throttle.decide("k") for _ in range(3)] == [Decision(allowed=True)] * 3
 
 
 # --- fingerprint -------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ from typing import Any
 import orjson
 import pytest
 
+from ingest.adapter import FormatOptions
 from ingest.model import Comment, Reason, Rejection, Viewers
-from ingest.native import NativeOptions
 from ingest.socialstream import (
     NOT_CHAT,
     OTHER_EVENT,
@@ -19,7 +19,7 @@ from ingest.socialstream import (
 
 STREAM = "lucngan-2025"
 NOW = 1_750_000_000.0
-OPTIONS = NativeOptions(
+OPTIONS = FormatOptions(
     default_stream=STREAM,
     platforms=frozenset({"tiktok", "youtube", "facebook"}),
     max_frame_bytes=4096,

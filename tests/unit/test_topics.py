@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from ingest.adapter import FormatOptions
 from ingest.model import Reason, Rejection
-from ingest.native import NativeFormat, NativeOptions
+from ingest.native import NativeFormat
 from ingest.sources.topics import TopicPattern
 from workers.config import ConfigError, MqttConfig, parse
 
@@ -65,7 +66,7 @@ def event(stream: str | None = None) -> bytes:
 
 
 def test_the_topic_stream_is_the_default_and_no_other_stream_is_allowed() -> None:
-    options = NativeOptions(platforms=frozenset({"tiktok"})).for_stream("s1")
+    options = FormatOptions(platforms=frozenset({"tiktok"})).for_stream("s1")
     fmt = NativeFormat(options)
     (first,) = fmt.decode(event())
     (second,) = fmt.decode(event("s1"))
@@ -78,7 +79,7 @@ def test_the_topic_stream_is_the_default_and_no_other_stream_is_allowed() -> Non
 
 
 def test_a_topic_stream_outside_the_configured_allow_list_admits_nothing() -> None:
-    options = NativeOptions(allowed_streams=frozenset({"s1"})).for_stream("s9")
+    options = FormatOptions(allowed_streams=frozenset({"s1"})).for_stream("s9")
     assert options.allowed_streams == frozenset()
     (result,) = NativeFormat(options).decode(event())
     assert isinstance(result, Rejection)

@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
+from ingest.adapter import FormatOptions
 from ingest.model import Comment, Reason, Rejection
-from ingest.native import NativeOptions
 from ingest.twitch import (
     DELIVERY_NAMESPACE,
     EventSubFormat,
@@ -24,7 +24,7 @@ from ingest.twitch import (
 
 STREAM = "lucngan-2025"
 NOW = 1_750_000_000.0
-OPTIONS = NativeOptions(
+OPTIONS = FormatOptions(
     default_stream=STREAM, platforms=frozenset({"twitch"}), max_frame_bytes=4096, clock=lambda: NOW
 )
 
@@ -129,7 +129,7 @@ def test_the_same_line_under_another_delivery_id_has_the_same_identity() -> None
 
 
 def test_twitch_is_other_when_not_a_configured_platform() -> None:
-    fmt = EventSubFormat(NativeOptions(default_stream=STREAM, clock=lambda: NOW))
+    fmt = EventSubFormat(FormatOptions(default_stream=STREAM, clock=lambda: NOW))
     message = fmt.parse(orjson.dumps(CHAT))
     assert isinstance(message, Notification)
     assert [item.platform for item in message.items if isinstance(item, Comment)] == ["other"]
@@ -229,4 +229,4 @@ def test_unusable_chat_events_are_rejected() -> None:
 
 def test_a_platform_format_needs_a_stream() -> None:
     with pytest.raises(ValueError, match="stream"):
-        EventSubFormat(NativeOptions())
+        EventSubFormat(FormatOptions())

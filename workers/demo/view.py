@@ -12,9 +12,8 @@ from rich.live import Live
 from rich.table import Table
 
 from workers.demo.sale import Sale
+from workers.display import Rates, stream_table, summary, top_countries
 from workers.store import StreamTotals
-from workers.top import stream_table
-from workers.view import Rates, summary, top_countries
 
 
 class View:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from workers import keys
+from workers.display import Rates, kilograms, money, revenue, summary, top_countries, top_skus
 from workers.metrics import HealthMetrics, exposition
 from workers.store import StreamTotals
 from workers.top import metrics_url, parse_health
-from workers.view import Rates, kilograms, money, revenue, summary, top_countries, top_skus
 
 
 def totals() -> StreamTotals:

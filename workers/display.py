@@ -1,5 +1,5 @@
-"""Terminal views of a stream's totals, shared by ``demo`` and ``top``: per-minute rates over a
-sliding window, and the figures an operator reads (weights exact to the gram, money in major units).
+"""How ``top`` and the demo show a stream's totals: per-minute rates over a sliding window, the
+figures an operator reads (weights exact to the gram, money in major units) and one stream's table.
 """
 
 from __future__ import annotations
@@ -8,10 +8,14 @@ import collections
 import time
 from collections.abc import Callable
 
+from rich.table import Table
+
 from ingest.money import exponent
 from workers import keys
 from workers.store import StreamTotals
 
+TOP_N = 5
+"""Countries and SKUs a stream's table lists."""
 RATE_WINDOW = 10.0
 """Seconds of history behind the demo's per-minute rates."""
 
@@ -81,3 +85,31 @@ def money(minor: int, currency: str) -> str:
 def kilograms(grams: int) -> str:
     """Exact to the gram: 7250 -> ``7.250``, 54012345678 -> ``54,012,345.678``."""
     return f"{grams // 1000:,}.{grams % 1000:03d}"
+
+
+def viewers(totals: StreamTotals) -> str:
+    return ", ".join(f"{p} {n:,}" for p, n in sorted(totals.viewers.items())) or "-"
+
+
+def stream_table(
+    totals: StreamTotals, values: dict[str, int], rates: dict[str, float], title: str
+) -> Table:
+    """One stream's figures as a table (``top``'s and the demo's live view)."""
+    table = Table(title=title, show_header=False, min_width=60)
+    table.add_column("what", style="bold")
+    table.add_column("value", justify="right")
+    table.add_row("sold", f"{kilograms(values['grams'])} kg  ({values['grams'] / 1e6:,.3f} t)")
+    table.add_row("orders", f"{values['orders']:,}  ({rates['orders']:,.1f}/min)")
+    table.add_row("kg per minute", f"{rates['grams'] / 1000:,.1f}")
+    table.add_row("comments", f"{values['comments']:,}  ({rates['comments']:,.1f}/min)")
+    table.add_row("cancelled", f"{values['cancelled']:,}")
+    for currency, minor in revenue(totals).items():
+        table.add_row(f"revenue {currency}", money(minor, currency))
+    for rank, (country, grams) in enumerate(top_countries(totals, TOP_N)):
+        table.add_row("top countries" if rank == 0 else "", f"{country} {kilograms(grams)} kg")
+    for rank, (sku, grams) in enumerate(top_skus(totals, TOP_N)):
+        table.add_row("top SKUs" if rank == 0 else "", f"{sku} {kilograms(grams)} kg")
+    table.add_row("unique buyers", f"{totals.unique_buyers:,}")
+    table.add_row("unique commenters", f"{totals.unique_commenters:,}")
+    table.add_row("viewers", viewers(totals))
+    return table
