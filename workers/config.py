@@ -10,18 +10,26 @@ read from the environment, never from the file.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ingest.native import PLATFORM_PATTERN, STREAM_PATTERN, NativeOptions
 from ingest.regions import DEFAULT_TABLES, RegionTable
+from ingest.sources.base import split_address
 from ingest.sources.topics import TopicPattern
+from ingest.sources.websocket import WebsocketClientSettings, WebsocketServerSettings
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    Settings = TypeVar("Settings", bound=DataclassInstance)
 
 ENV_PREFIX = "LIVESTREAM__"
 DEFAULT_PLATFORMS = (
@@ -51,6 +59,21 @@ class ConfigError(Exception):
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    def settings(self, kind: type[Settings], **given: Any) -> Settings:
+        """This table as a transport's settings: every field the two share by name, then
+        ``given`` (what the table names otherwise, and secrets the runtime resolved)."""
+        shared = {field.name for field in dataclasses.fields(kind)} & self.model_fields.keys()
+        values = {name: getattr(self, name) for name in shared - given.keys()}
+        return kind(**values, **given)
+
+
+def _default(kind: type[DataclassInstance], name: str, **constraints: Any) -> Any:
+    """A field whose default is the one the transport's settings ``kind`` declare."""
+    field = next(field for field in dataclasses.fields(kind) if field.name == name)
+    if field.default_factory is not dataclasses.MISSING:
+        return Field(default_factory=field.default_factory, **constraints)
+    return Field(field.default, **constraints)
+
 
 def _listen(value: str) -> str:
     host, sep, port = value.rpartition(":")
@@ -59,9 +82,7 @@ def _listen(value: str) -> str:
     return value
 
 
-def split_listen(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    return host.strip("[]"), int(port)
+split_listen = split_address
 
 
 class RedisConfig(_Model):
@@ -133,6 +154,7 @@ class LogConfig(_Model):
     rejection_interval_seconds: float = Field(10.0, ge=0)
 
 
+PATH_PATTERN = r"^/[A-Za-z0-9/_.-]*$"
 StreamName = Annotated[str, Field(pattern=STREAM_PATTERN)]
 
 
@@ -173,17 +195,17 @@ class WebsocketClientConfig(_SourceBase):
     format: Literal["native", "twitch-eventsub", "socialstream"] = "native"
     url: Annotated[str, Field(pattern=r"^wss?://")]
     twitch: TwitchConfig | None = None
-    subscribe: str | None = None
-    headers: dict[str, str] = {}
+    subscribe: str | None = _default(WebsocketClientSettings, "subscribe")
+    headers: dict[str, str] = _default(WebsocketClientSettings, "headers")
     token_env: str | None = None
-    ping_interval: float | None = Field(20.0, gt=0)
-    ping_timeout: float | None = Field(20.0, gt=0)
-    open_timeout: float = Field(10.0, gt=0)
-    close_timeout: float = Field(2.0, gt=0)
-    max_size: int = Field(1024 * 1024, ge=1024)
-    backoff_initial: float = Field(0.5, gt=0)
-    backoff_max: float = Field(30.0, gt=0)
-    backoff_reset_after: float = Field(10.0, ge=0)
+    ping_interval: float | None = _default(WebsocketClientSettings, "ping_interval", gt=0)
+    ping_timeout: float | None = _default(WebsocketClientSettings, "ping_timeout", gt=0)
+    open_timeout: float = _default(WebsocketClientSettings, "open_timeout", gt=0)
+    close_timeout: float = _default(WebsocketClientSettings, "close_timeout", gt=0)
+    max_size: int = _default(WebsocketClientSettings, "max_size", ge=1024)
+    backoff_initial: float = _default(WebsocketClientSettings, "backoff_initial", gt=0)
+    backoff_max: float = _default(WebsocketClientSettings, "backoff_max", gt=0)
+    backoff_reset_after: float = _default(WebsocketClientSettings, "backoff_reset_after", ge=0)
 
     @model_validator(mode="after")
     def _sizes(self) -> WebsocketClientConfig:
@@ -222,12 +244,12 @@ class HttpServerConfig(_SourceBase, ListenerLimits):
 class WebsocketServerConfig(_SourceBase):
     type: Literal["websocket-server"]
     format: Literal["native"] = "native"
-    listen: str = "127.0.0.1:8765"
-    path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9/_.-]*$")] = "/ingest"
+    listen: str = _default(WebsocketServerSettings, "listen")
+    path: str = _default(WebsocketServerSettings, "path", pattern=PATH_PATTERN)
     token_env: str
-    max_size: int = Field(1024 * 1024, ge=1024)
-    ping_interval: float | None = Field(20.0, gt=0)
-    ping_timeout: float | None = Field(20.0, gt=0)
+    max_size: int = _default(WebsocketServerSettings, "max_size", ge=1024)
+    ping_interval: float | None = _default(WebsocketServerSettings, "ping_interval", gt=0)
+    ping_timeout: float | None = _default(WebsocketServerSettings, "ping_timeout", gt=0)
     _check = field_validator("listen")(lambda cls, v: _listen(v))
 
 

@@ -31,13 +31,17 @@ from ingest.native import NativeFormat, NativeOptions
 from ingest.shopify import ShopifyFormat
 from ingest.socialstream import SocialStreamFormat
 from ingest.sources.backoff import Backoff
-from ingest.sources.base import Format
 from ingest.sources.eventsub import EventSubSource, Helix, chat_subscriptions
 from ingest.sources.http import Guard, GuardedSite, Limits, ServerLog
 from ingest.sources.mqtt import MqttSource
 from ingest.sources.topics import TopicPattern
 from ingest.sources.webhook import ShopifyWebhookSource
-from ingest.sources.websocket import WebsocketClientSource, WebsocketServerSource
+from ingest.sources.websocket import (
+    WebsocketClientSettings,
+    WebsocketClientSource,
+    WebsocketServerSettings,
+    WebsocketServerSource,
+)
 from ingest.twitch import CHAT_MESSAGE, REVOCATION_STATUSES, EventSubFormat, Revocation
 from workers.committer import BatchSettings, Committer
 from workers.config import (
@@ -264,6 +268,25 @@ def eventsub_source(
     )
 
 
+def websocket_client(
+    config: WebsocketClientConfig,
+    options: NativeOptions,
+    committer: Committer,
+    health: SourceHealth,
+    environ: Mapping[str, str],
+) -> WebsocketClientSource:
+    headers = dict(config.headers)
+    if config.token_env:
+        headers["Authorization"] = f"Bearer {environ[config.token_env]}"
+    settings = config.settings(WebsocketClientSettings, headers=headers)
+    if config.format == "socialstream":
+        relay = SocialStreamFormat(options, functools.partial(health.ignored, config.name))
+        return WebsocketClientSource(
+            config.name, relay, committer, health, settings, on_connect=relay.new_connection
+        )
+    return WebsocketClientSource(config.name, NativeFormat(options), committer, health, settings)
+
+
 def limits(config: ListenerLimits) -> Limits:
     return Limits(
         max_connections=config.max_connections,
@@ -304,45 +327,14 @@ def build_source(
                 on_refused=functools.partial(health.connection_refused, config.name),
             )
         case WebsocketClientConfig():
-            headers = dict(config.headers)
-            if config.token_env:
-                headers["Authorization"] = f"Bearer {environ[config.token_env]}"
-            on_connect = None
-            client_format: Format = fmt
-            if config.format == "socialstream":
-                relay = SocialStreamFormat(options, functools.partial(health.ignored, config.name))
-                client_format, on_connect = relay, relay.new_connection
-            return WebsocketClientSource(
-                config.name,
-                config.url,
-                client_format,
-                committer,
-                health,
-                on_connect=on_connect,
-                subscribe=config.subscribe,
-                headers=headers,
-                ping_interval=config.ping_interval,
-                ping_timeout=config.ping_timeout,
-                open_timeout=config.open_timeout,
-                close_timeout=config.close_timeout,
-                max_size=config.max_size,
-                backoff=Backoff(config.backoff_initial, config.backoff_max),
-                backoff_reset_after=config.backoff_reset_after,
-            )
+            return websocket_client(config, options, committer, health, environ)
         case WebsocketServerConfig():
-            host, port = split_listen(config.listen)
             return WebsocketServerSource(
                 config.name,
                 fmt,
                 committer,
                 health,
-                host=host,
-                port=port,
-                path=config.path,
-                token=environ[config.token_env],
-                max_size=config.max_size,
-                ping_interval=config.ping_interval,
-                ping_timeout=config.ping_timeout,
+                config.settings(WebsocketServerSettings, token=environ[config.token_env]),
                 on_unauthorized=functools.partial(health.unauthorized, config.name),
             )
         case MqttConfig():
