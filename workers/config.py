@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ingest.native import PLATFORM_PATTERN, STREAM_PATTERN, NativeOptions
 from ingest.regions import DEFAULT_TABLES, RegionTable
 from ingest.sources.base import split_address
+from ingest.sources.eventsub import EventSubSettings
 from ingest.sources.topics import TopicPattern
 from ingest.sources.websocket import WebsocketClientSettings, WebsocketServerSettings
 
@@ -187,7 +188,7 @@ class TwitchConfig(_Model):
     user_id: Annotated[str, Field(pattern=r"^[0-9]{1,32}$")]
     """The user reading the chat (the token's user)."""
     helix_url: Annotated[str, Field(pattern=r"^https?://")] = "https://api.twitch.tv/helix"
-    keepalive_margin_seconds: float = Field(5.0, ge=0, le=60)
+    keepalive_margin_seconds: float = _default(EventSubSettings, "keepalive_margin", ge=0, le=60)
 
 
 class WebsocketClientConfig(_SourceBase):

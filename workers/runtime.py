@@ -31,7 +31,7 @@ from ingest.native import NativeFormat, NativeOptions
 from ingest.shopify import ShopifyFormat
 from ingest.socialstream import SocialStreamFormat
 from ingest.sources.backoff import Backoff
-from ingest.sources.eventsub import EventSubSource, Helix, chat_subscriptions
+from ingest.sources.eventsub import EventSubSettings, EventSubSource, Helix, chat_subscriptions
 from ingest.sources.http import Guard, GuardedSite, Limits, ServerLog
 from ingest.sources.mqtt import MqttSource
 from ingest.sources.topics import TopicPattern
@@ -251,18 +251,12 @@ def eventsub_source(
 
     return EventSubSource(
         config.name,
-        config.url,
         EventSubFormat(options, twitch.broadcaster_user_id),
         committer,
         health,
+        config.settings(EventSubSettings, keepalive_margin=twitch.keepalive_margin_seconds),
         helix=Helix(twitch.helix_url, twitch.client_id, environ[twitch.token_env]),
         subscriptions=chat_subscriptions(twitch.broadcaster_user_id, twitch.user_id),
-        keepalive_margin=twitch.keepalive_margin_seconds,
-        open_timeout=config.open_timeout,
-        close_timeout=config.close_timeout,
-        max_size=config.max_size,
-        backoff=Backoff(config.backoff_initial, config.backoff_max),
-        backoff_reset_after=config.backoff_reset_after,
         on_revoked=revoked,
         on_ignored=functools.partial(health.ignored, config.name),
     )
