@@ -24,6 +24,7 @@ from ingest.native import PLATFORM_PATTERN, STREAM_PATTERN, NativeOptions
 from ingest.regions import DEFAULT_TABLES, RegionTable
 from ingest.sources.base import split_address
 from ingest.sources.eventsub import EventSubSettings
+from ingest.sources.mqtt import MqttSettings
 from ingest.sources.topics import TopicPattern
 from ingest.sources.websocket import WebsocketClientSettings, WebsocketServerSettings
 
@@ -270,10 +271,10 @@ class MqttTopicConfig(_Model):
 class MqttConfig(_SourceBase):
     type: Literal["mqtt"]
     format: Literal["native"] = "native"
-    url: Annotated[str, Field(pattern=r"^mqtts?://[^/]+$")] = "mqtt://127.0.0.1:1883"
+    url: Annotated[str, Field(pattern=r"^mqtts?://[^/]+$")] = _default(MqttSettings, "url")
     client_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
-    protocol: Literal["5", "3.1.1"] = "5"
-    qos: Literal[0, 1] = 1
+    protocol: Literal["5", "3.1.1"] = _default(MqttSettings, "protocol")
+    qos: Literal[0, 1] = _default(MqttSettings, "qos")
     topics: Annotated[list[MqttTopicConfig], Field(min_length=1)]
     shared_group: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")] | None = None
     username: str | None = None
@@ -281,12 +282,12 @@ class MqttConfig(_SourceBase):
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
-    session_expiry: int = Field(86_400, ge=0, description="seconds the broker keeps the session")
-    receive_maximum: int = Field(1000, ge=1, le=65_535)
-    keepalive: int = Field(30, ge=5)
-    backoff_initial: float = Field(0.5, gt=0)
-    backoff_max: float = Field(30.0, gt=0)
-    backoff_reset_after: float = Field(10.0, ge=0)
+    session_expiry: int = _default(MqttSettings, "session_expiry", ge=0)
+    receive_maximum: int = _default(MqttSettings, "receive_maximum", ge=1, le=65_535)
+    keepalive: int = _default(MqttSettings, "keepalive", ge=5)
+    backoff_initial: float = _default(MqttSettings, "backoff_initial", gt=0)
+    backoff_max: float = _default(MqttSettings, "backoff_max", gt=0)
+    backoff_reset_after: float = _default(MqttSettings, "backoff_reset_after", ge=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> MqttConfig:

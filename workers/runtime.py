@@ -12,11 +12,9 @@ import dataclasses
 import functools
 import gc
 import os
-import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
@@ -30,10 +28,9 @@ from redis.exceptions import RedisClusterException, RedisError
 from ingest.native import NativeFormat, NativeOptions
 from ingest.shopify import ShopifyFormat
 from ingest.socialstream import SocialStreamFormat
-from ingest.sources.backoff import Backoff
 from ingest.sources.eventsub import EventSubSettings, EventSubSource, Helix, chat_subscriptions
 from ingest.sources.http import Guard, GuardedSite, Limits, ServerLog
-from ingest.sources.mqtt import MqttSource
+from ingest.sources.mqtt import MqttSettings, MqttSource
 from ingest.sources.topics import TopicPattern
 from ingest.sources.webhook import ShopifyWebhookSource
 from ingest.sources.websocket import (
@@ -221,13 +218,25 @@ def redis_client(
     return Redis.from_url(url, **options)
 
 
-def tls_context(config: MqttConfig) -> ssl.SSLContext | None:
-    if not config.url.startswith("mqtts://"):
-        return None
-    context = ssl.create_default_context(cafile=config.ca_file)
-    if config.cert_file is not None:
-        context.load_cert_chain(config.cert_file, config.key_file)
-    return context
+def mqtt_source(
+    config: MqttConfig,
+    options: NativeOptions,
+    committer: Committer,
+    health: SourceHealth,
+    environ: Mapping[str, str],
+) -> MqttSource:
+    fmt = NativeFormat(options)
+
+    @functools.lru_cache(maxsize=1024)
+    def formats(stream: str | None) -> NativeFormat:
+        return fmt if stream is None else NativeFormat(options.for_stream(stream))
+
+    settings = config.settings(
+        MqttSettings,
+        topics=tuple(TopicPattern(topic.pattern) for topic in config.topics),
+        password=environ[config.password_env] if config.password_env else None,
+    )
+    return MqttSource(config.name, formats, committer, health, settings)
 
 
 def eventsub_source(
@@ -332,34 +341,7 @@ def build_source(
                 on_unauthorized=functools.partial(health.unauthorized, config.name),
             )
         case MqttConfig():
-
-            @functools.lru_cache(maxsize=1024)
-            def formats(stream: str | None) -> NativeFormat:
-                return fmt if stream is None else NativeFormat(options.for_stream(stream))
-
-            address = urlsplit(config.url)
-            secure = address.scheme == "mqtts"
-            return MqttSource(
-                config.name,
-                formats,
-                committer,
-                health,
-                host=address.hostname or "127.0.0.1",
-                port=address.port or (8883 if secure else 1883),
-                identifier=config.client_id,
-                patterns=[TopicPattern(topic.pattern) for topic in config.topics],
-                qos=config.qos,
-                mqtt5=config.protocol == "5",
-                shared_group=config.shared_group,
-                username=config.username,
-                password=environ[config.password_env] if config.password_env else None,
-                tls=tls_context(config),
-                session_expiry=config.session_expiry,
-                receive_maximum=config.receive_maximum,
-                keepalive=config.keepalive,
-                backoff=Backoff(config.backoff_initial, config.backoff_max),
-                backoff_reset_after=config.backoff_reset_after,
-            )
+            return mqtt_source(config, options, committer, health, environ)
 
 
 async def _read(source: Source) -> None:
