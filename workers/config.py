@@ -24,8 +24,10 @@ from ingest.native import PLATFORM_PATTERN, STREAM_PATTERN, NativeOptions
 from ingest.regions import DEFAULT_TABLES, RegionTable
 from ingest.sources.base import split_address
 from ingest.sources.eventsub import EventSubSettings
+from ingest.sources.http import Limits
 from ingest.sources.mqtt import MqttSettings
 from ingest.sources.topics import TopicPattern
+from ingest.sources.webhook import ShopifyWebhookSettings
 from ingest.sources.websocket import WebsocketClientSettings, WebsocketServerSettings
 
 if TYPE_CHECKING:
@@ -104,16 +106,24 @@ class RedisConfig(_Model):
 class ListenerLimits(_Model):
     """Bounds of a listener that any client can reach (``ingest.sources.http.Limits``)."""
 
-    max_connections: int = Field(128, ge=1, le=65536)
+    max_connections: int = _default(Limits, "max_connections", ge=1, le=65536)
     """Connections open at once; one more is closed at once and counted."""
-    header_timeout_seconds: float = Field(10.0, gt=0, le=600)
+    header_timeout_seconds: float = _default(Limits, "header_timeout", gt=0, le=600)
     """A request head must arrive within this of the connection (or of the keep-alive time
     after the previous answer), else the connection is closed."""
-    body_timeout_seconds: float = Field(10.0, gt=0, le=600)
+    body_timeout_seconds: float = _default(Limits, "body_timeout", gt=0, le=600)
     """A request body must arrive within this, else 408 (an unread one is drained for at most
     this, or 10 s)."""
-    keepalive_timeout_seconds: float = Field(15.0, gt=0, le=3600)
+    keepalive_timeout_seconds: float = _default(Limits, "keepalive_timeout", gt=0, le=3600)
     """An idle connection is closed after this."""
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_connections=self.max_connections,
+            header_timeout=self.header_timeout_seconds,
+            body_timeout=self.body_timeout_seconds,
+            keepalive_timeout=self.keepalive_timeout_seconds,
+        )
 
 
 class HttpConfig(ListenerLimits):
@@ -226,13 +236,15 @@ class HttpServerConfig(_SourceBase, ListenerLimits):
 
     type: Literal["http-server"]
     format: Literal["shopify"] = "shopify"
-    listen: str = "127.0.0.1:8080"
-    path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9/_.-]*$")] = "/webhooks/shopify"
+    listen: str = _default(ShopifyWebhookSettings, "listen")
+    path: str = _default(ShopifyWebhookSettings, "path", pattern=PATH_PATTERN)
     secret_env: str
     """Environment variable holding the app's client secret, which signs every delivery."""
-    max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_body_bytes: int = _default(
+        ShopifyWebhookSettings, "max_body_bytes", ge=1024, le=64 * 1024 * 1024
+    )
     """Larger deliveries are refused (413); for this source it replaces ``max_frame_bytes``."""
-    commit_timeout_seconds: float = Field(4.0, gt=0, le=60)
+    commit_timeout_seconds: float = _default(ShopifyWebhookSettings, "commit_timeout", gt=0, le=60)
     """Answer 503 (Shopify delivers again) if a delivery is not committed by then; Shopify
     itself gives up on an answer after 5 s."""
     _check = field_validator("listen")(lambda cls, v: _listen(v))

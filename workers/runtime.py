@@ -29,10 +29,10 @@ from ingest.native import NativeFormat, NativeOptions
 from ingest.shopify import ShopifyFormat
 from ingest.socialstream import SocialStreamFormat
 from ingest.sources.eventsub import EventSubSettings, EventSubSource, Helix, chat_subscriptions
-from ingest.sources.http import Guard, GuardedSite, Limits, ServerLog
+from ingest.sources.http import Guard, GuardedSite, ServerLog
 from ingest.sources.mqtt import MqttSettings, MqttSource
 from ingest.sources.topics import TopicPattern
-from ingest.sources.webhook import ShopifyWebhookSource
+from ingest.sources.webhook import ShopifyWebhookSettings, ShopifyWebhookSource
 from ingest.sources.websocket import (
     WebsocketClientSettings,
     WebsocketClientSource,
@@ -44,7 +44,6 @@ from workers.committer import BatchSettings, Committer
 from workers.config import (
     Config,
     HttpServerConfig,
-    ListenerLimits,
     MqttConfig,
     SourceConfig,
     WebsocketClientConfig,
@@ -290,12 +289,29 @@ def websocket_client(
     return WebsocketClientSource(config.name, NativeFormat(options), committer, health, settings)
 
 
-def limits(config: ListenerLimits) -> Limits:
-    return Limits(
-        max_connections=config.max_connections,
-        header_timeout=config.header_timeout_seconds,
-        body_timeout=config.body_timeout_seconds,
-        keepalive_timeout=config.keepalive_timeout_seconds,
+def webhook_source(
+    config: HttpServerConfig,
+    options: NativeOptions,
+    committer: Committer,
+    health: SourceHealth,
+    environ: Mapping[str, str],
+) -> ShopifyWebhookSource:
+    settings = config.settings(
+        ShopifyWebhookSettings,
+        secret=environ[config.secret_env],
+        commit_timeout=config.commit_timeout_seconds,
+        limits=config.limits(),
+    )
+    return ShopifyWebhookSource(
+        config.name,
+        ShopifyFormat(dataclasses.replace(options, max_frame_bytes=config.max_body_bytes)),
+        committer,
+        health,
+        settings,
+        on_ignored=functools.partial(health.ignored, config.name),
+        on_unauthorized=functools.partial(health.unauthorized, config.name),
+        on_bad_request=functools.partial(health.bad_request, config.name),
+        on_refused=functools.partial(health.connection_refused, config.name),
     )
 
 
@@ -311,24 +327,7 @@ def build_source(
         case WebsocketClientConfig(format="twitch-eventsub"):
             return eventsub_source(config, options, committer, health, environ)
         case HttpServerConfig():
-            host, port = split_listen(config.listen)
-            return ShopifyWebhookSource(
-                config.name,
-                ShopifyFormat(dataclasses.replace(options, max_frame_bytes=config.max_body_bytes)),
-                committer,
-                health,
-                host=host,
-                port=port,
-                path=config.path,
-                secret=environ[config.secret_env],
-                max_body_bytes=config.max_body_bytes,
-                commit_timeout=config.commit_timeout_seconds,
-                on_ignored=functools.partial(health.ignored, config.name),
-                on_unauthorized=functools.partial(health.unauthorized, config.name),
-                on_bad_request=functools.partial(health.bad_request, config.name),
-                limits=limits(config),
-                on_refused=functools.partial(health.connection_refused, config.name),
-            )
+            return webhook_source(config, options, committer, health, environ)
         case WebsocketClientConfig():
             return websocket_client(config, options, committer, health, environ)
         case WebsocketServerConfig():
@@ -460,7 +459,7 @@ class Ingester:
 
     @contextlib.asynccontextmanager
     async def _http(self) -> AsyncIterator[None]:
-        bounds = limits(self.config.http)
+        bounds = self.config.http.limits()
         guard = Guard(
             bounds,
             on_refused=functools.partial(self.health.connection_refused, HTTP_LISTENER),
