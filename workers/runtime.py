@@ -289,6 +289,23 @@ def websocket_client(
     return WebsocketClientSource(config.name, NativeFormat(options), committer, health, settings)
 
 
+def websocket_server(
+    config: WebsocketServerConfig,
+    options: NativeOptions,
+    committer: Committer,
+    health: SourceHealth,
+    environ: Mapping[str, str],
+) -> WebsocketServerSource:
+    return WebsocketServerSource(
+        config.name,
+        NativeFormat(options),
+        committer,
+        health,
+        config.settings(WebsocketServerSettings, token=environ[config.token_env]),
+        on_unauthorized=functools.partial(health.unauthorized, config.name),
+    )
+
+
 def webhook_source(
     config: HttpServerConfig,
     options: NativeOptions,
@@ -322,23 +339,16 @@ def build_source(
     health: SourceHealth,
     environ: Mapping[str, str],
 ) -> Source:
-    fmt = NativeFormat(options)
+    """The transport ``config`` names, its settings resolved (secrets read from ``environ``)."""
     match config:
         case WebsocketClientConfig(format="twitch-eventsub"):
             return eventsub_source(config, options, committer, health, environ)
-        case HttpServerConfig():
-            return webhook_source(config, options, committer, health, environ)
         case WebsocketClientConfig():
             return websocket_client(config, options, committer, health, environ)
         case WebsocketServerConfig():
-            return WebsocketServerSource(
-                config.name,
-                fmt,
-                committer,
-                health,
-                config.settings(WebsocketServerSettings, token=environ[config.token_env]),
-                on_unauthorized=functools.partial(health.unauthorized, config.name),
-            )
+            return websocket_server(config, options, committer, health, environ)
+        case HttpServerConfig():
+            return webhook_source(config, options, committer, health, environ)
         case MqttConfig():
             return mqtt_source(config, options, committer, health, environ)
 
