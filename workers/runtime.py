@@ -42,6 +42,7 @@ from ingest.sources.websocket import (
 from ingest.twitch import CHAT_MESSAGE, REVOCATION_STATUSES, EventSubFormat, Revocation
 from workers.committer import BatchSettings, Committer
 from workers.config import (
+    BatchConfig,
     Config,
     HttpServerConfig,
     MqttConfig,
@@ -360,6 +361,26 @@ async def _read(source: Source) -> None:
         await source.run()
 
 
+def store_settings(config: Config, now_override: int | None = None) -> StoreSettings:
+    return StoreSettings(
+        retention_seconds=config.dedup.retention_hours * 3600,
+        sku_limit=config.labels.sku_limit,
+        max_streams=config.labels.max_streams,
+        dead_letter_max=config.dead_letters.max_per_stream,
+        now_override=now_override,
+    )
+
+
+def batch_settings(batch: BatchConfig) -> BatchSettings:
+    return BatchSettings(
+        max_events=batch.max_events,
+        max_delay=batch.max_delay_ms / 1000,
+        max_in_flight=batch.max_in_flight,
+        capacity=batch.buffer_events,
+        buffer_bytes=batch.buffer_bytes,
+    )
+
+
 class Ingester:
     """One ingester process's worth of components. ``await run(stop)`` until ``stop`` is set."""
 
@@ -378,13 +399,7 @@ class Ingester:
         self.redis = redis_client(
             config.redis.url, config.redis.socket_timeout, config.redis.cluster
         )
-        settings = StoreSettings(
-            retention_seconds=config.dedup.retention_hours * 3600,
-            sku_limit=config.labels.sku_limit,
-            max_streams=config.labels.max_streams,
-            dead_letter_max=config.dead_letters.max_per_stream,
-            now_override=now_override,
-        )
+        settings = store_settings(config, now_override)
         self.store = Store(self.redis, settings)
         # Scrapes and /readyz read through connections of their own, never the commits'.
         http = config.http
@@ -406,17 +421,10 @@ class Ingester:
         self.health_text = SharedRead(self._render_health, 0.0, name="http.metrics.health")
         self.readiness = SharedRead(self._ping, 0.0, name="http.readyz.ping")
         self._scrape_failures = Throttle(config.log.rejection_interval_seconds)
-        batch = config.batch
         self.committer = Committer(
             self.store,
             self.metrics,
-            BatchSettings(
-                max_events=batch.max_events,
-                max_delay=batch.max_delay_ms / 1000,
-                max_in_flight=batch.max_in_flight,
-                capacity=batch.buffer_events,
-                buffer_bytes=batch.buffer_bytes,
-            ),
+            batch_settings(config.batch),
             log_interval=config.log.rejection_interval_seconds,
         )
         self.health = SourceHealth(self.metrics, log_interval=config.log.rejection_interval_seconds)
