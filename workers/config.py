@@ -174,8 +174,8 @@ class _SourceBase(_Model):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.:-]{0,63}$")]
     stream: StreamName | None = None
     streams: tuple[StreamName, ...] | None = None
-    max_frame_bytes: int = Field(256 * 1024, ge=64, le=64 * 1024 * 1024)
-    max_events_per_frame: int = Field(1000, ge=1, le=100_000)
+    max_frame_bytes: int = _default(NativeOptions, "max_frame_bytes", ge=64, le=64 * 1024 * 1024)
+    max_events_per_frame: int = _default(NativeOptions, "max_events_per_frame", ge=1, le=100_000)
 
     @model_validator(mode="after")
     def _default_allowed(self) -> _SourceBase:
