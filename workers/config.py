@@ -10,19 +10,31 @@ read from the environment, never from the file.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ingest.adapter import FormatOptions
 from ingest.native import PLATFORM_PATTERN, STREAM_PATTERN
 from ingest.regions import DEFAULT_TABLES, RegionTable
+from ingest.sources.base import split_address
+from ingest.sources.eventsub import EventSubSettings
+from ingest.sources.http import Limits
+from ingest.sources.mqtt import MqttSettings
 from ingest.sources.topics import TopicPattern
+from ingest.sources.webhook import ShopifyWebhookSettings
+from ingest.sources.websocket import WebsocketClientSettings, WebsocketServerSettings
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    Settings = TypeVar("Settings", bound=DataclassInstance)
 
 ENV_PREFIX = "LIVESTREAM__"
 DEFAULT_PLATFORMS = (
@@ -52,6 +64,21 @@ class ConfigError(Exception):
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    def settings(self, kind: type[Settings], **given: Any) -> Settings:
+        """This table as a transport's settings: every field the two share by name, then
+        ``given`` (what the table names otherwise, and secrets the runtime resolved)."""
+        shared = {field.name for field in dataclasses.fields(kind)} & self.model_fields.keys()
+        values = {name: getattr(self, name) for name in shared - given.keys()}
+        return kind(**values, **given)
+
+
+def _default(kind: type[DataclassInstance], name: str, **constraints: Any) -> Any:
+    """A field whose default is the one the transport's settings ``kind`` declare."""
+    field = next(field for field in dataclasses.fields(kind) if field.name == name)
+    if field.default_factory is not dataclasses.MISSING:
+        return Field(default_factory=field.default_factory, **constraints)
+    return Field(field.default, **constraints)
+
 
 def _listen(value: str) -> str:
     host, sep, port = value.rpartition(":")
@@ -60,9 +87,7 @@ def _listen(value: str) -> str:
     return value
 
 
-def split_listen(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    return host.strip("[]"), int(port)
+split_listen = split_address
 
 
 class RedisConfig(_Model):
@@ -87,16 +112,24 @@ class RedisConfig(_Model):
 class ListenerLimits(_Model):
     """Bounds of a listener that any client can reach (``ingest.sources.http.Limits``)."""
 
-    max_connections: int = Field(128, ge=1, le=65536)
+    max_connections: int = _default(Limits, "max_connections", ge=1, le=65536)
     """Connections open at once; one more is closed at once and counted."""
-    header_timeout_seconds: float = Field(10.0, gt=0, le=600)
+    header_timeout_seconds: float = _default(Limits, "header_timeout", gt=0, le=600)
     """A request head must arrive within this of the connection (or of the keep-alive time
     after the previous answer), else the connection is closed."""
-    body_timeout_seconds: float = Field(10.0, gt=0, le=600)
+    body_timeout_seconds: float = _default(Limits, "body_timeout", gt=0, le=600)
     """A request body must arrive within this, else 408 (an unread one is drained for at most
     this, or 10 s)."""
-    keepalive_timeout_seconds: float = Field(15.0, gt=0, le=3600)
+    keepalive_timeout_seconds: float = _default(Limits, "keepalive_timeout", gt=0, le=3600)
     """An idle connection is closed after this."""
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_connections=self.max_connections,
+            header_timeout=self.header_timeout_seconds,
+            body_timeout=self.body_timeout_seconds,
+            keepalive_timeout=self.keepalive_timeout_seconds,
+        )
 
 
 class HttpConfig(ListenerLimits):
@@ -139,6 +172,7 @@ class LogConfig(_Model):
     rejection_interval_seconds: float = Field(10.0, ge=0)
 
 
+PATH_PATTERN = r"^/[A-Za-z0-9/_.-]*$"
 StreamName = Annotated[str, Field(pattern=STREAM_PATTERN)]
 
 
@@ -146,8 +180,8 @@ class _SourceBase(_Model):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.:-]{0,63}$")]
     stream: StreamName | None = None
     streams: tuple[StreamName, ...] | None = None
-    max_frame_bytes: int = Field(256 * 1024, ge=64, le=64 * 1024 * 1024)
-    max_events_per_frame: int = Field(1000, ge=1, le=100_000)
+    max_frame_bytes: int = _default(FormatOptions, "max_frame_bytes", ge=64, le=64 * 1024 * 1024)
+    max_events_per_frame: int = _default(FormatOptions, "max_events_per_frame", ge=1, le=100_000)
 
     @model_validator(mode="after")
     def _default_allowed(self) -> _SourceBase:
@@ -171,7 +205,7 @@ class TwitchConfig(_Model):
     user_id: Annotated[str, Field(pattern=r"^[0-9]{1,32}$")]
     """The user reading the chat (the token's user)."""
     helix_url: Annotated[str, Field(pattern=r"^https?://")] = "https://api.twitch.tv/helix"
-    keepalive_margin_seconds: float = Field(5.0, ge=0, le=60)
+    keepalive_margin_seconds: float = _default(EventSubSettings, "keepalive_margin", ge=0, le=60)
 
 
 class WebsocketClientConfig(_SourceBase):
@@ -179,17 +213,17 @@ class WebsocketClientConfig(_SourceBase):
     format: Literal["native", "twitch-eventsub", "socialstream"] = "native"
     url: Annotated[str, Field(pattern=r"^wss?://")]
     twitch: TwitchConfig | None = None
-    subscribe: str | None = None
-    headers: dict[str, str] = {}
+    subscribe: str | None = _default(WebsocketClientSettings, "subscribe")
+    headers: dict[str, str] = _default(WebsocketClientSettings, "headers")
     token_env: str | None = None
-    ping_interval: float | None = Field(20.0, gt=0)
-    ping_timeout: float | None = Field(20.0, gt=0)
-    open_timeout: float = Field(10.0, gt=0)
-    close_timeout: float = Field(2.0, gt=0)
-    max_size: int = Field(1024 * 1024, ge=1024)
-    backoff_initial: float = Field(0.5, gt=0)
-    backoff_max: float = Field(30.0, gt=0)
-    backoff_reset_after: float = Field(10.0, ge=0)
+    ping_interval: float | None = _default(WebsocketClientSettings, "ping_interval", gt=0)
+    ping_timeout: float | None = _default(WebsocketClientSettings, "ping_timeout", gt=0)
+    open_timeout: float = _default(WebsocketClientSettings, "open_timeout", gt=0)
+    close_timeout: float = _default(WebsocketClientSettings, "close_timeout", gt=0)
+    max_size: int = _default(WebsocketClientSettings, "max_size", ge=1024)
+    backoff_initial: float = _default(WebsocketClientSettings, "backoff_initial", gt=0)
+    backoff_max: float = _default(WebsocketClientSettings, "backoff_max", gt=0)
+    backoff_reset_after: float = _default(WebsocketClientSettings, "backoff_reset_after", ge=0)
 
     @model_validator(mode="after")
     def _sizes(self) -> WebsocketClientConfig:
@@ -208,13 +242,15 @@ class HttpServerConfig(_SourceBase, ListenerLimits):
 
     type: Literal["http-server"]
     format: Literal["shopify"] = "shopify"
-    listen: str = "127.0.0.1:8080"
-    path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9/_.-]*$")] = "/webhooks/shopify"
+    listen: str = _default(ShopifyWebhookSettings, "listen")
+    path: str = _default(ShopifyWebhookSettings, "path", pattern=PATH_PATTERN)
     secret_env: str
     """Environment variable holding the app's client secret, which signs every delivery."""
-    max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_body_bytes: int = _default(
+        ShopifyWebhookSettings, "max_body_bytes", ge=1024, le=64 * 1024 * 1024
+    )
     """Larger deliveries are refused (413); for this source it replaces ``max_frame_bytes``."""
-    commit_timeout_seconds: float = Field(4.0, gt=0, le=60)
+    commit_timeout_seconds: float = _default(ShopifyWebhookSettings, "commit_timeout", gt=0, le=60)
     """Answer 503 (Shopify delivers again) if a delivery is not committed by then; Shopify
     itself gives up on an answer after 5 s."""
     _check = field_validator("listen")(lambda cls, v: _listen(v))
@@ -228,12 +264,12 @@ class HttpServerConfig(_SourceBase, ListenerLimits):
 class WebsocketServerConfig(_SourceBase):
     type: Literal["websocket-server"]
     format: Literal["native"] = "native"
-    listen: str = "127.0.0.1:8765"
-    path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9/_.-]*$")] = "/ingest"
+    listen: str = _default(WebsocketServerSettings, "listen")
+    path: str = _default(WebsocketServerSettings, "path", pattern=PATH_PATTERN)
     token_env: str
-    max_size: int = Field(1024 * 1024, ge=1024)
-    ping_interval: float | None = Field(20.0, gt=0)
-    ping_timeout: float | None = Field(20.0, gt=0)
+    max_size: int = _default(WebsocketServerSettings, "max_size", ge=1024)
+    ping_interval: float | None = _default(WebsocketServerSettings, "ping_interval", gt=0)
+    ping_timeout: float | None = _default(WebsocketServerSettings, "ping_timeout", gt=0)
     _check = field_validator("listen")(lambda cls, v: _listen(v))
 
 
@@ -253,10 +289,10 @@ class MqttTopicConfig(_Model):
 class MqttConfig(_SourceBase):
     type: Literal["mqtt"]
     format: Literal["native"] = "native"
-    url: Annotated[str, Field(pattern=r"^mqtts?://[^/]+$")] = "mqtt://127.0.0.1:1883"
+    url: Annotated[str, Field(pattern=r"^mqtts?://[^/]+$")] = _default(MqttSettings, "url")
     client_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
-    protocol: Literal["5", "3.1.1"] = "5"
-    qos: Literal[0, 1] = 1
+    protocol: Literal["5", "3.1.1"] = _default(MqttSettings, "protocol")
+    qos: Literal[0, 1] = _default(MqttSettings, "qos")
     topics: Annotated[list[MqttTopicConfig], Field(min_length=1)]
     shared_group: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")] | None = None
     username: str | None = None
@@ -264,12 +300,12 @@ class MqttConfig(_SourceBase):
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
-    session_expiry: int = Field(86_400, ge=0, description="seconds the broker keeps the session")
-    receive_maximum: int = Field(1000, ge=1, le=65_535)
-    keepalive: int = Field(30, ge=5)
-    backoff_initial: float = Field(0.5, gt=0)
-    backoff_max: float = Field(30.0, gt=0)
-    backoff_reset_after: float = Field(10.0, ge=0)
+    session_expiry: int = _default(MqttSettings, "session_expiry", ge=0)
+    receive_maximum: int = _default(MqttSettings, "receive_maximum", ge=1, le=65_535)
+    keepalive: int = _default(MqttSettings, "keepalive", ge=5)
+    backoff_initial: float = _default(MqttSettings, "backoff_initial", gt=0)
+    backoff_max: float = _default(MqttSettings, "backoff_max", gt=0)
+    backoff_reset_after: float = _default(MqttSettings, "backoff_reset_after", ge=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> MqttConfig:

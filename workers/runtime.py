@@ -12,11 +12,9 @@ import dataclasses
 import functools
 import gc
 import os
-import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
@@ -31,20 +29,23 @@ from ingest.adapter import FormatOptions
 from ingest.native import NativeFormat
 from ingest.shopify import ShopifyFormat
 from ingest.socialstream import SocialStreamFormat
-from ingest.sources.backoff import Backoff
-from ingest.sources.base import Format
-from ingest.sources.eventsub import EventSubSource, Helix, chat_subscriptions
-from ingest.sources.http import Guard, GuardedSite, Limits, ServerLog
-from ingest.sources.mqtt import MqttSource
+from ingest.sources.eventsub import EventSubSettings, EventSubSource, Helix, chat_subscriptions
+from ingest.sources.http import Guard, GuardedSite, ServerLog
+from ingest.sources.mqtt import MqttSettings, MqttSource
 from ingest.sources.topics import TopicPattern
-from ingest.sources.webhook import ShopifyWebhookSource
-from ingest.sources.websocket import WebsocketClientSource, WebsocketServerSource
+from ingest.sources.webhook import ShopifyWebhookSettings, ShopifyWebhookSource
+from ingest.sources.websocket import (
+    WebsocketClientSettings,
+    WebsocketClientSource,
+    WebsocketServerSettings,
+    WebsocketServerSource,
+)
 from ingest.twitch import CHAT_MESSAGE, REVOCATION_STATUSES, EventSubFormat, Revocation
 from workers.committer import BatchSettings, Committer
 from workers.config import (
+    BatchConfig,
     Config,
     HttpServerConfig,
-    ListenerLimits,
     MqttConfig,
     SourceConfig,
     WebsocketClientConfig,
@@ -223,13 +224,25 @@ def redis_client(
     return Redis.from_url(url, **options)
 
 
-def tls_context(config: MqttConfig) -> ssl.SSLContext | None:
-    if not config.url.startswith("mqtts://"):
-        return None
-    context = ssl.create_default_context(cafile=config.ca_file)
-    if config.cert_file is not None:
-        context.load_cert_chain(config.cert_file, config.key_file)
-    return context
+def mqtt_source(
+    config: MqttConfig,
+    options: FormatOptions,
+    committer: Committer,
+    health: SourceHealth,
+    environ: Mapping[str, str],
+) -> MqttSource:
+    fmt = NativeFormat(options)
+
+    @functools.lru_cache(maxsize=1024)
+    def formats(stream: str | None) -> NativeFormat:
+        return fmt if stream is None else NativeFormat(options.for_stream(stream))
+
+    settings = config.settings(
+        MqttSettings,
+        topics=tuple(TopicPattern(topic.pattern) for topic in config.topics),
+        password=environ[config.password_env] if config.password_env else None,
+    )
+    return MqttSource(config.name, formats, committer, health, settings)
 
 
 def eventsub_source(
@@ -253,29 +266,77 @@ def eventsub_source(
 
     return EventSubSource(
         config.name,
-        config.url,
         EventSubFormat(options, twitch.broadcaster_user_id),
         committer,
         health,
+        config.settings(EventSubSettings, keepalive_margin=twitch.keepalive_margin_seconds),
         helix=Helix(twitch.helix_url, twitch.client_id, environ[twitch.token_env]),
         subscriptions=chat_subscriptions(twitch.broadcaster_user_id, twitch.user_id),
-        keepalive_margin=twitch.keepalive_margin_seconds,
-        open_timeout=config.open_timeout,
-        close_timeout=config.close_timeout,
-        max_size=config.max_size,
-        backoff=Backoff(config.backoff_initial, config.backoff_max),
-        backoff_reset_after=config.backoff_reset_after,
         on_revoked=revoked,
         on_ignored=functools.partial(health.ignored, config.name),
     )
 
 
-def limits(config: ListenerLimits) -> Limits:
-    return Limits(
-        max_connections=config.max_connections,
-        header_timeout=config.header_timeout_seconds,
-        body_timeout=config.body_timeout_seconds,
-        keepalive_timeout=config.keepalive_timeout_seconds,
+def websocket_client(
+    config: WebsocketClientConfig,
+    options: FormatOptions,
+    committer: Committer,
+    health: SourceHealth,
+    environ: Mapping[str, str],
+) -> WebsocketClientSource:
+    headers = dict(config.headers)
+    if config.token_env:
+        headers["Authorization"] = f"Bearer {environ[config.token_env]}"
+    settings = config.settings(WebsocketClientSettings, headers=headers)
+    if config.format == "socialstream":
+        relay = SocialStreamFormat(options, functools.partial(health.ignored, config.name))
+        return WebsocketClientSource(
+            config.name, relay, committer, health, settings, on_connect=relay.new_connection
+        )
+    return WebsocketClientSource(config.name, NativeFormat(options), committer, health, settings)
+
+
+def websocket_server(
+    config: WebsocketServerConfig,
+    options: FormatOptions,
+    committer: Committer,
+    health: SourceHealth,
+    environ: Mapping[str, str],
+) -> WebsocketServerSource:
+    return WebsocketServerSource(
+        config.name,
+        NativeFormat(options),
+        committer,
+        health,
+        config.settings(WebsocketServerSettings, token=environ[config.token_env]),
+        on_unauthorized=functools.partial(health.unauthorized, config.name),
+    )
+
+
+def webhook_source(
+    config: HttpServerConfig,
+    options: FormatOptions,
+    committer: Committer,
+    health: SourceHealth,
+    environ: Mapping[str, str],
+) -> ShopifyWebhookSource:
+    settings = config.settings(
+        ShopifyWebhookSettings,
+        secret=environ[config.secret_env],
+        commit_timeout=config.commit_timeout_seconds,
+        limits=config.limits(),
+    )
+    return ShopifyWebhookSource(
+        config.name,
+        ShopifyFormat(dataclasses.replace(options, max_frame_bytes=config.max_body_bytes)),
+        committer,
+        health,
+        settings,
+        on_ignored=functools.partial(health.ignored, config.name),
+        on_unauthorized=functools.partial(health.unauthorized, config.name),
+        on_bad_request=functools.partial(health.bad_request, config.name),
+        on_refused=functools.partial(health.connection_refused, config.name),
+        on_unavailable=functools.partial(health.unavailable, config.name),
     )
 
 
@@ -286,101 +347,18 @@ def build_source(
     health: SourceHealth,
     environ: Mapping[str, str],
 ) -> Source:
-    fmt = NativeFormat(options)
+    """The transport ``config`` names, its settings resolved (secrets read from ``environ``)."""
     match config:
         case WebsocketClientConfig(format="twitch-eventsub"):
             return eventsub_source(config, options, committer, health, environ)
-        case HttpServerConfig():
-            host, port = split_listen(config.listen)
-            return ShopifyWebhookSource(
-                config.name,
-                ShopifyFormat(dataclasses.replace(options, max_frame_bytes=config.max_body_bytes)),
-                committer,
-                health,
-                host=host,
-                port=port,
-                path=config.path,
-                secret=environ[config.secret_env],
-                max_body_bytes=config.max_body_bytes,
-                commit_timeout=config.commit_timeout_seconds,
-                on_ignored=functools.partial(health.ignored, config.name),
-                on_unauthorized=functools.partial(health.unauthorized, config.name),
-                on_bad_request=functools.partial(health.bad_request, config.name),
-                limits=limits(config),
-                on_refused=functools.partial(health.connection_refused, config.name),
-                on_unavailable=functools.partial(health.unavailable, config.name),
-            )
         case WebsocketClientConfig():
-            headers = dict(config.headers)
-            if config.token_env:
-                headers["Authorization"] = f"Bearer {environ[config.token_env]}"
-            on_connect = None
-            client_format: Format = fmt
-            if config.format == "socialstream":
-                relay = SocialStreamFormat(options, functools.partial(health.ignored, config.name))
-                client_format, on_connect = relay, relay.new_connection
-            return WebsocketClientSource(
-                config.name,
-                config.url,
-                client_format,
-                committer,
-                health,
-                on_connect=on_connect,
-                subscribe=config.subscribe,
-                headers=headers,
-                ping_interval=config.ping_interval,
-                ping_timeout=config.ping_timeout,
-                open_timeout=config.open_timeout,
-                close_timeout=config.close_timeout,
-                max_size=config.max_size,
-                backoff=Backoff(config.backoff_initial, config.backoff_max),
-                backoff_reset_after=config.backoff_reset_after,
-            )
+            return websocket_client(config, options, committer, health, environ)
         case WebsocketServerConfig():
-            host, port = split_listen(config.listen)
-            return WebsocketServerSource(
-                config.name,
-                fmt,
-                committer,
-                health,
-                host=host,
-                port=port,
-                path=config.path,
-                token=environ[config.token_env],
-                max_size=config.max_size,
-                ping_interval=config.ping_interval,
-                ping_timeout=config.ping_timeout,
-                on_unauthorized=functools.partial(health.unauthorized, config.name),
-            )
+            return websocket_server(config, options, committer, health, environ)
+        case HttpServerConfig():
+            return webhook_source(config, options, committer, health, environ)
         case MqttConfig():
-
-            @functools.lru_cache(maxsize=1024)
-            def formats(stream: str | None) -> NativeFormat:
-                return fmt if stream is None else NativeFormat(options.for_stream(stream))
-
-            address = urlsplit(config.url)
-            secure = address.scheme == "mqtts"
-            return MqttSource(
-                config.name,
-                formats,
-                committer,
-                health,
-                host=address.hostname or "127.0.0.1",
-                port=address.port or (8883 if secure else 1883),
-                identifier=config.client_id,
-                patterns=[TopicPattern(topic.pattern) for topic in config.topics],
-                qos=config.qos,
-                mqtt5=config.protocol == "5",
-                shared_group=config.shared_group,
-                username=config.username,
-                password=environ[config.password_env] if config.password_env else None,
-                tls=tls_context(config),
-                session_expiry=config.session_expiry,
-                receive_maximum=config.receive_maximum,
-                keepalive=config.keepalive,
-                backoff=Backoff(config.backoff_initial, config.backoff_max),
-                backoff_reset_after=config.backoff_reset_after,
-            )
+            return mqtt_source(config, options, committer, health, environ)
 
 
 async def _read(source: Source) -> None:
@@ -388,6 +366,26 @@ async def _read(source: Source) -> None:
     the tasks it starts), through structlog or a stdlib logger."""
     with structlog.contextvars.bound_contextvars(source=source.name):
         await source.run()
+
+
+def store_settings(config: Config, now_override: int | None = None) -> StoreSettings:
+    return StoreSettings(
+        retention_seconds=config.dedup.retention_hours * 3600,
+        sku_limit=config.labels.sku_limit,
+        max_streams=config.labels.max_streams,
+        dead_letter_max=config.dead_letters.max_per_stream,
+        now_override=now_override,
+    )
+
+
+def batch_settings(batch: BatchConfig) -> BatchSettings:
+    return BatchSettings(
+        max_events=batch.max_events,
+        max_delay=batch.max_delay_ms / 1000,
+        max_in_flight=batch.max_in_flight,
+        capacity=batch.buffer_events,
+        buffer_bytes=batch.buffer_bytes,
+    )
 
 
 class Ingester:
@@ -416,13 +414,7 @@ class Ingester:
         )
         self.refused: UnsafeEvictionPolicy | None = None
         """Set when the Redis eviction policy made a refusing ingester stop (exit status 2)."""
-        settings = StoreSettings(
-            retention_seconds=config.dedup.retention_hours * 3600,
-            sku_limit=config.labels.sku_limit,
-            max_streams=config.labels.max_streams,
-            dead_letter_max=config.dead_letters.max_per_stream,
-            now_override=now_override,
-        )
+        settings = store_settings(config, now_override)
         self.store = Store(self.redis, settings)
         # Scrapes and /readyz read through connections of their own, never the commits'.
         http = config.http
@@ -444,17 +436,10 @@ class Ingester:
         self.health_text = SharedRead(self._render_health, 0.0, name="http.metrics.health")
         self.readiness = SharedRead(self._ping, 0.0, name="http.readyz.ping")
         self._scrape_failures = Throttle(config.log.rejection_interval_seconds)
-        batch = config.batch
         self.committer = Committer(
             self.store,
             self.metrics,
-            BatchSettings(
-                max_events=batch.max_events,
-                max_delay=batch.max_delay_ms / 1000,
-                max_in_flight=batch.max_in_flight,
-                capacity=batch.buffer_events,
-                buffer_bytes=batch.buffer_bytes,
-            ),
+            batch_settings(config.batch),
             log_interval=config.log.rejection_interval_seconds,
         )
         self.health = SourceHealth(self.metrics, log_interval=config.log.rejection_interval_seconds)
@@ -527,7 +512,7 @@ class Ingester:
 
     @contextlib.asynccontextmanager
     async def _http(self) -> AsyncIterator[None]:
-        bounds = limits(self.config.http)
+        bounds = self.config.http.limits()
         guard = Guard(
             bounds,
             on_refused=functools.partial(self.health.connection_refused, HTTP_LISTENER),

@@ -32,3 +32,9 @@ class Health(Protocol):
 
 class Format(Protocol):
     def decode(self, frame: bytes | str) -> list[Decoded]: ...
+
+
+def split_address(value: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:port`` for IPv6) as (host, port); validated by the config."""
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 
@@ -32,10 +33,9 @@ import aiohttp
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from ingest.sources.backoff import Backoff
 from ingest.sources.base import Health, Sink
 from ingest.sources.reconnect import Reconnecting
-from ingest.sources.websocket import retry_reason
+from ingest.sources.websocket import ConnectionSettings, retry_reason
 from ingest.twitch import (
     CHAT_MESSAGE,
     EventSubFormat,
@@ -97,43 +97,38 @@ class Helix:
                     raise SessionError(f"subscribe http {response.status}", text)
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class EventSubSettings(ConnectionSettings):
+    keepalive_margin: float = 5.0
+    """Seconds of silence tolerated beyond the welcome's keepalive before the session is dead."""
+    default_keepalive: float = 10.0
+    """The keepalive when a welcome names none."""
+
+
 class EventSubSource(Reconnecting):
     def __init__(
         self,
         name: str,
-        url: str,
         fmt: EventSubFormat,
         sink: Sink,
         health: Health,
+        settings: EventSubSettings,
         *,
         helix: Helix,
         subscriptions: Sequence[Subscription],
-        keepalive_margin: float = 5.0,
-        default_keepalive: float = 10.0,
-        open_timeout: float = 10.0,
-        close_timeout: float = 2.0,
-        max_size: int = 1024 * 1024,
-        backoff: Backoff | None = None,
-        backoff_reset_after: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
         on_revoked: Callable[[Revocation], None] = lambda revocation: None,
         on_ignored: Callable[[str], None] = lambda what: None,
     ) -> None:
         self.name = name
-        self.url = url
         self.fmt = fmt
         self.sink = sink
         self.health = health
+        self.settings = settings
         self.helix = helix
         self.subscriptions = list(subscriptions)
-        self.keepalive_margin = keepalive_margin
-        self.default_keepalive = default_keepalive
-        self.open_timeout = open_timeout
-        self.close_timeout = close_timeout
-        self.max_size = max_size
-        self.backoff = backoff or Backoff(0.5, 30.0)
-        self.backoff_reset_after = backoff_reset_after
-        self.clock = clock
+        self._reconnect_with(settings, clock, rng)
         self.on_revoked = on_revoked
         self.on_ignored = on_ignored
         self.hand_overs = 0
@@ -146,7 +141,7 @@ class EventSubSource(Reconnecting):
         return retry_reason(exc)
 
     async def _session(self) -> None:
-        ws, welcome = await self._open(self.url)
+        ws, welcome = await self._open(self.settings.url)
         try:
             await self.helix.create(welcome.session_id, self.subscriptions)
             self._live_subscriptions = len(self.subscriptions)
@@ -160,12 +155,12 @@ class EventSubSource(Reconnecting):
 
     async def _open(self, url: str) -> tuple[ClientConnection, Welcome]:
         """A connection and its welcome, within ``open_timeout``."""
-        async with asyncio.timeout(self.open_timeout):
+        async with asyncio.timeout(self.settings.open_timeout):
             ws = await connect(
                 url,
                 ping_interval=None,
-                close_timeout=self.close_timeout,
-                max_size=self.max_size,
+                close_timeout=self.settings.close_timeout,
+                max_size=self.settings.max_size,
                 proxy=None,
             )
             try:
@@ -183,9 +178,10 @@ class EventSubSource(Reconnecting):
     async def _pump(self, ws: ClientConnection, welcome: Welcome) -> Reconnect:
         """Deliver the connection's messages until a reconnect message (returned), a close or a
         keepalive timeout (raised)."""
-        keepalive = welcome.keepalive_seconds or self.default_keepalive
+        keepalive = welcome.keepalive_seconds or self.settings.default_keepalive
+        limit = keepalive + self.settings.keepalive_margin
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + keepalive + self.keepalive_margin
+        deadline = loop.time() + limit
         while True:
             try:
                 async with asyncio.timeout_at(deadline):
@@ -219,7 +215,7 @@ class EventSubSource(Reconnecting):
                 # Helix refuses.
                 raise SessionError("revoked")
             if not isinstance(message, Invalid):
-                deadline = loop.time() + keepalive + self.keepalive_margin
+                deadline = loop.time() + limit
 
     async def _hand_over(
         self, old: ClientConnection, welcome: Welcome, url: str

@@ -34,7 +34,7 @@ HEADER_TIMEOUT = "header_timeout"
 BODY_TIMEOUT = "body_timeout"
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Limits:
     """Bounds of one listener; the defaults suit a public endpoint."""
 

@@ -29,12 +29,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
+import random
 import select
 import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -43,9 +46,8 @@ from paho.mqtt.properties import Properties
 
 from ingest.model import Decoded, Reason, Rejection
 from ingest.native import valid_stream
-from ingest.sources.backoff import Backoff
 from ingest.sources.base import Format, Health, Sink
-from ingest.sources.reconnect import Reconnecting
+from ingest.sources.reconnect import Reconnecting, ReconnectSettings
 from ingest.sources.topics import TopicPattern
 
 _Ack = tuple[int, int, asyncio.Future[None]]
@@ -205,6 +207,41 @@ class _SocketWatch:
             sock.close()
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class MqttSettings(ReconnectSettings):
+    client_id: str
+    """The session's identifier: the broker keeps the session (and what it queued) under it."""
+    topics: tuple[TopicPattern, ...]
+    url: str = "mqtt://127.0.0.1:1883"
+    """``mqtt://host[:port]``, or ``mqtts://`` for TLS (port 1883 or 8883 by default)."""
+    protocol: str = "5"
+    """``"5"`` or ``"3.1.1"``."""
+    qos: int = 1
+    shared_group: str | None = None
+    username: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    session_expiry: int = 86_400
+    """Seconds the broker keeps the session after a disconnection (MQTT 5)."""
+    receive_maximum: int = 1000
+    """Unacknowledged QoS 1 messages the broker sends at most (MQTT 5)."""
+    keepalive: int = 30
+    stop_timeout: float = 2.0
+    """Seconds a stop waits for the DISCONNECT to go out."""
+
+
+def tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
+    """The TLS context of an ``mqtts://`` url (None for ``mqtt://``)."""
+    if not settings.url.startswith("mqtts://"):
+        return None
+    context = ssl.create_default_context(cafile=settings.ca_file)
+    if settings.cert_file is not None:
+        context.load_cert_chain(settings.cert_file, settings.key_file)
+    return context
+
+
 class MqttSource(Reconnecting):
     """Subscribes to topic patterns and forwards each message's events to the sink."""
 
@@ -214,46 +251,21 @@ class MqttSource(Reconnecting):
         formats: Callable[[str | None], Format],
         sink: Sink,
         health: Health,
+        settings: MqttSettings,
         *,
-        host: str,
-        port: int,
-        identifier: str,
-        patterns: Sequence[TopicPattern],
-        qos: int = 1,
-        mqtt5: bool = True,
-        shared_group: str | None = None,
-        username: str | None = None,
-        password: str | None = None,
-        tls: ssl.SSLContext | None = None,
-        session_expiry: int = 86_400,
-        receive_maximum: int = 1000,
-        keepalive: int = 30,
-        stop_timeout: float = 2.0,
-        backoff: Backoff | None = None,
-        backoff_reset_after: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
     ) -> None:
         self.name = name
         self.formats = formats
         self.sink = sink
         self.health = health
-        self.host = host
-        self.port = port
-        self.identifier = identifier
-        self.patterns = list(patterns)
-        self.qos = qos
-        self.mqtt5 = mqtt5
-        self.shared_group = shared_group
-        self.username = username
-        self.password = password
-        self.tls = tls
-        self.session_expiry = session_expiry
-        self.receive_maximum = receive_maximum
-        self.keepalive = keepalive
-        self.stop_timeout = stop_timeout
-        self.backoff = backoff or Backoff(0.5, 30.0)
-        self.backoff_reset_after = backoff_reset_after
-        self.clock = clock
+        self.settings = settings
+        address = urlsplit(settings.url)
+        self.host = address.hostname or "127.0.0.1"
+        self.port = address.port or (8883 if address.scheme == "mqtts" else 1883)
+        self.tls = tls_context(settings)
+        self._reconnect_with(settings, clock, rng)
         self.acknowledged = 0
 
     def _client(self) -> aiomqtt.Client:
@@ -261,58 +273,54 @@ class MqttSource(Reconnecting):
         # a dropped QoS 1 message, never acknowledged, holds the broker's flow until a reconnect.
         # What bounds it is the broker's in-flight limit (Receive Maximum on MQTT 5, the
         # broker's own setting on 3.1.1); QoS 0 has none.
-        if self.mqtt5:
+        settings = self.settings
+        session: dict[str, Any]
+        if settings.protocol == "5":
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            properties.SessionExpiryInterval = self.session_expiry
-            properties.ReceiveMaximum = self.receive_maximum
-            client = aiomqtt.Client(
-                self.host,
-                self.port,
-                identifier=self.identifier,
-                protocol=aiomqtt.ProtocolVersion.V5,
-                clean_start=False,
-                properties=properties,
-                username=self.username,
-                password=self.password,
-                tls_context=self.tls,
-                keepalive=self.keepalive,
-            )
+            properties.SessionExpiryInterval = settings.session_expiry
+            properties.ReceiveMaximum = settings.receive_maximum
+            session = {
+                "protocol": aiomqtt.ProtocolVersion.V5,
+                "clean_start": False,
+                "properties": properties,
+            }
         else:
-            client = aiomqtt.Client(
-                self.host,
-                self.port,
-                identifier=self.identifier,
-                protocol=aiomqtt.ProtocolVersion.V311,
-                clean_session=False,
-                username=self.username,
-                password=self.password,
-                tls_context=self.tls,
-                keepalive=self.keepalive,
-            )
+            session = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": False}
+        client = aiomqtt.Client(
+            self.host,
+            self.port,
+            identifier=settings.client_id,
+            username=settings.username,
+            password=settings.password,
+            tls_context=self.tls,
+            keepalive=settings.keepalive,
+            **session,
+        )
         # Before connecting: a persistent session's queued messages arrive right after CONNACK.
         client._client.manual_ack_set(True)
         return client
 
     def _filters(self) -> list[str]:
-        prefix = f"$share/{self.shared_group}/" if self.shared_group else ""
-        return [prefix + pattern.filter for pattern in self.patterns]
+        group = self.settings.shared_group
+        prefix = f"$share/{group}/" if group else ""
+        return [prefix + pattern.filter for pattern in self.settings.topics]
 
     async def _session(self) -> None:
         client = self._client()
-        watchdog = Watchdog(1.5 * self.keepalive, self.clock)
+        watchdog = Watchdog(1.5 * self.settings.keepalive, self.clock)
         watch = _SocketWatch(client, watchdog)
         try:
             async with client:
                 self._connected_at = self.clock()
                 for topic in self._filters():
-                    await client.subscribe(topic, qos=self.qos)
+                    await client.subscribe(topic, qos=self.settings.qos)
                 self.health.connected(self.name, True)  # connected means receiving
                 try:
                     await self._consume(client, watch)
                 except asyncio.CancelledError:
                     # Stopping: aiomqtt waits ``timeout`` for its DISCONNECT to go out, which a
                     # hung broker never lets happen; don't hold the shutdown that long.
-                    client.timeout = self.stop_timeout
+                    client.timeout = self.settings.stop_timeout
                     raise
         finally:
             watch.close()
@@ -361,7 +369,7 @@ class MqttSource(Reconnecting):
         payload = message.payload
         raw = payload if isinstance(payload, bytes) else str(payload or "").encode()
         topic = message.topic.value
-        for pattern in self.patterns:
+        for pattern in self.settings.topics:
             match = pattern.match(topic)
             if match is None:
                 continue

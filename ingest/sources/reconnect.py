@@ -10,15 +10,29 @@ cancelled (a library's close that timed out, say) ends the loop as the cancellat
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import random
+import time
 from collections.abc import Callable
 
 from ingest.sources.backoff import Backoff
 from ingest.sources.base import Health
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ReconnectSettings:
+    """How a client source retries: the delays of its :class:`Backoff`, and how long a session
+    must stay up to reset them."""
+
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    backoff_reset_after: float = 10.0
+
+
 class Reconnecting:
-    """Base of the client sources. Subclasses set the attributes below, implement
-    ``_session()``, and set ``_connected_at = clock()`` once a session is established."""
+    """Base of the client sources. Subclasses call ``_reconnect_with`` (or set the attributes
+    below), implement ``_session()``, and set ``_connected_at = clock()`` once a session is
+    established."""
 
     name: str
     health: Health
@@ -26,6 +40,16 @@ class Reconnecting:
     backoff_reset_after: float
     clock: Callable[[], float]
     _connected_at: float | None = None
+
+    def _reconnect_with(
+        self,
+        settings: ReconnectSettings,
+        clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.backoff = Backoff(settings.backoff_initial, settings.backoff_max, rng=rng)
+        self.backoff_reset_after = settings.backoff_reset_after
+        self.clock = clock
 
     async def _session(self) -> None:
         raise NotImplementedError

@@ -16,6 +16,7 @@ counted must not be retried for hours), 503 if the commit does not finish within
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 
@@ -23,7 +24,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ingest.shopify import TOPICS, ShopifyFormat, verified
-from ingest.sources.base import Health, Sink
+from ingest.sources.base import Health, Sink, split_address
 from ingest.sources.http import (
     BODY_TIMEOUT,
     INCOMPLETE_BODY,
@@ -39,6 +40,19 @@ log = logging.getLogger(__name__)
 UNKNOWN_TOPIC = "unknown_topic"
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ShopifyWebhookSettings:
+    secret: str = dataclasses.field(repr=False)
+    """The app's client secret, which signs every delivery."""
+    listen: str = "127.0.0.1:8080"
+    path: str = "/webhooks/shopify"
+    max_body_bytes: int = 1024 * 1024
+    """Larger deliveries are refused (413)."""
+    commit_timeout: float = 4.0
+    """Answer 503 if a delivery is not committed by then; Shopify gives up after 5 s."""
+    limits: Limits = dataclasses.field(default_factory=Limits)
+
+
 class ShopifyWebhookSource:
     def __init__(
         self,
@@ -46,17 +60,11 @@ class ShopifyWebhookSource:
         fmt: ShopifyFormat,
         sink: Sink,
         health: Health,
+        settings: ShopifyWebhookSettings,
         *,
-        host: str,
-        port: int,
-        path: str,
-        secret: str,
-        max_body_bytes: int = 1024 * 1024,
-        commit_timeout: float = 4.0,
         on_ignored: Callable[[str], None] = lambda what: None,
         on_unauthorized: Callable[[], None] = lambda: None,
         on_bad_request: Callable[[str], None] = lambda reason: None,
-        limits: Limits | None = None,
         on_refused: Callable[[], None] = lambda: None,
         on_unavailable: Callable[[], None] = lambda: None,
     ) -> None:
@@ -64,16 +72,15 @@ class ShopifyWebhookSource:
         self.fmt = fmt
         self.sink = sink
         self.health = health
-        self.host = host
-        self.port = port
-        self.path = path
-        self._secret = secret.encode()
-        self.max_body_bytes = max_body_bytes
-        self.commit_timeout = commit_timeout
+        self.host, self.port = split_address(settings.listen)
+        self.path = settings.path
+        self._secret = settings.secret.encode()
+        self.max_body_bytes = settings.max_body_bytes
+        self.commit_timeout = settings.commit_timeout
         self.on_ignored = on_ignored
         self.on_unauthorized = on_unauthorized
         self.on_bad_request = on_bad_request
-        self.limits = limits or Limits()
+        self.limits = settings.limits
         self.on_refused = on_refused
         self._runner: web.AppRunner | None = None
         self.on_unavailable = on_unavailable

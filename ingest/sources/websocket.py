@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -25,11 +27,41 @@ from websockets.exceptions import (
 )
 from websockets.http11 import Request, Response
 
-from ingest.sources.backoff import Backoff
-from ingest.sources.base import Format, Health, Sink
-from ingest.sources.reconnect import Reconnecting
+from ingest.sources.base import Format, Health, Sink, split_address
+from ingest.sources.reconnect import Reconnecting, ReconnectSettings
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionSettings(ReconnectSettings):
+    """What every websocket client connection takes (this client's and EventSub's)."""
+
+    url: str
+    open_timeout: float = 10.0
+    close_timeout: float = 2.0
+    max_size: int = 1024 * 1024
+    """Largest message the connection takes (websockets' ``max_size``)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class WebsocketClientSettings(ConnectionSettings):
+    subscribe: str | None = None
+    """Sent once on every new connection."""
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False)
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class WebsocketServerSettings:
+    token: str = dataclasses.field(repr=False)
+    """What producers send as ``Authorization: Bearer <token>``."""
+    listen: str = "127.0.0.1:8765"
+    path: str = "/ingest"
+    max_size: int = 1024 * 1024
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
 
 
 async def _read(
@@ -72,39 +104,22 @@ class WebsocketClientSource(Reconnecting):
     def __init__(
         self,
         name: str,
-        url: str,
         fmt: Format,
         sink: Sink,
         health: Health,
+        settings: WebsocketClientSettings,
         *,
         on_connect: Callable[[], None] | None = None,
-        subscribe: str | None = None,
-        headers: dict[str, str] | None = None,
-        ping_interval: float | None = 20.0,
-        ping_timeout: float | None = 20.0,
-        open_timeout: float = 10.0,
-        close_timeout: float = 2.0,
-        max_size: int = 1024 * 1024,
-        backoff: Backoff | None = None,
-        backoff_reset_after: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
     ) -> None:
         self.name = name
-        self.url = url
         self.fmt = fmt
         self.sink = sink
         self.health = health
+        self.settings = settings
         self.on_connect = on_connect
-        self.subscribe = subscribe
-        self.headers = headers or {}
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
-        self.open_timeout = open_timeout
-        self.close_timeout = close_timeout
-        self.max_size = max_size
-        self.backoff = backoff or Backoff(0.5, 30.0)
-        self.backoff_reset_after = backoff_reset_after
-        self.clock = clock
+        self._reconnect_with(settings, clock, rng)
         self.connection: ClientConnection | None = None
 
     def _retry_reason(self, exc: Exception) -> str | None:
@@ -114,14 +129,15 @@ class WebsocketClientSource(Reconnecting):
         self.connection = None
 
     async def _session(self) -> None:
+        settings = self.settings
         async with connect(
-            self.url,
-            additional_headers=self.headers,
-            ping_interval=self.ping_interval,
-            ping_timeout=self.ping_timeout,
-            open_timeout=self.open_timeout,
-            close_timeout=self.close_timeout,
-            max_size=self.max_size,
+            settings.url,
+            additional_headers=dict(settings.headers),
+            ping_interval=settings.ping_interval,
+            ping_timeout=settings.ping_timeout,
+            open_timeout=settings.open_timeout,
+            close_timeout=settings.close_timeout,
+            max_size=settings.max_size,
             proxy=None,
         ) as ws:
             self.connection = ws
@@ -129,8 +145,8 @@ class WebsocketClientSource(Reconnecting):
             self.health.connected(self.name, True)
             if self.on_connect is not None:
                 self.on_connect()
-            if self.subscribe is not None:
-                await ws.send(self.subscribe)
+            if settings.subscribe is not None:
+                await ws.send(settings.subscribe)
             await _read(ws, self.name, self.fmt, self.sink, self.health)
 
 
@@ -148,27 +164,18 @@ class WebsocketServerSource:
         fmt: Format,
         sink: Sink,
         health: Health,
+        settings: WebsocketServerSettings,
         *,
-        host: str,
-        port: int,
-        path: str,
-        token: str,
-        max_size: int = 1024 * 1024,
-        ping_interval: float | None = 20.0,
-        ping_timeout: float | None = 20.0,
         on_unauthorized: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.name = name
-        self.host = host
-        self.port = port
-        self.path = path
-        self._token = token.encode()
+        self.settings = settings
+        self.host, self.port = split_address(settings.listen)
+        self.path = settings.path
+        self._token = settings.token.encode()
         self.fmt = fmt
         self.sink = sink
         self.health = health
-        self.max_size = max_size
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
         self.on_unauthorized = on_unauthorized
         self.server: Server | None = None
         self.ready = asyncio.Event()
@@ -212,9 +219,9 @@ class WebsocketServerSource:
             self.host,
             self.port,
             process_request=self._authorise,
-            max_size=self.max_size,
-            ping_interval=self.ping_interval,
-            ping_timeout=self.ping_timeout,
+            max_size=self.settings.max_size,
+            ping_interval=self.settings.ping_interval,
+            ping_timeout=self.settings.ping_timeout,
         )
         self.port = self.server.sockets[0].getsockname()[1] if self.port == 0 else self.port
 

@@ -4,6 +4,7 @@ Twitch refuses, goes quiet or misbehaves, and that it never sends anything itsel
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 
 import orjson
@@ -13,8 +14,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from ingest.adapter import FormatOptions
 from ingest.model import Comment, Decoded
-from ingest.sources.backoff import Backoff
-from ingest.sources.eventsub import EventSubSource, Helix, chat_subscriptions
+from ingest.sources.eventsub import EventSubSettings, EventSubSource, Helix, chat_subscriptions
 from ingest.twitch import EventSubFormat, Revocation
 from tests.platforms import EventSubServer
 from tests.recorders import RecordingHealth, RecordingSink, running
@@ -36,17 +36,22 @@ def source(
     fmt = EventSubFormat(
         FormatOptions(default_stream=STREAM, platforms=frozenset({"twitch"})), server.broadcaster
     )
+    settings = EventSubSettings(
+        url=url or server.url,
+        keepalive_margin=0.3,
+        open_timeout=2.0,
+        backoff_initial=0.01,
+        backoff_max=0.08,
+    )
     return EventSubSource(
         "twitch",
-        url or server.url,
         fmt,
         sink,
         health,
+        settings,
         helix=Helix(server.helix_url, server.client_id, token or server.token),
         subscriptions=chat_subscriptions(server.broadcaster, "2000"),
-        keepalive_margin=0.3,
-        open_timeout=2.0,
-        backoff=Backoff(0.01, 0.08, rng=lambda: 1.0),
+        rng=lambda: 1.0,
         on_revoked=(revoked if revoked is not None else []).append,
     )
 
@@ -145,7 +150,7 @@ async def test_a_hand_over_with_a_full_buffer_loses_nothing(server: EventSubServ
     sink = GatedSink()
     health = RecordingHealth()
     eventsub = source(server, sink, health)
-    eventsub.close_timeout = 0.05
+    eventsub.settings = dataclasses.replace(eventsub.settings, close_timeout=0.05)
     async with running(eventsub.run()):
         await until(lambda: server.active is not None, 10, "a subscription")
         first = server.active
@@ -162,7 +167,7 @@ async def test_a_hand_over_with_a_full_buffer_loses_nothing(server: EventSubServ
         for n in range(50):
             assert await server.chat(f"new-{n}", chatter="1")
         # Twenty close timeouts with the buffer full: an aborted close would lose old-*.
-        await asyncio.sleep(20 * eventsub.close_timeout)
+        await asyncio.sleep(20 * eventsub.settings.close_timeout)
         sink.gate.set()
         await until(lambda: len(sink.events) == 255, 10, "every line")
     assert eventsub.hand_overs == 1

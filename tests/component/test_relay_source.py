@@ -8,8 +8,7 @@ import pytest
 
 from ingest.adapter import FormatOptions
 from ingest.socialstream import SocialStreamFormat
-from ingest.sources.backoff import Backoff
-from ingest.sources.websocket import WebsocketClientSource
+from ingest.sources.websocket import WebsocketClientSettings, WebsocketClientSource
 from tests.platforms import RelayServer
 from tests.recorders import RecordingHealth, RecordingSink, running
 from tests.waiting import until
@@ -23,15 +22,14 @@ async def test_join_by_message_and_each_connection_is_a_new_run() -> None:
     sink = RecordingSink()
     health = RecordingHealth()
     async with RelayServer().serving() as relay:
-        client = WebsocketClientSource(
-            "ssn",
-            relay.bare_url,
-            fmt,
-            sink,
-            health,
-            on_connect=fmt.new_connection,
+        settings = WebsocketClientSettings(
+            url=relay.bare_url,
             subscribe=orjson.dumps({"join": "live", "in": 4}).decode(),
-            backoff=Backoff(0.01, 0.05, rng=lambda: 1.0),
+            backoff_initial=0.01,
+            backoff_max=0.05,
+        )
+        client = WebsocketClientSource(
+            "ssn", fmt, sink, health, settings, on_connect=fmt.new_connection, rng=lambda: 1.0
         )
         async with running(client.run()):
             await until(lambda: relay.listening("live") == 1, 10, "the join message")

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -24,8 +25,12 @@ from websockets.protocol import State
 from ingest.adapter import FormatOptions
 from ingest.model import Comment, Order, Reason, Viewers
 from ingest.native import NativeFormat
-from ingest.sources.backoff import Backoff
-from ingest.sources.websocket import WebsocketClientSource, WebsocketServerSource
+from ingest.sources.websocket import (
+    WebsocketClientSettings,
+    WebsocketClientSource,
+    WebsocketServerSettings,
+    WebsocketServerSource,
+)
 from tests.conftest import UNIT
 from tests.recorders import ManualClock, RecordingHealth, RecordingSink, running
 from tests.waiting import until
@@ -55,10 +60,6 @@ def native() -> NativeFormat:
             max_frame_bytes=MAX_FRAME_BYTES,
         )
     )
-
-
-def backoff() -> Backoff:
-    return Backoff(0.01, 0.08, rng=lambda: 1.0)
 
 
 def event(event_id: str, kind: str = "comment", **fields: Any) -> dict[str, Any]:
@@ -97,12 +98,18 @@ INVALID_UTF8 = (
 
 
 def client_source(
-    url: str, sink: RecordingSink, health: RecordingHealth, **options: Any
+    url: str,
+    sink: RecordingSink,
+    health: RecordingHealth,
+    clock: Callable[[], float] = time.monotonic,
+    **options: Any,
 ) -> WebsocketClientSource:
-    options.setdefault("backoff", backoff())
     options.setdefault("open_timeout", 2 * UNIT)
     options.setdefault("max_size", MAX_SIZE)
-    return WebsocketClientSource("feed", url, native(), sink, health, **options)
+    settings = WebsocketClientSettings(url=url, backoff_initial=0.01, backoff_max=0.08, **options)
+    return WebsocketClientSource(
+        "feed", native(), sink, health, settings, clock=clock, rng=lambda: 1.0
+    )
 
 
 class ScriptedServer:
@@ -471,10 +478,10 @@ async def test_client_gives_up_on_a_bad_uri() -> None:
 async def server_source(
     sink: RecordingSink, health: RecordingHealth
 ) -> AsyncIterator[WebsocketServerSource]:
-    source = WebsocketServerSource(
-        "push", native(), sink, health, host=HOST, port=0, path=PATH, token=TOKEN,
-        max_size=MAX_SIZE,
-    )  # fmt: skip
+    settings = WebsocketServerSettings(
+        listen=f"{HOST}:0", path=PATH, token=TOKEN, max_size=MAX_SIZE
+    )
+    source = WebsocketServerSource("push", native(), sink, health, settings)
     async with running(source.run()):
         await asyncio.wait_for(source.ready.wait(), WAIT * UNIT)
         yield source
