@@ -67,7 +67,7 @@ class _Model(BaseModel):
     def settings(self, kind: type[Settings], **given: Any) -> Settings:
         """This table as a transport's settings: every field the two share by name, then
         ``given`` (what the table names otherwise, and secrets the runtime resolved)."""
-        shared = {field.name for field in dataclasses.fields(kind)} & self.model_fields.keys()
+        shared = {field.name for field in dataclasses.fields(kind)} & type(self).model_fields.keys()
         values = {name: getattr(self, name) for name in shared - given.keys()}
         return kind(**values, **given)
 
