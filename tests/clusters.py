@@ -10,8 +10,8 @@ from typing import Any
 
 import redis
 
-from tests.conftest import UNIT
-from workers.redis_server import RedisServer, free_port
+from tests.servers import RedisServer, free_port
+from tests.waiting import UNIT
 
 
 def cluster_port() -> int:
@@ -77,7 +77,7 @@ class Cluster:
         )
 
     def client(self, n: int) -> redis.Redis:
-        return redis.Redis(port=self.nodes[n].port, socket_timeout=5)
+        return redis.Redis(port=self.nodes[n].port, socket_timeout=5 * UNIT)
 
     def command(self, n: int, *args: object) -> Any:
         with self.client(n) as client:

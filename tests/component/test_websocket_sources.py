@@ -25,9 +25,8 @@ from ingest.model import Comment, Order, Reason, Viewers
 from ingest.native import NativeFormat, NativeOptions
 from ingest.sources.backoff import Backoff
 from ingest.sources.websocket import WebsocketClientSource, WebsocketServerSource
-from tests.conftest import UNIT
 from tests.recorders import ManualClock, RecordingHealth, RecordingSink, running
-from tests.waiting import until
+from tests.waiting import UNIT, until
 
 HOST = "127.0.0.1"
 STREAM = "live-1"

@@ -19,11 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import UNIT
 from tests.platforms import EventSubServer
-from tests.waiting import until_sync
+from tests.servers import free_port
+from tests.waiting import UNIT, until_sync
 from workers.demo.sale import Expected
-from workers.redis_server import free_port
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -238,7 +237,7 @@ class IngesterProcess:
     def __exit__(self, *exc: object) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
-            self.process.wait(10)
+            self.process.wait(10 * UNIT)
 
 
 def scrape_text(port: int, path: str = "/metrics") -> str:

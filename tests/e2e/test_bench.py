@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import UNIT
+from tests.waiting import UNIT
 
 
 def test_the_quick_benchmark_runs_and_writes_every_figure(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from ingest.model import Comment, Reason, Rejection
 from tests.clusters import Cluster
 from tests.e2e.support import ReplayFeed, feed_ingester
 from tests.e2e.test_exactness import exact
-from tests.waiting import until
+from tests.waiting import UNIT, until
 from workers import keys
 from workers.demo.sale import Sale, frames, lychee_sale
 from workers.runtime import redis_client
@@ -115,7 +115,7 @@ async def test_exact_totals_through_a_failover(tmp_path: Path, stream: str) -> N
 async def test_max_streams_holds_across_replicas_on_a_cluster(cluster: Cluster) -> None:
     """Four replicas each commit three batches of 200 new streams at once; the invalid
     inputs of refused streams make no dead-letter key of their own."""
-    clients = [redis_client(cluster.url, socket_timeout=10.0, cluster=True) for _ in range(4)]
+    clients = [redis_client(cluster.url, socket_timeout=10 * UNIT, cluster=True) for _ in range(4)]
     try:
         replicas = [Store(client, StoreSettings(max_streams=200)) for client in clients]
 
@@ -152,7 +152,7 @@ async def test_max_streams_holds_across_replicas_on_a_cluster(cluster: Cluster) 
 @pytest.mark.asyncio
 async def test_a_batch_naming_a_thousand_streams_commits_on_a_cluster(cluster: Cluster) -> None:
     """One script call per stream, more than the client's 100 connections per node."""
-    client = redis_client(cluster.url, socket_timeout=10.0, cluster=True)
+    client = redis_client(cluster.url, socket_timeout=10 * UNIT, cluster=True)
     try:
         s = Store(client, StoreSettings(max_streams=1000))
         events = [Comment(f"many-{i}", "tiktok", "c1", 1, "u1") for i in range(1000)]
@@ -168,7 +168,7 @@ async def test_the_registry_migrates_and_retires_idle_streams_on_a_cluster(
 ) -> None:
     day = 24 * 3600
     now = 40_000 * day
-    client = redis_client(cluster.url, socket_timeout=10.0, cluster=True)
+    client = redis_client(cluster.url, socket_timeout=10 * UNIT, cluster=True)
     try:
         await client.sadd(keys.STREAMS, "old-a", "old-b")  # as version 1 left it
 

@@ -22,9 +22,9 @@ from tests.e2e.support import (
     select,
     write_config,
 )
+from tests.servers import free_port
 from tests.waiting import until
 from workers.demo.sale import Sale, frames, lychee_sale
-from workers.redis_server import free_port
 
 
 def small_sale(stream: str) -> Sale:

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from bench.workload import Workload
-from tests.conftest import UNIT
 from tests.e2e.support import (
     IngesterProcess,
     ReplayFeed,
@@ -25,9 +24,9 @@ from tests.e2e.support import (
     write_config,
 )
 from tests.e2e.test_exactness import exact, sale_frames, small_sale
-from tests.waiting import until
+from tests.servers import RedisServer, free_port
+from tests.waiting import UNIT, until
 from workers.demo.sale import lychee_sale
-from workers.redis_server import RedisServer, free_port
 
 OUTAGE = 10.0
 
@@ -43,7 +42,7 @@ def durable_redis() -> Iterator[RedisServer]:
 
 def readyz(port: int) -> int:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as reply:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5 * UNIT) as reply:
             return int(reply.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)

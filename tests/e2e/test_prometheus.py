@@ -18,7 +18,6 @@ import orjson
 import pytest
 import yaml
 
-from tests.conftest import UNIT
 from tests.e2e.support import (
     SECRET,
     SECRET_ENV,
@@ -31,6 +30,7 @@ from tests.e2e.support import (
     write_config,
 )
 from tests.platforms import EventSubServer, Shop
+from tests.servers import free_port
 from tests.stack import (
     JOB,
     PROMETHEUS_CONFIG,
@@ -42,9 +42,8 @@ from tests.stack import (
     targets,
     tool,
 )
-from tests.waiting import until
+from tests.waiting import UNIT, until
 from workers.demo.sale import frames, lychee_sale
-from workers.redis_server import free_port
 
 RATE_INTERVAL = "10s"
 """``$__rate_interval`` for 1 s scrapes (Grafana would pick at least 4 scrape intervals)."""

@@ -18,11 +18,11 @@ from rich.console import Console
 from ingest.model import Event, Rejection
 from ingest.native import NativeFormat, NativeOptions
 from tests.clusters import Cluster
-from tests.conftest import UNIT
 from tests.e2e.support import feed_ingester
+from tests.servers import RedisServer, free_port
+from tests.waiting import UNIT
 from workers.config import DEFAULT_PLATFORMS
 from workers.metrics import HealthMetrics, exposition
-from workers.redis_server import RedisServer, free_port
 from workers.store import Store, StoreSettings
 from workers.top import Reader, plain, rich_view
 

@@ -27,13 +27,18 @@ from tests.stack import (
     tool,
     undeduplicated,
 )
+from tests.waiting import UNIT
 
 SEVERITIES = {"critical", "warning", "info"}
 
 
 def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [tool("promtool"), *map(str, args)], capture_output=True, text=True, timeout=60, check=False
+        [tool("promtool"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60 * UNIT,
+        check=False,
     )
 
 
