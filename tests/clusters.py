@@ -1,4 +1,5 @@
-"""A private three-primary Redis Cluster on free loopback ports, and slot migration."""
+"""A private three-primary Redis Cluster on free loopback ports, slot migration, and picking
+stream names whose keys live on every node."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 from typing import Any
 
 import redis
+from redis.crc import key_slot
 
 from tests.servers import RedisServer, free_port
 from tests.waiting import UNIT
@@ -146,3 +148,18 @@ class Cluster:
     def close(self) -> None:
         for node in self.nodes:
             node.close()
+
+
+def slot(stream: str) -> int:
+    return int(key_slot(f"{{{stream}}}".encode()))
+
+
+def streams_on_every_node(cluster: Cluster, prefix: str) -> list[str]:
+    """One stream name per primary: the keys of each live on a different node."""
+    chosen: dict[int, str] = {}
+    n = 0
+    while len(chosen) < cluster.primaries:
+        name = f"{prefix}-{n}"
+        chosen.setdefault(cluster.owner(slot(name)), name)
+        n += 1
+    return [chosen[node] for node in sorted(chosen)]

@@ -9,12 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from redis.crc import key_slot
 
 from ingest.model import Comment, Reason, Rejection
-from tests.clusters import Cluster
-from tests.e2e.support import ReplayFeed, feed_ingester
-from tests.e2e.test_exactness import exact
+from tests.clusters import Cluster, slot, streams_on_every_node
+from tests.e2e.support import ReplayFeed, exact, feed_ingester
 from tests.waiting import UNIT, until
 from workers import keys
 from workers.demo.sale import Sale, frames, lychee_sale
@@ -30,21 +28,6 @@ def cluster() -> Iterator[Cluster]:
         yield servers
     finally:
         servers.close()
-
-
-def slot(stream: str) -> int:
-    return int(key_slot(f"{{{stream}}}".encode()))
-
-
-def streams_on_every_node(cluster: Cluster, prefix: str) -> list[str]:
-    """One stream name per primary: the keys of each live on a different node."""
-    chosen: dict[int, str] = {}
-    n = 0
-    while len(chosen) < cluster.primaries:
-        name = f"{prefix}-{n}"
-        chosen.setdefault(cluster.owner(slot(name)), name)
-        n += 1
-    return [chosen[node] for node in sorted(chosen)]
 
 
 def merged(sales: list[Sale]) -> list[bytes]:

@@ -25,8 +25,7 @@ from redis.asyncio import Redis
 from ingest.sources.mqtt import Publisher
 from tests.brokers import Mosquitto
 from tests.brokers import publisher as make_publisher
-from tests.e2e.support import IngesterProcess, scrape, select, write_config
-from tests.e2e.test_exactness import exact, small_sale
+from tests.e2e.support import IngesterProcess, exact, scrape, select, small_sale, write_config
 from tests.servers import free_port
 from tests.waiting import UNIT, until
 from workers.demo.sale import Sale
