@@ -39,10 +39,9 @@ from websockets.exceptions import ConnectionClosed
 
 from bench.workload import Workload
 from ingest.sources.mqtt import Publisher
+from tests.servers import Mosquitto, RedisServer, free_port
 from workers import keys
 from workers.keys import StreamKeys
-from workers.mosquitto_server import Mosquitto
-from workers.redis_server import RedisServer, free_port
 
 RESULTS = Path(__file__).parent / "results"
 CLK_TCK = os.sysconf("SC_CLK_TCK")

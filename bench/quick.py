@@ -22,8 +22,8 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.server import ServerConnection, serve
 
+from tests.servers import RedisServer, free_port
 from workers.demo.sale import frames, lychee_sale
-from workers.redis_server import RedisServer, free_port
 
 
 def handled(port: int) -> float:

@@ -1,11 +1,11 @@
-"""The QoS 1 publisher for tests, on a private Mosquitto (``workers.mosquitto_server``)."""
+"""The QoS 1 publisher for tests, on a private Mosquitto (``tests.servers``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from ingest.sources.mqtt import Publisher
-from workers.mosquitto_server import Mosquitto
+from tests.servers import Mosquitto
 
 __all__ = ["Mosquitto", "publisher"]
 

@@ -1,4 +1,5 @@
-"""A private three-primary Redis Cluster on free loopback ports, and slot migration."""
+"""A private three-primary Redis Cluster on free loopback ports, slot migration, and picking
+stream names whose keys live on every node."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import time
 from typing import Any
 
 import redis
+from redis.crc import key_slot
 
-from tests.conftest import UNIT
-from workers.redis_server import RedisServer, free_port
+from tests.servers import RedisServer, free_port
+from tests.waiting import UNIT
 
 
 def cluster_port() -> int:
@@ -77,7 +79,7 @@ class Cluster:
         )
 
     def client(self, n: int) -> redis.Redis:
-        return redis.Redis(port=self.nodes[n].port, socket_timeout=5)
+        return redis.Redis(port=self.nodes[n].port, socket_timeout=5 * UNIT)
 
     def command(self, n: int, *args: object) -> Any:
         with self.client(n) as client:
@@ -146,3 +148,18 @@ class Cluster:
     def close(self) -> None:
         for node in self.nodes:
             node.close()
+
+
+def slot(stream: str) -> int:
+    return int(key_slot(f"{{{stream}}}".encode()))
+
+
+def streams_on_every_node(cluster: Cluster, prefix: str) -> list[str]:
+    """One stream name per primary: the keys of each live on a different node."""
+    chosen: dict[int, str] = {}
+    n = 0
+    while len(chosen) < cluster.primaries:
+        name = f"{prefix}-{n}"
+        chosen.setdefault(cluster.owner(slot(name)), name)
+        n += 1
+    return [chosen[node] for node in sorted(chosen)]

@@ -1,12 +1,11 @@
-"""Shared fixtures: a private redis-server per session, unique stream names, a time unit.
+"""Shared fixtures: a private redis-server per session, unique stream names.
 
-Timeouts are written in ``UNIT`` seconds, scaled by ``LIVESTREAM_TEST_TIMEOUT_SCALE`` on slow
-machines; tests wait on conditions, never on bare sleeps.
+Tests wait on conditions (``tests.waiting``), never on bare sleeps; their timeouts are written in
+``tests.waiting.UNIT`` seconds.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -14,9 +13,7 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from workers.redis_server import RedisServer
-
-UNIT = float(os.environ.get("LIVESTREAM_TEST_TIMEOUT_SCALE", "1"))
+from tests.servers import RedisServer
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from ingest.shopify import signature
-from workers.redis_server import free_port
+from tests.servers import free_port
 
 CHAT = "channel.chat.message"
 

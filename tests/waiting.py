@@ -1,13 +1,17 @@
-"""Waiting on conditions instead of sleeping."""
+"""Waiting on conditions instead of sleeping, and the time unit every test timeout is written in.
+
+Timeouts are written in ``UNIT`` seconds, scaled by ``LIVESTREAM_TEST_TIMEOUT_SCALE`` on slow
+machines.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 
-from tests.conftest import UNIT
-
+UNIT = float(os.environ.get("LIVESTREAM_TEST_TIMEOUT_SCALE", "1"))
 POLL = 0.02
 
 

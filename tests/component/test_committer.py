@@ -15,10 +15,10 @@ from ingest.adapter import FormatOptions
 from ingest.model import Comment, Reason, Rejection
 from ingest.native import NativeFormat
 from tests.clusters import Cluster
-from tests.waiting import until
+from tests.servers import RedisServer
+from tests.waiting import UNIT, until
 from workers.committer import BatchSettings, Committer
 from workers.metrics import HealthMetrics
-from workers.redis_server import RedisServer
 from workers.runtime import redis_client
 from workers.store import Store, StoreSettings
 
@@ -72,7 +72,7 @@ async def test_futures_complete_after_commit_and_batches_are_bounded(
         futures = [await c.submit("src", comments(stream, i * 10, 10)) for i in range(30)]
         bad = Rejection(Reason.MALFORMED_JSON, "x", b"{", stream)
         futures.append(await c.submit("src", [bad, *comments(stream, 0, 5)]))  # duplicates
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(10 * UNIT):
             await asyncio.gather(*futures)
         assert c.buffered == 0
         assert (
@@ -116,7 +116,7 @@ async def test_redis_outage_blocks_sources_then_drains_exactly(
     settings = BatchSettings(max_events=100, max_delay=0.001, capacity=500)
     async with committer(own_redis.url, settings) as (c, health):
         first = await c.submit("src", comments(stream, 0, 100))
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(10 * UNIT):
             await first
         own_redis.stop(kill=True)
 
@@ -143,7 +143,7 @@ async def test_redis_outage_blocks_sources_then_drains_exactly(
         assert sample(health, "livestream_ingest_redis_up") == 0
 
         own_redis.start()  # same port, empty: nothing of the first batch survives a kill
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(30 * UNIT):
             await producer
             await c.flush()
         assert sample(health, "livestream_ingest_redis_up") == 1
@@ -175,7 +175,7 @@ async def test_an_unreachable_cluster_is_retried_until_it_is_back(stream: str) -
             assert not task.done(), "the committer must keep retrying"
             for node in cluster.nodes:
                 node.start()
-            async with asyncio.timeout(30):
+            async with asyncio.timeout(30 * UNIT):
                 await committed
         finally:
             task.cancel()
@@ -231,7 +231,7 @@ async def test_one_frame_larger_than_the_byte_bound_still_passes(
     settings = BatchSettings(buffer_bytes=1024)
     async with committer(redis_url, settings) as (c, _):
         letters = [Rejection(Reason.MALFORMED_JSON, "x", b"{" * 4000, stream) for _ in range(3)]
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(10 * UNIT):
             await (await c.submit("src", letters))
             await (await c.submit("src", letters))
         assert c.buffered_bytes == 0

@@ -18,8 +18,8 @@ from ingest.sources.eventsub import EventSubSettings, EventSubSource, Helix, cha
 from ingest.twitch import EventSubFormat, Revocation
 from tests.platforms import EventSubServer
 from tests.recorders import RecordingHealth, RecordingSink, running
+from tests.servers import free_port
 from tests.waiting import until
-from workers.redis_server import free_port
 
 STREAM = "live-1"
 

@@ -12,6 +12,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import CloseCode
 from websockets.protocol import State
 
+from tests.waiting import UNIT
 from workers.demo.feed import SUPERSEDED, FeedServer
 from workers.demo.sale import Sale, frames, lychee_sale
 
@@ -51,7 +52,7 @@ def identity(event: dict[str, object]) -> tuple[object, ...]:
 @pytest.mark.asyncio
 async def test_feed_survives_one_cut_and_delivers_everything(small_sale: Sale) -> None:
     expected = [payload.decode() for payload in frames(small_sale.deliveries)]
-    async with FeedServer(small_sale, speed=0, replay=25) as feed, asyncio.timeout(30):
+    async with FeedServer(small_sale, speed=0, replay=25) as feed, asyncio.timeout(30 * UNIT):
         assert feed.url.startswith("ws://127.0.0.1:")
         assert feed.url.endswith("/feed")
         async with connect(feed.url) as ws:
@@ -81,7 +82,7 @@ async def test_feed_survives_one_cut_and_delivers_everything(small_sale: Sale) -
 async def test_batched_frames_are_arrays(small_sale: Sale) -> None:
     async with (
         FeedServer(small_sale, speed=0, disconnect_at=None, batch=10) as feed,
-        asyncio.timeout(30),
+        asyncio.timeout(30 * UNIT),
         connect(feed.url) as ws,
     ):
         messages = await receive(ws, -(-feed.total // 10))
@@ -99,7 +100,7 @@ async def test_paced_feed_follows_scenario_time(small_sale: Sale) -> None:
     loop = asyncio.get_running_loop()
     async with (
         FeedServer(small_sale, speed=speed, disconnect_at=None) as feed,
-        asyncio.timeout(30),
+        asyncio.timeout(30 * UNIT),
         connect(feed.url) as ws,
     ):
         started = loop.time()
@@ -113,7 +114,7 @@ async def test_paced_feed_follows_scenario_time(small_sale: Sale) -> None:
 async def test_newer_connection_supersedes_older(small_sale: Sale) -> None:
     async with (
         FeedServer(small_sale, speed=0, disconnect_at=None, replay=5) as feed,
-        asyncio.timeout(30),
+        asyncio.timeout(30 * UNIT),
         connect(feed.url) as first,
     ):
         await receive(first, feed.total)
@@ -128,7 +129,7 @@ async def test_newer_connection_supersedes_older(small_sale: Sale) -> None:
 
 @pytest.mark.asyncio
 async def test_other_paths_are_refused(small_sale: Sale) -> None:
-    async with FeedServer(small_sale, speed=0) as feed, asyncio.timeout(10):
+    async with FeedServer(small_sale, speed=0) as feed, asyncio.timeout(10 * UNIT):
         with pytest.raises(InvalidStatus) as refused:
             async with connect(feed.url.removesuffix("/feed") + "/nope"):
                 pass
@@ -153,7 +154,7 @@ async def test_broadcast_feeds_every_subscriber_and_retime_moves_events_to_now()
                 received.append(orjson.loads(await ws.recv()))
             return received
 
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(20 * UNIT):
             first, second = await asyncio.gather(drain(one), drain(two))
     assert [e["id"] for e in first] == [d.event["id"] for d in sale.deliveries]
     assert [e["id"] for e in second] == [e["id"] for e in first]

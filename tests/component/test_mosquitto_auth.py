@@ -16,9 +16,8 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from tests.conftest import UNIT
-from tests.waiting import until
-from workers.redis_server import free_port
+from tests.servers import free_port
+from tests.waiting import UNIT, until
 
 CONFIG = Path(__file__).resolve().parents[2] / "config" / "mosquitto"
 USER, PASSWORD = "livestream", "compose-broker-password-0123"

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from ingest.model import Comment, Event, LineItem, Order, Viewers
-from workers.redis_server import RedisServer
+from tests.servers import RedisServer
 from workers.store import Store, StoreSettings, StreamTotals
 
 PLATFORMS = st.sampled_from(["tiktok", "shopee", "facebook"])

@@ -17,12 +17,11 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.clusters import Cluster
-from tests.conftest import UNIT
-from tests.waiting import until
+from tests.servers import RedisServer, free_port
+from tests.waiting import UNIT, until
 from workers import config as config_module
 from workers.metrics import HealthMetrics
 from workers.redis_policy import SAFE_POLICY, NodeMemory, PolicyWatch, parse_node, read_nodes
-from workers.redis_server import RedisServer, free_port
 from workers.runtime import Ingester, redis_client
 
 

@@ -10,8 +10,7 @@ import pytest
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from ingest.model import Comment
-from tests.conftest import UNIT
-from tests.waiting import until
+from tests.waiting import UNIT, until
 from workers import runtime
 from workers.config import parse
 from workers.runtime import Ingester

@@ -9,9 +9,9 @@ import pytest
 from redis.asyncio import Redis
 
 from ingest.model import Comment, Event, LineItem, Order, Reason, Rejection, Viewers
+from tests.servers import RedisServer
 from workers import keys
 from workers.keys import StreamKeys
-from workers.redis_server import RedisServer
 from workers.store import DeadLetter, Outcome, Store, StoreSettings
 
 DAY = keys.GENERATION_SECONDS

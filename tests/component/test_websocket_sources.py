@@ -31,9 +31,8 @@ from ingest.sources.websocket import (
     WebsocketServerSettings,
     WebsocketServerSource,
 )
-from tests.conftest import UNIT
 from tests.recorders import ManualClock, RecordingHealth, RecordingSink, running
-from tests.waiting import until
+from tests.waiting import UNIT, until
 
 HOST = "127.0.0.1"
 STREAM = "live-1"

@@ -1,4 +1,5 @@
-"""End-to-end helpers: a replaying feed server, ingester processes, and scraping /metrics."""
+"""End-to-end helpers: a replaying feed server, ingester processes, scraping /metrics, and a
+known sale whose totals must come out exact."""
 
 from __future__ import annotations
 
@@ -15,15 +16,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import UNIT
 from tests.platforms import EventSubServer
-from tests.waiting import until_sync
-from workers.demo.sale import Expected
-from workers.redis_server import free_port
+from tests.servers import free_port
+from tests.waiting import UNIT, until, until_sync
+from workers.demo.sale import Expected, Sale, frames, lychee_sale
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -241,7 +242,7 @@ class IngesterProcess:
     def __exit__(self, *exc: object) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
-            self.process.wait(10)
+            self.process.wait(10 * UNIT)
 
 
 def scrape_text(port: int, path: str = "/metrics") -> str:
@@ -302,3 +303,60 @@ def business(samples: Samples, stream: str) -> dict[str, dict[tuple[str, ...], f
 
 
 _EMPTY = Expected({}, {}, {}, {}, {}, {}, {}, {}, 0, 0, {})
+
+
+async def kill_and_restart(
+    process: IngesterProcess, feed: ReplayFeed, client: str, fractions: Sequence[float]
+) -> None:
+    """SIGKILL ``process`` and start it again once ``client`` has been sent each fraction of the
+    feed; every kill must land mid-run."""
+    for fraction in fractions:
+        await until(
+            lambda f=fraction: feed.position(client) >= f * len(feed.frames),
+            60,
+            f"{fraction:.0%} of the feed",
+        )
+        process.kill()
+        assert not feed.finished(client), "the kill must land mid-run"
+        process.start()
+
+
+def small_sale(stream: str) -> Sale:
+    """A short sale with at least 30% duplicate deliveries and cancellations delivered before
+    their orders."""
+    sale = lychee_sale(
+        seed=11, stream=stream, hours=0.3, target_grams=1_500_000, duplicate_share=0.35
+    )
+    unique_ids = {id(delivery.event) for delivery in sale.deliveries}
+    assert len(unique_ids) == len(sale.events)
+    assert 1 - len(sale.events) / len(sale.deliveries) >= 0.30, "needs >= 30% duplicates"
+    seen_created: set[object] = set()
+    early_cancels = 0
+    for delivery in sale.deliveries:
+        event = delivery.event
+        if event["kind"] == "order" and event["status"] == "created":
+            seen_created.add(event["id"])
+        elif event["kind"] == "order" and event["id"] not in seen_created:
+            early_cancels += 1
+    assert early_cancels > 0, "needs cancellations delivered before their orders"
+    return sale
+
+
+def sale_frames(sale: Sale) -> list[bytes]:
+    """Single events for the first half, JSON arrays of up to 7 events after."""
+    half = len(sale.deliveries) // 2
+    return frames(sale.deliveries[:half]) + frames(sale.deliveries[half:], batch=7)
+
+
+def mismatch(port: int, sale: Sale) -> dict[str, object]:
+    """Metric -> (counted, expected) where they differ; empty when exact."""
+    want = expected_samples(sale.stream, sale.expected)
+    got = business(scrape(port), sale.stream)
+    return {name: (got[name], want[name]) for name in want if got[name] != want[name]}
+
+
+async def exact(port: int, sale: Sale, within: float = 60) -> None:
+    try:
+        await until(lambda: not mismatch(port, sale), within, "exact totals")
+    except AssertionError:
+        pytest.fail(f"totals differ: {mismatch(port, sale)}")

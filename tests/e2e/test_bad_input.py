@@ -17,8 +17,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from tests.e2e.support import IngesterProcess, scrape, scrape_text, select, write_config
+from tests.servers import free_port
 from tests.waiting import until
-from workers.redis_server import free_port
 from workers.store import Store, StoreSettings
 
 TOKEN = "s3cret-token-for-tests"

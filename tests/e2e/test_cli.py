@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import UNIT
 from tests.e2e.support import SECRET, SECRET_ENV, IngesterProcess, webhook_source, write_config
+from tests.servers import free_port
 from tests.unit.test_logs import ISO, logfmt
-from workers.redis_server import free_port
+from tests.waiting import UNIT
 
 PUSH_TOKEN_ENV = "LIVESTREAM_TEST_PUSH_TOKEN"
 

@@ -9,13 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from redis.crc import key_slot
 
 from ingest.model import Comment, Reason, Rejection
-from tests.clusters import Cluster
-from tests.e2e.support import ReplayFeed, feed_ingester
-from tests.e2e.test_exactness import exact
-from tests.waiting import until
+from tests.clusters import Cluster, slot, streams_on_every_node
+from tests.e2e.support import ReplayFeed, exact, feed_ingester
+from tests.waiting import UNIT, until
 from workers import keys
 from workers.demo.sale import Sale, frames, lychee_sale
 from workers.runtime import redis_client
@@ -30,21 +28,6 @@ def cluster() -> Iterator[Cluster]:
         yield servers
     finally:
         servers.close()
-
-
-def slot(stream: str) -> int:
-    return int(key_slot(f"{{{stream}}}".encode()))
-
-
-def streams_on_every_node(cluster: Cluster, prefix: str) -> list[str]:
-    """One stream name per primary: the keys of each live on a different node."""
-    chosen: dict[int, str] = {}
-    n = 0
-    while len(chosen) < cluster.primaries:
-        name = f"{prefix}-{n}"
-        chosen.setdefault(cluster.owner(slot(name)), name)
-        n += 1
-    return [chosen[node] for node in sorted(chosen)]
 
 
 def merged(sales: list[Sale]) -> list[bytes]:
@@ -115,7 +98,7 @@ async def test_exact_totals_through_a_failover(tmp_path: Path, stream: str) -> N
 async def test_max_streams_holds_across_replicas_on_a_cluster(cluster: Cluster) -> None:
     """Four replicas each commit three batches of 200 new streams at once; the invalid
     inputs of refused streams make no dead-letter key of their own."""
-    clients = [redis_client(cluster.url, socket_timeout=10.0, cluster=True) for _ in range(4)]
+    clients = [redis_client(cluster.url, socket_timeout=10 * UNIT, cluster=True) for _ in range(4)]
     try:
         replicas = [Store(client, StoreSettings(max_streams=200)) for client in clients]
 
@@ -152,7 +135,7 @@ async def test_max_streams_holds_across_replicas_on_a_cluster(cluster: Cluster) 
 @pytest.mark.asyncio
 async def test_a_batch_naming_a_thousand_streams_commits_on_a_cluster(cluster: Cluster) -> None:
     """One script call per stream, more than the client's 100 connections per node."""
-    client = redis_client(cluster.url, socket_timeout=10.0, cluster=True)
+    client = redis_client(cluster.url, socket_timeout=10 * UNIT, cluster=True)
     try:
         s = Store(client, StoreSettings(max_streams=1000))
         events = [Comment(f"many-{i}", "tiktok", "c1", 1, "u1") for i in range(1000)]
@@ -168,7 +151,7 @@ async def test_the_registry_migrates_and_retires_idle_streams_on_a_cluster(
 ) -> None:
     day = 24 * 3600
     now = 40_000 * day
-    client = redis_client(cluster.url, socket_timeout=10.0, cluster=True)
+    client = redis_client(cluster.url, socket_timeout=10 * UNIT, cluster=True)
     try:
         await client.sadd(keys.STREAMS, "old-a", "old-b")  # as version 1 left it
 

@@ -10,8 +10,8 @@ import sysconfig
 from pathlib import Path
 
 from tests.brokers import Mosquitto
-from tests.conftest import UNIT
-from workers.redis_server import RedisServer, free_port
+from tests.servers import RedisServer, free_port
+from tests.waiting import UNIT
 
 DEMO_TO_THE_END = ["demo", "--speed", "0", "--exit-when-done", "--plain"]
 

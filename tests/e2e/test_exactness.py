@@ -12,51 +12,16 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.support import (
-    IngesterProcess,
     ReplayFeed,
-    business,
-    client_source,
-    expected_samples,
+    exact,
     feed_ingester,
+    kill_and_restart,
+    sale_frames,
     scrape,
     select,
-    write_config,
+    small_sale,
 )
 from tests.waiting import until
-from workers.demo.sale import Sale, frames, lychee_sale
-from workers.redis_server import free_port
-
-
-def small_sale(stream: str) -> Sale:
-    sale = lychee_sale(
-        seed=11, stream=stream, hours=0.3, target_grams=1_500_000, duplicate_share=0.35
-    )
-    unique_ids = {id(delivery.event) for delivery in sale.deliveries}
-    assert len(unique_ids) == len(sale.events)
-    assert 1 - len(sale.events) / len(sale.deliveries) >= 0.30, "needs >= 30% duplicates"
-    seen_created: set[object] = set()
-    early_cancels = 0
-    for delivery in sale.deliveries:
-        event = delivery.event
-        if event["kind"] == "order" and event["status"] == "created":
-            seen_created.add(event["id"])
-        elif event["kind"] == "order" and event["id"] not in seen_created:
-            early_cancels += 1
-    assert early_cancels > 0, "needs cancellations delivered before their orders"
-    return sale
-
-
-def sale_frames(sale: Sale) -> list[bytes]:
-    """Single events for the first half, JSON arrays of up to 7 events after."""
-    half = len(sale.deliveries) // 2
-    return frames(sale.deliveries[:half]) + frames(sale.deliveries[half:], batch=7)
-
-
-def mismatch(port: int, sale: Sale) -> dict[str, object]:
-    """Metric -> (counted, expected) where they differ; empty when exact."""
-    want = expected_samples(sale.stream, sale.expected)
-    got = business(scrape(port), sale.stream)
-    return {name: (got[name], want[name]) for name in want if got[name] != want[name]}
 
 
 def unique_counts(port: int, stream: str) -> tuple[float, float]:
@@ -66,13 +31,6 @@ def unique_counts(port: int, stream: str) -> tuple[float, float]:
     return buyers, commenters
 
 
-async def exact(port: int, sale: Sale, within: float = 60) -> None:
-    try:
-        await until(lambda: not mismatch(port, sale), within, "exact totals")
-    except AssertionError:
-        pytest.fail(f"totals differ: {mismatch(port, sale)}")
-
-
 @pytest.mark.asyncio
 async def test_two_replicas_with_duplicates_and_replay_count_exactly(
     tmp_path: Path, redis_url: str, stream: str
@@ -80,20 +38,12 @@ async def test_two_replicas_with_duplicates_and_replay_count_exactly(
     sale = small_sale(stream)
     data = sale_frames(sale)
     feed = ReplayFeed(data, cut_after=len(data) // 3, replay=150)
-    ports = free_port(), free_port()
+    processes = [
+        feed_ingester(tmp_path, f"replica-{n}", redis_url, feed.url(f"replica-{n}"))
+        for n in range(2)
+    ]
+    ports = [process.http_port for process in processes]
     async with feed.serving():
-        processes = [
-            IngesterProcess(
-                write_config(
-                    tmp_path / f"replica-{n}.toml",
-                    redis_url=redis_url,
-                    http_port=port,
-                    sources=client_source(f"feed-{n}", feed.url(f"replica-{n}")),
-                ),
-                port,
-            )
-            for n, port in enumerate(ports)
-        ]
         with processes[0], processes[1]:
             await until(
                 lambda: feed.finished("replica-0") and feed.finished("replica-1"),
@@ -129,15 +79,7 @@ async def test_sigkill_mid_run_and_restart_never_double_counts(
         process = feed_ingester(tmp_path, "killed", redis_url, feed.url("k"))
         port = process.http_port
         with process:
-            for fraction in (0.25, 0.6):
-                await until(
-                    lambda f=fraction: feed.position("k") >= f * len(data),
-                    60,
-                    f"{fraction:.0%} of the feed",
-                )
-                process.kill()
-                assert not feed.finished("k"), "the kill must land mid-run"
-                process.start()
+            await kill_and_restart(process, feed, "k", (0.25, 0.6))
             await until(lambda: feed.finished("k"), 60, "the whole feed")
             await exact(port, sale)
             assert feed.cursors["k"].connections == 3
@@ -150,20 +92,11 @@ async def test_partitioned_sources_are_exact_and_every_process_exposes_every_str
     """Two processes, each reading its own feed: scraping either shows both streams exactly."""
     sales = [small_sale(f"{stream}-{n}") for n in range(2)]
     feeds = [ReplayFeed(sale_frames(sale), cut_after=None, replay=0) for sale in sales]
-    ports = free_port(), free_port()
+    processes = [
+        feed_ingester(tmp_path, f"part-{n}", redis_url, feeds[n].url("p")) for n in range(2)
+    ]
+    ports = [process.http_port for process in processes]
     async with feeds[0].serving(), feeds[1].serving():
-        processes = [
-            IngesterProcess(
-                write_config(
-                    tmp_path / f"part-{n}.toml",
-                    redis_url=redis_url,
-                    http_port=port,
-                    sources=client_source(f"part-{n}", feeds[n].url("p")),
-                ),
-                port,
-            )
-            for n, port in enumerate(ports)
-        ]
         with processes[0], processes[1]:
             await until(lambda: all(f.finished("p") for f in feeds), 60, "both feeds")
             for port in ports:

@@ -14,20 +14,22 @@ from pathlib import Path
 import pytest
 
 from bench.workload import Workload
-from tests.conftest import UNIT
 from tests.e2e.support import (
     IngesterProcess,
     ReplayFeed,
     client_source,
+    exact,
     feed_ingester,
+    kill_and_restart,
+    sale_frames,
     scrape,
     select,
+    small_sale,
     write_config,
 )
-from tests.e2e.test_exactness import exact, sale_frames, small_sale
-from tests.waiting import until
+from tests.servers import RedisServer, free_port
+from tests.waiting import UNIT, until
 from workers.demo.sale import lychee_sale
-from workers.redis_server import RedisServer, free_port
 
 OUTAGE = 10.0
 
@@ -43,7 +45,7 @@ def durable_redis() -> Iterator[RedisServer]:
 
 def readyz(port: int) -> int:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as reply:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5 * UNIT) as reply:
             return int(reply.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
@@ -107,30 +109,11 @@ async def test_one_of_two_replicas_killed_again_and_again_keeps_totals_exact(
     sale = small_sale(stream)
     data = sale_frames(sale)
     feed = ReplayFeed(data, cut_after=None, replay=300, pause=0.0006)
-    ports = free_port(), free_port()
-    replicas = [
-        IngesterProcess(
-            write_config(
-                tmp_path / f"r{n}.toml",
-                redis_url=redis_url,
-                http_port=port,
-                sources=client_source("feed", feed.url(f"r{n}")),
-            ),
-            port,
-        )
-        for n, port in enumerate(ports)
-    ]
+    replicas = [feed_ingester(tmp_path, f"r{n}", redis_url, feed.url(f"r{n}")) for n in range(2)]
     steady, victim = replicas
     async with feed.serving():
         with steady, victim:
-            for fraction in (0.2, 0.45, 0.7):
-                await until(
-                    lambda f=fraction: feed.position("r1") >= f * len(data),
-                    60,
-                    f"{fraction:.0%} of the feed",
-                )
-                victim.kill()
-                victim.start()
+            await kill_and_restart(victim, feed, "r1", (0.2, 0.45, 0.7))
             await until(lambda: feed.finished("r0") and feed.finished("r1"), 60, "both done")
             await exact(steady.http_port, sale)
             await exact(victim.http_port, sale)

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import UNIT
 from tests.e2e.support import SECRET, SECRET_ENV, IngesterProcess, scrape, select, write_config
-from tests.waiting import until
-from workers.redis_server import free_port
+from tests.servers import free_port
+from tests.waiting import UNIT, until
 
 TOKEN = "push-token-0123456789abcdef"
 TOKEN_ENV = "LIVESTREAM_TEST_PUSH_TOKEN"

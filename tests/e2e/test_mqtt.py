@@ -25,12 +25,10 @@ from redis.asyncio import Redis
 from ingest.sources.mqtt import Publisher
 from tests.brokers import Mosquitto
 from tests.brokers import publisher as make_publisher
-from tests.conftest import UNIT
-from tests.e2e.support import IngesterProcess, scrape, select, write_config
-from tests.e2e.test_exactness import exact, small_sale
-from tests.waiting import until
+from tests.e2e.support import IngesterProcess, exact, scrape, select, small_sale, write_config
+from tests.servers import free_port
+from tests.waiting import UNIT, until
 from workers.demo.sale import Sale
-from workers.redis_server import free_port
 
 TOPIC = "livestream/{stream}/events"
 
@@ -131,7 +129,7 @@ async def test_qos1_with_duplicates_counts_exactly(
         await subscribed(process)
         publisher = make_publisher(broker.port, messages(sale))
         async with publishing(publisher) as task:
-            await asyncio.wait_for(task, 60)
+            await asyncio.wait_for(task, 60 * UNIT)
         await exact(process.http_port, sale)
         outcome = handled(process)
         assert outcome["accepted"] == len(sale.events)
@@ -152,7 +150,7 @@ async def test_broker_restart_mid_run_loses_nothing_and_counts_once(
             broker.stop()
             await asyncio.sleep(0.5)  # a real outage: both sides see the broker gone
             broker.start()
-            await asyncio.wait_for(task, 60)
+            await asyncio.wait_for(task, 60 * UNIT)
         assert publisher.reconnects >= 1
         await exact(process.http_port, sale)
         reconnects = select(scrape(process.http_port), "livestream_ingest_source_reconnects_total")
@@ -186,7 +184,7 @@ async def broker_restarted_while_draining(
     with process:
         await subscribed(process)
         assert process.terminate() == 0
-    await asyncio.wait_for(make_publisher(broker.port, data).run(), 60)
+    await asyncio.wait_for(make_publisher(broker.port, data).run(), 60 * UNIT)
     with process:
         await until(lambda: sum(handled(process).values()) >= 300, 30, "the drain to start")
         broker.stop()
@@ -291,7 +289,7 @@ async def test_ingester_sigkilled_and_restarted_gets_what_was_published_meanwhil
             down_at = publisher.position
             await until(lambda: publisher.position > down_at + 200, 30, "publishing while down")
             process.start()
-            await asyncio.wait_for(task, 60)
+            await asyncio.wait_for(task, 60 * UNIT)
         await exact(process.http_port, sale)
 
 
@@ -307,7 +305,7 @@ async def test_shared_subscription_splits_the_load_and_counts_exactly(
         await subscribed(two)
         publisher = make_publisher(broker.port, messages(sale))
         async with publishing(publisher) as task:
-            await asyncio.wait_for(task, 60)
+            await asyncio.wait_for(task, 60 * UNIT)
         await exact(one.http_port, sale)
         await exact(two.http_port, sale)
         first, second = handled(one), handled(two)
@@ -329,7 +327,7 @@ async def test_without_sharing_every_ingester_gets_everything_and_dedup_keeps_it
         await subscribed(two)
         publisher = make_publisher(broker.port, messages(sale))
         async with publishing(publisher) as task:
-            await asyncio.wait_for(task, 60)
+            await asyncio.wait_for(task, 60 * UNIT)
         await exact(one.http_port, sale)
         await until(
             lambda: (
@@ -360,7 +358,7 @@ async def test_malformed_payloads_are_dead_lettered_and_never_stall_the_subscrip
         await subscribed(process)
         publisher = make_publisher(broker.port, data)
         async with publishing(publisher) as task:
-            await asyncio.wait_for(task, 30)
+            await asyncio.wait_for(task, 30 * UNIT)
 
         def counted() -> bool:
             comments = select(scrape(process.http_port), "livestream_comments_total", stream=stream)
@@ -416,7 +414,9 @@ async def test_mqtts_with_a_private_ca(tmp_path: Path, redis_url: str, stream: s
             good = {"kind": "comment", "platform": "tiktok", "ts": "2025-06-14T09:05:07Z"}
             data = [(topic, orjson.dumps({**good, "id": f"c{n}"})) for n in range(5)]
             context = ssl.create_default_context(cafile=str(ca))
-            await asyncio.wait_for(Publisher("127.0.0.1", broker.port, data, tls=context).run(), 20)
+            await asyncio.wait_for(
+                Publisher("127.0.0.1", broker.port, data, tls=context).run(), 20 * UNIT
+            )
             await until(
                 lambda: (
                     select(scrape(port), "livestream_comments_total", stream=stream)

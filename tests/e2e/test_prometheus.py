@@ -24,7 +24,6 @@ import yaml
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import UNIT
 from tests.e2e.support import (
     SECRET,
     SECRET_ENV,
@@ -39,6 +38,7 @@ from tests.e2e.support import (
     write_config,
 )
 from tests.platforms import EventSubServer, Shop
+from tests.servers import RedisServer, free_port
 from tests.stack import (
     JOB,
     PROMETHEUS_CONFIG,
@@ -50,9 +50,8 @@ from tests.stack import (
     targets,
     tool,
 )
-from tests.waiting import until
+from tests.waiting import UNIT, until
 from workers.demo.sale import frames, lychee_sale
-from workers.redis_server import RedisServer, free_port
 
 RATE_INTERVAL = "10s"
 """``$__rate_interval`` for 1 s scrapes (Grafana would pick at least 4 scrape intervals)."""

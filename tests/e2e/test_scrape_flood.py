@@ -18,11 +18,11 @@ import pytest_asyncio
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
-from tests.conftest import UNIT
 from tests.e2e.support import IngesterProcess, write_config
+from tests.servers import RedisServer, free_port
+from tests.waiting import UNIT
 from workers import keys
 from workers.keys import StreamKeys
-from workers.redis_server import RedisServer, free_port
 from workers.runtime import SCRAPE_CLIENT_NAME
 
 STREAMS = 1000

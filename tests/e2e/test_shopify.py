@@ -31,8 +31,8 @@ from tests.e2e.support import (
     write_config,
 )
 from tests.platforms import Shop
+from tests.servers import RedisServer, free_port
 from tests.waiting import until
-from workers.redis_server import RedisServer, free_port
 from workers.store import Store, StoreSettings
 
 COUNTRIES: dict[str, list[str | None]] = {

@@ -18,8 +18,8 @@ import pytest_asyncio
 
 from tests.e2e.support import IngesterProcess, client_source, scrape, select, write_config
 from tests.platforms import RelayServer
+from tests.servers import free_port
 from tests.waiting import until
-from workers.redis_server import free_port
 
 SESSION = "lucngan-live"
 

@@ -18,12 +18,13 @@ from rich.console import Console
 from ingest.adapter import FormatOptions
 from ingest.model import Event, Rejection
 from ingest.native import NativeFormat
-from tests.clusters import Cluster
-from tests.conftest import UNIT
+from tests.clusters import Cluster, streams_on_every_node
 from tests.e2e.support import feed_ingester
+from tests.servers import RedisServer, free_port
+from tests.waiting import UNIT
 from workers.config import DEFAULT_PLATFORMS
 from workers.metrics import HealthMetrics, exposition
-from workers.redis_server import RedisServer, free_port
+from workers.runtime import redis_client
 from workers.store import Store, StoreSettings
 from workers.top import Reader, plain, rich_view
 
@@ -224,8 +225,6 @@ async def commit_known(url: str, stream: str) -> None:
 
 
 def test_top_honours_redis_cluster(tmp_path: Path, stream: str) -> None:
-    from tests.e2e.test_cluster import streams_on_every_node
-    from workers.runtime import redis_client
 
     servers = Cluster()
     try:

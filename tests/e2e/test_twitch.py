@@ -15,7 +15,6 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from tests.conftest import UNIT
 from tests.e2e.support import (
     TOKEN_ENV,
     IngesterProcess,
@@ -25,8 +24,8 @@ from tests.e2e.support import (
     write_config,
 )
 from tests.platforms import EventSubServer
-from tests.waiting import until
-from workers.redis_server import free_port
+from tests.servers import free_port
+from tests.waiting import UNIT, until
 
 
 @pytest_asyncio.fixture

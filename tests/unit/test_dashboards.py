@@ -20,6 +20,7 @@ from tests.stack import (
     tool,
     undeduplicated,
 )
+from tests.waiting import UNIT
 
 UIDS = {
     "live-session.json": "livestream-live-session",
@@ -155,7 +156,7 @@ def test_every_query_parses(tmp_path: Path) -> None:
         [tool("promtool"), "check", "rules", str(path)],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=60 * UNIT,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr

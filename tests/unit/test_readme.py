@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ingest.adapter import FormatOptions
 from ingest.model import Reason, Rejection
 from ingest.native import NativeFormat
+from tests.waiting import UNIT
 from workers.cli import parser
 from workers.config import DEFAULT_PLATFORMS, parse
 from workers.keys import UNROUTED_DEAD, StreamKeys
@@ -98,7 +99,7 @@ def test_check_config_example_passes_on_a_fresh_shell() -> None:
             env=fresh,
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=60 * UNIT,
             check=False,
         )
         assert result.returncode == 0, result.stderr

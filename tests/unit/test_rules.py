@@ -28,6 +28,7 @@ from tests.stack import (
     tool,
     undeduplicated,
 )
+from tests.waiting import UNIT
 from workers.rules import DEFAULT_RUNBOOK_BASE, RunbookBaseError, runbook_urls, with_runbook_base
 
 SEVERITIES = {"critical", "warning", "info"}
@@ -37,7 +38,11 @@ ALWAYS_FIRING = {"LivestreamWatchdog"}
 
 def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [tool("promtool"), *map(str, args)], capture_output=True, text=True, timeout=60, check=False
+        [tool("promtool"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60 * UNIT,
+        check=False,
     )
 
 

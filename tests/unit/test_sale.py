@@ -17,6 +17,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tests.waiting import UNIT
 from workers.demo.sale import (
     PLATFORMS,
     REGIONS,
@@ -80,7 +81,7 @@ def test_independent_of_hash_seed(sale: Sale) -> None:
         check=True,
         cwd=ROOT,
         env={**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(ROOT)},
-        timeout=60,
+        timeout=60 * UNIT,
     )
     assert result.stdout.strip() == digest(sale)
 

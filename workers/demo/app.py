@@ -28,9 +28,9 @@ import structlog
 from ingest.sources.mqtt import Publisher
 from workers import config as config_module
 from workers.demo.feed import FeedServer
+from workers.demo.private_redis import NoRedisServer, RedisServer, ping
 from workers.demo.sale import Expected, Sale, lychee_sale
 from workers.demo.view import View
-from workers.redis_server import NoRedisServer, RedisServer, ping
 from workers.runtime import Ingester
 from workers.store import StreamTotals
 

@@ -1,4 +1,5 @@
-"""A private, throw-away Mosquitto broker on a free loopback port (demo, tests, benchmark)."""
+"""Private, throw-away servers on free loopback ports for the tests and the benchmark: Mosquitto
+here, ``redis-server`` from the demo's ``workers.demo.private_redis``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,22 @@ import tempfile
 import time
 from pathlib import Path
 
-from workers.redis_server import free_port, stop_process
+from tests.waiting import UNIT
+from workers.demo import private_redis
+from workers.demo.private_redis import free_port, stop_process
+
+__all__ = ["Mosquitto", "RedisServer", "free_port"]
+
+
+class RedisServer(private_redis.RedisServer):
+    """The demo's private ``redis-server``, with its start and stop timeouts in ``UNIT``."""
+
+    def start(self, timeout: float = 10.0) -> None:
+        super().start(timeout * UNIT)
+
+    def stop(self, kill: bool = False) -> None:
+        stop_process(self.process, kill, 10 * UNIT)
+        self.process = None
 
 
 class Mosquitto:
@@ -42,12 +58,13 @@ log_dest file {self.dir}/mosquitto.log
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 10.0) -> None:
+        """Start and wait for the port to answer, at most ``timeout`` × ``UNIT`` seconds."""
         self.process = subprocess.Popen(
             [self.binary, "-c", str(self.config)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * UNIT
         while True:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
@@ -58,7 +75,7 @@ log_dest file {self.dir}/mosquitto.log
                 time.sleep(0.02)
 
     def stop(self, kill: bool = False) -> None:
-        stop_process(self.process, kill)
+        stop_process(self.process, kill, 10 * UNIT)
         self.process = None
 
     def log(self) -> str:

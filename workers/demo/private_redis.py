@@ -1,14 +1,13 @@
-"""A private, throw-away ``redis-server`` on a free loopback port (demo and tests)."""
+"""A private, throw-away ``redis-server`` on a free loopback port: the demo starts one when no
+Redis answers at REDIS_URL. The tests and the benchmark reuse it through ``tests.servers``."""
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 
 import redis
 
@@ -33,15 +32,17 @@ def ping(url: str, timeout: float = 1.0) -> bool:
         client.close()
 
 
-def stop_process(process: subprocess.Popen[bytes] | None, kill: bool = False) -> None:
-    """SIGTERM (or SIGKILL) a server process and reap it."""
+def stop_process(
+    process: subprocess.Popen[bytes] | None, kill: bool = False, within: float = 10.0
+) -> None:
+    """SIGTERM (or SIGKILL) a server process and reap it (waiting at most ``within`` seconds)."""
     if process is None:
         return
     if kill:
         process.kill()
     else:
         process.terminate()
-    process.wait(10)
+    process.wait(within)
 
 
 class RedisServer:
@@ -94,13 +95,3 @@ class RedisServer:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def running(*extra: str) -> Iterator[RedisServer]:
-    server = RedisServer(None, *extra)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
