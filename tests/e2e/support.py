@@ -246,7 +246,8 @@ class IngesterProcess:
 
 
 def scrape_text(port: int, path: str = "/metrics") -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5 * UNIT) as reply:
+    # Longer than the ingester's own wait for Redis (5 s), as Prometheus' 10 s default is.
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10 * UNIT) as reply:
         return str(reply.read().decode())
 
 
