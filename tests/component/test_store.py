@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 from redis.asyncio import Redis
@@ -316,15 +315,6 @@ async def test_the_total_limit_is_checked_in_exact_integers(redis: Redis, stream
     ]
     assert await s.commit([order(stream, "x7", currency="USD", amount_minor=7)]) == [Outcome.NEW]
     assert int(await redis.hget(StreamKeys(stream).totals, field) or 0) == keys.TOTAL_LIMIT
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A private Redis: these tests fill or reset the stream registry."""
-    server = RedisServer()
-    server.start()
-    yield server
-    server.close()
 
 
 @pytest.mark.asyncio

@@ -33,14 +33,6 @@ from workers.demo.sale import Sale
 TOPIC = "livestream/{stream}/events"
 
 
-@pytest.fixture
-def broker() -> Iterator[Mosquitto]:
-    server = Mosquitto()
-    server.start()
-    yield server
-    server.close()
-
-
 def mqtt_source(
     port: int,
     client_id: str,
@@ -293,6 +285,17 @@ async def test_ingester_sigkilled_and_restarted_gets_what_was_published_meanwhil
         await exact(process.http_port, sale)
 
 
+async def publish_to_both(
+    one: IngesterProcess, two: IngesterProcess, broker: Mosquitto, sale: Sale
+) -> None:
+    """Once both ingesters are subscribed, the whole sale, published at QoS 1."""
+    await subscribed(one)
+    await subscribed(two)
+    publisher = make_publisher(broker.port, messages(sale))
+    async with publishing(publisher) as task:
+        await asyncio.wait_for(task, 60 * UNIT)
+
+
 @pytest.mark.asyncio
 async def test_shared_subscription_splits_the_load_and_counts_exactly(
     tmp_path: Path, redis_url: str, broker: Mosquitto, stream: str
@@ -301,11 +304,7 @@ async def test_shared_subscription_splits_the_load_and_counts_exactly(
     one = ingester(tmp_path, redis_url, broker, "member-1", shared_group="ingesters")
     two = ingester(tmp_path, redis_url, broker, "member-2", shared_group="ingesters")
     with one, two:
-        await subscribed(one)
-        await subscribed(two)
-        publisher = make_publisher(broker.port, messages(sale))
-        async with publishing(publisher) as task:
-            await asyncio.wait_for(task, 60 * UNIT)
+        await publish_to_both(one, two, broker, sale)
         await exact(one.http_port, sale)
         await exact(two.http_port, sale)
         first, second = handled(one), handled(two)
@@ -323,11 +322,7 @@ async def test_without_sharing_every_ingester_gets_everything_and_dedup_keeps_it
     one = ingester(tmp_path, redis_url, broker, "replica-1")
     two = ingester(tmp_path, redis_url, broker, "replica-2")
     with one, two:
-        await subscribed(one)
-        await subscribed(two)
-        publisher = make_publisher(broker.port, messages(sale))
-        async with publishing(publisher) as task:
-            await asyncio.wait_for(task, 60 * UNIT)
+        await publish_to_both(one, two, broker, sale)
         await exact(one.http_port, sale)
         await until(
             lambda: (

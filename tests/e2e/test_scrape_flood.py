@@ -58,12 +58,9 @@ async def hgetall_calls(redis: Redis) -> int:
 
 
 @pytest.fixture
-def server() -> Iterator[RedisServer]:
+def server(own_redis: RedisServer) -> RedisServer:
     """A private Redis: its command statistics count only this test's ingester."""
-    redis_server = RedisServer()
-    redis_server.start()
-    yield redis_server
-    redis_server.close()
+    return own_redis
 
 
 @pytest_asyncio.fixture

@@ -52,6 +52,18 @@ def emit_from_everywhere() -> None:
         logging.getLogger("aiohttp.server").exception("Error handling request")
 
 
+EVERYWHERE = [
+    ("warning", "runtime", "ingester line"),
+    (
+        "warning",
+        "ingest.sources.eventsub",
+        "eventsub subscription revoked: authorization_revoked",
+    ),
+    ("info", "websockets.server", "connection rejected (401 Unauthorized)"),
+]
+"""(level, logger, event) of the lines ``emit_from_everywhere`` writes below error."""
+
+
 def lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
     return capsys.readouterr().err.splitlines()
 
@@ -61,13 +73,7 @@ def test_json_mode_renders_every_logger_as_json(capsys: pytest.CaptureFixture[st
     emit_from_everywhere()
     records = [json.loads(line) for line in lines(capsys)]
     assert [(r["level"], r["logger"], r["event"]) for r in records] == [
-        ("warning", "runtime", "ingester line"),
-        (
-            "warning",
-            "ingest.sources.eventsub",
-            "eventsub subscription revoked: authorization_revoked",
-        ),
-        ("info", "websockets.server", "connection rejected (401 Unauthorized)"),
+        *EVERYWHERE,
         ("error", "aiohttp.server", "Error handling request"),
     ]
     assert records[0]["sources"] == 2
@@ -80,15 +86,7 @@ def test_logfmt_mode_renders_every_logger_as_logfmt(capsys: pytest.CaptureFixtur
     emit_from_everywhere()
     output = lines(capsys)
     records = [logfmt(line) for line in output[:3]]
-    assert [(r["level"], r["logger"], r["event"]) for r in records] == [
-        ("warning", "runtime", "ingester line"),
-        (
-            "warning",
-            "ingest.sources.eventsub",
-            "eventsub subscription revoked: authorization_revoked",
-        ),
-        ("info", "websockets.server", "connection rejected (401 Unauthorized)"),
-    ]
+    assert [(r["level"], r["logger"], r["event"]) for r in records] == EVERYWHERE
     assert all(ISO.match(r["timestamp"]) for r in records)
     assert list(records[1])[:3] == ["timestamp", "level", "event"]
     # The traceback is one logfmt value too (newlines escaped): one event, one line.
