@@ -322,37 +322,20 @@ class Bench:
         ]
         probes = (n + probe_every - 1) // probe_every
         sent: dict[int, float] = {}
-        committed: list[float] = []
         redis = self.fresh_redis()
         client = Redis.from_url(redis.url)
         try:
-            await client.config_set("notify-keyspace-events", "Kh")
-            pubsub = client.pubsub()
-            await pubsub.subscribe(f"__keyspace@0__:{StreamKeys('bench-probe').totals}")
-
-            async def listen() -> None:
-                async for message in pubsub.listen():
-                    if message["type"] == "message":
-                        committed.append(time.perf_counter())
-
             feed = Feed(lambda part, parts: frames, rate=rate)
             feed.on_send = lambda i, at: (
                 sent.__setitem__(i // probe_every, at) if i % probe_every == 0 else None
             )
-            listening = asyncio.create_task(listen(), name="bench.latency.listen")
             async with (
+                probe_commits(client) as committed,
                 feed.serving(),
                 Ingester(self.workdir, redis.url, ws_source(feed.url())) as ing,
             ):
                 await ing.wait_handled(n)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(2):
-                        while len(committed) < probes:  # noqa: ASYNC110 - filled by listen()
-                            await asyncio.sleep(0.02)
-            listening.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listening
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await _until_counted(committed, probes)
         finally:
             await client.aclose()
             redis.close()
@@ -367,37 +350,20 @@ class Bench:
         send → commit is measured as in :meth:`latency` and counted in the phase it was sent in."""
         rate = 100.0
         sent: dict[int, float] = {}
-        committed: list[float] = []
         redis = self.fresh_redis()
         client = Redis.from_url(redis.url)
         try:
             await _fill(client, streams)
-            await client.config_set("notify-keyspace-events", "Kh")
-            pubsub = client.pubsub()
-            await pubsub.subscribe(f"__keyspace@0__:{StreamKeys('bench-probe').totals}")
-
-            async def listen() -> None:
-                async for message in pubsub.listen():
-                    if message["type"] == "message":
-                        committed.append(time.perf_counter())
-
             probes = (self.workload.probe(i) for i in itertools.count())  # until the end
             feed = Feed(lambda part, parts: probes, rate=rate)
             feed.on_send = sent.__setitem__
-            listening = asyncio.create_task(listen(), name="bench.scrapes.listen")
             async with (
+                probe_commits(client) as committed,
                 feed.serving(),
                 Ingester(self.workdir, redis.url, ws_source(feed.url())) as ing,
             ):
                 scrapes, extra, times = await _scrape_phases(ing, self.sizes)
-                with contextlib.suppress(TimeoutError):  # the flood's last probes
-                    async with asyncio.timeout(2):
-                        while len(committed) < len(sent):  # noqa: ASYNC110 - filled by listen()
-                            await asyncio.sleep(0.02)
-            listening.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listening
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await _until_counted(committed, len(sent))  # the flood's last probes
         finally:
             await client.aclose()
             redis.close()
@@ -592,6 +558,38 @@ def _scrape_figures(
         "scrape_flood_p99": q(many, 99),
         "scrapes_per_second": len(many) / (t3 - t2),
     }
+
+
+@contextlib.asynccontextmanager
+async def probe_commits(client: Redis) -> AsyncIterator[list[float]]:
+    """The times (``perf_counter``) at which the probe stream's totals were written, from Redis
+    keyspace notifications, appended while the context is open."""
+    committed: list[float] = []
+    await client.config_set("notify-keyspace-events", "Kh")
+    pubsub = client.pubsub()
+    await pubsub.subscribe(f"__keyspace@0__:{StreamKeys('bench-probe').totals}")
+
+    async def listen() -> None:
+        async for message in pubsub.listen():
+            if message["type"] == "message":
+                committed.append(time.perf_counter())
+
+    listening = asyncio.create_task(listen(), name="bench.probes.listen")
+    try:
+        yield committed
+    finally:
+        listening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listening
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+async def _until_counted(committed: list[float], probes: int, within: float = 2.0) -> None:
+    """Give the last probes' notifications up to ``within`` seconds to arrive."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within):
+            while len(committed) < probes:  # noqa: ASYNC110 - filled by probe_commits()
+                await asyncio.sleep(0.02)
 
 
 async def _fill(client: Redis, streams: int, chunk: int = 1000) -> None:
