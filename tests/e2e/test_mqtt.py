@@ -28,7 +28,7 @@ from tests.brokers import publisher as make_publisher
 from tests.e2e.support import IngesterProcess, exact, scrape, select, small_sale, write_config
 from tests.servers import free_port
 from tests.waiting import UNIT, until
-from workers.demo.sale import Sale
+from workers.demo.sale import Sale, lychee_sale
 
 TOPIC = "livestream/{stream}/events"
 
@@ -149,6 +149,14 @@ async def test_broker_restart_mid_run_loses_nothing_and_counts_once(
         assert reconnects[("mqtt",)] >= 1
 
 
+def long_sale(stream: str) -> Sale:
+    """About 15,000 deliveries (10,000 events), unique events all along: a drain of them lasts
+    seconds, and the totals are exact only once it has gone past any restart."""
+    return lychee_sale(
+        seed=11, stream=stream, hours=1.2, target_grams=6_000_000, duplicate_share=0.35
+    )
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 async def test_broker_restart_while_draining_a_resumed_session_recovers_quickly(
@@ -158,7 +166,7 @@ async def test_broker_restart_while_draining_a_resumed_session_recovers_quickly(
     while the ingester drains that backlog. Under uvloop the socket's error event used to end
     the loop's watch on the socket after one read, so the session hung, still "connected",
     until the keepalive (30 s, then a ping timeout) gave up."""
-    sale = small_sale(stream)
+    sale = long_sale(stream)
     process = ingester(tmp_path, redis_url, broker, f"drain-{protocol}", protocol=protocol)
     async with broker_restarted_while_draining(process, broker, messages(sale)):
         # Well within the default keepalive (30 s): recovery must not wait for it.
@@ -172,11 +180,12 @@ async def broker_restarted_while_draining(
     process: IngesterProcess, broker: Mosquitto, data: list[tuple[str, bytes]]
 ) -> AsyncIterator[None]:
     """``data`` queued for the ingester's session while it is away, the ingester started
-    again, and the broker restarted while it drains that backlog."""
+    again, and the broker restarted while it drains that backlog (a :func:`long_sale`, so the
+    drain cannot end before the restart on a fast machine)."""
     with process:
         await subscribed(process)
         assert process.terminate() == 0
-    await asyncio.wait_for(make_publisher(broker.port, data).run(), 60 * UNIT)
+    await asyncio.wait_for(make_publisher(broker.port, data).run(), 120 * UNIT)
     with process:
         await until(lambda: sum(handled(process).values()) >= 300, 30, "the drain to start")
         broker.stop()
@@ -192,7 +201,7 @@ async def test_sigterm_after_a_broker_restart_mid_drain_exits_0(
     """Was: the session hung (see above), its DISCONNECT never went out, aiomqtt's
     ``__aexit__`` raised after 10 s and the source reconnected instead of stopping."""
     process = ingester(tmp_path, redis_url, broker, "drain-term")
-    async with broker_restarted_while_draining(process, broker, messages(small_sale(stream))):
+    async with broker_restarted_while_draining(process, broker, messages(long_sale(stream))):
         assert process.process is not None
         process.process.terminate()
         # Ingester(shutdown_deadline=10) and the DISCONNECT's 2 s, with room for a slow machine
