@@ -7,7 +7,7 @@ import asyncio
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 from workers import config as config_module
 from workers.logs import configure
@@ -109,7 +109,16 @@ def parser() -> argparse.ArgumentParser:
         description="Exact, deduplicated live-commerce totals in Redis, exposed to Prometheus.",
     )
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_run, _add_check_config, _add_demo, _add_top, _add_rules):
+        add(sub)
+    return top
 
+
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+"""What ``add_subparsers`` returns (its class is private in argparse)."""
+
+
+def _add_run(sub: Subcommands) -> None:
     run = sub.add_parser("run", help="run every configured source, the committer and /metrics")
     run.add_argument("-c", "--config", required=True, help="TOML config file")
     run.add_argument(
@@ -120,6 +129,8 @@ def parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
+
+def _add_check_config(sub: Subcommands) -> None:
     check = sub.add_parser("check-config", help="validate a config file and report every error")
     check.add_argument("-c", "--config", required=True, help="TOML config file")
     check.add_argument(
@@ -130,6 +141,8 @@ def parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(func=cmd_check_config)
 
+
+def _add_demo(sub: Subcommands) -> None:
     demo = sub.add_parser(
         "demo", help="replay a synthetic Luc Ngan lychee sale through the ingester, live"
     )
@@ -174,6 +187,8 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet-logs", action="store_true", help="log warnings and errors only")
     demo.set_defaults(func=cmd_demo)
 
+
+def _add_top(sub: Subcommands) -> None:
     view = sub.add_parser(
         "top", help="a live terminal view of every stream's totals and the ingesters' health"
     )
@@ -201,6 +216,8 @@ def parser() -> argparse.ArgumentParser:
     view.add_argument("--plain", action="store_true", help="print lines instead of a live view")
     view.set_defaults(func=cmd_top)
 
+
+def _add_rules(sub: Subcommands) -> None:
     rules = sub.add_parser(
         "rules", help="print the Prometheus rules with runbook links under another base URL"
     )
@@ -217,7 +234,6 @@ def parser() -> argparse.ArgumentParser:
         help="rule file to rewrite (default %(default)s)",
     )
     rules.set_defaults(func=cmd_rules)
-    return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,7 +38,13 @@ class HealthMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        self._sources(self.registry)
+        self._commits(self.registry)
+        self._redis(self.registry)
+        self._listeners(self.registry)
+
+    def _sources(self, r: CollectorRegistry) -> None:
+        """What the sources take in, and whether they are connected."""
         self.events = Counter(
             "livestream_ingest_events",
             "Events handled, by source, kind and outcome (accepted, duplicate, rejected).",
@@ -76,6 +82,9 @@ class HealthMetrics:
             buckets=LAG_BUCKETS,
             registry=r,
         )
+
+    def _commits(self, r: CollectorRegistry) -> None:
+        """The committer: commits, batches, errors and the buffer."""
         self.commit_duration = Histogram(
             "livestream_ingest_commit_duration_seconds",
             "Duration of one Redis commit round trip (all streams of a batch).",
@@ -104,6 +113,9 @@ class HealthMetrics:
             "Memory the uncommitted events hold (estimate: see [batch] buffer_bytes).",
             registry=r,
         )
+
+    def _redis(self, r: CollectorRegistry) -> None:
+        """Redis as this process sees it."""
         self.redis_up = Gauge(
             "livestream_ingest_redis_up",
             "1 if the last Redis commit or read succeeded, else 0.",
@@ -133,6 +145,8 @@ class HealthMetrics:
             registry=r,
         )
 
+    def _listeners(self, r: CollectorRegistry) -> None:
+        """Inputs taken but not counted, and requests the listeners refused."""
         self.ignored = Counter(
             "livestream_ingest_ignored",
             "Inputs taken but not events we count (another webhook topic, another EventSub "
@@ -180,12 +194,14 @@ class HealthMetrics:
         self.reconnects.labels(name)
 
 
-def business_families(totals: Sequence[StreamTotals]) -> Iterator[Metric]:
-    """The metrics contract, from a snapshot of every stream's totals."""
+def _counter(name: str, doc: str, labels: list[str]) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, labels=labels)
 
-    def counter(name: str, doc: str, labels: list[str]) -> CounterMetricFamily:
-        return CounterMetricFamily(name, doc, labels=labels)
 
+def _empty_families() -> tuple[list[CounterMetricFamily], list[GaugeMetricFamily]]:
+    """The contract's families, empty, in exposition order: orders, grams, value, cancelled,
+    cancelled grams, SKU grams, comments, regions; then unique commenters, buyers, viewers."""
+    counter = _counter
     orders = counter("livestream_orders", "Orders created.", ["stream", "platform", "country"])
     grams = counter("livestream_sold_grams", "Grams ordered.", ["stream", "platform", "country"])
     value = counter(
@@ -215,15 +231,28 @@ def business_families(totals: Sequence[StreamTotals]) -> Iterator[Metric]:
     viewers = GaugeMetricFamily(
         "livestream_viewers", "Latest viewer count by event time.", labels=["stream", "platform"]
     )
-    plain: list[tuple[CounterMetricFamily, str]] = [
-        (orders, keys.ORDERS),
-        (grams, keys.GRAMS),
-        (cancelled, keys.CANCELLED),
-        (cancelled_grams, keys.CANCELLED_GRAMS),
-        (sku, keys.SKU_GRAMS),
-        (comments, keys.COMMENTS),
-        (regions, keys.REGION_ORDERS),
-    ]
+    counters = [orders, grams, value, cancelled, cancelled_grams, sku, comments, regions]
+    return counters, [commenters, buyers, viewers]
+
+
+_PLAIN_FIELDS = (
+    keys.ORDERS,
+    keys.GRAMS,
+    None,  # value: minor units, rendered in major units of its currency
+    keys.CANCELLED,
+    keys.CANCELLED_GRAMS,
+    keys.SKU_GRAMS,
+    keys.COMMENTS,
+    keys.REGION_ORDERS,
+)
+"""The totals field of each counter family of ``_empty_families``, in its order."""
+
+
+def business_families(totals: Sequence[StreamTotals]) -> Iterator[Metric]:
+    """The metrics contract, from a snapshot of every stream's totals."""
+    counters, (commenters, buyers, viewers) = _empty_families()
+    value = counters[_PLAIN_FIELDS.index(None)]
+    plain = [(f, field) for f, field in zip(counters, _PLAIN_FIELDS, strict=True) if field]
     for stream in totals:
         for family, field in plain:
             for labels, number in sorted(stream.by(field).items()):
@@ -234,7 +263,7 @@ def business_families(totals: Sequence[StreamTotals]) -> Iterator[Metric]:
         buyers.add_metric([stream.stream], stream.unique_buyers)
         for platform, count in sorted(stream.viewers.items()):
             viewers.add_metric([stream.stream, platform], count)
-    yield from (orders, grams, value, cancelled, cancelled_grams, sku, comments, regions)
+    yield from counters
     yield from (commenters, buyers, viewers)
 
 

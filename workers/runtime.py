@@ -416,7 +416,23 @@ class Ingester:
         """Set when the Redis eviction policy made a refusing ingester stop (exit status 2)."""
         settings = store_settings(config, now_override)
         self.store = Store(self.redis, settings)
-        # Scrapes and /readyz read through connections of their own, never the commits'.
+        self._scrape_path(settings)
+        self.committer = Committer(
+            self.store,
+            self.metrics,
+            batch_settings(config.batch),
+            log_interval=config.log.rejection_interval_seconds,
+        )
+        self.health = SourceHealth(self.metrics, log_interval=config.log.rejection_interval_seconds)
+        self.sources = self._build_sources()
+        self.http_port: int | None = None
+        self.unflushed = 0
+        """Events read but not committed when the shutdown deadline passed (exit status 1)."""
+        self.started = asyncio.Event()
+
+    def _scrape_path(self, settings: StoreSettings) -> None:
+        """Scrapes and /readyz read through connections of their own, never the commits'."""
+        config = self.config
         http = config.http
         self.scrape_redis = redis_client(
             config.redis.url,
@@ -436,27 +452,18 @@ class Ingester:
         self.health_text = SharedRead(self._render_health, 0.0, name="http.metrics.health")
         self.readiness = SharedRead(self._ping, 0.0, name="http.readyz.ping")
         self._scrape_failures = Throttle(config.log.rejection_interval_seconds)
-        self.committer = Committer(
-            self.store,
-            self.metrics,
-            batch_settings(config.batch),
-            log_interval=config.log.rejection_interval_seconds,
-        )
-        self.health = SourceHealth(self.metrics, log_interval=config.log.rejection_interval_seconds)
+
+    def _build_sources(self) -> list[Source]:
+        config = self.config
         regions = config.region_table()
-        self.sources: list[Source] = []
+        sources: list[Source] = []
         for source in config.sources:
             options = config.native_options(source, regions)
-            self.sources.append(
-                build_source(source, options, self.committer, self.health, self.environ)
-            )
+            sources.append(build_source(source, options, self.committer, self.health, self.environ))
             self.metrics.add_source(source.name)
             if isinstance(source, HttpServerConfig):  # at 0, so the first 503 is an increase
                 self.metrics.webhook_unavailable.labels(source.name)
-        self.http_port: int | None = None
-        self.unflushed = 0
-        """Events read but not committed when the shutdown deadline passed (exit status 1)."""
-        self.started = asyncio.Event()
+        return sources
 
     async def run(self, stop: asyncio.Event) -> None:
         try:

@@ -14,7 +14,7 @@ import random
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Generic, TypeVar
 
@@ -557,60 +557,83 @@ def lychee_sale(
 
 def expected_from(events: Iterable[Event]) -> Expected:
     """Totals over unique events; created orders count even when later cancelled."""
-    orders: Counter[tuple[str, str]] = Counter()
-    grams: Counter[tuple[str, str]] = Counter()
-    value: Counter[tuple[str, str]] = Counter()
-    cancelled_orders: Counter[tuple[str, str]] = Counter()
-    cancelled_grams: Counter[tuple[str, str]] = Counter()
-    sku_grams: Counter[str] = Counter()
-    comments: Counter[str] = Counter()
-    regions: Counter[tuple[str, str]] = Counter()
-    buyers: set[str] = set()
-    commenters: set[str] = set()
-    latest: dict[str, tuple[datetime, int]] = {}
-    creations: dict[tuple[str, str], Event] = {}
+    tally = _Tally()
     cancellations: list[Event] = []
     for event in events:
-        kind, platform = str(event["kind"]), str(event["platform"])
+        kind = str(event["kind"])
         if kind == "comment":
-            comments[platform] += 1
-            commenters.add(str(event["user"]))
+            tally.comment(event)
         elif kind == "viewers":
-            when = datetime.fromisoformat(str(event["ts"]))
-            count = event["count"]
-            assert isinstance(count, int)
-            if platform not in latest or when > latest[platform][0]:
-                latest[platform] = (when, count)
+            tally.viewers(event)
         elif event["status"] == "cancelled":
             cancellations.append(event)
         else:
-            creations[(str(event["stream"]), str(event["id"]))] = event
-            key = (platform, str(event["country"]))
-            weight = _order_grams(event, sku_grams)
-            orders[key] += 1
-            grams[key] += weight
-            currency = str(event["currency"])
-            value[(platform, currency)] += _minor(str(event["amount"]), currency)
-            regions[(key[1], str(event.get("region", UNKNOWN_REGION)))] += 1
-            buyers.add(str(event["buyer"]))
+            tally.created(event)
     for event in cancellations:
-        creation = creations[(str(event["stream"]), str(event["id"]))]
+        tally.cancelled(event)
+    return tally.expected()
+
+
+@dataclass
+class _Tally:
+    """The running totals of :func:`expected_from`."""
+
+    orders: Counter[tuple[str, str]] = field(default_factory=Counter)
+    grams: Counter[tuple[str, str]] = field(default_factory=Counter)
+    value: Counter[tuple[str, str]] = field(default_factory=Counter)
+    cancelled_orders: Counter[tuple[str, str]] = field(default_factory=Counter)
+    cancelled_grams: Counter[tuple[str, str]] = field(default_factory=Counter)
+    sku_grams: Counter[str] = field(default_factory=Counter)
+    comments: Counter[str] = field(default_factory=Counter)
+    regions: Counter[tuple[str, str]] = field(default_factory=Counter)
+    buyers: set[str] = field(default_factory=set)
+    commenters: set[str] = field(default_factory=set)
+    latest: dict[str, tuple[datetime, int]] = field(default_factory=dict)
+    creations: dict[tuple[str, str], Event] = field(default_factory=dict)
+
+    def comment(self, event: Event) -> None:
+        self.comments[str(event["platform"])] += 1
+        self.commenters.add(str(event["user"]))
+
+    def viewers(self, event: Event) -> None:
+        platform = str(event["platform"])
+        when = datetime.fromisoformat(str(event["ts"]))
+        count = event["count"]
+        assert isinstance(count, int)
+        if platform not in self.latest or when > self.latest[platform][0]:
+            self.latest[platform] = (when, count)
+
+    def created(self, event: Event) -> None:
+        self.creations[(str(event["stream"]), str(event["id"]))] = event
+        platform = str(event["platform"])
+        key = (platform, str(event["country"]))
+        self.orders[key] += 1
+        self.grams[key] += _order_grams(event, self.sku_grams)
+        currency = str(event["currency"])
+        self.value[(platform, currency)] += _minor(str(event["amount"]), currency)
+        self.regions[(key[1], str(event.get("region", UNKNOWN_REGION)))] += 1
+        self.buyers.add(str(event["buyer"]))
+
+    def cancelled(self, event: Event) -> None:
+        creation = self.creations[(str(event["stream"]), str(event["id"]))]
         key = (str(creation["platform"]), str(creation["country"]))
-        cancelled_orders[key] += 1
-        cancelled_grams[key] += _order_grams(creation, None)
-    return Expected(
-        orders=dict(orders),
-        grams=dict(grams),
-        value_minor=dict(value),
-        cancelled_orders=dict(cancelled_orders),
-        cancelled_grams=dict(cancelled_grams),
-        sku_grams=dict(sku_grams),
-        comments=dict(comments),
-        region_orders=dict(regions),
-        unique_buyers=len(buyers),
-        unique_commenters=len(commenters),
-        viewers={platform: count for platform, (_, count) in latest.items()},
-    )
+        self.cancelled_orders[key] += 1
+        self.cancelled_grams[key] += _order_grams(creation, None)
+
+    def expected(self) -> Expected:
+        return Expected(
+            orders=dict(self.orders),
+            grams=dict(self.grams),
+            value_minor=dict(self.value),
+            cancelled_orders=dict(self.cancelled_orders),
+            cancelled_grams=dict(self.cancelled_grams),
+            sku_grams=dict(self.sku_grams),
+            comments=dict(self.comments),
+            region_orders=dict(self.regions),
+            unique_buyers=len(self.buyers),
+            unique_commenters=len(self.commenters),
+            viewers={platform: count for platform, (_, count) in self.latest.items()},
+        )
 
 
 def _order_grams(order: Event, per_sku: Counter[str] | None) -> int:
