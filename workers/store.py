@@ -15,12 +15,9 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from ingest.model import RAW_BYTES, Comment, Event, Order, Rejection, Viewers
+from ingest.model import Comment, Event, Order, Rejection, Viewers
 from workers import keys
 from workers.keys import StreamKeys, fingerprint
-
-DEAD_LETTER_RAW_BYTES = RAW_BYTES
-"""Raw input kept per dead letter (a rejection holds no more from the start)."""
 
 TOTALS_CHUNK = 200
 """Streams per round trip when reading totals: Redis answers one chunk at a time, and the event
@@ -317,8 +314,8 @@ class Store:
             "source": letter.source,
             "reason": rejection.reason.value,
             "kind": rejection.kind,
-            "detail": rejection.detail[:500],
-            "raw": rejection.raw[:DEAD_LETTER_RAW_BYTES],
+            "detail": rejection.detail,  # both bounded when the rejection was made
+            "raw": rejection.raw,
             "at": f"{time.time():.3f}",
         }
 
