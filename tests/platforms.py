@@ -3,7 +3,9 @@
 - :class:`EventSubServer`: Twitch EventSub over WebSocket plus Helix's subscription endpoint —
   welcome, subscription within a deadline (else close 4003), keepalives on the session's
   timeout, notifications, ``session_reconnect`` to a URL that carries the subscriptions over,
-  revocation, and close 4001 when a client sends anything.
+  revocation, and close 4001 when a client sends anything — and the OAuth server's token
+  (``grant_type=refresh_token``) and validate endpoints, with short token lifetimes, rotated
+  refresh tokens (a public client) and 401 from Helix for an expired token.
 - :class:`RelayServer`: a Social Stream Ninja relay — listeners join a session on channel 4
   (by path or join message) and receive the flat JSON the extension publishes, with its
   per-instance ``id`` counter, which a restart resets.
@@ -98,10 +100,15 @@ class EventSubServer:
         self.sent: set[str] = set()
         """Chat message ids delivered to some session."""
         self.subscribe_requests = 0
+        self.refused_tokens = 0
+        self.subscribed_with: list[str] = []
+        """The token of every subscription created, in order."""
+        """Subscription requests answered 401 (no, a wrong or an expired token)."""
         self.inbound_closes = 0
         self.authorized = True
         """False after an ``authorization_revoked``: Helix refuses the token (403)."""
         self._ids = itertools.count(1)
+        self.oauth = OAuthServer(client_id)
 
     @property
     def url(self) -> str:
@@ -111,10 +118,16 @@ class EventSubServer:
     def helix_url(self) -> str:
         return f"http://127.0.0.1:{self.helix_port}/helix"
 
+    @property
+    def oauth_url(self) -> str:
+        return f"http://127.0.0.1:{self.helix_port}/oauth2"
+
     @contextlib.asynccontextmanager
     async def serving(self) -> AsyncIterator[EventSubServer]:
         app = web.Application()
         app.router.add_post("/helix/eventsub/subscriptions", self._subscribe)
+        app.router.add_post("/oauth2/token", self.oauth.token)
+        app.router.add_get("/oauth2/validate", self.oauth.validate)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", self.helix_port).start()
@@ -210,11 +223,17 @@ class EventSubServer:
 
     async def _subscribe(self, request: web.Request) -> web.Response:
         self.subscribe_requests += 1
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if (
             request.headers.get("Client-Id") != self.client_id
-            or request.headers.get("Authorization") != f"Bearer {self.token}"
+            or scheme != "Bearer"
+            or (token != self.token and not self.oauth.valid(token))
         ):
-            return web.json_response({"error": "Unauthorized", "status": 401}, status=401)
+            self.refused_tokens += 1
+            return web.json_response(
+                {"error": "Unauthorized", "status": 401, "message": "Invalid OAuth token"},
+                status=401,
+            )
         if not self.authorized:
             return web.json_response({"error": "Forbidden", "status": 403}, status=403)
         body = await request.json()
@@ -232,6 +251,7 @@ class EventSubServer:
                 return web.json_response({"error": "Conflict", "status": 409}, status=409)
         sub = Subscription(str(uuid.uuid4()), CHAT, "1", condition, session.id)
         self.subscriptions.append(sub)
+        self.subscribed_with.append(token)
         self.active = session
         return web.json_response(
             {"data": [sub.wire()], "total": 1, "total_cost": 0, "max_total_cost": 10}, status=202
@@ -328,6 +348,108 @@ class EventSubServer:
         assert session is not None
         session.silent = True
         return session
+
+
+class OAuthServer:
+    """Twitch's ``/oauth2/token`` (refresh-token grant) and ``/oauth2/validate``.
+
+    Access tokens live ``lifetime`` seconds. A public client (``client_secret`` None) sends no
+    secret, and each refresh token works once: the answer carries the next one. Refused
+    refresh tokens get 400 "Invalid refresh token", as Twitch documents."""
+
+    def __init__(
+        self,
+        client_id: str,
+        *,
+        client_secret: str | None = "test-client-secret-0123456789",
+        refresh_token: str = "test-refresh-token-0000000000",
+        lifetime: int = 3,
+    ) -> None:
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.lifetime = lifetime
+        self.initial_refresh_token = refresh_token
+        self.refresh_tokens = {refresh_token}
+        """Refresh tokens that work now."""
+        self.expires: dict[str, float] = {}
+        """Access token -> when it expires (loop time)."""
+        self.omit_expires_in = False
+        """Answer a refresh without ``expires_in`` (as Twitch's documented example does)."""
+        self.refreshes = 0
+        self.refused = 0
+        self.validations = 0
+        self._ids = itertools.count(1)
+
+    @property
+    def rotating(self) -> bool:
+        return self.client_secret is None
+
+    def valid(self, token: str) -> bool:
+        expires = self.expires.get(token)
+        return expires is not None and asyncio.get_running_loop().time() < expires
+
+    def revoke_refresh_tokens(self) -> None:
+        """The user disconnected the app (or changed their password): no refresh token works."""
+        self.refresh_tokens.clear()
+
+    def expire_access_tokens(self) -> None:
+        """Every access token issued stops working now, before its time."""
+        for token in self.expires:
+            self.expires[token] = 0.0
+
+    @staticmethod
+    def _error(status: int, message: str) -> web.Response:
+        reason = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"}[status]
+        return web.json_response(
+            {"error": reason, "status": status, "message": message}, status=status
+        )
+
+    async def token(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        if form.get("grant_type") != "refresh_token":
+            return self._error(400, "unsupported grant type")
+        if form.get("client_id") != self.client_id:
+            return self._error(400, "invalid client")
+        if self.client_secret is not None and form.get("client_secret") != self.client_secret:
+            return self._error(403, "invalid client secret")
+        used = form.get("refresh_token")
+        if not isinstance(used, str) or used not in self.refresh_tokens:
+            self.refused += 1
+            return self._error(400, "Invalid refresh token")
+        self.refreshes += 1
+        n = next(self._ids)
+        access = f"access-{n:06d}-{uuid.uuid4().hex}"
+        self.expires[access] = asyncio.get_running_loop().time() + self.lifetime
+        refresh = used
+        if self.rotating:
+            self.refresh_tokens.discard(used)
+            refresh = f"refresh-{n:06d}-{uuid.uuid4().hex}"
+            self.refresh_tokens.add(refresh)
+        body: dict[str, Any] = {
+            "access_token": access,
+            "refresh_token": refresh,
+            "scope": ["user:read:chat"],
+            "token_type": "bearer",
+        }
+        if not self.omit_expires_in:
+            body["expires_in"] = self.lifetime
+        return web.json_response(body)
+
+    async def validate(self, request: web.Request) -> web.Response:
+        self.validations += 1
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme != "OAuth" or not self.valid(token):
+            return web.json_response({"status": 401, "message": "invalid access token"}, status=401)
+        left = self.expires[token] - asyncio.get_running_loop().time()
+        return web.json_response(
+            {
+                "client_id": self.client_id,
+                "login": "reader",
+                "scopes": ["user:read:chat"],
+                "user_id": "2000",
+                "expires_in": max(0, int(left)),
+            }
+        )
 
 
 class RelayServer:

@@ -28,6 +28,7 @@ from ingest.sources.eventsub import EventSubSettings
 from ingest.sources.http import Limits
 from ingest.sources.mqtt import MqttSettings
 from ingest.sources.topics import TopicPattern
+from ingest.sources.twitch_auth import RefreshSettings
 from ingest.sources.webhook import ShopifyWebhookSettings
 from ingest.sources.websocket import WebsocketClientSettings, WebsocketServerSettings
 
@@ -196,16 +197,42 @@ def _needs_stream(source: WebsocketClientConfig | HttpServerConfig) -> None:
 
 
 class TwitchConfig(_Model):
-    """Twitch EventSub: the Helix API that creates the subscriptions, and what to subscribe to."""
+    """Twitch EventSub: the Helix API that creates the subscriptions, and what to subscribe to.
+
+    The Helix token is either static (``token_env``) or refreshed (``refresh_token_env``, with
+    ``client_secret_env`` unless the app is a public client)."""
 
     client_id: Annotated[str, Field(min_length=1)]
-    token_env: str
-    """Environment variable holding a user access token with the user:read:chat scope."""
+    token_env: str | None = None
+    """Environment variable holding an access token (user token with the user:read:chat scope)
+    kept valid outside the ingester: used as is."""
+    refresh_token_env: str | None = None
+    """Environment variable holding a refresh token: the ingester gets access tokens with it
+    and refreshes them before they expire."""
+    client_secret_env: str | None = None
+    """Environment variable holding the app's client secret (none for a public client)."""
+    refresh_token_file: str | None = None
+    """File holding the latest refresh token: read at start when it exists (it then wins over
+    ``refresh_token_env``), rewritten (mode 0600) when Twitch rotates the refresh token."""
+    oauth_url: Annotated[str, Field(pattern=r"^https?://")] = _default(RefreshSettings, "oauth_url")
+    """Twitch's OAuth server: ``<oauth_url>/token`` and ``<oauth_url>/validate``."""
+    refresh_margin_seconds: float = _default(RefreshSettings, "refresh_margin", gt=0, le=86400)
+    """Refresh once less than max(10 % of the lifetime, this) is left (at most half of it)."""
     broadcaster_user_id: Annotated[str, Field(pattern=r"^[0-9]{1,32}$")]
     user_id: Annotated[str, Field(pattern=r"^[0-9]{1,32}$")]
     """The user reading the chat (the token's user)."""
     helix_url: Annotated[str, Field(pattern=r"^https?://")] = "https://api.twitch.tv/helix"
     keepalive_margin_seconds: float = _default(EventSubSettings, "keepalive_margin", ge=0, le=60)
+
+    @model_validator(mode="after")
+    def _one_token(self) -> TwitchConfig:
+        if (self.token_env is None) == (self.refresh_token_env is None):
+            raise ValueError("set one of token_env (static) and refresh_token_env (refreshed)")
+        if self.token_env is not None and (
+            self.client_secret_env is not None or self.refresh_token_file is not None
+        ):
+            raise ValueError("client_secret_env and refresh_token_file go with refresh_token_env")
+        return self
 
 
 class WebsocketClientConfig(_SourceBase):
@@ -409,6 +436,10 @@ MIN_SECRET_BYTES = 16
 """Shortest token, password or signing secret taken from the environment (UTF-8 bytes)."""
 
 
+SECRET_KEYS = ("token_env", "password_env", "secret_env", "refresh_token_env", "client_secret_env")
+"""Keys that name an environment variable holding a secret."""
+
+
 def _weakness(secret: str) -> str | None:
     """Why a secret from the environment is unfit, or None. Its value is never shown."""
     if secret != secret.strip():
@@ -429,7 +460,7 @@ def _secrets(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
         twitch = source.get("twitch")
         tables = [("", source), ("twitch.", twitch if isinstance(twitch, dict) else {})]
         for where, table in tables:
-            for key in ("token_env", "password_env", "secret_env"):
+            for key in SECRET_KEYS:
                 name = table.get(key)
                 if not isinstance(name, str):
                     continue

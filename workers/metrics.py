@@ -187,6 +187,19 @@ class HealthMetrics:
             ["source", "type", "status"],
             registry=r,
         )
+        self.token_refreshes = Counter(
+            "livestream_ingest_token_refreshes",
+            "Access tokens a source got with its refresh token (Twitch), by source.",
+            ["source"],
+            registry=r,
+        )
+        self.token_refresh_failures = Counter(
+            "livestream_ingest_token_refresh_failures",
+            "Failed token refreshes, by source and reason (invalid: the refresh token was "
+            "refused; network, http, malformed).",
+            ["source", "reason"],
+            registry=r,
+        )
 
     def add_source(self, name: str) -> None:
         """Make a source's series exist (at zero) before its first event."""

@@ -14,6 +14,7 @@ import gc
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import structlog
@@ -33,6 +34,13 @@ from ingest.sources.eventsub import EventSubSettings, EventSubSource, Helix, cha
 from ingest.sources.http import Guard, GuardedSite, ServerLog
 from ingest.sources.mqtt import MqttSettings, MqttSource
 from ingest.sources.topics import TopicPattern
+from ingest.sources.twitch_auth import (
+    FAILURE_REASONS,
+    RefreshingToken,
+    RefreshSettings,
+    StaticToken,
+    Tokens,
+)
 from ingest.sources.webhook import ShopifyWebhookSettings, ShopifyWebhookSource
 from ingest.sources.websocket import (
     WebsocketClientSettings,
@@ -48,6 +56,7 @@ from workers.config import (
     HttpServerConfig,
     MqttConfig,
     SourceConfig,
+    TwitchConfig,
     WebsocketClientConfig,
     WebsocketServerConfig,
     split_listen,
@@ -245,6 +254,38 @@ def mqtt_source(
     return MqttSource(config.name, formats, committer, health, settings)
 
 
+def twitch_tokens(
+    config: WebsocketClientConfig,
+    twitch: TwitchConfig,
+    health: SourceHealth,
+    environ: Mapping[str, str],
+) -> Tokens:
+    """The static token ``token_env`` names, or one refreshed with ``refresh_token_env``."""
+    if twitch.refresh_token_env is None:
+        assert twitch.token_env is not None  # validated: one of the two
+        return StaticToken(environ[twitch.token_env])
+    metrics = health.metrics
+    refreshes = metrics.token_refreshes.labels(config.name)
+    for reason in FAILURE_REASONS:  # at 0, so alerts see the first
+        metrics.token_refresh_failures.labels(config.name, reason)
+    secret = environ[twitch.client_secret_env] if twitch.client_secret_env else None
+    file = twitch.refresh_token_file
+    settings = config.settings(
+        RefreshSettings,
+        client_id=twitch.client_id,
+        refresh_token=environ[twitch.refresh_token_env],
+        client_secret=secret,
+        refresh_token_file=Path(file) if file is not None else None,
+        oauth_url=twitch.oauth_url,
+        refresh_margin=twitch.refresh_margin_seconds,
+    )
+    return RefreshingToken(
+        settings,
+        on_refreshed=refreshes.inc,
+        on_failure=lambda reason: metrics.token_refresh_failures.labels(config.name, reason).inc(),
+    )
+
+
 def eventsub_source(
     config: WebsocketClientConfig,
     options: FormatOptions,
@@ -270,7 +311,9 @@ def eventsub_source(
         committer,
         health,
         config.settings(EventSubSettings, keepalive_margin=twitch.keepalive_margin_seconds),
-        helix=Helix(twitch.helix_url, twitch.client_id, environ[twitch.token_env]),
+        helix=Helix(
+            twitch.helix_url, twitch.client_id, twitch_tokens(config, twitch, health, environ)
+        ),
         subscriptions=chat_subscriptions(twitch.broadcaster_user_id, twitch.user_id),
         on_revoked=revoked,
         on_ignored=functools.partial(health.ignored, config.name),

@@ -16,7 +16,10 @@
 - ``revocation``: logged, counted; that subscription sends nothing more. Once none is left,
   the session ends and a new one subscribes again: while Helix refuses (the authorisation was
   revoked), the source stays disconnected and retries with backoff.
-- The token is read once, at start: rotate it by restarting the ingester.
+- The token comes from ``ingest.sources.twitch_auth``: a static one (rotated by a restart), or
+  one kept fresh with the refresh-token flow by a task beside the sessions. A 401 from Helix
+  asks for a new token and retries that subscription once; a refresh that fails ends the
+  session (reason ``token <reason>``) and the source retries with backoff.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from websockets.exceptions import ConnectionClosed
 
 from ingest.sources.base import Health, Sink
 from ingest.sources.reconnect import Reconnecting
+from ingest.sources.twitch_auth import RefreshError, StaticToken, Tokens
 from ingest.sources.websocket import ConnectionSettings, retry_reason
 from ingest.twitch import (
     CHAT_MESSAGE,
@@ -74,27 +78,50 @@ def chat_subscriptions(broadcaster_user_id: str, user_id: str) -> list[Subscript
 
 
 class Helix:
-    """Creates EventSub subscriptions for a websocket session."""
+    """Creates EventSub subscriptions for a websocket session, with a token from ``token``
+    (a string is a static token)."""
 
-    def __init__(self, base_url: str, client_id: str, token: str, timeout: float = 10.0) -> None:
+    def __init__(
+        self, base_url: str, client_id: str, token: str | Tokens, timeout: float = 10.0
+    ) -> None:
         self.url = base_url.rstrip("/") + "/eventsub/subscriptions"
-        self.headers = {"Client-Id": client_id, "Authorization": f"Bearer {token}"}
+        self.client_id = client_id
+        self.tokens: Tokens = StaticToken(token) if isinstance(token, str) else token
         self.timeout = aiohttp.ClientTimeout(total=timeout)
 
+    def __repr__(self) -> str:
+        return f"Helix({self.url!r}, {self.client_id!r}, {self.tokens!r})"
+
     async def create(self, session_id: str, subscriptions: Sequence[Subscription]) -> None:
-        async with aiohttp.ClientSession(timeout=self.timeout, headers=self.headers) as http:
+        """Subscribe; a 401 gets a new token and one more try (per call), else SessionError."""
+        token = await self.tokens.current()
+        retried = False
+        async with aiohttp.ClientSession(timeout=self.timeout) as http:
             for sub in subscriptions:
-                body = {
-                    "type": sub.type,
-                    "version": sub.version,
-                    "condition": sub.condition,
-                    "transport": {"method": "websocket", "session_id": session_id},
-                }
-                async with http.post(self.url, json=body) as response:
-                    if response.status in (200, 202, 409):
-                        continue
-                    text = (await response.text())[:300]
-                    raise SessionError(f"subscribe http {response.status}", text)
+                status, text = await self._post(http, token, session_id, sub)
+                if status == 401 and not retried:
+                    retried = True
+                    fresh = await self.tokens.rejected(token)
+                    if fresh is not None:
+                        token = fresh
+                        status, text = await self._post(http, token, session_id, sub)
+                if status not in (200, 202, 409):
+                    raise SessionError(f"subscribe http {status}", text)
+
+    async def _post(
+        self, http: aiohttp.ClientSession, token: str, session_id: str, sub: Subscription
+    ) -> tuple[int, str]:
+        body = {
+            "type": sub.type,
+            "version": sub.version,
+            "condition": sub.condition,
+            "transport": {"method": "websocket", "session_id": session_id},
+        }
+        headers = {"Client-Id": self.client_id, "Authorization": f"Bearer {token}"}
+        async with http.post(self.url, json=body, headers=headers) as response:
+            if response.status in (200, 202, 409):
+                return response.status, ""
+            return response.status, (await response.text())[:300]
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,7 +161,15 @@ class EventSubSource(Reconnecting):
         self.hand_overs = 0
         self._live_subscriptions = 0
 
+    async def run(self) -> None:
+        """Sessions one after another, with the token kept fresh beside them."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.helix.tokens.run(), name=f"source[{self.name}].token")
+            await super().run()
+
     def _retry_reason(self, exc: Exception) -> str | None:
+        if isinstance(exc, RefreshError):
+            return f"token {exc.reason}"
         if isinstance(exc, SessionError):
             log.warning("eventsub session ended: %s", exc)
             return exc.reason
