@@ -88,7 +88,11 @@ def test_demo_config_is_valid() -> None:
 
 
 PLATFORMS = ROOT / "config" / "platforms.toml"
-PLATFORM_SECRETS = {"TWITCH_TOKEN": "t" * 30, "SHOPIFY_SECRET": "s" * 32}
+PLATFORM_SECRETS = {
+    "TWITCH_REFRESH_TOKEN": "r" * 50,
+    "TWITCH_CLIENT_SECRET": "c" * 30,
+    "SHOPIFY_SECRET": "s" * 32,
+}
 
 
 def test_platforms_config_is_valid_and_complete() -> None:
@@ -105,11 +109,13 @@ def test_platforms_config_is_valid_and_complete() -> None:
     )
     assert isinstance(relay, WebsocketClientConfig)
     assert relay.format == "socialstream"
-    # Every key of the platform tables is shown (with its default where it has one).
+    assert twitch.twitch.refresh_token_env == "TWITCH_REFRESH_TOKEN"
+    # Every key of the platform tables is shown (with its default where it has one); one that
+    # is an alternative to others, commented out.
     text = PLATFORMS.read_text(encoding="utf-8")
     for key in [*TwitchConfig.model_fields, *HttpServerConfig.model_fields]:
         if key not in _SourceBase.model_fields:
-            assert re.search(rf"^{key} = ", text, re.M), key
+            assert re.search(rf"^(# )?{key} = ", text, re.M), key
 
 
 def test_platform_sources_report_every_mistake_with_its_location() -> None:
@@ -573,3 +579,46 @@ def test_run_still_refuses_to_start_without_a_secret(
 ) -> None:
     assert cli.main(["run", "-c", str(SHIPPED)]) == 2
     assert "LIVESTREAM_PUSH_TOKEN is not set" in capsys.readouterr().err
+
+
+TWITCH = {"client_id": "c", "broadcaster_user_id": "1", "user_id": "2"}
+
+
+def twitch_source(**twitch: str) -> dict[str, Any]:
+    source = {
+        "name": "twitch",
+        "type": "websocket-client",
+        "format": "twitch-eventsub",
+        "url": "wss://x",
+        "stream": "s",
+        "twitch": {**TWITCH, **twitch},
+    }
+    return {"sources": [source]}
+
+
+def test_twitch_takes_one_token_mode() -> None:
+    env = {"T": "t" * 16, "R": "r" * 40, "S": "s" * 30}
+    one_of = "sources[0].twitch: Value error, set one of token_env (static) and refresh_token_env"
+    assert errors_of(twitch_source(), env) == [f"{one_of} (refreshed)"]
+    assert errors_of(twitch_source(token_env="T", refresh_token_env="R"), env) == [
+        f"{one_of} (refreshed)"
+    ]
+    assert errors_of(twitch_source(token_env="T", client_secret_env="S"), env) == [
+        "sources[0].twitch: Value error, client_secret_env and refresh_token_file go with "
+        "refresh_token_env"
+    ]
+    config = parse(twitch_source(refresh_token_env="R"), "test.toml", env)  # a public client
+    (source,) = config.sources
+    assert isinstance(source, WebsocketClientConfig)
+    assert source.twitch is not None
+    assert source.twitch.oauth_url == "https://id.twitch.tv/oauth2"
+    assert source.twitch.refresh_margin_seconds == 300
+
+
+def test_twitch_refresh_secrets_are_checked_like_every_secret() -> None:
+    data = twitch_source(refresh_token_env="NO_REFRESH", client_secret_env="NO_SECRET")
+    assert errors_of(data, {"NO_SECRET": "short"}) == [
+        "sources[0].twitch.refresh_token_env: environment variable NO_REFRESH is not set",
+        "sources[0].twitch.client_secret_env: environment variable NO_SECRET is shorter than "
+        "16 bytes",
+    ]

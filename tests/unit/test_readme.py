@@ -45,7 +45,8 @@ def test_config_examples_are_valid() -> None:
     env = {
         "LIVESTREAM_PUSH_TOKEN": "t" * 16,
         "MQTT_PASSWORD": "p" * 16,
-        "TWITCH_TOKEN": "t" * 30,
+        "TWITCH_REFRESH_TOKEN": "r" * 50,
+        "TWITCH_CLIENT_SECRET": "c" * 30,
         "SHOPIFY_SECRET": "s" * 32,
     }
     sources = [
