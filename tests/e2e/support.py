@@ -125,7 +125,14 @@ rejection_interval_seconds = 0
     return path
 
 
-def client_source(name: str, url: str, stream: str | None = None, fmt: str = "native") -> str:
+def client_source(
+    name: str,
+    url: str,
+    stream: str | None = None,
+    fmt: str = "native",
+    *,
+    backoff: tuple[float, float] = (0.05, 0.5),
+) -> str:
     default = f'stream = "{stream}"' if stream else ""
     return f"""
 [[sources]]
@@ -134,22 +141,49 @@ type = "websocket-client"
 format = "{fmt}"
 url = "{url}"
 {default}
-backoff_initial = 0.05
-backoff_max = 0.5
+backoff_initial = {backoff[0]}
+backoff_max = {backoff[1]}
 """
 
 
 TOKEN_ENV = "LIVESTREAM_TEST_TWITCH_TOKEN"
+REFRESH_TOKEN_ENV = "LIVESTREAM_TEST_TWITCH_REFRESH_TOKEN"
+CLIENT_SECRET_ENV = "LIVESTREAM_TEST_TWITCH_CLIENT_SECRET"
 
 
-def eventsub_source(server: EventSubServer, stream: str) -> str:
-    """A Twitch EventSub source reading ``server``; its token in ``TOKEN_ENV``."""
+@dataclasses.dataclass(frozen=True)
+class Refreshing:
+    """A Twitch source in refresh mode: where its rotated refresh token goes, and the OAuth
+    server (``server``'s unless given)."""
+
+    file: Path
+    oauth_url: str | None = None
+    backoff: tuple[float, float] = (0.05, 0.5)
+
+
+def eventsub_source(
+    server: EventSubServer, stream: str, refreshing: Refreshing | None = None
+) -> str:
+    """A Twitch EventSub source reading ``server``; its token in ``TOKEN_ENV``, or (refresh
+    mode) its refresh token and client secret in ``REFRESH_TOKEN_ENV`` and ``CLIENT_SECRET_ENV``
+    (see :func:`twitch_environment`)."""
+    token = f'token_env = "{TOKEN_ENV}"'
+    backoff = (0.05, 0.5)
+    if refreshing is not None:
+        backoff = refreshing.backoff
+        token = (
+            f'refresh_token_env = "{REFRESH_TOKEN_ENV}"\n'
+            f'refresh_token_file = "{refreshing.file}"\n'
+            f'oauth_url = "{refreshing.oauth_url or server.oauth_url}"'
+        )
+        if server.oauth.client_secret is not None:
+            token += f'\nclient_secret_env = "{CLIENT_SECRET_ENV}"'
     return (
-        client_source("twitch", server.url, stream, "twitch-eventsub")
+        client_source("twitch", server.url, stream, "twitch-eventsub", backoff=backoff)
         + f"""
 [sources.twitch]
 client_id = "{server.client_id}"
-token_env = "{TOKEN_ENV}"
+{token}
 broadcaster_user_id = "{server.broadcaster}"
 user_id = "2000"
 helix_url = "{server.helix_url}"
@@ -176,6 +210,14 @@ stream = "{stream}"
 max_body_bytes = 65536
 commit_timeout_seconds = {1.5 * UNIT}
 """
+
+
+def twitch_environment(server: EventSubServer) -> dict[str, str]:
+    """The secrets an :func:`eventsub_source` of ``server`` reads, in either mode."""
+    env = {TOKEN_ENV: server.token, REFRESH_TOKEN_ENV: server.oauth.initial_refresh_token}
+    if server.oauth.client_secret is not None:
+        env[CLIENT_SECRET_ENV] = server.oauth.client_secret
+    return env
 
 
 def feed_ingester(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -18,9 +19,11 @@ import pytest_asyncio
 from tests.e2e.support import (
     TOKEN_ENV,
     IngesterProcess,
+    Refreshing,
     eventsub_source,
     scrape,
     select,
+    twitch_environment,
     write_config,
 )
 from tests.platforms import EventSubServer
@@ -221,3 +224,143 @@ async def test_a_revocation_is_counted_shown_and_recovered_from(
     await counted(server, port, stream)
     assert len(server.sent) == 80
     assert metric(port, "livestream_ingest_source_connected", source="twitch") == 1
+
+
+# --- the Helix token refreshed with a refresh token ------------------------------------------
+
+
+def refreshing_ingester(
+    server: EventSubServer, tmp_path: Path, redis_url: str, stream: str, refreshing: Refreshing
+) -> IngesterProcess:
+    port = free_port()
+    config = write_config(
+        tmp_path / "twitch-refresh.toml",
+        redis_url=redis_url,
+        http_port=port,
+        sources=eventsub_source(server, stream, refreshing),
+    )
+    return IngesterProcess(config, port, env=twitch_environment(server))
+
+
+def refresh_failures(port: int) -> dict[tuple[str, ...], float]:
+    return select(scrape(port), "livestream_ingest_token_refresh_failures_total", source="twitch")
+
+
+NO_FAILURES = {(reason,): 0 for reason in ("invalid", "network", "http", "malformed")}
+
+
+@pytest.mark.asyncio
+async def test_chat_counts_exactly_across_token_expiries_without_a_restart(
+    server: EventSubServer, tmp_path: Path, redis_url: str, stream: str
+) -> None:
+    """Tokens live 2 s and a public client's refresh token rotates with each refresh. Three
+    times the token a session subscribed with expires and the session is then lost: each new
+    session subscribes with a fresh token, and every line is counted once."""
+    server.oauth.lifetime = 2
+    server.oauth.client_secret = None
+    file = tmp_path / "twitch-refresh-token"
+    with refreshing_ingester(server, tmp_path, redis_url, stream, Refreshing(file)) as ingester:
+        port = ingester.http_port
+        await subscribed(server)
+        for round_ in range(3):
+            used = server.subscribed_with[-1]
+            await until(lambda: not server.oauth.valid(used), 10, "the token to expire")  # noqa: B023
+            for n in range(50):
+                assert await server.chat(f"r{round_}-{n}", chatter=str(100 + n))
+            dead = server.silence()
+            await until(lambda: server.active not in (None, dead), 10, "a new session")  # noqa: B023
+        for n in range(50):
+            assert await server.chat(f"last-{n}", chatter="7")
+        await counted(server, port, stream)
+        assert len(server.sent) == 200
+        assert server.refused_tokens == 0  # no subscription was tried with an expired token
+        assert server.subscribe_requests == 4
+        assert len(set(server.subscribed_with)) == 4
+        assert metric(port, "livestream_ingest_source_reconnects_total", source="twitch") == 3
+        refreshes = server.oauth.refreshes
+        assert refreshes >= 6
+        # Counted exactly: every refresh the OAuth server answered (none can be in flight: the
+        # next is due a second after the last).
+        await until(
+            lambda: metric(port, "livestream_ingest_token_refreshes_total") >= refreshes,
+            5,
+            "the refreshes counted",
+        )
+        samples = scrape(port)
+        answered = server.oauth.refreshes
+        assert select(samples, "livestream_ingest_token_refreshes_total") == {("twitch",): answered}
+        assert refresh_failures(port) == NO_FAILURES
+    assert server.oauth.refused == 0
+    assert file.read_text().strip() in server.oauth.refresh_tokens  # the latest rotated one
+    log = ingester.log.read_text()
+    for secret in [*server.oauth.expires, *server.oauth.refresh_tokens]:
+        assert secret not in log
+
+
+@pytest.mark.asyncio
+async def test_a_revoked_refresh_token_is_counted_alerted_and_logged_once(
+    server: EventSubServer, tmp_path: Path, redis_url: str, stream: str
+) -> None:
+    server.oauth.lifetime = 2
+    file = tmp_path / "twitch-refresh-token"
+    with refreshing_ingester(server, tmp_path, redis_url, stream, Refreshing(file)) as ingester:
+        port = ingester.http_port
+        await subscribed(server)
+        server.oauth.revoke_refresh_tokens()
+        await until(
+            lambda: refresh_failures(port)[("invalid",)] >= 3, 10, "three refused refreshes"
+        )
+        # The running session's subscription still delivers.
+        for n in range(30):
+            assert await server.chat(f"c-{n}", chatter="9")
+        await counted(server, port, stream)
+        # A new session cannot subscribe: the token has expired and none can be had.
+        server.silence()
+        await until(
+            lambda: metric(port, "livestream_ingest_source_reconnects_total", source="twitch") >= 2,
+            10,
+            "retried sessions",
+        )
+        assert metric(port, "livestream_ingest_source_connected", source="twitch") == 0
+        failures = refresh_failures(port)
+        assert failures[("invalid",)] == server.oauth.refused
+        assert {k: v for k, v in failures.items() if k != ("invalid",)} == {
+            (reason,): 0 for reason in ("network", "http", "malformed")
+        }
+    log = ingester.log.read_text()
+    assert log.count("refresh token is invalid or revoked") == 1
+    assert (
+        "reason='token invalid'" in log or "reason=token invalid" in log or "token invalid" in log
+    )
+    assert "Traceback" not in log
+    assert server.oauth.initial_refresh_token not in log
+
+
+@pytest.mark.asyncio
+async def test_sigterm_during_a_refresh_backoff_exits_promptly(
+    server: EventSubServer, tmp_path: Path, redis_url: str, stream: str
+) -> None:
+    """Nothing answers at the OAuth URL and the source backs off for a minute: SIGTERM still
+    ends the ingester at once, cleanly."""
+    refreshing = Refreshing(
+        tmp_path / "twitch-refresh-token",
+        oauth_url=f"http://127.0.0.1:{free_port()}/oauth2",
+        backoff=(60.0, 120.0),
+    )
+    with refreshing_ingester(server, tmp_path, redis_url, stream, refreshing) as ingester:
+        port = ingester.http_port
+        await until(
+            lambda: (
+                refresh_failures(port)[("network",)] >= 2
+                and metric(port, "livestream_ingest_source_reconnects_total", source="twitch") >= 1
+            ),
+            10,
+            "the token task and the session in backoff",
+        )
+        started = time.monotonic()
+        assert ingester.terminate() == 0
+        assert time.monotonic() - started < 5 * UNIT
+    log = ingester.log.read_text()
+    assert "stopping: no more reading" in log
+    assert "Traceback" not in log
+    assert server.subscribe_requests == 0
