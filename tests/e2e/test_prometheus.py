@@ -27,13 +27,14 @@ from websockets.exceptions import ConnectionClosed
 from tests.e2e.support import (
     SECRET,
     SECRET_ENV,
-    TOKEN_ENV,
     IngesterProcess,
+    Refreshing,
     ReplayFeed,
     client_source,
     eventsub_source,
     scrape,
     select,
+    twitch_environment,
     webhook_source,
     write_config,
 )
@@ -260,7 +261,8 @@ async def test_every_dashboard_query_and_rule_against_a_real_prometheus(
     prometheus = Prometheus(tmp_path, [f"127.0.0.1:{port}" for port in ports])
     twitch = EventSubServer()
     # Besides the sale's feed, each replica has the platform sources, so that their panels
-    # have series: EventSub (revocations, at 0) and a Shopify endpoint (ignored, refused).
+    # have series: EventSub (revocations at 0; its token refreshed, failures at 0) and a
+    # Shopify endpoint (ignored, refused).
     replicas = [
         IngesterProcess(
             write_config(
@@ -268,11 +270,11 @@ async def test_every_dashboard_query_and_rule_against_a_real_prometheus(
                 redis_url=redis_url,
                 http_port=port,
                 sources=client_source("feed", feed.url(f"replica-{n}"))
-                + eventsub_source(twitch, stream)
+                + eventsub_source(twitch, stream, Refreshing(tmp_path / f"refresh-{n}"))
                 + webhook_source(hook, stream),
             ),
             port,
-            env={TOKEN_ENV: twitch.token, SECRET_ENV: SECRET},
+            env={**twitch_environment(twitch), SECRET_ENV: SECRET},
         )
         for n, (port, hook) in enumerate(zip(ports, hooks, strict=True))
     ]
