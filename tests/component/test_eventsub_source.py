@@ -338,3 +338,26 @@ async def test_the_token_is_refreshed_by_the_clock_it_is_given(server: EventSubS
     assert second != first
     assert server.oauth.refreshes == 2
     assert server.oauth.valid(second)
+
+
+@pytest.mark.asyncio
+async def test_a_token_revoked_early_is_found_by_validation_and_replaced(
+    server: EventSubServer,
+) -> None:
+    """Between Helix calls only the periodic validation (hourly on Twitch; 0.2 s here) can see
+    that a token died early: it is then replaced at once, not at its planned refresh."""
+    server.oauth.lifetime = 600
+    failures: list[str] = []
+    tokens = refreshing(server, failures)
+    tokens.settings = dataclasses.replace(tokens.settings, validate_interval=0.2)
+    async with running(tokens.run()):
+        await until(lambda: server.oauth.refreshes == 1, 10, "the first token")
+        first = await tokens.current()
+        await until(lambda: server.oauth.validations >= 2, 10, "two validations")
+        assert server.oauth.refreshes == 1  # a valid token is kept
+        server.oauth.expire_access_tokens()
+        await until(lambda: server.oauth.refreshes == 2, 10, "a new token")
+        second = await tokens.current()
+    assert second != first
+    assert server.oauth.valid(second)
+    assert failures == []
