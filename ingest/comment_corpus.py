@@ -1,0 +1,152 @@
+"""The labelled comment corpus and the parser's measured quality on it.
+
+``python -m ingest.comment_corpus tests/data/comment_orders.tsv
+tests/data/comment_orders_catalog.toml`` prints precision and recall (whole corpus, the part used
+while tuning, and the held-out part). The corpus format is described at the top of the file.
+
+An intent is an order (SKU and quantity) or a withdrawal (SKU, or none); a predicted intent is
+right only if it equals an expected one, so a wrong quantity is both a miss and a false positive.
+Comments labelled ambiguous are left out of the score; ambiguous predictions are not intents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import sys
+import tomllib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from ingest.comment_orders import CommentParser, Intent, OrderIntent, Withdrawal
+
+AMBIGUOUS = "?"
+NONE = "-"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CatalogProduct:
+    """A product of the corpus's catalog file (the shape the parser's protocol asks for)."""
+
+    sku: str
+    aliases: tuple[str, ...] = ()
+    unit_grams: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Labelled:
+    line: int
+    text: str
+    expected: frozenset[Intent] | None
+    """None: a seller could not decide (ambiguous)."""
+    phone: bool
+
+    @property
+    def held_out(self) -> bool:
+        """One line in five, by a hash of its text: never looked at while tuning."""
+        return hashlib.sha1(self.text.encode()).digest()[-1] % 5 == 0
+
+
+def load_catalog(path: Path) -> list[CatalogProduct]:
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    return [
+        CatalogProduct(item["sku"], tuple(item.get("aliases", ())), item.get("unit_grams"))
+        for item in data["product"]
+    ]
+
+
+def _intent(label: str) -> Intent:
+    if label.startswith("!"):
+        return Withdrawal(None if label == "!*" else label[1:])
+    sku, quantity = label.split(":")
+    return OrderIntent(sku, int(quantity))
+
+
+def load_corpus(path: Path) -> list[Labelled]:
+    corpus = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        label, phone, text = line.split("\t")
+        expected = (
+            None
+            if label == AMBIGUOUS
+            else frozenset()
+            if label == NONE
+            else frozenset(_intent(part) for part in label.split())
+        )
+        corpus.append(Labelled(number, text.replace("\\n", "\n"), expected, phone == "p"))
+    return corpus
+
+
+@dataclasses.dataclass(slots=True)
+class Score:
+    comments: int = 0
+    scored: int = 0
+    expected: int = 0
+    predicted: int = 0
+    right: int = 0
+    phone_right: int = 0
+    errors: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def precision(self) -> float:
+        return self.right / self.predicted if self.predicted else 1.0
+
+    @property
+    def recall(self) -> float:
+        return self.right / self.expected if self.expected else 1.0
+
+    def line(self, name: str) -> str:
+        return (
+            f"{name}: {self.comments} comments, {self.scored} scored, "
+            f"{self.expected} expected intents, {self.predicted} predicted, {self.right} right: "
+            f"precision {self.precision:.3f}, recall {self.recall:.3f}; "
+            f"phone {self.phone_right}/{self.comments}"
+        )
+
+
+def score(corpus: Iterable[Labelled], parser: CommentParser) -> Score:
+    result = Score()
+    for item in corpus:
+        parsed = parser.parse(item.text)
+        result.comments += 1
+        result.phone_right += parsed.has_phone == item.phone
+        if parsed.has_phone != item.phone:
+            result.errors.append(f"{item.line}: phone {parsed.has_phone}: {item.text!r}")
+        if item.expected is None:
+            continue
+        got = {i for i in parsed.intents if isinstance(i, OrderIntent | Withdrawal)}
+        result.scored += 1
+        result.expected += len(item.expected)
+        result.predicted += len(got)
+        result.right += len(got & item.expected)
+        if got != item.expected:
+            result.errors.append(f"{item.line}: got {sorted(map(str, got))}: {item.text!r}")
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    args.add_argument("corpus", type=Path)
+    args.add_argument("catalog", type=Path)
+    args.add_argument("--errors", choices=("tuning", "all"), help="also list the mistakes")
+    options = args.parse_args(argv)
+    corpus = load_corpus(options.corpus)
+    parser = CommentParser(load_catalog(options.catalog))
+    parts = {
+        "whole corpus": corpus,
+        "tuning part": [item for item in corpus if not item.held_out],
+        "held-out part": [item for item in corpus if item.held_out],
+    }
+    for name, part in parts.items():
+        print(score(part, parser).line(name))
+    if options.errors:
+        shown = corpus if options.errors == "all" else parts["tuning part"]
+        print(*score(shown, parser).errors, sep="\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
