@@ -1,8 +1,9 @@
 """The labelled comment corpus and the parser's measured quality on it.
 
-``python -m ingest.comment_corpus tests/data/comment_orders.tsv
-tests/data/comment_orders_catalog.toml`` prints precision and recall (whole corpus, the part used
-while tuning, and the held-out part). The corpus format is described at the top of the file.
+``python -m ingest.comment_corpus --catalog tests/data/comment_orders_catalog.toml
+tests/data/comment_orders*.tsv`` prints precision and recall: of all the files together, of the
+part used while tuning and of the held-out part, then of each file. The corpus format is
+described at the top of each file.
 
 An intent is an order (SKU and quantity) or a withdrawal (SKU, or none); a predicted intent is
 right only if it equals an expected one, so a wrong quantity is both a miss and a false positive.
@@ -36,7 +37,8 @@ class CatalogProduct:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Labelled:
-    line: int
+    where: str
+    """file:line"""
     text: str
     expected: frozenset[Intent] | None
     """None: a seller could not decide (ambiguous)."""
@@ -76,7 +78,8 @@ def load_corpus(path: Path) -> list[Labelled]:
             if label == NONE
             else frozenset(_intent(part) for part in label.split())
         )
-        corpus.append(Labelled(number, text.replace("\\n", "\n"), expected, phone == "p"))
+        where = f"{path.name}:{number}"
+        corpus.append(Labelled(where, text.replace("\\n", "\n"), expected, phone == "p"))
     return corpus
 
 
@@ -114,7 +117,7 @@ def score(corpus: Iterable[Labelled], parser: CommentParser) -> Score:
         result.comments += 1
         result.phone_right += parsed.has_phone == item.phone
         if parsed.has_phone != item.phone:
-            result.errors.append(f"{item.line}: phone {parsed.has_phone}: {item.text!r}")
+            result.errors.append(f"{item.where}: phone {parsed.has_phone}: {item.text!r}")
         if item.expected is None:
             continue
         got = {i for i in parsed.intents if isinstance(i, OrderIntent | Withdrawal)}
@@ -123,22 +126,24 @@ def score(corpus: Iterable[Labelled], parser: CommentParser) -> Score:
         result.predicted += len(got)
         result.right += len(got & item.expected)
         if got != item.expected:
-            result.errors.append(f"{item.line}: got {sorted(map(str, got))}: {item.text!r}")
+            result.errors.append(f"{item.where}: got {sorted(map(str, got))}: {item.text!r}")
     return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    args.add_argument("corpus", type=Path)
-    args.add_argument("catalog", type=Path)
+    args.add_argument("corpus", type=Path, nargs="+", help="labelled comment files (.tsv)")
+    args.add_argument("--catalog", type=Path, required=True, help="the products (TOML)")
     args.add_argument("--errors", choices=("tuning", "all"), help="also list the mistakes")
     options = args.parse_args(argv)
-    corpus = load_corpus(options.corpus)
+    files = {path.name: load_corpus(path) for path in options.corpus}
+    corpus = [item for items in files.values() for item in items]
     parser = CommentParser(load_catalog(options.catalog))
     parts = {
-        "whole corpus": corpus,
+        "all": corpus,
         "tuning part": [item for item in corpus if not item.held_out],
         "held-out part": [item for item in corpus if item.held_out],
+        **files,
     }
     for name, part in parts.items():
         print(score(part, parser).line(name))

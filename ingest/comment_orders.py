@@ -217,6 +217,7 @@ _WRITTEN: Final[dict[str, frozenset[str]]] = {
     "nho": frozenset({"nhớ"}),
     "nua": frozenset({"nữa"}),
     "qua": frozenset({"quá", "qua"}),
+    "that": frozenset({"thật"}),
     "re": frozenset({"rẻ"}),
     "roi": frozenset({"rồi"}),
     "sau": frozenset(),
@@ -231,6 +232,9 @@ _ONLY_WRITTEN: Final[dict[str, frozenset[str]]] = {
     "doi-wait": frozenset({"đợi"}),
     "toi-evening": frozenset({"tối"}),
     "ai": frozenset({"ai"}),
+    "bao-say": frozenset({"bảo"}),
+    "noi-say": frozenset({"nói"}),
+    "them-crave": frozenset({"thèm"}),
     "a-question": frozenset({"à"}),
 }
 
@@ -255,7 +259,8 @@ _QUESTION = _phrases(
     "bao nhieu", "bn", "nhieu", "bao lau", "bao gio", "khi nao", "luc nao", "o dau", "dau",
     "the nao", "ntn", "gia", "may", "gi", "nao", "la", "hay", "sao", "how", "what", "when",
     "where", "why", "which", "price", "much", "available", "stock", "cost", "is", "are", "do",
-    "does", "can", "could", "co ship", "freeship", "free ship",
+    "does", "can", "could", "co ship", "freeship", "free ship", "bao tien", "bnhieu", "bao nhiu",
+    "nhiu", "tien",
 )  # fmt: skip
 _QUESTION_FINAL = frozenset(
     {"khong", "ko", "k", "kh", "hong", "hok", "hem", "khum", "chua", "ha", "nhi", "vay", "the"}
@@ -276,7 +281,7 @@ _FUTURE = _phrases(
     "neu", "if", "de", "se", "dinh", "tinh", "chac", "khi", "tomorrow", "later", "maybe", "next",
     "co le", "lat nua", "ti nua", "ty nua", "chut nua", "tuan sau", "lan sau", "dot sau",
     "hom sau", "thang sau", "sau nay", "cuoi thang", "hom khac", "suy nghi", "quay lai",
-    "ngay mai", "sang mai", "mai",
+    "ngay mai", "sang mai",
 )  # fmt: skip
 _OTHERS = _phrases(
     "chi ay", "anh ay", "ban ay", "em ay", "co ay", "ban kia", "chi kia", "anh kia", "nguoi ta",
@@ -285,7 +290,8 @@ _OTHERS = _phrases(
 _REMINDER = _phrases("nhac", "nho", "quen", "remind", "cua")
 _CHAT = _phrases(
     "ngon", "ngot", "qua", "lam", "dep", "xinh", "thom", "het", "hon", "tiec", "thu", "xem",
-    "quay", "len", "boc", "sale", "giam gia", "re", "khac", "thich", "bang",
+    "quay", "len", "boc", "sale", "giam gia", "re", "khac", "thich", "bang", "that", "ghe", "lim",
+    "kia",
 )  # fmt: skip
 _ONE_OF_EACH = _phrases("moi loai", "moi thu", "moi cai", "moi mau", "each", "moi loai")
 _PARTIAL = _phrases("bot", "giam con")
@@ -484,21 +490,33 @@ def _stops_taking(tokens: Sequence[Tok]) -> bool:
 
 def _chats(tokens: Sequence[Tok]) -> bool:
     """Small talk, a reminder, or a word about a product rather than an order of it."""
-    if _has(tokens, _CHAT) or _has(tokens, _REMINDER) or _has(tokens, _phrases("mai")):
+    if _has(tokens, _CHAT) or _has(tokens, _REMINDER) or _tomorrow(tokens):
         return True
-    return any(_written(tok, "dat-expensive") for tok in tokens)
+    return any(_written(tok, key) for tok in tokens for key in ("dat-expensive", "them-crave"))
+
+
+def _tomorrow(tokens: Sequence[Tok]) -> bool:
+    """``mai`` (tomorrow) opening a clause or before a pronoun or verb; not the district of
+    Hoàng Mai or a buyer called Mai."""
+    for i, tok in enumerate(tokens):
+        if tok.word == "mai" and not tok.marked:
+            following = tokens[i + 1].word if i + 1 < len(tokens) else ""
+            if i == 0 or following in _PRONOUNS or following in _ORDER_VERBS:
+                return True
+    return False
 
 
 def _comment_blocked(tokens: Sequence[Tok]) -> bool:
     """The past, the future, a condition, another person: nothing in the comment counts."""
     if _has(tokens, _PAST) or _has(tokens, _OTHERS):
         return True
-    if _has(tokens, tuple(phrase for phrase in _FUTURE if phrase != ("mai",))):
+    if _has(tokens, _FUTURE):
         return True
     for i, tok in enumerate(tokens):
         if tok.word == "@" and i + 1 < len(tokens):
             return True
-        if any(_written(tok, key) for key in ("cho-wait", "doi-wait", "toi-evening", "ai")):
+        keys = ("cho-wait", "doi-wait", "toi-evening", "ai", "bao-say", "noi-say")
+        if any(_written(tok, key) for key in keys):
             return True
         if tok.word == "da" and (tok.orig == "đã" or _plain_da_before_verb(tokens, i)):
             return True
@@ -553,9 +571,16 @@ def _quantity_at(elements: Sequence[Element], i: int) -> Quantity | None:
     container = following is not None and following.word in _CONTAINERS
     if container and following is not None and (following.word != "bo" or following.orig == "bộ"):
         return Quantity("container", value)
-    if _counted(elements, i):
+    if _counted(elements, i) or _times_before(elements, i):
         return Quantity("count", value)
     return _bare(tok, value, written, elements[i + 1] if i + 1 < len(elements) else None)
+
+
+def _times_before(elements: Sequence[Element], i: int) -> bool:
+    """``2 x VT01``."""
+    times = _tok(elements, i + 1)
+    following = elements[i + 2] if i + 2 < len(elements) else None
+    return times is not None and times.word in ("x", "×", "*") and isinstance(following, Mention)
 
 
 def _counted(elements: Sequence[Element], i: int) -> bool:
@@ -659,6 +684,9 @@ def _analyse(clause: _Clause) -> _Found:
         if verb is not None:
             mode = verb
             found.modes.add(verb)
+    if found.modes == {"withdraw"} and all(named.mode == "order" for named in found.named):
+        for named in found.named:  # "VT05 em hủy nhé": the verb after what it withdraws
+            named.mode = "withdraw"
     _assign(elements, positions, found)
     return found
 
