@@ -13,7 +13,7 @@ from ingest.comment_orders import CommentParser, OrderIntent, Withdrawal
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 CATALOG = DATA / "comment_orders_catalog.toml"
-FILES = (DATA / "comment_orders.tsv", DATA / "comment_orders_blind.tsv")
+FILES = tuple(DATA / f"comment_orders{part}.tsv" for part in ("", "_blind", "_blind2"))
 PARSER = CommentParser(load_catalog(CATALOG))
 
 
@@ -78,5 +78,6 @@ def test_the_score_command_prints_every_part(capsys: pytest.CaptureFixture[str])
         "held-out part",
         "comment_orders.tsv",
         "comment_orders_blind.tsv",
+        "comment_orders_blind2.tsv",
     ]
     assert all(re.search(r"precision [01]\.\d{3}, recall [01]\.\d{3}", line) for line in lines)
