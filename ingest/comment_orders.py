@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -36,6 +37,9 @@ from typing import Final, Protocol
 
 MAX_CHARS: Final = 1000
 """Only the start of a longer comment is read: an order is short, and every rule is linear."""
+MAX_TOKENS: Final = 64
+"""Words and signs read from one comment (an emoji is one; the longest labelled comment has 16):
+bounds the work one comment can cause."""
 MAX_UNITS: Final = 10_000
 """Largest quantity of units in one order, as in the native order format (``qty``)."""
 MAX_GRAMS: Final = 1_000_000
@@ -119,6 +123,7 @@ _TOKEN = re.compile(r"\d+(?:[.,]\d+)?|(?:[^\W\d_]|[\u0300-\u036f])+|\n|[^\w\s]")
 _MASK = " \u260e "  # a token of its own that is neither a word nor a number
 
 
+@functools.lru_cache(maxsize=8192)
 def fold(text: str) -> str:
     """Case-folded, without diacritics: ``Hủy ĐƠN`` → ``huy don``."""
     decomposed = unicodedata.normalize("NFD", text.casefold())
@@ -168,8 +173,12 @@ _GRAM = frozenset({"g", "gr", "gam", "gram", "grams"})
 
 
 def tokenise(text: str) -> list[Tok]:
+    """Words (diacritics kept), numbers (``1,5`` is one) and signs; at most :data:`MAX_TOKENS`."""
     tokens: list[Tok] = []
-    for raw in _TOKEN.findall(text):
+    for match in _TOKEN.finditer(text):
+        if len(tokens) >= MAX_TOKENS:
+            break
+        raw = match.group()
         if raw[0].isdigit():
             tokens.append(Tok(raw, raw, _decimal(raw)))
             continue
@@ -279,11 +288,25 @@ def _written(tok: Tok, key: str) -> bool:
     return tok.orig in _ONLY_WRITTEN[key]
 
 
-def _phrases(*texts: str) -> tuple[tuple[str, ...], ...]:
-    return tuple(tuple(text.split()) for text in texts)
+class _Phrases:
+    """Folded words and phrases, indexed by their first word: one pass over a comment's tokens
+    finds any of them."""
+
+    def __init__(self, *texts: str) -> None:
+        self._by_first: dict[str, list[tuple[str, ...]]] = {}
+        for text in texts:
+            phrase = tuple(text.split())
+            self._by_first.setdefault(phrase[0], []).append(phrase)
+
+    def at(self, tokens: Sequence[Tok], i: int) -> bool:
+        return any(_at(tokens, i, phrase) for phrase in self._by_first.get(tokens[i].word, ()))
+
+    def found(self, tokens: Sequence[Tok]) -> bool:
+        by_first = self._by_first
+        return any(tok.word in by_first and self.at(tokens, i) for i, tok in enumerate(tokens))
 
 
-_QUESTION = _phrases(
+_QUESTION = _Phrases(
     "bao nhieu", "bn", "nhieu", "bao lau", "bao gio", "khi nao", "luc nao", "o dau", "dau",
     "the nao", "ntn", "gia", "may", "gi", "nao", "la", "hay", "sao", "how", "what", "when",
     "where", "why", "which", "price", "much", "available", "stock", "cost", "is", "are", "do",
@@ -296,34 +319,32 @@ _QUESTION_FINAL = frozenset(
 _POLITE = frozenset(
     {"a", "shop", "sop", "chi", "c", "em", "e", "anh", "oi", "ad", "admin", "ban", "nha", "nhe"}
 )
-_NEGATION = _phrases(
+_NEGATION = _Phrases(
     "khong", "ko", "kh", "hong", "hok", "khum", "chua", "dung", "chang", "cha", "no", "not",
     "never", "dont", "don ' t", "can ' t", "won ' t",
 )  # fmt: skip
-_PAST = _phrases(
+_PAST = _Phrases(
     "roi", "vua", "hqua", "already", "ordered", "paid", "bought", "yesterday", "hom qua",
     "hom truoc", "hom kia", "luc nay", "hoi nay", "lan truoc", "tuan truoc", "bua truoc",
     "dot truoc", "live truoc", "nam ngoai", "thang truoc",
 )  # fmt: skip
-_FUTURE = _phrases(
+_FUTURE = _Phrases(
     "neu", "if", "de", "se", "dinh", "tinh", "chac", "khi", "tomorrow", "later", "maybe", "next",
     "co le", "lat nua", "ti nua", "ty nua", "chut nua", "tuan sau", "lan sau", "dot sau",
     "hom sau", "thang sau", "sau nay", "cuoi thang", "hom khac", "suy nghi", "quay lai",
     "ngay mai", "sang mai",
 )  # fmt: skip
-_OTHERS = _phrases(
+_OTHERS = _Phrases(
     "chi ay", "anh ay", "ban ay", "em ay", "co ay", "ban kia", "chi kia", "anh kia", "nguoi ta",
     "ng ta", "moi nguoi", "mn", "my friend",
 )  # fmt: skip
-_REMINDER = _phrases("nhac", "nho", "quen", "remind", "cua")
-_CHAT = _phrases(
+_REMINDER = _Phrases("nhac", "nho", "quen", "remind", "cua")
+_CHAT = _Phrases(
     "ngon", "ngot", "qua", "lam", "dep", "xinh", "thom", "het", "hon", "tiec", "thu", "xem",
     "quay", "len", "boc", "sale", "giam gia", "re", "khac", "thich", "bang", "that", "ghe", "lim",
     "kia",
 )  # fmt: skip
-_ONE_OF_EACH = _phrases("moi loai", "moi thu", "moi cai", "moi mau", "each", "moi loai")
-_PARTIAL = _phrases("bot", "giam con")
-_CHANGE = _phrases("doi")
+_ONE_OF_EACH = _Phrases("moi loai", "moi thu", "moi cai", "moi mau", "each")
 
 _ORDER_VERBS = frozenset(
     {"chot", "lay", "dat", "mua", "order", "take", "want", "xin", "giu", "cho", "book", "buy"}
@@ -365,11 +386,6 @@ def _at(tokens: Sequence[Tok], i: int, phrase: tuple[str, ...]) -> bool:
     if i + len(phrase) > len(tokens):
         return False
     return all(_is(tokens[i + k], word) for k, word in enumerate(phrase))
-
-
-def _has(tokens: Sequence[Tok], phrases: Iterable[tuple[str, ...]]) -> bool:
-    phrases = tuple(phrases)
-    return any(_at(tokens, i, phrase) for i in range(len(tokens)) for phrase in phrases)
 
 
 # --- products ----------------------------------------------------------------------------------
@@ -485,7 +501,7 @@ def _clauses(elements: Sequence[Element]) -> list[_Clause]:
 
 def _asks(clause: _Clause) -> bool:
     tokens = clause.tokens
-    if clause.asks or _has(tokens, _QUESTION):
+    if clause.asks or _QUESTION.found(tokens):
         return True
     words = [tok for tok in tokens if tok.word.isalnum()]
     while words and (words[-1].word in _POLITE and not _written(words[-1], "a-question")):
@@ -500,7 +516,7 @@ def _negated(tokens: Sequence[Tok]) -> bool:
     for i, tok in enumerate(tokens):
         if tok.word == "k" and i > 0 and tokens[i - 1].number is not None:
             continue  # 350k: thousands
-        if tok.word == "k" or any(_at(tokens, i, phrase) for phrase in _NEGATION):
+        if tok.word == "k" or _NEGATION.at(tokens, i):
             return True
     return False
 
@@ -518,7 +534,7 @@ def _stops_taking(tokens: Sequence[Tok]) -> bool:
 
 def _chats(tokens: Sequence[Tok]) -> bool:
     """Small talk, a reminder, or a word about a product rather than an order of it."""
-    if _has(tokens, _CHAT) or _has(tokens, _REMINDER) or _tomorrow(tokens):
+    if _CHAT.found(tokens) or _REMINDER.found(tokens) or _tomorrow(tokens):
         return True
     return any(_written(tok, key) for tok in tokens for key in ("dat-expensive", "them-crave"))
 
@@ -534,17 +550,24 @@ def _tomorrow(tokens: Sequence[Tok]) -> bool:
     return False
 
 
+_BLOCKING_SPELLINGS = frozenset().union(
+    *(
+        _ONLY_WRITTEN[key]
+        for key in ("cho-wait", "doi-wait", "toi-evening", "ai", "bao-say", "noi-say")
+    )
+)
+
+
 def _comment_blocked(tokens: Sequence[Tok]) -> bool:
     """The past, the future, a condition, another person: nothing in the comment counts."""
-    if _has(tokens, _PAST) or _has(tokens, _OTHERS):
+    if _PAST.found(tokens) or _OTHERS.found(tokens):
         return True
-    if _has(tokens, _FUTURE):
+    if _FUTURE.found(tokens):
         return True
     for i, tok in enumerate(tokens):
         if tok.word == "@" and i + 1 < len(tokens):
             return True
-        keys = ("cho-wait", "doi-wait", "toi-evening", "ai", "bao-say", "noi-say")
-        if any(_written(tok, key) for key in keys):
+        if tok.orig in _BLOCKING_SPELLINGS:
             return True
         if tok.word == "da" and (tok.orig == "đã" or _plain_da_before_verb(tokens, i)):
             return True
@@ -700,7 +723,7 @@ def _analyse(clause: _Clause) -> _Found:
     mode = "withdraw" if _stops_taking(clause.tokens) else "order"
     if mode == "withdraw":
         found.modes.add(mode)
-    if _has(clause.tokens, _ONE_OF_EACH):
+    if _ONE_OF_EACH.found(clause.tokens):
         found.one_of_each = True
     positions: list[int] = []
     for i, el in enumerate(elements):
@@ -722,15 +745,18 @@ def _analyse(clause: _Clause) -> _Found:
 def _assign(elements: Sequence[Element], positions: list[int], found: _Found) -> None:
     """Each quantity goes to the product before it, unless a connector or a verb stands
     between them ("VT05 và 1 hũ mật ong"); a lone number only to a product right next to it."""
+    nxt = 0
     for p in range(len(elements)):
+        while nxt < len(positions) and positions[nxt] <= p:
+            nxt += 1
         quantity = _quantity_at(elements, p)
         if quantity is None:
             continue
-        before = [k for k, at in enumerate(positions) if at < p]
-        after = [k for k, at in enumerate(positions) if at > p]
-        prev = before[-1] if before else None
-        nxt = after[0] if after else None
-        target = _target(elements, positions, p, prev=prev, nxt=nxt, bare=quantity.kind == "bare")
+        prev = nxt - 1 if nxt > 0 else None
+        following = nxt if nxt < len(positions) else None
+        target = _target(
+            elements, positions, p, prev=prev, nxt=following, bare=quantity.kind == "bare"
+        )
         if target is not None:
             found.named[target].quantities.append(quantity)
         elif quantity.kind != "bare" and not positions:

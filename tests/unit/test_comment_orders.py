@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from ingest.comment_orders import (
     MAX_CHARS,
     MAX_GRAMS,
+    MAX_TOKENS,
     MAX_UNITS,
     Ambiguous,
     AmbiguousReason,
@@ -382,7 +383,9 @@ def test_decomposed_and_bytes_input_read_like_composed_text() -> None:
 
 def test_only_the_start_of_a_long_comment_is_read() -> None:
     assert intents("VT05 " + "a" * (MAX_CHARS * 10)) == order("VT05", 1)
-    assert intents("a " * MAX_CHARS + "VT05") == ()
+    assert intents("a" * MAX_CHARS + " VT05") == ()
+    assert intents("🥰 " * (MAX_TOKENS - 2) + "VT05") == order("VT05", 1)  # vt, 05
+    assert intents("🥰 " * MAX_TOKENS + "VT05") == ()
 
 
 def test_parse_comment_compiles_the_products_it_is_given() -> None:
