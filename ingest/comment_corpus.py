@@ -17,7 +17,7 @@ import dataclasses
 import hashlib
 import sys
 import tomllib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Set
 from pathlib import Path
 
 from ingest.comment_orders import CommentParser, Intent, OrderIntent, Withdrawal
@@ -84,14 +84,10 @@ def load_corpus(path: Path) -> list[Labelled]:
 
 
 @dataclasses.dataclass(slots=True)
-class Score:
-    comments: int = 0
-    scored: int = 0
+class Tally:
     expected: int = 0
     predicted: int = 0
     right: int = 0
-    phone_right: int = 0
-    errors: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def precision(self) -> float:
@@ -101,16 +97,34 @@ class Score:
     def recall(self) -> float:
         return self.right / self.expected if self.expected else 1.0
 
+    def add(self, expected: Set[Intent], got: Set[Intent]) -> None:
+        self.expected += len(expected)
+        self.predicted += len(got)
+        self.right += len(got & expected)
+
+
+@dataclasses.dataclass(slots=True)
+class Score(Tally):
+    comments: int = 0
+    scored: int = 0
+    phone_right: int = 0
+    orders: Tally = dataclasses.field(default_factory=Tally)
+    withdrawals: Tally = dataclasses.field(default_factory=Tally)
+    errors: list[str] = dataclasses.field(default_factory=list)
+
     def line(self, name: str) -> str:
         return (
             f"{name}: {self.comments} comments, {self.scored} scored, "
             f"{self.expected} expected intents, {self.predicted} predicted, {self.right} right: "
             f"precision {self.precision:.3f}, recall {self.recall:.3f}; "
+            f"orders {self.orders.precision:.3f}/{self.orders.recall:.3f}, "
+            f"withdrawals {self.withdrawals.precision:.3f}/{self.withdrawals.recall:.3f}; "
             f"phone {self.phone_right}/{self.comments}"
         )
 
 
 def score(corpus: Iterable[Labelled], parser: CommentParser) -> Score:
+    """Precision and recall of every intent, then of orders and of withdrawals apart."""
     result = Score()
     for item in corpus:
         parsed = parser.parse(item.text)
@@ -120,12 +134,16 @@ def score(corpus: Iterable[Labelled], parser: CommentParser) -> Score:
             result.errors.append(f"{item.where}: phone {parsed.has_phone}: {item.text!r}")
         if item.expected is None:
             continue
-        got = {i for i in parsed.intents if isinstance(i, OrderIntent | Withdrawal)}
         result.scored += 1
-        result.expected += len(item.expected)
-        result.predicted += len(got)
-        result.right += len(got & item.expected)
-        if got != item.expected:
+        got = {i for i in parsed.intents if isinstance(i, OrderIntent | Withdrawal)}
+        expected = set(item.expected)
+        result.add(expected, got)
+        for kind, tally in ((OrderIntent, result.orders), (Withdrawal, result.withdrawals)):
+            tally.add(
+                {i for i in expected if isinstance(i, kind)},
+                {i for i in got if isinstance(i, kind)},
+            )
+        if got != expected:
             result.errors.append(f"{item.where}: got {sorted(map(str, got))}: {item.text!r}")
     return result
 

@@ -46,6 +46,10 @@ def test_precision_and_recall_on_the_whole_corpus(corpus: list[Labelled]) -> Non
     assert result.scored >= 500
     assert result.precision >= 0.97, result.errors
     assert result.recall >= 0.90, result.errors
+    for kind in (result.orders, result.withdrawals):
+        assert kind.expected >= 30
+        assert kind.precision >= 0.97, result.errors
+        assert kind.recall >= 0.90, result.errors
 
 
 @pytest.mark.parametrize("held_out", [False, True])
