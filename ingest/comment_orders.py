@@ -218,6 +218,7 @@ _WRITTEN: Final[dict[str, frozenset[str]]] = {
     "dung": frozenset({"đừng"}),
     "gi": frozenset({"gì"}),
     "ha": frozenset({"hả", "hở"}),
+    "hay": frozenset(),  # "or"; not "hãy" (do!)
     "hong": frozenset({"hông"}),
     "huy": frozenset({"hủy", "huỷ"}),
     "la": frozenset({"là"}),
@@ -321,7 +322,7 @@ _POLITE = frozenset(
 )
 _NEGATION = _Phrases(
     "khong", "ko", "kh", "hong", "hok", "khum", "chua", "dung", "chang", "cha", "no", "not",
-    "never", "dont", "don ' t", "can ' t", "won ' t",
+    "never", "dont", "don ' t", "don ’ t", "can ' t", "can ’ t", "won ' t", "won ’ t",
 )  # fmt: skip
 _PAST = _Phrases(
     "roi", "vua", "hqua", "already", "ordered", "paid", "bought", "yesterday", "hom qua",
