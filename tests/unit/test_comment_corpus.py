@@ -13,7 +13,7 @@ from ingest.comment_orders import CommentParser, OrderIntent, Withdrawal
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 CATALOG = DATA / "comment_orders_catalog.toml"
-FILES = tuple(DATA / f"comment_orders{part}.tsv" for part in ("", "_blind", "_blind2"))
+FILES = tuple(DATA / f"comment_orders{part}.tsv" for part in ("", "_blind", "_blind2", "_blind3"))
 PARSER = CommentParser(load_catalog(CATALOG))
 
 
@@ -83,5 +83,6 @@ def test_the_score_command_prints_every_part(capsys: pytest.CaptureFixture[str])
         "comment_orders.tsv",
         "comment_orders_blind.tsv",
         "comment_orders_blind2.tsv",
+        "comment_orders_blind3.tsv",
     ]
     assert all(re.search(r"precision [01]\.\d{3}, recall [01]\.\d{3}", line) for line in lines)
