@@ -45,6 +45,15 @@ class Kind(enum.StrEnum):
 UNKNOWN_KIND: Final = "unknown"
 
 
+class AuthorRole(enum.StrEnum):
+    """Who wrote a comment, where the event says so. Comments of the host or a moderator
+    (announcing a product code, say) are not a buyer's order."""
+
+    HOST = "host"
+    MODERATOR = "moderator"
+    VIEWER = "viewer"
+
+
 class Comment(msgspec.Struct, frozen=True, gc=False):
     stream: str
     platform: str
@@ -53,6 +62,8 @@ class Comment(msgspec.Struct, frozen=True, gc=False):
     user: str | None
     aliases: tuple[str, ...] = ()
     """More identities of the same event (see :attr:`identities`)."""
+    author_role: AuthorRole = AuthorRole.VIEWER
+    """As the event gives it; a viewer when it does not."""
 
     kind: ClassVar[Kind] = Kind.COMMENT
 

@@ -19,6 +19,7 @@ import orjson
 from ingest.adapter import Adapter, FormatOptions, as_bytes
 from ingest.model import (
     UNKNOWN_KIND,
+    AuthorRole,
     Comment,
     Decoded,
     Event,
@@ -63,6 +64,10 @@ class CommentWire(msgspec.Struct, frozen=True, tag_field="kind", tag="comment"):
     stream: StreamName | None = None
     user: UserId | None = None
     text: Annotated[str, msgspec.Meta(max_length=4096)] = ""
+    author_role: Annotated[
+        AuthorRole | None,
+        msgspec.Meta(description="Who wrote it: host, moderator or viewer (the default)."),
+    ] = None
 
 
 class OrderWire(msgspec.Struct, frozen=True, tag_field="kind", tag="order"):
@@ -170,7 +175,8 @@ class NativeFormat(Adapter):
             return ts_ms
         match wire:
             case CommentWire():
-                return Comment(stream, platform, wire.id, ts_ms, wire.user)
+                role = wire.author_role or AuthorRole.VIEWER
+                return Comment(stream, platform, wire.id, ts_ms, wire.user, author_role=role)
             case ViewersWire():
                 return Viewers(stream, platform, wire.id, ts_ms, wire.count)
             case OrderWire(status="cancelled"):

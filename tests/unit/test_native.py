@@ -16,6 +16,7 @@ import ingest.native
 from ingest.adapter import FormatOptions
 from ingest.model import (
     UNKNOWN_KIND,
+    AuthorRole,
     Comment,
     Decoded,
     Event,
@@ -138,6 +139,25 @@ def test_comment() -> None:
     assert decode_event(comment(stream="other-stream")) == Comment(
         stream="other-stream", platform="tiktok", id="c-1", ts_ms=TS_MS, user="u-1"
     )
+
+
+@pytest.mark.parametrize(
+    ("role", "expected"),
+    [
+        ("host", AuthorRole.HOST),
+        ("moderator", AuthorRole.MODERATOR),
+        ("viewer", AuthorRole.VIEWER),
+        (None, AuthorRole.VIEWER),
+    ],
+)
+def test_comment_author_role(role: str | None, expected: AuthorRole) -> None:
+    decoded = decode_event(comment(author_role=role))
+    assert isinstance(decoded, Comment)
+    assert decoded.author_role is expected
+    assert decode_event(without(comment(), "author_role")) == Comment(
+        stream=DEFAULT, platform="tiktok", id="c-1", ts_ms=TS_MS, user="u-1"
+    )
+    assert Comment(DEFAULT, "tiktok", "c-1", TS_MS, "u-1").author_role is AuthorRole.VIEWER
 
 
 def test_comment_without_stream_or_user_uses_the_default_stream() -> None:
@@ -449,6 +469,9 @@ REJECTED: list[tuple[str, bytes, Reason, str]] = [
         "order",
     ),
     ("upper-platform", encode(comment(platform="TikTok")), Reason.INVALID_VALUE, "comment"),
+    ("unknown-role", encode(comment(author_role="owner")), Reason.INVALID_VALUE, "comment"),
+    ("upper-role", encode(comment(author_role="Host")), Reason.INVALID_VALUE, "comment"),
+    ("int-role", encode(comment(author_role=1)), Reason.INVALID_TYPE, "comment"),
     # Python's "$" matches before a final newline; the documented pattern does not.
     ("platform-newline", encode(comment(platform="tiktok\n")), Reason.INVALID_VALUE, "comment"),
     ("currency-newline", encode(order(currency="VND\n")), Reason.INVALID_VALUE, "order"),
@@ -750,6 +773,8 @@ VALID_EXAMPLES: list[dict[str, Any]] = [
     cancelled(),
     cancelled(stream="x", buyer="b"),
     comment(unknown_field={"ignored": True}),
+    comment(author_role="host"),
+    comment(author_role="moderator", stream="s-2"),
 ]
 
 SCHEMA_INVALID: list[tuple[str, dict[str, Any]]] = [
@@ -780,6 +805,8 @@ SCHEMA_INVALID: list[tuple[str, dict[str, Any]]] = [
     ("lower-currency", order(currency="usd")),
     ("brace-stream", comment(stream="{x}")),
     ("upper-platform", comment(platform="TikTok")),
+    ("unknown-role", comment(author_role="owner")),
+    ("int-role", comment(author_role=1)),
 ]
 
 

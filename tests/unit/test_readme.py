@@ -10,8 +10,10 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ingest import comment_corpus
 from ingest.adapter import FormatOptions
 from ingest.model import Reason, Rejection
 from ingest.native import NativeFormat
@@ -74,6 +76,8 @@ def test_shell_examples_parse_and_name_real_keys() -> None:
                 assert os.access(ROOT / words[0], os.X_OK)
             elif words[0] == "livestream-ingester":
                 parser().parse_args(words[1:])
+            elif words[:3] == ["python", "-m", "ingest.comment_corpus"]:
+                assert all((ROOT / word).is_file() for word in words[3:] if "/" in word)
             elif words[:2] == ["python", "-m"]:
                 assert words[2] in ("workers", "bench")
                 assert (ROOT / words[2] / "__main__.py").is_file()
@@ -149,3 +153,20 @@ def test_rejection_reasons_are_all_documented() -> None:
     listed = re.search(r"Rejection reasons: (.*?)\.\n", README, re.S)
     assert listed is not None
     assert set(re.findall(r"`(\w+)`", listed.group(1))) == {r.value for r in Reason}
+
+
+def test_comment_order_figures_are_what_the_command_prints(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The precision and recall the README cites are the score command's output, to the digit."""
+    (command,) = [
+        shlex.split(line)
+        for block in blocks("sh")
+        for line in block.splitlines()
+        if line.startswith("python -m ingest.comment_corpus")
+    ]
+    args = [str(ROOT / arg) if "/" in arg else arg for arg in command[3:]]
+    assert comment_corpus.main(args) == 0
+    printed = capsys.readouterr().out.splitlines()[0]
+    assert printed.startswith("all: ")
+    assert f"```text\n{printed}\n```" in README.split("## Comment orders", 1)[1]
