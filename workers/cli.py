@@ -54,6 +54,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     async def main(stop: asyncio.Event) -> int:
         ingester = Ingester(config, shutdown_deadline=args.shutdown_deadline)
+        # SIGHUP: read the secrets files again (push tokens), without a restart.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, ingester.reload)
         try:
             await ingester.run(stop)
         except ListenError as exc:

@@ -14,6 +14,7 @@ import gc
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import structlog
@@ -32,8 +33,9 @@ from ingest.socialstream import SocialStreamFormat
 from ingest.sources.eventsub import EventSubSettings, EventSubSource, Helix, chat_subscriptions
 from ingest.sources.http import Guard, GuardedSite, ServerLog
 from ingest.sources.mqtt import MqttSettings, MqttSource
+from ingest.sources.tokens import read_tokens, world_readable
 from ingest.sources.topics import TopicPattern
-from ingest.sources.webhook import ShopifyWebhookSettings, ShopifyWebhookSource
+from ingest.sources.webhook import SECRETS, ShopifyWebhookSettings, ShopifyWebhookSource
 from ingest.sources.websocket import (
     WebsocketClientSettings,
     WebsocketClientSource,
@@ -102,6 +104,13 @@ class Listener(Protocol):
     async def bind(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Reloadable(Protocol):
+    """A source whose secrets can be read again while it runs."""
+
+    def reload(self) -> None: ...
 
 
 class ListenError(Exception):
@@ -180,6 +189,12 @@ class SourceHealth:
                 reason=reason,
                 suppressed_since_last=decision.suppressed,
             )
+
+    def forbidden(self, source: str) -> None:
+        """A signed webhook delivery of a shop not served here (403): counted, logged without
+        flooding."""
+        self.metrics.webhook_forbidden.labels(source).inc()
+        self._refused(source, "forbidden", "shop_domain")
 
     def unavailable(self, source: str) -> None:
         """A webhook delivery answered 503 (not committed in time): counted."""
@@ -303,13 +318,36 @@ def websocket_server(
     health: SourceHealth,
     environ: Mapping[str, str],
 ) -> WebsocketServerSource:
+    """The source, with its one token from the environment or its tokens file read now (the
+    config was checked, so the file was good a moment ago; TokensError if it no longer is)."""
+    metrics, name = health.metrics, config.name
+    if config.tokens_file is None:
+        assert config.token_env is not None  # one of the two, validated
+        settings = config.settings(WebsocketServerSettings, token=environ[config.token_env])
+    else:
+        path = Path(config.tokens_file)
+        if world_readable(path):
+            log.warning("tokens file is readable by every user", source=name, path=str(path))
+        settings = config.settings(WebsocketServerSettings, tokens=read_tokens(path))
+        metrics.secrets_file_valid.labels(name).set(1)
+        for outcome in ("ok", "error"):  # at 0, so the first failure is an increase
+            metrics.secrets_reloads.labels(name, outcome)
+
+    def reloaded(ok: bool) -> None:
+        metrics.secrets_reloads.labels(name, "ok" if ok else "error").inc()
+        metrics.secrets_file_valid.labels(name).set(1 if ok else 0)
+
+    metrics.revoked_connections.labels(name)
     return WebsocketServerSource(
-        config.name,
+        name,
         NativeFormat(options),
         committer,
         health,
-        config.settings(WebsocketServerSettings, token=environ[config.token_env]),
-        on_unauthorized=functools.partial(health.unauthorized, config.name),
+        settings,
+        on_unauthorized=functools.partial(health.unauthorized, name),
+        on_connected=lambda producer: metrics.push_connections.labels(name, producer).inc(),
+        on_revoked=lambda closed: metrics.revoked_connections.labels(name).inc(closed),
+        on_reload=reloaded,
     )
 
 
@@ -319,13 +357,22 @@ def webhook_source(
     committer: Committer,
     health: SourceHealth,
     environ: Mapping[str, str],
+    *,
+    max_age: float | None = None,
 ) -> ShopifyWebhookSource:
+    previous = config.previous_secret_env
     settings = config.settings(
         ShopifyWebhookSettings,
         secret=environ[config.secret_env],
+        previous_secret=environ[previous] if previous else None,
         commit_timeout=config.commit_timeout_seconds,
         limits=config.limits(),
+        max_delivery_age=max_age,
     )
+    metrics = health.metrics
+    for secret in SECRETS[: 2 if previous else 1]:  # at 0: "previous no longer used" shows
+        metrics.webhook_signatures.labels(config.name, secret)
+    metrics.webhook_forbidden.labels(config.name)
     return ShopifyWebhookSource(
         config.name,
         ShopifyFormat(dataclasses.replace(options, max_frame_bytes=config.max_body_bytes)),
@@ -337,6 +384,8 @@ def webhook_source(
         on_bad_request=functools.partial(health.bad_request, config.name),
         on_refused=functools.partial(health.connection_refused, config.name),
         on_unavailable=functools.partial(health.unavailable, config.name),
+        on_signed=lambda secret: metrics.webhook_signatures.labels(config.name, secret).inc(),
+        on_forbidden=functools.partial(health.forbidden, config.name),
     )
 
 
@@ -346,8 +395,11 @@ def build_source(
     committer: Committer,
     health: SourceHealth,
     environ: Mapping[str, str],
+    *,
+    max_age: float | None = None,
 ) -> Source:
-    """The transport ``config`` names, its settings resolved (secrets read from ``environ``)."""
+    """The transport ``config`` names, its settings resolved (secrets read from ``environ``;
+    ``max_age``: the age past which a webhook delivery is stale)."""
     match config:
         case WebsocketClientConfig(format="twitch-eventsub"):
             return eventsub_source(config, options, committer, health, environ)
@@ -356,7 +408,7 @@ def build_source(
         case WebsocketServerConfig():
             return websocket_server(config, options, committer, health, environ)
         case HttpServerConfig():
-            return webhook_source(config, options, committer, health, environ)
+            return webhook_source(config, options, committer, health, environ, max_age=max_age)
         case MqttConfig():
             return mqtt_source(config, options, committer, health, environ)
 
@@ -459,11 +511,26 @@ class Ingester:
         sources: list[Source] = []
         for source in config.sources:
             options = config.native_options(source, regions)
-            sources.append(build_source(source, options, self.committer, self.health, self.environ))
+            max_age = (
+                config.delivery_max_age(source) if isinstance(source, HttpServerConfig) else None
+            )
+            sources.append(
+                build_source(
+                    source, options, self.committer, self.health, self.environ, max_age=max_age
+                )
+            )
             self.metrics.add_source(source.name)
             if isinstance(source, HttpServerConfig):  # at 0, so the first 503 is an increase
                 self.metrics.webhook_unavailable.labels(source.name)
         return sources
+
+    def reload(self) -> None:
+        """Read the sources' secrets files again (SIGHUP): each keeps its secrets if its file is
+        refused. No await: safe in a signal handler."""
+        log.info("reloading secrets files")
+        for source in self.sources:
+            if isinstance(source, Reloadable):
+                source.reload()
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
