@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import random
 from collections import Counter
 from collections.abc import Iterator
@@ -308,3 +309,91 @@ async def test_a_signed_body_replayed_under_another_topic_is_refused(
     letters = await Store(redis, StoreSettings()).dead_letters(stream)
     assert [f["reason"] for f in letters] == [b"topic_mismatch"] * 4
     assert {f["raw"] for f in letters} == {captured, real_cancel}
+
+
+OLD_SECRET = "shpss_old_secret_fedcba9876543210"
+OLD_SECRET_ENV = "LIVESTREAM_TEST_SHOPIFY_OLD_SECRET"
+OUR_SHOP = "lucngan-farm.myshopify.com"
+
+
+def triggered(hours_ago: float) -> str:
+    """An X-Shopify-Triggered-At value, in Shopify's own shape (nanoseconds, Z)."""
+    when = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours_ago)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
+
+
+@pytest.mark.asyncio
+async def test_rotation_window_freshness_and_shop_domains(
+    tmp_path: Path, redis_url: str, redis: Redis, stream: str
+) -> None:
+    """During a secret rotation both secrets verify (and the scrape says which one did); a
+    delivery triggered longer ago than the dedup retention, or without a readable trigger time,
+    is answered 200 and dead-lettered, never counted; another shop's signed delivery is 403.
+    The fresh deliveries of the same run count exactly."""
+    http_port, hook_port = free_port(), free_port()
+    sources = webhook_source(hook_port, stream) + (
+        f'previous_secret_env = "{OLD_SECRET_ENV}"\n'
+        f'shop_domains = ["{OUR_SHOP}"]\n'
+        "refuse_stale_deliveries = true\n"  # at most [dedup] retention_hours (48) old
+    )
+    config = write_config(
+        tmp_path / "shop.toml", redis_url=redis_url, http_port=http_port, sources=sources
+    )
+    url = f"http://127.0.0.1:{hook_port}/webhooks/shopify"
+    new, old = Shop(url, SECRET, OUR_SHOP), Shop(url, OLD_SECRET, OUR_SHOP)
+    stranger = Shop(url, "shpss_someone_else_0123456789abcdef", OUR_SHOP)
+    other_shop = Shop(url, SECRET, "someone-else.myshopify.com")
+    rng = random.Random(21)
+    orders = [make_order(rng, 9_100_000 + n) for n in range(14)]
+    env = {SECRET_ENV: SECRET, OLD_SECRET_ENV: OLD_SECRET}
+    with IngesterProcess(config, http_port, env=env) as process:
+        async with aiohttp.ClientSession() as http:
+
+            async def deliver(shop: Shop, n: int, hours_ago: float | str = 0) -> int:
+                at = hours_ago if isinstance(hours_ago, str) else triggered(hours_ago)
+                body = orjson.dumps(orders[n].body)
+                return await shop.deliver(
+                    http, "orders/create", body, event_id=f"ev-{n}", triggered_at=at
+                )
+
+            statuses = [await deliver(new, n) for n in range(5)]
+            statuses += [await deliver(old, n) for n in range(5, 8)]
+            statuses.append(await deliver(new, 8, 47.5))  # late, within the retention
+            statuses.append(await deliver(stranger, 9))
+            statuses.append(await deliver(other_shop, 10))
+            statuses.append(await deliver(new, 11, 48.5))  # past the retention: a replay
+            statuses.append(await deliver(old, 12, "yesterday"))
+            statuses.append(await deliver(new, 13, "2025-06-15T15:05:00"))  # no zone
+        samples = scrape(process.http_port)
+
+    assert statuses == [200] * 9 + [401, 403, 200, 200, 200]
+    counted = orders[:9]
+    expected = expected_totals(counted, [])
+    assert {name: select(samples, name, stream=stream) for name in expected} == expected
+    health = {
+        name: select(samples, name, source="shop")
+        for name in (
+            "livestream_ingest_webhook_signatures_total",
+            "livestream_ingest_unauthorized_requests_total",
+            "livestream_ingest_webhook_forbidden_total",
+            "livestream_ingest_rejections_total",
+        )
+    }
+    assert health == {
+        # 0-4, 8, the other shop's, 11 and 13 by the new secret; 5-7 and 12 by the old one
+        "livestream_ingest_webhook_signatures_total": {("current",): 9, ("previous",): 4},
+        "livestream_ingest_unauthorized_requests_total": {(): 1},
+        "livestream_ingest_webhook_forbidden_total": {(): 1},
+        "livestream_ingest_rejections_total": {
+            ("stale_delivery",): 1,
+            ("invalid_trigger_time",): 2,
+        },
+    }
+    letters = await Store(redis, StoreSettings()).dead_letters(stream)
+    assert sorted((f["reason"], f["raw"]) for f in letters) == sorted(
+        [
+            (b"stale_delivery", orjson.dumps(orders[11].body)),
+            (b"invalid_trigger_time", orjson.dumps(orders[12].body)),
+            (b"invalid_trigger_time", orjson.dumps(orders[13].body)),
+        ]
+    )
