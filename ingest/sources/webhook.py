@@ -5,9 +5,11 @@ request head and a body may take (408), how long an idle connection stays.
 
 Per delivery: 400 for a body cut off mid-way or malformed in transfer (counted and reported to
 ``on_bad_request``, never a traceback: a client's mistake); 413 past the body limit (aiohttp's
-``client_max_size``); 401 unless the ``X-Shopify-Hmac-Sha256`` header signs the raw body
-(nothing of an unsigned body is kept: it could be anyone's); 200 for a topic we do not count
-(counted as ignored); otherwise the delivery is decoded and submitted, and the answer waits for
+``client_max_size``); 401 unless the ``X-Shopify-Hmac-Sha256`` header signs the raw body with
+the secret or, during a rotation, the previous one (nothing of an unsigned body is kept: it
+could be anyone's); 403 for a shop not in ``shop_domains``; 200 for a topic we do not count
+(counted as ignored); with a maximum delivery age, 200 and a dead letter (``stale_delivery``,
+``invalid_trigger_time``) for a delivery triggered longer ago or not dated; otherwise the delivery is decoded and submitted, and the answer waits for
 its commit: 200 once it is counted, found a duplicate or dead-lettered (a body that can never be
 counted must not be retried for hours), 503 if the commit does not finish within
 ``commit_timeout`` (Shopify waits 5 s), so Shopify delivers again and dedup makes that harmless.
