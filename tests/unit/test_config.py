@@ -646,3 +646,24 @@ def test_run_still_refuses_to_start_without_a_secret(
 ) -> None:
     assert cli.main(["run", "-c", str(SHIPPED)]) == 2
     assert "LIVESTREAM_PUSH_TOKEN is not set" in capsys.readouterr().err
+
+
+def test_check_config_and_run_check_the_tokens_file(
+    clean_environment: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    tokens = tmp_path / "push.tokens"
+    tokens.write_text("studio-a 0123456789abcdef-a\nstudio-b 0123456789\n")
+    clean_environment.setenv("LIVESTREAM__SOURCES__1__TOKENS_FILE", str(tokens))
+    config = SHIPPED.read_text().replace('token_env = "LIVESTREAM_PUSH_TOKEN"', "")
+    path = tmp_path / "ingester.toml"
+    path.write_text(config)  # the shipped config, with the file instead of the variable
+    problem = f"sources[1].tokens_file: {tokens}: line 2: token shorter than 16 bytes"
+    assert cli.main(["check-config", "--require-secrets", "-c", str(path)]) == 2
+    assert f"\n{problem}" in capsys.readouterr().err
+    assert cli.main(["check-config", "-c", str(path)]) == 0
+    assert capsys.readouterr().err == f"warning: {problem} (run refuses to start without it)\n"
+    assert cli.main(["run", "-c", str(path)]) == 2
+    assert problem in capsys.readouterr().err
+    tokens.write_text("studio-a 0123456789abcdef-a\nstudio-b 0123456789abcdef-b\n")
+    assert cli.main(["check-config", "--require-secrets", "-c", str(path)]) == 0
+    assert "0123456789abcdef" not in capsys.readouterr().err
