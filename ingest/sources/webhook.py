@@ -10,10 +10,10 @@ the secret or, during a rotation, the previous one (nothing of an unsigned body 
 could be anyone's); 403 for a shop not in ``shop_domains``; 200 for a topic we do not count
 (counted as ignored); with a maximum delivery age, 200 and a dead letter (``stale_delivery``,
 ``invalid_trigger_time``) for a delivery triggered longer ago or not dated; otherwise the
-delivery is decoded and submitted, and the answer waits for
-its commit: 200 once it is counted, found a duplicate or dead-lettered (a body that can never be
-counted must not be retried for hours), 503 if the commit does not finish within
-``commit_timeout`` (Shopify waits 5 s), so Shopify delivers again and dedup makes that harmless.
+delivery is decoded and submitted, and the answer waits for its commit: 200 once it is counted,
+found a duplicate or dead-lettered (a body that can never be counted must not be retried for
+hours), 503 if the commit does not finish within ``commit_timeout`` (Shopify waits 5 s), so
+Shopify delivers again and dedup makes that harmless.
 """
 
 from __future__ import annotations
