@@ -33,7 +33,7 @@ from ingest.socialstream import SocialStreamFormat
 from ingest.sources.eventsub import EventSubSettings, EventSubSource, Helix, chat_subscriptions
 from ingest.sources.http import Guard, GuardedSite, ServerLog
 from ingest.sources.mqtt import MqttSettings, MqttSource
-from ingest.sources.tokens import read_tokens, world_readable
+from ingest.sources.tokens import TokensError, read_tokens, world_readable
 from ingest.sources.topics import TopicPattern
 from ingest.sources.webhook import SECRETS, ShopifyWebhookSettings, ShopifyWebhookSource
 from ingest.sources.websocket import (
@@ -47,6 +47,7 @@ from workers.committer import BatchSettings, Committer
 from workers.config import (
     BatchConfig,
     Config,
+    ConfigError,
     HttpServerConfig,
     MqttConfig,
     SourceConfig,
@@ -328,7 +329,11 @@ def websocket_server(
         path = Path(config.tokens_file)
         if world_readable(path):
             log.warning("tokens file is readable by every user", source=name, path=str(path))
-        settings = config.settings(WebsocketServerSettings, tokens=read_tokens(path))
+        try:  # checked with the config a moment ago; changed since?
+            tokens = read_tokens(path)
+        except TokensError as exc:
+            raise ConfigError(str(path), exc.errors) from exc
+        settings = config.settings(WebsocketServerSettings, tokens=tokens)
         metrics.secrets_file_valid.labels(name).set(1)
         for outcome in ("ok", "error"):  # at 0, so the first failure is an increase
             metrics.secrets_reloads.labels(name, outcome)

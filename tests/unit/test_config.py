@@ -25,6 +25,7 @@ from workers.config import (
     parse,
     unset_secrets,
 )
+from workers.runtime import Ingester
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "config" / "ingester.toml"
@@ -667,3 +668,17 @@ def test_check_config_and_run_check_the_tokens_file(
     tokens.write_text("studio-a 0123456789abcdef-a\nstudio-b 0123456789abcdef-b\n")
     assert cli.main(["check-config", "--require-secrets", "-c", str(path)]) == 0
     assert "0123456789abcdef" not in capsys.readouterr().err
+
+
+def test_a_tokens_file_spoilt_after_the_check_refuses_the_start_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    tokens = tmp_path / "push.tokens"
+    tokens.write_text("studio-a 0123456789abcdef-a\n")
+    source = {"name": "push", "type": "websocket-server", "tokens_file": str(tokens)}
+    config = parse({"sources": [source]}, "test.toml", {})
+    tokens.write_text("studio-a short\n")
+    with pytest.raises(ConfigError) as refused:
+        Ingester(config, environ={})
+    assert refused.value.errors == ["line 1: token shorter than 16 bytes"]
+    assert refused.value.source == str(tokens)
