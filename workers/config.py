@@ -29,7 +29,7 @@ from ingest.sources.http import Limits
 from ingest.sources.mqtt import MqttSettings
 from ingest.sources.tokens import TokensError, read_tokens
 from ingest.sources.topics import TopicPattern
-from ingest.sources.webhook import ShopifyWebhookSettings
+from ingest.sources.webhook import ShopifyWebhookSettings, read_secrets
 from ingest.sources.websocket import WebsocketClientSettings, WebsocketServerSettings
 
 if TYPE_CHECKING:
@@ -246,11 +246,17 @@ class HttpServerConfig(_SourceBase, ListenerLimits):
     format: Literal["shopify"] = "shopify"
     listen: str = _default(ShopifyWebhookSettings, "listen")
     path: str = _default(ShopifyWebhookSettings, "path", pattern=PATH_PATTERN)
-    secret_env: str
+    secret_env: str | None = None
     """Environment variable holding the app's client secret, which signs every delivery."""
     previous_secret_env: str | None = None
     """Environment variable holding the secret being rotated out: a delivery signed by either
     is accepted (``livestream_ingest_webhook_signatures_total{secret}`` tells which)."""
+    secrets_file: str | None = None
+    """Instead of the variables: a file of ``current <secret>`` and ``previous <secret>``
+    lines, read again on SIGHUP and when it changes."""
+    secrets_poll_seconds: float = _default(
+        ShopifyWebhookSettings, "secrets_poll_seconds", gt=0, le=3600
+    )
     shop_domains: tuple[Annotated[str, Field(pattern=SHOP_DOMAIN_PATTERN)], ...] = ()
     """``X-Shopify-Shop-Domain`` values accepted (403 for another shop); empty: any."""
     refuse_stale_deliveries: bool = False
@@ -289,12 +295,6 @@ class WebsocketServerConfig(_SourceBase):
     ping_interval: float | None = _default(WebsocketServerSettings, "ping_interval", gt=0)
     ping_timeout: float | None = _default(WebsocketServerSettings, "ping_timeout", gt=0)
     _check = field_validator("listen")(lambda cls, v: _listen(v))
-
-    @model_validator(mode="after")
-    def _one_credential(self) -> WebsocketServerConfig:
-        if (self.token_env is None) == (self.tokens_file is None):
-            raise ValueError("exactly one of token_env and tokens_file")
-        return self
 
 
 class MqttTopicConfig(_Model):
@@ -470,20 +470,22 @@ def _secrets(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
                     errors.append(f"{location}: environment variable {name} is not set")
                 elif (weakness := _weakness(secret)) is not None:
                     errors.append(f"{location}: environment variable {name} is {weakness}")
-        errors.extend(_tokens_file(source, f"sources[{index}].tokens_file"))
+        errors.extend(_secrets_files(source, index))
     return errors
 
 
-def _tokens_file(source: dict[str, Any], location: str) -> list[str]:
-    """Every problem of a source's tokens file (it holds secrets: checked with them)."""
-    path = source.get("tokens_file")
-    if not isinstance(path, str):
-        return []
-    try:
-        read_tokens(Path(path))
-    except TokensError as exc:
-        return [f"{location}: {path}: {error}" for error in exc.errors]
-    return []
+def _secrets_files(source: dict[str, Any], index: int) -> list[str]:
+    """Every problem of a source's tokens or secrets file (checked with the secrets)."""
+    errors = []
+    for key, read in (("tokens_file", read_tokens), ("secrets_file", read_secrets)):
+        path = source.get(key)
+        if not isinstance(path, str):
+            continue
+        try:
+            read(Path(path))
+        except TokensError as exc:
+            errors += [f"sources[{index}].{key}: {path}: {error}" for error in exc.errors]
+    return errors
 
 
 def _delivery_ages(data: dict[str, Any]) -> list[str]:
@@ -502,6 +504,28 @@ def _delivery_ages(data: dict[str, Any]) -> list[str]:
                 f"sources[{index}].max_delivery_age_hours: {age} is more than [dedup] "
                 f"retention_hours ({retention}): a replay after the retention would count again"
             )
+    return errors
+
+
+CREDENTIALS = {
+    "websocket-server": ("token_env", "tokens_file"),
+    "http-server": ("secret_env", "secrets_file"),
+}
+"""The two ways a listening source can take its secrets: exactly one is given."""
+
+
+def _credentials(data: dict[str, Any]) -> list[str]:
+    """Checked on the raw data, so it is reported along with every field error."""
+    sources = data.get("sources")
+    errors = []
+    for index, source in enumerate(sources if isinstance(sources, list) else []):
+        if not isinstance(source, dict) or source.get("type") not in CREDENTIALS:
+            continue
+        keys = CREDENTIALS[source["type"]]
+        if sum(source.get(key) is not None for key in keys) != 1:
+            errors.append(f"sources[{index}]: exactly one of {keys[0]} and {keys[1]}")
+        if source.get("previous_secret_env") is not None and source.get("secret_env") is None:
+            errors.append(f"sources[{index}].previous_secret_env: goes with secret_env")
     return errors
 
 
@@ -536,7 +560,7 @@ def parse(
     """
     env = os.environ if environ is None else environ
     data = apply_environment(copy.deepcopy(data), env)
-    problems = _duplicate_names(data) + _delivery_ages(data)
+    problems = _duplicate_names(data) + _delivery_ages(data) + _credentials(data)
     problems += _secrets(data, env) if require_secrets else []
     try:
         config = Config.model_validate(data)

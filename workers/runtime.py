@@ -35,7 +35,12 @@ from ingest.sources.http import Guard, GuardedSite, ServerLog
 from ingest.sources.mqtt import MqttSettings, MqttSource
 from ingest.sources.tokens import TokensError, read_tokens, world_readable
 from ingest.sources.topics import TopicPattern
-from ingest.sources.webhook import SECRETS, ShopifyWebhookSettings, ShopifyWebhookSource
+from ingest.sources.webhook import (
+    SECRETS,
+    ShopifyWebhookSettings,
+    ShopifyWebhookSource,
+    read_secrets,
+)
 from ingest.sources.websocket import (
     WebsocketClientSettings,
     WebsocketClientSource,
@@ -327,20 +332,12 @@ def websocket_server(
         settings = config.settings(WebsocketServerSettings, token=environ[config.token_env])
     else:
         path = Path(config.tokens_file)
-        if world_readable(path):
-            log.warning("tokens file is readable by every user", source=name, path=str(path))
+        _secrets_file_read(metrics, name, path)
         try:  # checked with the config a moment ago; changed since?
             tokens = read_tokens(path)
         except TokensError as exc:
             raise ConfigError(str(path), exc.errors) from exc
         settings = config.settings(WebsocketServerSettings, tokens=tokens)
-        metrics.secrets_file_valid.labels(name).set(1)
-        for outcome in ("ok", "error"):  # at 0, so the first failure is an increase
-            metrics.secrets_reloads.labels(name, outcome)
-
-    def reloaded(ok: bool) -> None:
-        metrics.secrets_reloads.labels(name, "ok" if ok else "error").inc()
-        metrics.secrets_file_valid.labels(name).set(1 if ok else 0)
 
     metrics.revoked_connections.labels(name)
     return WebsocketServerSource(
@@ -352,7 +349,7 @@ def websocket_server(
         on_unauthorized=functools.partial(health.unauthorized, name),
         on_connected=lambda producer: metrics.push_connections.labels(name, producer).inc(),
         on_revoked=lambda closed: metrics.revoked_connections.labels(name).inc(closed),
-        on_reload=reloaded,
+        on_reload=functools.partial(_secrets_reloaded, metrics, name),
     )
 
 
@@ -365,18 +362,21 @@ def webhook_source(
     *,
     max_age: float | None = None,
 ) -> ShopifyWebhookSource:
-    previous = config.previous_secret_env
+    secret, previous = _shopify_secrets(config, environ)
+    if config.secrets_file is not None:
+        _secrets_file_read(health.metrics, config.name, Path(config.secrets_file))
     settings = config.settings(
         ShopifyWebhookSettings,
-        secret=environ[config.secret_env],
-        previous_secret=environ[previous] if previous else None,
+        secret=secret,
+        previous_secret=previous,
         commit_timeout=config.commit_timeout_seconds,
         limits=config.limits(),
         max_delivery_age=max_age,
     )
     metrics = health.metrics
-    for secret in SECRETS[: 2 if previous else 1]:  # at 0: "previous no longer used" shows
-        metrics.webhook_signatures.labels(config.name, secret)
+    rotating = config.secrets_file is not None or config.previous_secret_env is not None
+    for label in SECRETS[: 2 if rotating else 1]:  # at 0: "previous no longer used" shows
+        metrics.webhook_signatures.labels(config.name, label)
     metrics.webhook_forbidden.labels(config.name)
     return ShopifyWebhookSource(
         config.name,
@@ -391,7 +391,38 @@ def webhook_source(
         on_unavailable=functools.partial(health.unavailable, config.name),
         on_signed=lambda secret: metrics.webhook_signatures.labels(config.name, secret).inc(),
         on_forbidden=functools.partial(health.forbidden, config.name),
+        on_reload=functools.partial(_secrets_reloaded, health.metrics, config.name),
     )
+
+
+def _shopify_secrets(
+    config: HttpServerConfig, environ: Mapping[str, str]
+) -> tuple[str, str | None]:
+    """The current and previous Shopify secrets, from the environment or the secrets file."""
+    if config.secrets_file is None:
+        assert config.secret_env is not None  # one of the two, validated
+        previous = config.previous_secret_env
+        return environ[config.secret_env], environ[previous] if previous else None
+    try:  # checked with the config a moment ago; changed since?
+        secrets = read_secrets(Path(config.secrets_file))
+    except TokensError as exc:
+        raise ConfigError(config.secrets_file, exc.errors) from exc
+    return secrets[0], secrets[1] if len(secrets) > 1 else None
+
+
+def _secrets_file_read(metrics: HealthMetrics, source: str, path: Path) -> None:
+    """A source's secrets file is in use: its series start, and a warning if anyone may read
+    it."""
+    if world_readable(path):
+        log.warning("secrets file is readable by every user", source=source, path=str(path))
+    metrics.secrets_file_valid.labels(source).set(1)
+    for outcome in ("ok", "error"):  # at 0, so the first failure is an increase
+        metrics.secrets_reloads.labels(source, outcome)
+
+
+def _secrets_reloaded(metrics: HealthMetrics, source: str, ok: bool) -> None:
+    metrics.secrets_reloads.labels(source, "ok" if ok else "error").inc()
+    metrics.secrets_file_valid.labels(source).set(1 if ok else 0)
 
 
 def build_source(

@@ -1,5 +1,6 @@
 """Push tokens: which producers may push to a ``websocket-server`` source, and a file of them
 that is read again while the source runs (so a token is rolled out or revoked without a restart).
+The file format and its watch serve the Shopify secrets file too (``ingest.sources.webhook``).
 
 A tokens file has one producer a line, ``<producer> <token>``; blank lines and lines starting
 with ``#`` are skipped. Every line is checked and every problem reported at once (line numbers,
@@ -25,7 +26,7 @@ import re
 import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ MAX_TOKEN_BYTES: Final = 4096
 MAX_TOKENS: Final = 100
 """Lines of a tokens file: the producer label stays bounded."""
 MAX_FILE_BYTES: Final = 1024 * 1024
+
+T = TypeVar("T")
 
 _PRODUCER = re.compile(PRODUCER_PATTERN)
 _TOKEN = re.compile(rf"[\x21-\x7e]{{{MIN_TOKEN_BYTES},{MAX_TOKEN_BYTES}}}")
@@ -86,51 +89,58 @@ class Tokens:
         return found
 
 
-def parse_tokens(text: str) -> Tokens:
-    """The tokens of a file's text; TokensError with every problem."""
+def parse_pairs(text: str, name: str = "producer", value: str = "token") -> dict[str, str]:
+    """The ``<name> <value>`` lines of a secrets file's text, checked (the nouns name the
+    columns in the messages); TokensError with every problem."""
     errors: list[str] = []
-    credentials: list[Credential] = []
+    pairs: dict[str, str] = {}
     names: dict[str, int] = {}
-    tokens: dict[str, int] = {}
+    values: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         if not fields or fields[0].startswith("#"):
             continue
         if len(fields) != 2:
-            errors.append(f"line {number}: expected '<producer> <token>'")
+            errors.append(f"line {number}: expected '<{name}> <{value}>'")
             continue
-        name, token = fields
+        key, secret = fields
         problems = [
-            f"producer name must match {PRODUCER_PATTERN}" if not _PRODUCER.fullmatch(name) else "",
-            "" if _TOKEN.fullmatch(token) else _token_problem(token),
-            f"producer {name!r} is already on line {names[name]}" if name in names else "",
-            f"the same token is already on line {tokens[token]}" if token in tokens else "",
+            f"{name} name must match {PRODUCER_PATTERN}" if not _PRODUCER.fullmatch(key) else "",
+            "" if _TOKEN.fullmatch(secret) else _value_problem(secret, value),
+            f"{name} {key!r} is already on line {names[key]}" if key in names else "",
+            f"the same {value} is already on line {values[secret]}" if secret in values else "",
         ]
         problems = [problem for problem in problems if problem]
         errors.extend(f"line {number}: {problem}" for problem in problems)
-        names.setdefault(name, number)
-        tokens.setdefault(token, number)
+        names.setdefault(key, number)
+        values.setdefault(secret, number)
         if not problems:
-            credentials.append(Credential.of(name, token))
+            pairs[key] = secret
     if len(names) > MAX_TOKENS:
-        errors.append(f"more than {MAX_TOKENS} producers")
-    if not errors and not credentials:
-        errors.append("no token: every producer would be refused")
+        errors.append(f"more than {MAX_TOKENS} {name}s")
     if errors:
         raise TokensError(errors)
-    return Tokens(tuple(credentials))
+    return pairs
 
 
-def _token_problem(token: str) -> str:
-    if not token.isascii() or not token.isprintable():
-        return "token must be visible ASCII characters"
-    if len(token) < MIN_TOKEN_BYTES:
-        return f"token shorter than {MIN_TOKEN_BYTES} bytes"
-    return f"token longer than {MAX_TOKEN_BYTES} bytes"
+def _value_problem(secret: str, value: str) -> str:
+    if not secret.isascii() or not secret.isprintable():
+        return f"{value} must be visible ASCII characters"
+    if len(secret) < MIN_TOKEN_BYTES:
+        return f"{value} shorter than {MIN_TOKEN_BYTES} bytes"
+    return f"{value} longer than {MAX_TOKEN_BYTES} bytes"
 
 
-def read_tokens(path: Path) -> Tokens:
-    """A tokens file, read and checked; TokensError with every problem."""
+def parse_tokens(text: str) -> Tokens:
+    """The tokens of a file's text; TokensError with every problem."""
+    pairs = parse_pairs(text)
+    if not pairs:
+        raise TokensError(["no token: every producer would be refused"])
+    return Tokens(tuple(Credential.of(name, token) for name, token in pairs.items()))
+
+
+def read_text(path: Path) -> str:
+    """A secrets file's text (bounded); TokensError if it cannot be had."""
     try:
         with path.open("rb") as file:
             data = file.read(MAX_FILE_BYTES + 1)
@@ -139,10 +149,14 @@ def read_tokens(path: Path) -> Tokens:
     if len(data) > MAX_FILE_BYTES:
         raise TokensError([f"larger than {MAX_FILE_BYTES} bytes"])
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise TokensError([f"not UTF-8 at byte {exc.start}"]) from exc
-    return parse_tokens(text)
+
+
+def read_tokens(path: Path) -> Tokens:
+    """A tokens file, read and checked; TokensError with every problem."""
+    return parse_tokens(read_text(path))
 
 
 def world_readable(path: Path) -> bool:
@@ -166,23 +180,26 @@ def _version(path: Path) -> Version | None:
     return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
 
 
-class TokensFile:
-    """Re-reads a tokens file when it changes (polled every ``interval`` seconds) or when asked
-    (:meth:`request_reload`, on SIGHUP). A good file replaces the tokens (``on_change``); a bad
-    one keeps the previous tokens, is logged once (one line per version of the file) and
-    reported to ``on_reload(False)``."""
+class SecretsFile(Generic[T]):
+    """Re-reads a secrets file (``read``) when it changes (polled every ``interval`` seconds)
+    or when asked (:meth:`request_reload`, on SIGHUP). A good file replaces the secrets
+    (``on_change``); a bad one keeps the previous ones, is logged in one line per read (its
+    problems by line, never a secret) and reported to ``on_reload(False)``. ``kind`` names the
+    file in the log (``tokens``, ``secrets``)."""
 
     def __init__(
         self,
         path: Path,
-        tokens: Tokens,
+        read: Callable[[Path], T],
         *,
+        kind: str,
         interval: float,
-        on_change: Callable[[Tokens], Awaitable[object]],
+        on_change: Callable[[T], Awaitable[object]],
         on_reload: Callable[[bool], None] = lambda ok: None,
     ) -> None:
         self.path = path
-        self.tokens = tokens
+        self.read = read
+        self.kind = kind
         self.interval = interval
         self.on_change = on_change
         self.on_reload = on_reload
@@ -205,22 +222,16 @@ class TokensFile:
                 await self.reload()
 
     async def reload(self) -> bool:
-        """Read the file now; True if its tokens are in use."""
+        """Read the file now; True if its secrets are in use."""
         try:
-            tokens = read_tokens(self.path)
+            secrets = self.read(self.path)
         except TokensError as exc:
-            log.error(
-                "tokens file %s refused, the previous %d token(s) kept: %s",
-                self.path,
-                len(self.tokens),
-                exc,
-            )
+            log.error("%s file %s refused, the previous ones kept: %s", self.kind, self.path, exc)
             self.on_reload(False)
             return False
         if world_readable(self.path):
-            log.warning("tokens file %s is readable by every user (chmod o-r)", self.path)
-        self.tokens = tokens
-        log.info("tokens file %s loaded: %d token(s)", self.path, len(tokens))
-        await self.on_change(tokens)
+            log.warning("%s file %s is readable by every user (chmod o-r)", self.kind, self.path)
+        log.info("%s file %s loaded", self.kind, self.path)
+        await self.on_change(secrets)
         self.on_reload(True)
         return True

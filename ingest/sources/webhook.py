@@ -22,7 +22,8 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -39,12 +40,31 @@ from ingest.sources.http import (
     Limits,
     ServerLog,
 )
+from ingest.sources.tokens import SecretsFile, TokensError, parse_pairs, read_text
 
 log = logging.getLogger(__name__)
 
 UNKNOWN_TOPIC = "unknown_topic"
 SECRETS = ("current", "previous")
-"""The ``secret`` label of a verified delivery: which secret signed it."""
+"""The ``secret`` label of a verified delivery: which secret signed it; the names in a secrets
+file."""
+
+
+def parse_secrets(text: str) -> tuple[str, ...]:
+    """A Shopify secrets file's text (``current <secret>``, optionally ``previous <secret>``,
+    the format of a tokens file): the secrets, current first; TokensError with every problem."""
+    pairs = parse_pairs(text, "name", "secret")
+    errors = [f"{name!r} is neither current nor previous" for name in pairs if name not in SECRETS]
+    if "current" not in pairs:
+        errors.append("no current secret: every delivery would be refused")
+    if errors:
+        raise TokensError(errors)
+    return tuple(pairs[name] for name in SECRETS if name in pairs)
+
+
+def read_secrets(path: Path) -> tuple[str, ...]:
+    """A Shopify secrets file, read and checked; TokensError with every problem."""
+    return parse_secrets(read_text(path))
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,6 +73,11 @@ class ShopifyWebhookSettings:
     """The app's client secret, which signs every delivery."""
     previous_secret: str | None = dataclasses.field(default=None, repr=False)
     """The secret being rotated out, accepted as well until it is removed."""
+    secrets_file: str | None = None
+    """Where ``secret`` (and ``previous_secret``) were read: read again when it changes, and
+    on :meth:`ShopifyWebhookSource.reload`."""
+    secrets_poll_seconds: float = 5.0
+    """How often the secrets file is checked for a change (mtime, size, inode)."""
     shop_domains: tuple[str, ...] = ()
     """``X-Shopify-Shop-Domain`` values accepted (another shop: 403); empty: any."""
     max_delivery_age: float | None = None
@@ -82,6 +107,7 @@ class ShopifyWebhookSource:
         on_unavailable: Callable[[], None] = lambda: None,
         on_signed: Callable[[str], None] = lambda secret: None,
         on_forbidden: Callable[[], None] = lambda: None,
+        on_reload: Callable[[bool], None] = lambda ok: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
@@ -90,9 +116,17 @@ class ShopifyWebhookSource:
         self.health = health
         self.host, self.port = split_address(settings.listen)
         self.path = settings.path
-        self._secrets = tuple(
-            secret.encode() for secret in (settings.secret, settings.previous_secret) if secret
-        )
+        self._use((settings.secret, settings.previous_secret))
+        self.watch: SecretsFile[tuple[str, ...]] | None = None
+        if settings.secrets_file is not None:
+            self.watch = SecretsFile(
+                Path(settings.secrets_file),
+                read_secrets,
+                kind="secrets",
+                interval=settings.secrets_poll_seconds,
+                on_change=self._changed,
+                on_reload=on_reload,
+            )
         self.shop_domains = frozenset(domain.lower() for domain in settings.shop_domains)
         self.max_delivery_age = settings.max_delivery_age
         self.on_signed = on_signed
@@ -107,6 +141,17 @@ class ShopifyWebhookSource:
         self.on_refused = on_refused
         self._runner: web.AppRunner | None = None
         self.on_unavailable = on_unavailable
+
+    def _use(self, secrets: Sequence[str | None]) -> None:
+        self._secrets = tuple(secret.encode() for secret in secrets if secret)
+
+    async def _changed(self, secrets: tuple[str, ...]) -> None:
+        self._use(secrets)
+
+    def reload(self) -> None:
+        """Read the secrets file again now (SIGHUP); nothing without one."""
+        if self.watch is not None:
+            self.watch.request_reload()
 
     async def _deliver(self, request: web.Request) -> web.Response:
         body = await self._body(request)
@@ -215,7 +260,10 @@ class ShopifyWebhookSource:
         await self.bind()
         try:
             self.health.connected(self.name, True)
-            await asyncio.Event().wait()
+            async with asyncio.TaskGroup() as group:
+                if self.watch is not None:
+                    group.create_task(self.watch.run(), name=f"source[{self.name}].secrets")
+                await asyncio.Event().wait()
         finally:
             self.health.connected(self.name, False)
             await self.close()

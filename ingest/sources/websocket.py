@@ -32,7 +32,7 @@ from websockets.protocol import State
 
 from ingest.sources.base import Format, Health, Sink, split_address
 from ingest.sources.reconnect import Reconnecting, ReconnectSettings
-from ingest.sources.tokens import ENV_PRODUCER, Credential, Tokens, TokensFile
+from ingest.sources.tokens import ENV_PRODUCER, Credential, SecretsFile, Tokens, read_tokens
 
 log = logging.getLogger(__name__)
 
@@ -218,11 +218,12 @@ class WebsocketServerSource:
         self._producers: weakref.WeakKeyDictionary[ServerConnection, Credential] = (
             weakref.WeakKeyDictionary()
         )
-        self.watch: TokensFile | None = None
+        self.watch: SecretsFile[Tokens] | None = None
         if settings.tokens_file is not None:
-            self.watch = TokensFile(
+            self.watch = SecretsFile(
                 Path(settings.tokens_file),
-                self.tokens,
+                read_tokens,
+                kind="tokens",
                 interval=settings.tokens_poll_seconds,
                 on_change=self.use,
                 on_reload=on_reload,
@@ -237,6 +238,7 @@ class WebsocketServerSource:
         """Accept ``tokens`` from now on, and close every open connection whose token is not
         among them (1008); how many were closed."""
         self.tokens = tokens
+        log.info("%d token(s) in use", len(tokens))
         revoked = [
             ws
             for ws, credential in list(self._producers.items())

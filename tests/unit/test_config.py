@@ -150,9 +150,9 @@ def test_platform_sources_report_every_mistake_with_its_location() -> None:
         "sources[2]: Value error, format 'socialstream' needs a stream: its frames name none",
         "sources[3]: Value error, format 'shopify' needs a stream: its frames name none",
         "sources[4].format: Input should be 'shopify'",
-        "sources[4].secret_env: Field required",
         "sources[5].format: Input should be 'native'",
         "sources[5].topics: List should have at least 1 item after validation, not 0",
+        "sources[4]: exactly one of secret_env and secrets_file",
         "sources[1].twitch.token_env: environment variable NO_SUCH_TOKEN is not set",
         "sources[3].secret_env: environment variable NO_SUCH_SECRET is not set",
     ]
@@ -325,7 +325,7 @@ def test_server_source_takes_exactly_one_of_token_env_and_tokens_file(
 ) -> None:
     source = {"name": "push", "type": "websocket-server", **credentials}
     errors = errors_of({"sources": [source]}, {"PUSH_TOKEN": "0123456789abcdef"})
-    assert errors[0] == "sources[0]: Value error, exactly one of token_env and tokens_file"
+    assert errors[0] == "sources[0]: exactly one of token_env and tokens_file"
 
 
 GOOD_TOKENS = "# producer token\nstudio-a 0123456789abcdef-a\n\nstudio-b 0123456789abcdef-b\n"
