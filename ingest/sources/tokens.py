@@ -92,6 +92,16 @@ class Tokens:
 def parse_pairs(text: str, name: str = "producer", value: str = "token") -> dict[str, str]:
     """The ``<name> <value>`` lines of a secrets file's text, checked (the nouns name the
     columns in the messages); TokensError with every problem."""
+    pairs, _, errors = checked_pairs(text, name, value)
+    if errors:
+        raise TokensError(errors)
+    return pairs
+
+
+def checked_pairs(
+    text: str, name: str, value: str
+) -> tuple[dict[str, str], dict[str, int], list[str]]:
+    """The good lines' pairs, the line of every name written, and every problem."""
     errors: list[str] = []
     pairs: dict[str, str] = {}
     names: dict[str, int] = {}
@@ -118,9 +128,7 @@ def parse_pairs(text: str, name: str = "producer", value: str = "token") -> dict
             pairs[key] = secret
     if len(names) > MAX_TOKENS:
         errors.append(f"more than {MAX_TOKENS} {name}s")
-    if errors:
-        raise TokensError(errors)
-    return pairs
+    return pairs, names, errors
 
 
 def _value_problem(secret: str, value: str) -> str:

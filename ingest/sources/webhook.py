@@ -40,7 +40,7 @@ from ingest.sources.http import (
     Limits,
     ServerLog,
 )
-from ingest.sources.tokens import SecretsFile, TokensError, parse_pairs, read_text
+from ingest.sources.tokens import SecretsFile, TokensError, checked_pairs, read_text
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,13 @@ file."""
 def parse_secrets(text: str) -> tuple[str, ...]:
     """A Shopify secrets file's text (``current <secret>``, optionally ``previous <secret>``,
     the format of a tokens file): the secrets, current first; TokensError with every problem."""
-    pairs = parse_pairs(text, "name", "secret")
-    errors = [f"{name!r} is neither current nor previous" for name in pairs if name not in SECRETS]
-    if "current" not in pairs:
+    pairs, names, errors = checked_pairs(text, "name", "secret")
+    errors += [
+        f"line {line}: {name!r} is neither current nor previous"
+        for name, line in names.items()
+        if name not in SECRETS
+    ]
+    if "current" not in names:
         errors.append("no current secret: every delivery would be refused")
     if errors:
         raise TokensError(errors)

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import random
+import signal
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +34,7 @@ from tests.e2e.support import (
 )
 from tests.platforms import Shop
 from tests.servers import RedisServer, free_port
-from tests.waiting import until
+from tests.waiting import UNIT, until
 from workers.store import Store, StoreSettings
 
 COUNTRIES: dict[str, list[str | None]] = {
@@ -397,3 +398,86 @@ async def test_rotation_window_freshness_and_shop_domains(
             (b"invalid_trigger_time", orjson.dumps(orders[13].body)),
         ]
     )
+
+
+@pytest.mark.asyncio
+async def test_secrets_file_rotation_without_a_restart(
+    tmp_path: Path, redis_url: str, stream: str
+) -> None:
+    """The secrets file gains the new secret (SIGHUP), keeps the old as previous, survives a
+    bad version, then drops the old one (picked up by the file watch): deliveries signed by
+    whatever the file holds count, the others get 401; the totals are exact."""
+    http_port, hook_port = free_port(), free_port()
+    secrets = tmp_path / "shopify.secrets"
+
+    def write(text: str) -> None:
+        staged = tmp_path / "shopify.secrets.new"
+        staged.write_text(text)
+        staged.chmod(0o600)
+        staged.replace(secrets)
+
+    write(f"current {OLD_SECRET}\n")
+    source = webhook_source(hook_port, stream).replace(
+        f'secret_env = "{SECRET_ENV}"',
+        f'secrets_file = "{secrets}"\nsecrets_poll_seconds = {0.1 * UNIT}',
+    )
+    config = write_config(
+        tmp_path / "shop.toml", redis_url=redis_url, http_port=http_port, sources=source
+    )
+    url = f"http://127.0.0.1:{hook_port}/webhooks/shopify"
+    new, old = Shop(url, SECRET), Shop(url, OLD_SECRET)
+    rng = random.Random(33)
+    orders = [make_order(rng, 9_200_000 + n) for n in range(8)]
+    with IngesterProcess(config, http_port) as process:
+
+        def health(name: str, **labels: str) -> dict[tuple[str, ...], float]:
+            return select(scrape(process.http_port), name, source="shop", **labels)
+
+        async def reloaded(outcome: str, times: int) -> None:
+            await until(
+                lambda: (
+                    health("livestream_ingest_secrets_reloads_total", outcome=outcome)
+                    == {(): times}
+                ),
+                10,
+                f"{outcome} x{times}",
+            )
+
+        async with aiohttp.ClientSession() as http:
+
+            async def deliver(shop: Shop, n: int) -> int:
+                body = orjson.dumps(orders[n].body)
+                return await shop.deliver(http, "orders/create", body, event_id=f"ev-{n}")
+
+            statuses = [await deliver(old, 0), await deliver(new, 1)]
+            write(f"current {SECRET}\nprevious {OLD_SECRET}\n")
+            assert process.process is not None
+            process.process.send_signal(signal.SIGHUP)
+            await reloaded("ok", 1)
+            statuses += [await deliver(new, 1), await deliver(old, 2)]
+            write("current short\n")  # refused: both secrets stay
+            await reloaded("error", 1)
+            assert health("livestream_ingest_secrets_file_valid") == {(): 0}
+            statuses += [await deliver(new, 3), await deliver(old, 4)]
+            write(f"current {SECRET}\n")  # the old secret dropped, seen by the watch
+            await reloaded("ok", 2)
+            statuses += [await deliver(old, 5), await deliver(new, 6), await deliver(new, 7)]
+        samples = scrape(process.http_port)
+
+    assert statuses == [200, 401, 200, 200, 200, 200, 401, 200, 200]
+    counted = [orders[n] for n in (0, 1, 2, 3, 4, 6, 7)]
+    expected = expected_totals(counted, [])
+    assert {name: select(samples, name, stream=stream) for name in expected} == expected
+    assert select(samples, "livestream_ingest_webhook_signatures_total", source="shop") == {
+        ("current",): 5,  # 0 (old, while current), then 1, 3, 6, 7 (new)
+        ("previous",): 2,  # 2, 4 (old, as previous)
+    }
+    assert select(samples, "livestream_ingest_unauthorized_requests_total", source="shop") == {
+        (): 2
+    }
+    assert select(samples, "livestream_ingest_secrets_file_valid", source="shop") == {(): 1}
+    log = process.log.read_text()
+    assert SECRET not in log
+    assert OLD_SECRET not in log
+    refusals = [line for line in log.splitlines() if "secrets file" in line and "refused" in line]
+    assert len(refusals) == 1, log

@@ -682,3 +682,21 @@ def test_a_tokens_file_spoilt_after_the_check_refuses_the_start_without_a_traceb
         Ingester(config, environ={})
     assert refused.value.errors == ["line 1: token shorter than 16 bytes"]
     assert refused.value.source == str(tokens)
+
+
+def test_a_shopify_secrets_file_is_checked_with_the_secrets(tmp_path: Path) -> None:
+    secrets = tmp_path / "shopify.secrets"
+    secrets.write_text("current shpss_0123456789abcdef\nprevious short\n")
+    shop = {"name": "shop", "type": "http-server", "stream": "s", "secrets_file": str(secrets)}
+    both = {**shop, "name": "both", "secret_env": "SHOP_SECRET", "previous_secret_env": "OLD"}
+    alone = {**shop, "name": "alone", "previous_secret_env": "OLD"}
+    env = {"SHOP_SECRET": "n" * 32, "OLD": "o" * 32}
+    assert errors_of({"sources": [shop, both, alone]}, env) == [
+        "sources[1]: exactly one of secret_env and secrets_file",
+        "sources[2].previous_secret_env: goes with secret_env",
+        f"sources[0].secrets_file: {secrets}: line 2: secret shorter than 16 bytes",
+        f"sources[1].secrets_file: {secrets}: line 2: secret shorter than 16 bytes",
+        f"sources[2].secrets_file: {secrets}: line 2: secret shorter than 16 bytes",
+    ]
+    secrets.write_text("current shpss_0123456789abcdef\nprevious shpss_fedcba9876543210\n")
+    assert len(parse({"sources": [shop]}, "test.toml", {}).sources) == 1

@@ -23,6 +23,8 @@ from ingest.shopify import (
     trigger_age,
     verified,
 )
+from ingest.sources.tokens import TokensError
+from ingest.sources.webhook import parse_secrets
 
 STREAM = "lucngan-2025"
 NOW = 1_750_000_000.0
@@ -234,3 +236,21 @@ def test_trigger_age_reads_shopify_timestamps(header: str, age: float) -> None:
 )
 def test_trigger_age_of_a_missing_or_unreadable_header_is_none(header: str | None) -> None:
     assert trigger_age(header, NOW) is None
+
+
+def test_a_secrets_file_has_a_current_and_maybe_a_previous_secret() -> None:
+    new, old = "shpss_" + "n" * 32, "shpss_" + "o" * 32
+    assert parse_secrets(f"current {new}\n") == (new,)
+    assert parse_secrets(f"# rotating\nprevious {old}\ncurrent {new}\n") == (new, old)
+    with pytest.raises(TokensError) as refused:
+        parse_secrets(f"previous {old}\nnext {new}\ncurrent short\n")
+    assert refused.value.errors == [
+        "line 3: secret shorter than 16 bytes",
+        "line 2: 'next' is neither current nor previous",
+    ]
+    with pytest.raises(TokensError) as refused:
+        parse_secrets(f"previous {old}\n")
+    assert refused.value.errors == ["no current secret: every delivery would be refused"]
+    with pytest.raises(TokensError) as refused:
+        parse_secrets(f"current {new}\nprevious {new}\n")
+    assert refused.value.errors == ["line 2: the same secret is already on line 1"]
