@@ -219,15 +219,22 @@ class SecretsFile(Generic[T]):
         self._asked.set()
 
     async def run(self) -> None:
+        """Poll every ``interval`` seconds, or at once when a reload is asked for."""
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.interval):
                     await self._asked.wait()
-            asked, version = self._asked.is_set(), _version(self.path)
-            self._asked.clear()
-            if asked or version != self._seen:
-                self._seen = version
-                await self.reload()
+            await self.poll()
+
+    async def poll(self) -> bool | None:
+        """Read the file if it changed since the last read (or a reload was asked for): whether
+        it was taken, or None if it was not read."""
+        asked, version = self._asked.is_set(), _version(self.path)
+        self._asked.clear()
+        if not asked and version == self._seen:
+            return None
+        self._seen = version
+        return await self.reload()
 
     async def reload(self) -> bool:
         """Read the file now; True if its secrets are in use."""

@@ -11,6 +11,8 @@ import pytest
 from ingest.sources.tokens import (
     MAX_TOKENS,
     Credential,
+    SecretsFile,
+    Tokens,
     TokensError,
     parse_tokens,
     read_tokens,
@@ -118,3 +120,33 @@ def test_match_compares_with_every_token_even_after_a_match(
         assert credential is not None
         assert credential.producer == f"p{n}"
         assert len(compared) == 10
+
+
+@pytest.mark.asyncio
+async def test_the_watch_reads_a_file_once_per_change_and_when_asked(tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    path.write_text(f"a {A}\n")
+    used: list[list[str]] = []
+    outcomes: list[bool] = []
+
+    async def use(tokens: Tokens) -> None:
+        used.append([credential.producer for credential in tokens.credentials])
+
+    watch = SecretsFile(
+        path, read_tokens, kind="tokens", interval=3600, on_change=use, on_reload=outcomes.append
+    )
+    assert await watch.poll() is None  # unchanged since the source read it
+    path.write_text(f"a {A}\nb {B}\n")
+    assert await watch.poll() is True
+    assert await watch.poll() is None  # read once per change
+    path.write_text(f"a {A}\nb short\n")
+    assert await watch.poll() is False
+    assert await watch.poll() is None  # a refused version is not read (nor logged) again
+    watch.request_reload()  # SIGHUP: read even though unchanged
+    assert await watch.poll() is False
+    path.unlink()
+    assert await watch.poll() is False
+    path.write_text(f"b {B}\n")
+    assert await watch.poll() is True
+    assert used == [["a", "b"], ["b"]]
+    assert outcomes == [True, False, False, False, True]
