@@ -325,18 +325,18 @@ def websocket_server(
     environ: Mapping[str, str],
 ) -> WebsocketServerSource:
     """The source, with its one token from the environment or its tokens file read now (the
-    config was checked, so the file was good a moment ago; TokensError if it no longer is)."""
+    config was checked, so the file was good a moment ago; ConfigError if it no longer is)."""
     metrics, name = health.metrics, config.name
     if config.tokens_file is None:
         assert config.token_env is not None  # one of the two, validated
         settings = config.settings(WebsocketServerSettings, token=environ[config.token_env])
     else:
         path = Path(config.tokens_file)
-        _secrets_file_read(metrics, name, path)
         try:  # checked with the config a moment ago; changed since?
             tokens = read_tokens(path)
         except TokensError as exc:
             raise ConfigError(str(path), exc.errors) from exc
+        _secrets_file_read(metrics, name, path)
         settings = config.settings(WebsocketServerSettings, tokens=tokens)
 
     metrics.revoked_connections.labels(name)

@@ -123,9 +123,12 @@ def test_match_compares_with_every_token_even_after_a_match(
 
 
 @pytest.mark.asyncio
-async def test_the_watch_reads_a_file_once_per_change_and_when_asked(tmp_path: Path) -> None:
+async def test_the_watch_reads_a_file_once_per_change_and_when_asked(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "tokens"
     path.write_text(f"a {A}\n")
+    path.chmod(0o600)
     used: list[list[str]] = []
     outcomes: list[bool] = []
 
@@ -137,7 +140,9 @@ async def test_the_watch_reads_a_file_once_per_change_and_when_asked(tmp_path: P
     )
     assert await watch.poll() is None  # unchanged since the source read it
     path.write_text(f"a {A}\nb {B}\n")
-    assert await watch.poll() is True
+    with caplog.at_level("WARNING", logger="ingest.sources.tokens"):
+        assert await watch.poll() is True
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
     assert await watch.poll() is None  # read once per change
     path.write_text(f"a {A}\nb short\n")
     assert await watch.poll() is False
@@ -147,6 +152,10 @@ async def test_the_watch_reads_a_file_once_per_change_and_when_asked(tmp_path: P
     path.unlink()
     assert await watch.poll() is False
     path.write_text(f"b {B}\n")
-    assert await watch.poll() is True
+    path.chmod(0o644)
+    with caplog.at_level("WARNING", logger="ingest.sources.tokens"):
+        assert await watch.poll() is True  # taken, with a warning
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"tokens file {path} is readable by every user (chmod o-r)"]
     assert used == [["a", "b"], ["b"]]
     assert outcomes == [True, False, False, False, True]
