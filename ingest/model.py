@@ -34,6 +34,10 @@ class Reason(enum.StrEnum):
     TOO_MANY_EVENTS = "too_many_events"
     TOPIC_MISMATCH = "topic_mismatch"
     """A body that is not what its (unsigned) topic says: a Shopify create under cancelled."""
+    STALE_DELIVERY = "stale_delivery"
+    """A webhook delivery triggered longer ago than the source takes (a replay past dedup)."""
+    INVALID_TRIGGER_TIME = "invalid_trigger_time"
+    """A webhook delivery without a readable trigger time, where its age is checked."""
 
 
 class Kind(enum.StrEnum):

@@ -28,6 +28,7 @@ import datetime as dt
 import hashlib
 import hmac
 import re
+from collections.abc import Sequence
 from typing import Annotated, Final
 
 import msgspec
@@ -100,6 +101,31 @@ def verified(secret: bytes, body: bytes, header: str | None) -> bool:
     except UnicodeEncodeError:  # not base64 at all
         return False
     return hmac.compare_digest(signature(secret, body).encode(), offered)
+
+
+def signed_by(secrets: Sequence[bytes], body: bytes, header: str | None) -> int | None:
+    """The index of the secret that signed ``body`` (``header``), or None: each secret is tried,
+    always all of them, in constant time."""
+    found = None
+    for index, secret in enumerate(secrets):
+        if verified(secret, body, header):
+            found = index if found is None else found
+    return found
+
+
+def trigger_age(header: str | None, now: float) -> float | None:
+    """Seconds since ``X-Shopify-Triggered-At`` (RFC 3339 UTC, up to nanoseconds:
+    ``2025-03-11T20:54:30.516267807Z``), or None when missing or unreadable. Negative when it
+    is in the future."""
+    if not header or len(header) > 64:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(header.strip())
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        return None
+    return now - when.timestamp()
 
 
 class ShopifyFormat(PlatformAdapter):

@@ -538,7 +538,11 @@ class Shop:
         event_id: str | None,
         webhook_id: str | None = None,
         hmac_header: str | None = None,
+        triggered_at: str | None = None,
     ) -> int:
+        """POST one delivery; its status. ``triggered_at``: the X-Shopify-Triggered-At value
+        (now, as Shopify writes it, by default)."""
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         headers = {
             "Content-Type": "application/json",
             "X-Shopify-Topic": topic,
@@ -546,7 +550,7 @@ class Shop:
             "X-Shopify-Shop-Domain": self.domain,
             "X-Shopify-API-Version": "2025-07",
             "X-Shopify-Webhook-Id": webhook_id or str(uuid.uuid4()),
-            "X-Shopify-Triggered-At": dt.datetime.now(dt.UTC).isoformat(),
+            "X-Shopify-Triggered-At": now if triggered_at is None else triggered_at,
         }
         if event_id is not None:
             headers["X-Shopify-Event-Id"] = event_id

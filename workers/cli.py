@@ -53,7 +53,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from workers.runtime import Ingester, ListenError
 
     async def main(stop: asyncio.Event) -> int:
-        ingester = Ingester(config, shutdown_deadline=args.shutdown_deadline)
+        try:
+            ingester = Ingester(config, shutdown_deadline=args.shutdown_deadline)
+        except config_module.ConfigError as exc:  # a tokens file changed since it was checked
+            print(f"invalid configuration: {exc}", file=sys.stderr)
+            return 2
+        # SIGHUP: read the secrets files again (push tokens), without a restart.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, ingester.reload)
         try:
             await ingester.run(stop)
         except ListenError as exc:

@@ -27,9 +27,10 @@ from ingest.sources.base import split_address
 from ingest.sources.eventsub import EventSubSettings
 from ingest.sources.http import Limits
 from ingest.sources.mqtt import MqttSettings
+from ingest.sources.tokens import TokensError, read_tokens
 from ingest.sources.topics import TopicPattern
 from ingest.sources.twitch_auth import RefreshSettings
-from ingest.sources.webhook import ShopifyWebhookSettings
+from ingest.sources.webhook import ShopifyWebhookSettings, read_secrets
 from ingest.sources.websocket import WebsocketClientSettings, WebsocketServerSettings
 
 if TYPE_CHECKING:
@@ -174,6 +175,7 @@ class LogConfig(_Model):
 
 
 PATH_PATTERN = r"^/[A-Za-z0-9/_.-]*$"
+SHOP_DOMAIN_PATTERN = r"^[a-z0-9][a-z0-9-]{0,99}\.myshopify\.com$"
 StreamName = Annotated[str, Field(pattern=STREAM_PATTERN)]
 
 
@@ -271,8 +273,24 @@ class HttpServerConfig(_SourceBase, ListenerLimits):
     format: Literal["shopify"] = "shopify"
     listen: str = _default(ShopifyWebhookSettings, "listen")
     path: str = _default(ShopifyWebhookSettings, "path", pattern=PATH_PATTERN)
-    secret_env: str
+    secret_env: str | None = None
     """Environment variable holding the app's client secret, which signs every delivery."""
+    previous_secret_env: str | None = None
+    """Environment variable holding the secret being rotated out: a delivery signed by either
+    is accepted (``livestream_ingest_webhook_signatures_total{secret}`` tells which)."""
+    secrets_file: str | None = None
+    """Instead of the variables: a file of ``current <secret>`` and ``previous <secret>``
+    lines, read again on SIGHUP and when it changes."""
+    secrets_poll_seconds: float = _default(
+        ShopifyWebhookSettings, "secrets_poll_seconds", gt=0, le=3600
+    )
+    shop_domains: tuple[Annotated[str, Field(pattern=SHOP_DOMAIN_PATTERN)], ...] = ()
+    """``X-Shopify-Shop-Domain`` values accepted (403 for another shop); empty: any."""
+    refuse_stale_deliveries: bool = False
+    """Refuse (200, dead-lettered as ``stale_delivery``) a delivery whose
+    ``X-Shopify-Triggered-At`` is older than ``max_delivery_age_hours``."""
+    max_delivery_age_hours: float | None = Field(None, gt=0)
+    """Default: ``[dedup] retention_hours``; at most that."""
     max_body_bytes: int = _default(
         ShopifyWebhookSettings, "max_body_bytes", ge=1024, le=64 * 1024 * 1024
     )
@@ -293,7 +311,13 @@ class WebsocketServerConfig(_SourceBase):
     format: Literal["native"] = "native"
     listen: str = _default(WebsocketServerSettings, "listen")
     path: str = _default(WebsocketServerSettings, "path", pattern=PATH_PATTERN)
-    token_env: str
+    token_env: str | None = None
+    """Environment variable holding the one token (producer ``env``)."""
+    tokens_file: str | None = None
+    """A file of ``<producer> <token>`` lines, read again on SIGHUP and when it changes."""
+    tokens_poll_seconds: float = _default(
+        WebsocketServerSettings, "tokens_poll_seconds", gt=0, le=3600
+    )
     max_size: int = _default(WebsocketServerSettings, "max_size", ge=1024)
     ping_interval: float | None = _default(WebsocketServerSettings, "ping_interval", gt=0)
     ping_timeout: float | None = _default(WebsocketServerSettings, "ping_timeout", gt=0)
@@ -364,6 +388,13 @@ class Config(_Model):
         dict[Annotated[str, Field(pattern=r"^[^|]{1,64}$")], list[str]],
     ] = {}
     sources: list[SourceConfig] = []
+
+    def delivery_max_age(self, source: HttpServerConfig) -> float | None:
+        """Seconds after which a delivery of ``source`` is stale, or None if none is."""
+        if not source.refuse_stale_deliveries:
+            return None
+        hours = source.max_delivery_age_hours or self.dedup.retention_hours
+        return hours * 3600.0
 
     def region_table(self) -> RegionTable:
         return RegionTable(DEFAULT_TABLES).merged(self.regions)
@@ -436,7 +467,14 @@ MIN_SECRET_BYTES = 16
 """Shortest token, password or signing secret taken from the environment (UTF-8 bytes)."""
 
 
-SECRET_KEYS = ("token_env", "password_env", "secret_env", "refresh_token_env", "client_secret_env")
+SECRET_KEYS = (
+    "token_env",
+    "password_env",
+    "secret_env",
+    "previous_secret_env",
+    "refresh_token_env",
+    "client_secret_env",
+)
 """Keys that name an environment variable holding a secret."""
 
 
@@ -470,6 +508,62 @@ def _secrets(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
                     errors.append(f"{location}: environment variable {name} is not set")
                 elif (weakness := _weakness(secret)) is not None:
                     errors.append(f"{location}: environment variable {name} is {weakness}")
+        errors.extend(_secrets_files(source, index))
+    return errors
+
+
+def _secrets_files(source: dict[str, Any], index: int) -> list[str]:
+    """Every problem of a source's tokens or secrets file (checked with the secrets)."""
+    errors = []
+    for key, read in (("tokens_file", read_tokens), ("secrets_file", read_secrets)):
+        path = source.get(key)
+        if not isinstance(path, str):
+            continue
+        try:
+            read(Path(path))
+        except TokensError as exc:
+            errors += [f"sources[{index}].{key}: {path}: {error}" for error in exc.errors]
+    return errors
+
+
+def _delivery_ages(data: dict[str, Any]) -> list[str]:
+    """A maximum delivery age past the dedup retention defeats its purpose. Checked on the raw
+    data, so it is reported along with every field error."""
+    dedup = data.get("dedup")
+    retention = dedup.get("retention_hours") if isinstance(dedup, dict) else None
+    if retention is None:
+        retention = DedupConfig.model_fields["retention_hours"].default
+    sources = data.get("sources")
+    errors = []
+    for index, source in enumerate(sources if isinstance(sources, list) else []):
+        age = source.get("max_delivery_age_hours") if isinstance(source, dict) else None
+        if isinstance(age, int | float) and isinstance(retention, int) and age > retention:
+            errors.append(
+                f"sources[{index}].max_delivery_age_hours: {age} is more than [dedup] "
+                f"retention_hours ({retention}): a replay after the retention would count again"
+            )
+    return errors
+
+
+CREDENTIALS = {
+    "websocket-server": ("token_env", "tokens_file"),
+    "http-server": ("secret_env", "secrets_file"),
+}
+"""The two ways a listening source can take its secrets: exactly one is given."""
+
+
+def _credentials(data: dict[str, Any]) -> list[str]:
+    """Checked on the raw data, so it is reported along with every field error."""
+    sources = data.get("sources")
+    errors = []
+    for index, source in enumerate(sources if isinstance(sources, list) else []):
+        if not isinstance(source, dict) or source.get("type") not in CREDENTIALS:
+            continue
+        keys = CREDENTIALS[source["type"]]
+        if sum(source.get(key) is not None for key in keys) != 1:
+            errors.append(f"sources[{index}]: exactly one of {keys[0]} and {keys[1]}")
+        if source.get("previous_secret_env") is not None and source.get("secret_env") is None:
+            errors.append(f"sources[{index}].previous_secret_env: goes with secret_env")
     return errors
 
 
@@ -504,7 +598,8 @@ def parse(
     """
     env = os.environ if environ is None else environ
     data = apply_environment(copy.deepcopy(data), env)
-    problems = _duplicate_names(data) + (_secrets(data, env) if require_secrets else [])
+    problems = _duplicate_names(data) + _delivery_ages(data) + _credentials(data)
+    problems += _secrets(data, env) if require_secrets else []
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:

@@ -181,6 +181,7 @@ class HealthMetrics:
             ["source"],
             registry=r,
         )
+        self._credentials(r)
         self.revocations = Counter(
             "livestream_ingest_eventsub_revocations",
             "Twitch EventSub subscriptions revoked, by source, subscription type and status.",
@@ -198,6 +199,48 @@ class HealthMetrics:
             "Failed token refreshes, by source and reason (invalid: the refresh token was "
             "refused; network, http, malformed).",
             ["source", "reason"],
+            registry=r,
+        )
+
+    def _credentials(self, r: CollectorRegistry) -> None:
+        """Who authenticated with what, and the secrets files read while running."""
+        self.push_connections = Counter(
+            "livestream_ingest_push_connections",
+            "Connections accepted by a websocket-server source, by producer (a tokens file's "
+            "names; env for token_env).",
+            ["source", "producer"],
+            registry=r,
+        )
+        self.revoked_connections = Counter(
+            "livestream_ingest_revoked_connections",
+            "Open connections closed (1008) because their token was removed from the tokens file.",
+            ["source"],
+            registry=r,
+        )
+        self.secrets_reloads = Counter(
+            "livestream_ingest_secrets_reloads",
+            "Reads of a secrets file while running, by source and outcome (ok, error: the "
+            "previous secrets are kept).",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.secrets_file_valid = Gauge(
+            "livestream_ingest_secrets_file_valid",
+            "0 while the last read of a source's secrets file was refused (the previous "
+            "secrets are in use), else 1.",
+            ["source"],
+            registry=r,
+        )
+        self.webhook_signatures = Counter(
+            "livestream_ingest_webhook_signatures",
+            "Webhook deliveries verified, by the secret that signed them (current, previous).",
+            ["source", "secret"],
+            registry=r,
+        )
+        self.webhook_forbidden = Counter(
+            "livestream_ingest_webhook_forbidden",
+            "Signed webhook deliveries refused (403) for a shop domain not in shop_domains.",
+            ["source"],
             registry=r,
         )
 

@@ -33,6 +33,7 @@ from ingest.socialstream import SocialStreamFormat
 from ingest.sources.eventsub import EventSubSettings, EventSubSource, Helix, chat_subscriptions
 from ingest.sources.http import Guard, GuardedSite, ServerLog
 from ingest.sources.mqtt import MqttSettings, MqttSource
+from ingest.sources.tokens import TokensError, read_tokens, world_readable
 from ingest.sources.topics import TopicPattern
 from ingest.sources.twitch_auth import (
     FAILURE_REASONS,
@@ -41,7 +42,12 @@ from ingest.sources.twitch_auth import (
     StaticToken,
     Tokens,
 )
-from ingest.sources.webhook import ShopifyWebhookSettings, ShopifyWebhookSource
+from ingest.sources.webhook import (
+    SECRETS,
+    ShopifyWebhookSettings,
+    ShopifyWebhookSource,
+    read_secrets,
+)
 from ingest.sources.websocket import (
     WebsocketClientSettings,
     WebsocketClientSource,
@@ -53,6 +59,7 @@ from workers.committer import BatchSettings, Committer
 from workers.config import (
     BatchConfig,
     Config,
+    ConfigError,
     HttpServerConfig,
     MqttConfig,
     SourceConfig,
@@ -111,6 +118,13 @@ class Listener(Protocol):
     async def bind(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Reloadable(Protocol):
+    """A source whose secrets can be read again while it runs."""
+
+    def reload(self) -> None: ...
 
 
 class ListenError(Exception):
@@ -189,6 +203,12 @@ class SourceHealth:
                 reason=reason,
                 suppressed_since_last=decision.suppressed,
             )
+
+    def forbidden(self, source: str) -> None:
+        """A signed webhook delivery of a shop not served here (403): counted, logged without
+        flooding."""
+        self.metrics.webhook_forbidden.labels(source).inc()
+        self._refused(source, "forbidden", "shop_domain")
 
     def unavailable(self, source: str) -> None:
         """A webhook delivery answered 503 (not committed in time): counted."""
@@ -346,13 +366,32 @@ def websocket_server(
     health: SourceHealth,
     environ: Mapping[str, str],
 ) -> WebsocketServerSource:
+    """The source, with its one token from the environment or its tokens file read now (the
+    config was checked, so the file was good a moment ago; ConfigError if it no longer is)."""
+    metrics, name = health.metrics, config.name
+    if config.tokens_file is None:
+        assert config.token_env is not None  # one of the two, validated
+        settings = config.settings(WebsocketServerSettings, token=environ[config.token_env])
+    else:
+        path = Path(config.tokens_file)
+        try:  # checked with the config a moment ago; changed since?
+            tokens = read_tokens(path)
+        except TokensError as exc:
+            raise ConfigError(str(path), exc.errors) from exc
+        _secrets_file_read(metrics, name, path)
+        settings = config.settings(WebsocketServerSettings, tokens=tokens)
+
+    metrics.revoked_connections.labels(name)
     return WebsocketServerSource(
-        config.name,
+        name,
         NativeFormat(options),
         committer,
         health,
-        config.settings(WebsocketServerSettings, token=environ[config.token_env]),
-        on_unauthorized=functools.partial(health.unauthorized, config.name),
+        settings,
+        on_unauthorized=functools.partial(health.unauthorized, name),
+        on_connected=lambda producer: metrics.push_connections.labels(name, producer).inc(),
+        on_revoked=lambda closed: metrics.revoked_connections.labels(name).inc(closed),
+        on_reload=functools.partial(_secrets_reloaded, metrics, name),
     )
 
 
@@ -362,13 +401,25 @@ def webhook_source(
     committer: Committer,
     health: SourceHealth,
     environ: Mapping[str, str],
+    *,
+    max_age: float | None = None,
 ) -> ShopifyWebhookSource:
+    secret, previous = _shopify_secrets(config, environ)
+    if config.secrets_file is not None:
+        _secrets_file_read(health.metrics, config.name, Path(config.secrets_file))
     settings = config.settings(
         ShopifyWebhookSettings,
-        secret=environ[config.secret_env],
+        secret=secret,
+        previous_secret=previous,
         commit_timeout=config.commit_timeout_seconds,
         limits=config.limits(),
+        max_delivery_age=max_age,
     )
+    metrics = health.metrics
+    rotating = config.secrets_file is not None or config.previous_secret_env is not None
+    for label in SECRETS[: 2 if rotating else 1]:  # at 0: "previous no longer used" shows
+        metrics.webhook_signatures.labels(config.name, label)
+    metrics.webhook_forbidden.labels(config.name)
     return ShopifyWebhookSource(
         config.name,
         ShopifyFormat(dataclasses.replace(options, max_frame_bytes=config.max_body_bytes)),
@@ -380,7 +431,40 @@ def webhook_source(
         on_bad_request=functools.partial(health.bad_request, config.name),
         on_refused=functools.partial(health.connection_refused, config.name),
         on_unavailable=functools.partial(health.unavailable, config.name),
+        on_signed=lambda secret: metrics.webhook_signatures.labels(config.name, secret).inc(),
+        on_forbidden=functools.partial(health.forbidden, config.name),
+        on_reload=functools.partial(_secrets_reloaded, health.metrics, config.name),
     )
+
+
+def _shopify_secrets(
+    config: HttpServerConfig, environ: Mapping[str, str]
+) -> tuple[str, str | None]:
+    """The current and previous Shopify secrets, from the environment or the secrets file."""
+    if config.secrets_file is None:
+        assert config.secret_env is not None  # one of the two, validated
+        previous = config.previous_secret_env
+        return environ[config.secret_env], environ[previous] if previous else None
+    try:  # checked with the config a moment ago; changed since?
+        secrets = read_secrets(Path(config.secrets_file))
+    except TokensError as exc:
+        raise ConfigError(config.secrets_file, exc.errors) from exc
+    return secrets[0], secrets[1] if len(secrets) > 1 else None
+
+
+def _secrets_file_read(metrics: HealthMetrics, source: str, path: Path) -> None:
+    """A source's secrets file is in use: its series start, and a warning if anyone may read
+    it."""
+    if world_readable(path):
+        log.warning("secrets file is readable by every user", source=source, path=str(path))
+    metrics.secrets_file_valid.labels(source).set(1)
+    for outcome in ("ok", "error"):  # at 0, so the first failure is an increase
+        metrics.secrets_reloads.labels(source, outcome)
+
+
+def _secrets_reloaded(metrics: HealthMetrics, source: str, ok: bool) -> None:
+    metrics.secrets_reloads.labels(source, "ok" if ok else "error").inc()
+    metrics.secrets_file_valid.labels(source).set(1 if ok else 0)
 
 
 def build_source(
@@ -389,8 +473,11 @@ def build_source(
     committer: Committer,
     health: SourceHealth,
     environ: Mapping[str, str],
+    *,
+    max_age: float | None = None,
 ) -> Source:
-    """The transport ``config`` names, its settings resolved (secrets read from ``environ``)."""
+    """The transport ``config`` names, its settings resolved (secrets read from ``environ``;
+    ``max_age``: the age past which a webhook delivery is stale)."""
     match config:
         case WebsocketClientConfig(format="twitch-eventsub"):
             return eventsub_source(config, options, committer, health, environ)
@@ -399,7 +486,7 @@ def build_source(
         case WebsocketServerConfig():
             return websocket_server(config, options, committer, health, environ)
         case HttpServerConfig():
-            return webhook_source(config, options, committer, health, environ)
+            return webhook_source(config, options, committer, health, environ, max_age=max_age)
         case MqttConfig():
             return mqtt_source(config, options, committer, health, environ)
 
@@ -502,11 +589,26 @@ class Ingester:
         sources: list[Source] = []
         for source in config.sources:
             options = config.native_options(source, regions)
-            sources.append(build_source(source, options, self.committer, self.health, self.environ))
+            max_age = (
+                config.delivery_max_age(source) if isinstance(source, HttpServerConfig) else None
+            )
+            sources.append(
+                build_source(
+                    source, options, self.committer, self.health, self.environ, max_age=max_age
+                )
+            )
             self.metrics.add_source(source.name)
             if isinstance(source, HttpServerConfig):  # at 0, so the first 503 is an increase
                 self.metrics.webhook_unavailable.labels(source.name)
         return sources
+
+    def reload(self) -> None:
+        """Read the sources' secrets files again (SIGHUP): each keeps its secrets if its file is
+        refused. No await: safe in a signal handler."""
+        log.info("reloading secrets files")
+        for source in self.sources:
+            if isinstance(source, Reloadable):
+                source.reload()
 
     async def run(self, stop: asyncio.Event) -> None:
         try:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hmac
 import logging
 import random
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
+from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -25,10 +26,13 @@ from websockets.exceptions import (
     InvalidStatus,
     InvalidURI,
 )
+from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from ingest.sources.base import Format, Health, Sink, split_address
 from ingest.sources.reconnect import Reconnecting, ReconnectSettings
+from ingest.sources.tokens import ENV_PRODUCER, Credential, SecretsFile, Tokens, read_tokens
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +59,31 @@ class WebsocketClientSettings(ConnectionSettings):
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class WebsocketServerSettings:
-    token: str = dataclasses.field(repr=False)
-    """What producers send as ``Authorization: Bearer <token>``."""
+    token: str | None = dataclasses.field(default=None, repr=False)
+    """One token, producer ``env``: what producers send as ``Authorization: Bearer <token>``."""
+    tokens: Tokens | None = dataclasses.field(default=None, repr=False)
+    """Several producers' tokens (``ingest.sources.tokens``), instead of ``token``."""
+    tokens_file: str | None = None
+    """Where ``tokens`` were read: read again when it changes, and on :meth:`reload`."""
+    tokens_poll_seconds: float = 5.0
+    """How often the tokens file is checked for a change (mtime, size, inode)."""
     listen: str = "127.0.0.1:8765"
     path: str = "/ingest"
     max_size: int = 1024 * 1024
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
+    close_timeout: float = 2.0
+    """How long the closing of a revoked producer's connection waits for its answer."""
+
+    def __post_init__(self) -> None:
+        if (self.token is None) == (self.tokens is None):
+            raise ValueError("exactly one of token and tokens")
+
+    def credentials(self) -> Tokens:
+        if self.tokens is not None:
+            return self.tokens
+        assert self.token is not None
+        return Tokens((Credential.of(ENV_PRODUCER, self.token),))
 
 
 async def _read(
@@ -150,13 +172,22 @@ class WebsocketClientSource(Reconnecting):
             await _read(ws, self.name, self.fmt, self.sink, self.health)
 
 
+REVOKED = "token revoked"
+"""The close reason (code 1008, policy violation) sent to a producer whose token was removed."""
+
+
 class WebsocketServerSource:
     """Listens on host:port; producers connect to ``path`` with ``Authorization: Bearer <token>``
     and push frames. Each connection is read independently; a bad frame never closes it.
 
-    A handshake without exactly one such header, or with another token, is answered 401 and
-    reported to ``on_unauthorized`` with a bounded reason; nothing raises out of the check (an
-    exception there would be websockets' 500 and a traceback per request)."""
+    A handshake without exactly one such header, or with a token not in use, is answered 401
+    and reported to ``on_unauthorized`` with a bounded reason; nothing raises out of the check
+    (an exception there would be websockets' 500 and a traceback per request). An accepted
+    connection is reported to ``on_connected`` with its producer's name.
+
+    With a tokens file, the tokens in use change while the source runs (the file changed, or
+    :meth:`reload`); every open connection whose token is no longer in use is then closed
+    with 1008 and reported to ``on_revoked``: a revoked producer keeps nothing."""
 
     def __init__(
         self,
@@ -167,46 +198,97 @@ class WebsocketServerSource:
         settings: WebsocketServerSettings,
         *,
         on_unauthorized: Callable[[str], None] = lambda reason: None,
+        on_connected: Callable[[str], None] = lambda producer: None,
+        on_revoked: Callable[[int], None] = lambda closed: None,
+        on_reload: Callable[[bool], None] = lambda ok: None,
     ) -> None:
         self.name = name
         self.settings = settings
         self.host, self.port = split_address(settings.listen)
         self.path = settings.path
-        self._token = settings.token.encode()
+        self.tokens = settings.credentials()
         self.fmt = fmt
         self.sink = sink
         self.health = health
         self.on_unauthorized = on_unauthorized
+        self.on_connected = on_connected
+        self.on_revoked = on_revoked
         self.server: Server | None = None
         self.ready = asyncio.Event()
+        self._producers: weakref.WeakKeyDictionary[ServerConnection, Credential] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.watch: SecretsFile[Tokens] | None = None
+        if settings.tokens_file is not None:
+            self.watch = SecretsFile(
+                Path(settings.tokens_file),
+                read_tokens,
+                kind="tokens",
+                interval=settings.tokens_poll_seconds,
+                on_change=self.use,
+                on_reload=on_reload,
+            )
+
+    def reload(self) -> None:
+        """Read the tokens file again now (SIGHUP); nothing without one."""
+        if self.watch is not None:
+            self.watch.request_reload()
+
+    async def use(self, tokens: Tokens) -> int:
+        """Accept ``tokens`` from now on, and close every open connection whose token is not
+        among them (1008); how many were closed."""
+        self.tokens = tokens
+        log.info("%d token(s) in use", len(tokens))
+        revoked = [
+            ws
+            for ws, credential in list(self._producers.items())
+            if credential.digest not in tokens.digests and ws.state is State.OPEN
+        ]
+        if revoked:
+            log.warning("closing %d connection(s) of revoked tokens", len(revoked))
+            await asyncio.gather(*(self._revoke(ws) for ws in revoked))
+            self.on_revoked(len(revoked))
+        return len(revoked)
+
+    @staticmethod
+    async def _revoke(ws: ServerConnection) -> None:
+        with contextlib.suppress(ConnectionClosed, OSError):
+            await ws.close(CloseCode.POLICY_VIOLATION, REVOKED)
 
     def _authorise(self, connection: ServerConnection, request: Request) -> Response | None:
         if request.path.split("?", 1)[0] != self.path:
             return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
-        reason = self._refusal(request.headers.get_all("Authorization"))
-        if reason is not None:
-            self.on_unauthorized(reason)
+        found = self._credential(request.headers.get_all("Authorization"))
+        if isinstance(found, str):
+            self.on_unauthorized(found)
             response = connection.respond(HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
             response.headers["WWW-Authenticate"] = 'Bearer realm="livestream-ingester"'
             return response
+        self._producers[connection] = found
         return None
 
-    def _refusal(self, values: list[str]) -> str | None:
-        """Why these ``Authorization`` values do not authenticate, or None if they do."""
+    def _credential(self, values: list[str]) -> Credential | str:
+        """The credential these ``Authorization`` values present, or why they present none."""
         if not values:
             return "missing"
         if len(values) > 1:
             return "duplicate"
         scheme, _, offered = values[0].partition(" ")
-        # The scheme is case-insensitive (RFC 9110); the token is compared in constant time.
-        # websockets decodes header values as ISO-8859-1, so any value encodes.
+        # The scheme is case-insensitive (RFC 9110); the token is compared in constant time
+        # with every token in use. websockets decodes header values as ISO-8859-1: encoding
+        # them so gives back the bytes sent.
         if scheme.lower() != "bearer":
             return "scheme"
-        if not hmac.compare_digest(offered.encode(), self._token):
-            return "token"
-        return None
+        credential = self.tokens.match(offered.encode("latin-1"))
+        return "token" if credential is None else credential
 
     async def _handle(self, ws: ServerConnection) -> None:
+        credential = self._producers.get(ws)
+        if credential is None or credential.digest not in self.tokens.digests:
+            # Revoked between its handshake and now.
+            await self._revoke(ws)
+            return
+        self.on_connected(credential.producer)
         with contextlib.suppress(ConnectionClosed):
             await _read(ws, self.name, self.fmt, self.sink, self.health)
 
@@ -222,6 +304,7 @@ class WebsocketServerSource:
             max_size=self.settings.max_size,
             ping_interval=self.settings.ping_interval,
             ping_timeout=self.settings.ping_timeout,
+            close_timeout=self.settings.close_timeout,
         )
         self.port = self.server.sockets[0].getsockname()[1] if self.port == 0 else self.port
 
@@ -238,7 +321,10 @@ class WebsocketServerSource:
         try:
             self.health.connected(self.name, True)
             self.ready.set()
-            await self.server.serve_forever()
+            async with asyncio.TaskGroup() as group:
+                if self.watch is not None:
+                    group.create_task(self.watch.run(), name=f"source[{self.name}].tokens")
+                await self.server.serve_forever()
         finally:
             self.health.connected(self.name, False)
             await self.close()

@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -25,6 +28,7 @@ from websockets.protocol import State
 from ingest.adapter import FormatOptions
 from ingest.model import Comment, Order, Reason, Viewers
 from ingest.native import NativeFormat
+from ingest.sources.tokens import read_tokens
 from ingest.sources.websocket import (
     WebsocketClientSettings,
     WebsocketClientSource,
@@ -621,3 +625,153 @@ async def test_server_reports_connected_while_listening() -> None:
             assert source.port != 0
             assert health.story() == ["up"]
         assert health.story() == ["up", "down"]
+
+
+# --- Push tokens from a file, rotated while the source runs ----------------------------------
+
+TOKEN_A = "studio-a-token-0123456789"
+TOKEN_B = "studio-b-token-0123456789"
+
+
+def write_tokens(path: Path, *lines: str) -> None:
+    """Replace the file at once, as an operator's ``mv`` (or a secrets volume) does."""
+    staged = path.with_suffix(".new")
+    staged.write_text("".join(f"{line}\n" for line in lines))
+    staged.chmod(0o600)
+    os.replace(staged, path)
+
+
+@dataclasses.dataclass
+class TokenEvents:
+    reloads: list[bool] = dataclasses.field(default_factory=list)
+    connected: list[str] = dataclasses.field(default_factory=list)
+    revoked: list[int] = dataclasses.field(default_factory=list)
+    unauthorized: list[str] = dataclasses.field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def file_source(
+    path: Path, sink: RecordingSink, events: TokenEvents, poll: float = 0.05 * UNIT
+) -> AsyncIterator[WebsocketServerSource]:
+    settings = WebsocketServerSettings(
+        listen=f"{HOST}:0",
+        path=PATH,
+        tokens=read_tokens(path),
+        tokens_file=str(path),
+        tokens_poll_seconds=poll,
+        max_size=MAX_SIZE,
+    )
+    source = WebsocketServerSource(
+        "push",
+        native(),
+        sink,
+        RecordingHealth(),
+        settings,
+        on_unauthorized=events.unauthorized.append,
+        on_connected=events.connected.append,
+        on_revoked=events.revoked.append,
+        on_reload=events.reloads.append,
+    )
+    async with running(source.run()):
+        await asyncio.wait_for(source.ready.wait(), WAIT * UNIT)
+        yield source
+
+
+@pytest.mark.asyncio
+async def test_server_rotates_tokens_from_its_file_and_closes_revoked_connections(
+    tmp_path: Path,
+) -> None:
+    """Roll out a new producer's token, then revoke the old one: the old producer's open
+    connection is closed (1008) and its new handshakes get 401; the new one keeps sending."""
+    path = tmp_path / "push.tokens"
+    write_tokens(path, f"studio-a {TOKEN_A}")
+    sink, events = RecordingSink(), TokenEvents()
+    async with (
+        bounded(),
+        file_source(path, sink, events) as source,
+        producer(source, authorization=f"Bearer {TOKEN_A}") as old,
+    ):
+        await old.send(frame("a1"))
+        with pytest.raises(InvalidStatus):  # not rolled out yet
+            async with producer(source, authorization=f"Bearer {TOKEN_B}"):
+                pass
+        write_tokens(path, f"studio-a {TOKEN_A}", f"studio-b {TOKEN_B}")
+        await until(lambda: events.reloads == [True], WAIT, "the file with both tokens")
+        async with producer(source, authorization=f"Bearer {TOKEN_B}") as new:
+            await old.send(frame("a2"))
+            await new.send(frame("b1"))
+            await until(lambda: len(sink.events) == 3, WAIT, "both producers' events")
+            write_tokens(path, f"studio-b {TOKEN_B}")
+            await until(lambda: events.reloads == [True, True], WAIT, "the revocation")
+            with pytest.raises(ConnectionClosedError) as closed:
+                await old.recv()
+            with pytest.raises(InvalidStatus) as refused:
+                async with producer(source, authorization=f"Bearer {TOKEN_A}"):
+                    pass
+            for n in range(2, 22):
+                await new.send(frame(f"b{n}"))
+            await until(lambda: len(sink.events) == 23, WAIT, "the new producer's events")
+            assert new.state is State.OPEN
+
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1008, "token revoked")
+    assert refused.value.response.status_code == 401
+    assert sorted(sink.event_ids) == sorted(["a1", "a2", *(f"b{n}" for n in range(1, 22))])
+    assert events.connected == ["studio-a", "studio-b"]
+    assert events.revoked == [1]
+    assert events.unauthorized == ["token", "token"]
+
+
+@pytest.mark.asyncio
+async def test_server_keeps_its_tokens_when_the_file_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bad file (a short token, a repeated name) keeps the previous tokens and the open
+    connections, is reported once and logged in one line without a token; a good file then
+    applies. A reload asked for (SIGHUP) reads the file even when it did not change."""
+    path = tmp_path / "push.tokens"
+    write_tokens(path, f"studio-a {TOKEN_A}")
+    sink, events = RecordingSink(), TokenEvents()
+    async with (
+        bounded(),
+        file_source(path, sink, events, poll=0.05 * UNIT) as source,
+        producer(source, authorization=f"Bearer {TOKEN_A}") as ws,
+    ):
+        with caplog.at_level("ERROR", logger="ingest.sources.tokens"):
+            write_tokens(path, f"studio-a {TOKEN_B}", "studio-a short")
+            await until(lambda: events.reloads == [False], WAIT, "the refused file")
+            source.reload()  # asked again: the same bad file, refused again
+            await until(lambda: events.reloads == [False, False], WAIT, "the second refusal")
+        async with producer(source, authorization=f"Bearer {TOKEN_A}") as again:
+            await again.send(frame("a2"))
+        await ws.send(frame("a1"))
+        await until(lambda: len(sink.events) == 2, WAIT, "both events with the kept token")
+        write_tokens(path, f"studio-b {TOKEN_B}")
+        await until(lambda: events.reloads == [False, False, True], WAIT, "the good file")
+        with pytest.raises(ConnectionClosedError):
+            await ws.recv()
+
+    errors = [r.getMessage() for r in caplog.records if r.name == "ingest.sources.tokens"]
+    assert len(errors) == 2  # one line per refusal
+    assert "line 1: producer" not in errors[0]
+    assert "line 2: token shorter than 16 bytes" in errors[0]
+    assert "line 2: producer 'studio-a' is already on line 1" in errors[0]
+    assert "the previous ones kept" in errors[0]
+    assert all(TOKEN_A not in e and TOKEN_B not in e for e in errors)
+    assert events.revoked == [1]
+
+
+@pytest.mark.asyncio
+async def test_server_with_one_token_calls_its_producer_env() -> None:
+    sink, events = RecordingSink(), TokenEvents()
+    settings = WebsocketServerSettings(listen=f"{HOST}:0", path=PATH, token=TOKEN)
+    source = WebsocketServerSource(
+        "push", native(), sink, RecordingHealth(), settings, on_connected=events.connected.append
+    )
+    source.reload()  # no tokens file: nothing to read
+    async with bounded(), running(source.run()):
+        await asyncio.wait_for(source.ready.wait(), WAIT * UNIT)
+        async with producer(source) as ws:
+            await ws.send(frame("p1"))
+            await until(lambda: len(sink.events) == 1, WAIT, "the event")
+    assert events.connected == ["env"]

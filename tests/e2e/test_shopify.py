@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import random
+import signal
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +34,7 @@ from tests.e2e.support import (
 )
 from tests.platforms import Shop
 from tests.servers import RedisServer, free_port
-from tests.waiting import until
+from tests.waiting import UNIT, until
 from workers.store import Store, StoreSettings
 
 COUNTRIES: dict[str, list[str | None]] = {
@@ -308,3 +310,174 @@ async def test_a_signed_body_replayed_under_another_topic_is_refused(
     letters = await Store(redis, StoreSettings()).dead_letters(stream)
     assert [f["reason"] for f in letters] == [b"topic_mismatch"] * 4
     assert {f["raw"] for f in letters} == {captured, real_cancel}
+
+
+OLD_SECRET = "shpss_old_secret_fedcba9876543210"
+OLD_SECRET_ENV = "LIVESTREAM_TEST_SHOPIFY_OLD_SECRET"
+OUR_SHOP = "lucngan-farm.myshopify.com"
+
+
+def triggered(hours_ago: float) -> str:
+    """An X-Shopify-Triggered-At value, in Shopify's own shape (nanoseconds, Z)."""
+    when = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours_ago)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
+
+
+@pytest.mark.asyncio
+async def test_rotation_window_freshness_and_shop_domains(
+    tmp_path: Path, redis_url: str, redis: Redis, stream: str
+) -> None:
+    """During a secret rotation both secrets verify (and the scrape says which one did); a
+    delivery triggered longer ago than the dedup retention, or without a readable trigger time,
+    is answered 200 and dead-lettered, never counted; another shop's signed delivery is 403.
+    The fresh deliveries of the same run count exactly."""
+    http_port, hook_port = free_port(), free_port()
+    sources = webhook_source(hook_port, stream) + (
+        f'previous_secret_env = "{OLD_SECRET_ENV}"\n'
+        f'shop_domains = ["{OUR_SHOP}"]\n'
+        "refuse_stale_deliveries = true\n"  # at most [dedup] retention_hours (48) old
+    )
+    config = write_config(
+        tmp_path / "shop.toml", redis_url=redis_url, http_port=http_port, sources=sources
+    )
+    url = f"http://127.0.0.1:{hook_port}/webhooks/shopify"
+    new, old = Shop(url, SECRET, OUR_SHOP), Shop(url, OLD_SECRET, OUR_SHOP)
+    stranger = Shop(url, "shpss_someone_else_0123456789abcdef", OUR_SHOP)
+    other_shop = Shop(url, SECRET, "someone-else.myshopify.com")
+    rng = random.Random(21)
+    orders = [make_order(rng, 9_100_000 + n) for n in range(14)]
+    env = {SECRET_ENV: SECRET, OLD_SECRET_ENV: OLD_SECRET}
+    with IngesterProcess(config, http_port, env=env) as process:
+        async with aiohttp.ClientSession() as http:
+
+            async def deliver(shop: Shop, n: int, hours_ago: float | str = 0) -> int:
+                at = hours_ago if isinstance(hours_ago, str) else triggered(hours_ago)
+                body = orjson.dumps(orders[n].body)
+                return await shop.deliver(
+                    http, "orders/create", body, event_id=f"ev-{n}", triggered_at=at
+                )
+
+            statuses = [await deliver(new, n) for n in range(5)]
+            statuses += [await deliver(old, n) for n in range(5, 8)]
+            statuses.append(await deliver(new, 8, 47.5))  # late, within the retention
+            statuses.append(await deliver(stranger, 9))
+            statuses.append(await deliver(other_shop, 10))
+            statuses.append(await deliver(new, 11, 48.5))  # past the retention: a replay
+            statuses.append(await deliver(old, 12, "yesterday"))
+            statuses.append(await deliver(new, 13, "2025-06-15T15:05:00"))  # no zone
+        samples = scrape(process.http_port)
+
+    assert statuses == [200] * 9 + [401, 403, 200, 200, 200]
+    counted = orders[:9]
+    expected = expected_totals(counted, [])
+    assert {name: select(samples, name, stream=stream) for name in expected} == expected
+    health = {
+        name: select(samples, name, source="shop")
+        for name in (
+            "livestream_ingest_webhook_signatures_total",
+            "livestream_ingest_unauthorized_requests_total",
+            "livestream_ingest_webhook_forbidden_total",
+            "livestream_ingest_rejections_total",
+        )
+    }
+    assert health == {
+        # 0-4, 8, the other shop's, 11 and 13 by the new secret; 5-7 and 12 by the old one
+        "livestream_ingest_webhook_signatures_total": {("current",): 9, ("previous",): 4},
+        "livestream_ingest_unauthorized_requests_total": {(): 1},
+        "livestream_ingest_webhook_forbidden_total": {(): 1},
+        "livestream_ingest_rejections_total": {
+            ("stale_delivery",): 1,
+            ("invalid_trigger_time",): 2,
+        },
+    }
+    letters = await Store(redis, StoreSettings()).dead_letters(stream)
+    assert sorted((f["reason"], f["raw"]) for f in letters) == sorted(
+        [
+            (b"stale_delivery", orjson.dumps(orders[11].body)),
+            (b"invalid_trigger_time", orjson.dumps(orders[12].body)),
+            (b"invalid_trigger_time", orjson.dumps(orders[13].body)),
+        ]
+    )
+
+
+@pytest.mark.asyncio
+async def test_secrets_file_rotation_without_a_restart(
+    tmp_path: Path, redis_url: str, stream: str
+) -> None:
+    """The secrets file gains the new secret (SIGHUP), keeps the old as previous, survives a
+    bad version, then drops the old one (picked up by the file watch): deliveries signed by
+    whatever the file holds count, the others get 401; the totals are exact."""
+    http_port, hook_port = free_port(), free_port()
+    secrets = tmp_path / "shopify.secrets"
+
+    def write(text: str) -> None:
+        staged = tmp_path / "shopify.secrets.new"
+        staged.write_text(text)
+        staged.chmod(0o600)
+        staged.replace(secrets)
+
+    write(f"current {OLD_SECRET}\n")
+    source = webhook_source(hook_port, stream).replace(
+        f'secret_env = "{SECRET_ENV}"',
+        f'secrets_file = "{secrets}"\nsecrets_poll_seconds = {0.1 * UNIT}',
+    )
+    config = write_config(
+        tmp_path / "shop.toml", redis_url=redis_url, http_port=http_port, sources=source
+    )
+    url = f"http://127.0.0.1:{hook_port}/webhooks/shopify"
+    new, old = Shop(url, SECRET), Shop(url, OLD_SECRET)
+    rng = random.Random(33)
+    orders = [make_order(rng, 9_200_000 + n) for n in range(8)]
+    with IngesterProcess(config, http_port) as process:
+
+        def health(name: str, **labels: str) -> dict[tuple[str, ...], float]:
+            return select(scrape(process.http_port), name, source="shop", **labels)
+
+        async def reloaded(outcome: str, times: int) -> None:
+            await until(
+                lambda: (
+                    health("livestream_ingest_secrets_reloads_total", outcome=outcome)
+                    == {(): times}
+                ),
+                10,
+                f"{outcome} x{times}",
+            )
+
+        async with aiohttp.ClientSession() as http:
+
+            async def deliver(shop: Shop, n: int) -> int:
+                body = orjson.dumps(orders[n].body)
+                return await shop.deliver(http, "orders/create", body, event_id=f"ev-{n}")
+
+            statuses = [await deliver(old, 0), await deliver(new, 1)]
+            write(f"current {SECRET}\nprevious {OLD_SECRET}\n")
+            assert process.process is not None
+            process.process.send_signal(signal.SIGHUP)
+            await reloaded("ok", 1)
+            statuses += [await deliver(new, 1), await deliver(old, 2)]
+            write("current short\n")  # refused: both secrets stay
+            await reloaded("error", 1)
+            assert health("livestream_ingest_secrets_file_valid") == {(): 0}
+            statuses += [await deliver(new, 3), await deliver(old, 4)]
+            write(f"current {SECRET}\n")  # the old secret dropped, seen by the watch
+            await reloaded("ok", 2)
+            statuses += [await deliver(old, 5), await deliver(new, 6), await deliver(new, 7)]
+        samples = scrape(process.http_port)
+
+    assert statuses == [200, 401, 200, 200, 200, 200, 401, 200, 200]
+    counted = [orders[n] for n in (0, 1, 2, 3, 4, 6, 7)]
+    expected = expected_totals(counted, [])
+    assert {name: select(samples, name, stream=stream) for name in expected} == expected
+    assert select(samples, "livestream_ingest_webhook_signatures_total", source="shop") == {
+        ("current",): 5,  # 0 (old, while current), then 1, 3, 6, 7 (new)
+        ("previous",): 2,  # 2, 4 (old, as previous)
+    }
+    assert select(samples, "livestream_ingest_unauthorized_requests_total", source="shop") == {
+        (): 2
+    }
+    assert select(samples, "livestream_ingest_secrets_file_valid", source="shop") == {(): 1}
+    log = process.log.read_text()
+    assert SECRET not in log
+    assert OLD_SECRET not in log
+    refusals = [line for line in log.splitlines() if "secrets file" in line and "refused" in line]
+    assert len(refusals) == 1, log

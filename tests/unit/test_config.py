@@ -23,7 +23,9 @@ from workers.config import (
     _SourceBase,
     load,
     parse,
+    unset_secrets,
 )
+from workers.runtime import Ingester
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "config" / "ingester.toml"
@@ -110,8 +112,8 @@ def test_platforms_config_is_valid_and_complete() -> None:
     assert isinstance(relay, WebsocketClientConfig)
     assert relay.format == "socialstream"
     assert twitch.twitch.refresh_token_env == "TWITCH_REFRESH_TOKEN"
-    # Every key of the platform tables is shown (with its default where it has one); one that
-    # is an alternative to others, commented out.
+    # Every key of the platform tables is shown (with its default where it has one; commented
+    # out where setting it asks for more, as an environment variable).
     text = PLATFORMS.read_text(encoding="utf-8")
     for key in [*TwitchConfig.model_fields, *HttpServerConfig.model_fields]:
         if key not in _SourceBase.model_fields:
@@ -153,9 +155,9 @@ def test_platform_sources_report_every_mistake_with_its_location() -> None:
         "sources[2]: Value error, format 'socialstream' needs a stream: its frames name none",
         "sources[3]: Value error, format 'shopify' needs a stream: its frames name none",
         "sources[4].format: Input should be 'shopify'",
-        "sources[4].secret_env: Field required",
         "sources[5].format: Input should be 'native'",
         "sources[5].topics: List should have at least 1 item after validation, not 0",
+        "sources[4]: exactly one of secret_env and secrets_file",
         "sources[1].twitch.token_env: environment variable NO_SUCH_TOKEN is not set",
         "sources[3].secret_env: environment variable NO_SUCH_SECRET is not set",
     ]
@@ -320,9 +322,80 @@ def test_weak_secrets_are_refused_with_their_key(secret: str) -> None:
     assert len(parse(data, "test.toml", strong).sources) == 3
 
 
-def test_server_source_requires_a_token_env() -> None:
-    errors = errors_of({"sources": [{"name": "push", "type": "websocket-server"}]})
-    assert errors == ["sources[0].token_env: Field required"]
+@pytest.mark.parametrize(
+    "credentials", [{}, {"token_env": "PUSH_TOKEN", "tokens_file": "/x"}], ids=["none", "both"]
+)
+def test_server_source_takes_exactly_one_of_token_env_and_tokens_file(
+    credentials: dict[str, str],
+) -> None:
+    source = {"name": "push", "type": "websocket-server", **credentials}
+    errors = errors_of({"sources": [source]}, {"PUSH_TOKEN": "0123456789abcdef"})
+    assert errors[0] == "sources[0]: exactly one of token_env and tokens_file"
+
+
+GOOD_TOKENS = "# producer token\nstudio-a 0123456789abcdef-a\n\nstudio-b 0123456789abcdef-b\n"
+
+
+def test_a_tokens_file_is_checked_with_the_secrets(tmp_path: Path) -> None:
+    good, bad = tmp_path / "good.tokens", tmp_path / "bad.tokens"
+    good.write_text(GOOD_TOKENS)
+    bad.write_text("studio-a short\nStudio-B 0123456789abcdef-b\nstudio-a 0123456789abcdef-b\nx\n")
+    sources = [
+        {"name": f"push{n}", "type": "websocket-server", "tokens_file": str(path)}
+        for n, path in enumerate([good, bad, tmp_path / "missing"])
+    ]
+    data = {"sources": sources}
+    errors = errors_of(data)
+    assert errors == [
+        f"sources[1].tokens_file: {bad}: line 1: token shorter than 16 bytes",
+        f"sources[1].tokens_file: {bad}: line 2: producer name must match "
+        "[a-z0-9][a-z0-9_.-]{0,63}",
+        f"sources[1].tokens_file: {bad}: line 3: producer 'studio-a' is already on line 1",
+        f"sources[1].tokens_file: {bad}: line 3: the same token is already on line 2",
+        f"sources[1].tokens_file: {bad}: line 4: expected '<producer> <token>'",
+        f"sources[2].tokens_file: {tmp_path / 'missing'}: cannot read: No such file or directory",
+    ]
+    for error in errors:  # a token is never shown
+        assert "0123456789abcdef" not in error
+    # Without require_secrets (check-config's default) they are warnings.
+    config = parse(data, "test.toml", {}, require_secrets=False)
+    assert [p.split(":")[0] for p in unset_secrets(config, {})] == [
+        "sources[1].tokens_file"
+    ] * 5 + ["sources[2].tokens_file"]
+
+
+def test_shopify_rotation_and_freshness_keys() -> None:
+    shop = {
+        "name": "shop",
+        "type": "http-server",
+        "stream": "s",
+        "secret_env": "SHOP_SECRET",
+        "previous_secret_env": "OLD_SHOP_SECRET",
+        "shop_domains": ["lucngan-farm.myshopify.com"],
+        "refuse_stale_deliveries": True,
+    }
+    env = {"SHOP_SECRET": "n" * 32, "OLD_SHOP_SECRET": "o" * 3}
+    assert errors_of({"sources": [shop]}, env) == [
+        "sources[0].previous_secret_env: environment variable OLD_SHOP_SECRET is shorter than "
+        "16 bytes"
+    ]
+    env["OLD_SHOP_SECRET"] = "o" * 32
+    config = parse({"sources": [shop], "dedup": {"retention_hours": 24}}, "t", env)
+    (source,) = config.sources
+    assert isinstance(source, HttpServerConfig)
+    assert config.delivery_max_age(source) == 24 * 3600  # the dedup retention by default
+    shorter = {**shop, "max_delivery_age_hours": 6}
+    config = parse({"sources": [shorter]}, "t", env)
+    assert config.delivery_max_age(config.sources[0]) == 6 * 3600  # type: ignore[arg-type]
+    off = parse({"sources": [{**shorter, "refuse_stale_deliveries": False}]}, "t", env)
+    assert off.delivery_max_age(off.sources[0]) is None  # type: ignore[arg-type]
+    longer = {**shop, "max_delivery_age_hours": 49, "shop_domains": ["Evil.example.com"]}
+    errors = errors_of({"sources": [longer]}, env)
+    assert errors[0].startswith("sources[0].shop_domains[0]: String should match pattern")
+    assert errors[1:] == [
+        "sources[0].max_delivery_age_hours: 49 is more than [dedup] retention_hours (48): a "
+        "replay after the retention would count again"
+    ]
 
 
 def test_ambiguous_region_table() -> None:
@@ -622,3 +695,56 @@ def test_twitch_refresh_secrets_are_checked_like_every_secret() -> None:
         "sources[0].twitch.client_secret_env: environment variable NO_SECRET is shorter than "
         "16 bytes",
     ]
+
+
+def test_check_config_and_run_check_the_tokens_file(
+    clean_environment: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    tokens = tmp_path / "push.tokens"
+    tokens.write_text("studio-a 0123456789abcdef-a\nstudio-b 0123456789\n")
+    clean_environment.setenv("LIVESTREAM__SOURCES__1__TOKENS_FILE", str(tokens))
+    config = SHIPPED.read_text().replace('token_env = "LIVESTREAM_PUSH_TOKEN"', "")
+    path = tmp_path / "ingester.toml"
+    path.write_text(config)  # the shipped config, with the file instead of the variable
+    problem = f"sources[1].tokens_file: {tokens}: line 2: token shorter than 16 bytes"
+    assert cli.main(["check-config", "--require-secrets", "-c", str(path)]) == 2
+    assert f"\n{problem}" in capsys.readouterr().err
+    assert cli.main(["check-config", "-c", str(path)]) == 0
+    assert capsys.readouterr().err == f"warning: {problem} (run refuses to start without it)\n"
+    assert cli.main(["run", "-c", str(path)]) == 2
+    assert problem in capsys.readouterr().err
+    tokens.write_text("studio-a 0123456789abcdef-a\nstudio-b 0123456789abcdef-b\n")
+    assert cli.main(["check-config", "--require-secrets", "-c", str(path)]) == 0
+    assert "0123456789abcdef" not in capsys.readouterr().err
+
+
+def test_a_tokens_file_spoilt_after_the_check_refuses_the_start_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    tokens = tmp_path / "push.tokens"
+    tokens.write_text("studio-a 0123456789abcdef-a\n")
+    source = {"name": "push", "type": "websocket-server", "tokens_file": str(tokens)}
+    config = parse({"sources": [source]}, "test.toml", {})
+    tokens.write_text("studio-a short\n")
+    with pytest.raises(ConfigError) as refused:
+        Ingester(config, environ={})
+    assert refused.value.errors == ["line 1: token shorter than 16 bytes"]
+    assert refused.value.source == str(tokens)
+
+
+def test_a_shopify_secrets_file_is_checked_with_the_secrets(tmp_path: Path) -> None:
+    secrets = tmp_path / "shopify.secrets"
+    secrets.write_text("current shpss_0123456789abcdef\nprevious short\n")
+    shop = {"name": "shop", "type": "http-server", "stream": "s", "secrets_file": str(secrets)}
+    both = {**shop, "name": "both", "secret_env": "SHOP_SECRET", "previous_secret_env": "OLD"}
+    alone = {**shop, "name": "alone", "previous_secret_env": "OLD"}
+    env = {"SHOP_SECRET": "n" * 32, "OLD": "o" * 32}
+    assert errors_of({"sources": [shop, both, alone]}, env) == [
+        "sources[1]: exactly one of secret_env and secrets_file",
+        "sources[2].previous_secret_env: goes with secret_env",
+        f"sources[0].secrets_file: {secrets}: line 2: secret shorter than 16 bytes",
+        f"sources[1].secrets_file: {secrets}: line 2: secret shorter than 16 bytes",
+        f"sources[2].secrets_file: {secrets}: line 2: secret shorter than 16 bytes",
+    ]
+    secrets.write_text("current shpss_0123456789abcdef\nprevious shpss_fedcba9876543210\n")
+    assert len(parse({"sources": [shop]}, "test.toml", {}).sources) == 1

@@ -13,7 +13,18 @@ import pytest
 
 from ingest.adapter import FormatOptions
 from ingest.model import RAW_BYTES, LineItem, Order, Reason, Rejection
-from ingest.shopify import CANCEL, CREATE, EVENT_NAMESPACE, ShopifyFormat, signature, verified
+from ingest.shopify import (
+    CANCEL,
+    CREATE,
+    EVENT_NAMESPACE,
+    ShopifyFormat,
+    signature,
+    signed_by,
+    trigger_age,
+    verified,
+)
+from ingest.sources.tokens import TokensError
+from ingest.sources.webhook import parse_secrets
 
 STREAM = "lucngan-2025"
 NOW = 1_750_000_000.0
@@ -190,3 +201,56 @@ def test_a_cancelled_order_is_not_a_new_order() -> None:
     rejection = one(CREATE, raw)
     assert isinstance(rejection, Rejection)
     assert (rejection.reason, rejection.kind) == (Reason.TOPIC_MISMATCH, "order")
+
+
+def test_during_a_rotation_either_secret_verifies_and_says_which() -> None:
+    new, old, other = b"n" * 32, b"o" * 32, b"x" * 32
+    body = orjson.dumps(ORDER)
+    assert signed_by([new, old], body, signature(new, body)) == 0
+    assert signed_by([new, old], body, signature(old, body)) == 1
+    assert signed_by([new], body, signature(old, body)) is None
+    assert signed_by([new, old], body, signature(other, body)) is None
+    assert signed_by([new, old], body + b" ", signature(old, body)) is None
+    assert signed_by([new, old], body, None) is None
+    assert signed_by([new, new], body, signature(new, body)) == 0  # the first that signs
+
+
+@pytest.mark.parametrize(
+    ("header", "age"),
+    [
+        ("2025-06-15T15:05:00Z", 100.0),  # NOW is 2025-06-15T15:06:40Z
+        ("2025-06-15T15:05:00.516267807Z", 99.483733),  # Shopify's nanoseconds
+        ("2025-06-15T15:05:00.000000Z", 100.0),
+        ("2025-06-15T22:05:00+07:00", 100.0),
+        ("2025-06-13T15:06:40Z", 48 * 3600.0),
+        ("2025-06-15T15:08:20Z", -100.0),  # ahead of our clock
+    ],
+)
+def test_trigger_age_reads_shopify_timestamps(header: str, age: float) -> None:
+    assert trigger_age(header, NOW) == pytest.approx(age, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [None, "", "yesterday", "2025-06-15T15:05:00", "1750000000", "2025-13-01T00:00:00Z", "9" * 65],
+)
+def test_trigger_age_of_a_missing_or_unreadable_header_is_none(header: str | None) -> None:
+    assert trigger_age(header, NOW) is None
+
+
+def test_a_secrets_file_has_a_current_and_maybe_a_previous_secret() -> None:
+    new, old = "shpss_" + "n" * 32, "shpss_" + "o" * 32
+    assert parse_secrets(f"current {new}\n") == (new,)
+    assert parse_secrets(f"# rotating\nprevious {old}\ncurrent {new}\n") == (new, old)
+    with pytest.raises(TokensError) as refused:
+        parse_secrets(f"previous {old}\nnext {new}\ncurrent short\n")
+    assert refused.value.errors == [
+        "line 3: secret shorter than 16 bytes",
+        "line 2: 'next' is neither current nor previous",
+    ]
+    with pytest.raises(TokensError) as refused:
+        parse_secrets(f"previous {old}\n")
+    assert refused.value.errors == ["no current secret: every delivery would be refused"]
+    with pytest.raises(TokensError) as refused:
+        parse_secrets(f"current {new}\nprevious {new}\n")
+    assert refused.value.errors == ["line 2: the same secret is already on line 1"]
