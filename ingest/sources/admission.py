@@ -122,11 +122,11 @@ class ConnectionCaps:
 
     def admit(self, client: str) -> str | None:
         """Count a new connection of ``client``, or return the scope that refuses it."""
+        held = self.per_client.get(client, 0)
+        if held >= self.max_per_client:  # the client's own share first: it is what refuses it
+            return CLIENT
         if self.open >= self.max_connections:
             return LISTENER
-        held = self.per_client.get(client, 0)
-        if held >= self.max_per_client:
-            return CLIENT
         self.open += 1
         self.per_client[client] = held + 1
         return None
