@@ -23,6 +23,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from ingest.shopify import signature
 from tests.e2e.support import (
     SECRET,
     SECRET_ENV,
@@ -122,7 +123,7 @@ stream = "{stream}-shop"
         tmp_path / "attacked.toml", redis_url=redis_url, http_port=http, sources=""
     )
     text = config.read_text().replace(
-        f'listen = "127.0.0.1:{http}"\n', f'listen = "127.0.0.1:{http}"\n{http_limits}'
+        f'listen = "127.0.0.1:{http}"\n', f'listen = "127.0.0.1:{http}"\n{http_limits}{timeouts()}\n'
     )
     # Refusals are logged at most once a minute per listener and kind, as in production.
     text = text.replace("rejection_interval_seconds = 0", "rejection_interval_seconds = 60")
@@ -252,7 +253,7 @@ async def exchange(address: str, port: int, data: bytes, answers: int = 1) -> by
     try:
         async with asyncio.timeout(10 * UNIT):
             with contextlib.suppress(ConnectionError):
-                while received.count(b"HTTP/1.1 ") < answers:
+                while len(statuses(received)) < answers:
                     chunk = await reader.read(65536)
                     if not chunk:
                         break
@@ -266,7 +267,7 @@ async def exchange(address: str, port: int, data: bytes, answers: int = 1) -> by
 
 def statuses(answers: bytes) -> list[int]:
     """The status of each answer (pipelined answers follow each other's bodies directly)."""
-    return [int(status) for status in re.findall(rb"HTTP/1\.1 (\d{3}) ", answers)]
+    return [int(status) for status in re.findall(rb"HTTP/1\.[01] (\d{3}) ", answers)]
 
 
 def upgrade(authorization: Sequence[str] = ("Bearer wrong",)) -> bytes:
@@ -417,3 +418,109 @@ async def test_a_flood_over_the_rate_limits_is_answered_429(target: Target) -> N
         ("push",): push.count(401) + many.count(401),
     }
     assert_log_bounded(target, kinds=5)
+
+
+@pytest.mark.asyncio
+async def test_a_flood_of_failed_authentications(target: Target) -> None:
+    """Wrong, missing and doubled tokens from six addresses; deliveries with a bad signature
+    from three, each within its address's share: every one refused 401 and counted."""
+    answers: dict[str, list[int]] = {"push": [], "shop": []}
+    tokens = [("Bearer wrong",), (), ("Basic dXNlcjpwYXNz",), (f"Bearer {TOKEN}", "Bearer x")]
+
+    async def attack() -> None:
+        for n in range(2, 8):
+            for authorization in tokens:
+                reply = await exchange(attacker(n), target.push, upgrade(authorization))
+                answers["push"] += statuses(reply)
+        for n in range(2, 5):
+            forged = b"".join(
+                delivery(orjson.dumps({"id": n * 100 + k}), hmac="c2lnbmVk") for k in range(30)
+            )
+            answers["shop"] += statuses(await exchange(attacker(n), target.hook, forged, 30))
+
+    await legitimate_traffic_during(target, attack)
+    assert answers == {"push": [401] * 24, "shop": [401] * 90}
+    assert target.counted(UNAUTHORIZED) == {("push",): 24, ("shop",): 90}
+    assert set(target.counted(LIMITED).values()) == {0}
+    assert_log_bounded(target, kinds=2)
+
+
+def truncated_delivery() -> bytes:
+    head = (
+        "POST /webhooks/shopify HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Shopify-Topic: orders/create\r\n"
+        "X-Shopify-Hmac-Sha256: AAAA\r\nContent-Length: 1000\r\n\r\n"
+    )
+    return head.encode() + b'{"id": 1, "line_items": ['
+
+
+def broken_chunks() -> bytes:
+    head = (
+        "POST /webhooks/shopify HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Shopify-Topic: orders/create\r\n"
+        "X-Shopify-Hmac-Sha256: AAAA\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    return head.encode() + b'4\r\n{"id\r\nzz\r\n": 1}\r\n0\r\n\r\n'
+
+
+async def hang_up(address: str, port: int, data: bytes) -> None:
+    """Send ``data`` and hang up at once (a body cut off mid-way)."""
+    _, writer = await open_from(address, port, data)
+    await writer.drain()
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+
+
+@pytest.mark.asyncio
+async def test_malformed_requests_and_bodies_cut_off(target: Target) -> None:
+    """Bodies cut off mid-way, broken chunks, a broken header line, bytes that are not HTTP at
+    all: each a 4xx (or the connection dropped), counted."""
+    answers: dict[str, list[int]] = {"shop": [], "http": [], "push": []}
+    bad_line = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Broken\r\n\r\n"
+
+    async def attack() -> None:
+        for _ in range(5):
+            await hang_up(attacker(2), target.hook, truncated_delivery())
+            answers["shop"] += statuses(await exchange(attacker(3), target.hook, broken_chunks()))
+            answers["http"] += statuses(await exchange(attacker(4), target.http, bad_line))
+        for n in range(6, 9):
+            noise = b"\x16\x03\x01\x02\x00 not http at all\r\n\r\n"
+            answers["push"] += statuses(await exchange(attacker(n), target.push, noise))
+
+    await legitimate_traffic_during(target, attack)
+    assert answers["shop"] == [400] * 5
+    assert answers["http"] == [400] * 5
+    assert set(answers["push"]) <= {400}  # answered 400, or dropped unanswered
+    expected = {
+        ("shop", "incomplete_body"): 5,
+        ("shop", "malformed_request"): 5,
+        ("http", "malformed_request"): 5,
+    }
+    await until(lambda: target.counted(BAD) == expected, 10, "the bad requests")
+    assert_log_bounded(target, kinds=2)
+
+
+@pytest.mark.asyncio
+async def test_forged_topic_replays_of_captured_deliveries(target: Target) -> None:
+    """An attacker who captured signed deliveries re-posts them under the other topic (a new
+    order as a cancellation, a cancellation as a new order): answered 200 (never retried),
+    refused as topic_mismatch, and the shop's totals stay exact."""
+    orders = Orders(target, random.randrange(1, 10**6))
+    answers: list[int] = []
+
+    async def attack() -> None:
+        for order in orders.orders[:4]:
+            body = orjson.dumps(order.body)
+            signed = signature(SECRET.encode(), body)
+            replays = b"".join(
+                delivery(body, hmac=signed, topic="orders/cancelled") for _ in range(3)
+            )
+            answers.extend(statuses(await exchange(attacker(2), target.hook, replays, 3)))
+        body = orjson.dumps(cancelled(orders.orders[1]))  # not cancelled: forged as created
+        replay = delivery(body, hmac=signature(SECRET.encode(), body), topic="orders/create")
+        answers.extend(statuses(await exchange(attacker(3), target.hook, replay)))
+
+    await legitimate_traffic_during(target, attack, orders)
+    assert answers == [200] * 13
+    rejections = target.counted("livestream_ingest_rejections_total", source="shop")
+    assert rejections == {("topic_mismatch",): 13}
+    assert_log_bounded(target, kinds=1)
