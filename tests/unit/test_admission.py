@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import pytest
 
 from ingest.sources.admission import (
@@ -25,15 +28,12 @@ class Clock:
         return self.now
 
 
-def limiter(clock: Clock, **limits: float) -> RateLimiter:
-    defaults: dict[str, float] = {
-        "per_second": 100.0,
-        "burst": 100,
-        "client_per_second": 2.0,
-        "client_burst": 3,
-        "max_clients": 4,
-    }
-    return RateLimiter(RateLimits(**{**defaults, **limits}), clock)  # type: ignore[arg-type]
+def limiter(clock: Clock, **limits: Any) -> RateLimiter:
+    """A client share of 3 at once and 2 a second, 4 clients remembered, unless ``limits``."""
+    base = RateLimits(
+        per_second=100.0, burst=100, client_per_second=2.0, client_burst=3, max_clients=4
+    )
+    return RateLimiter(dataclasses.replace(base, **limits), clock)
 
 
 def test_a_bucket_takes_its_burst_then_refills_at_its_rate() -> None:
