@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import ipaddress
 import math
+import socket
 import time
 from collections.abc import Callable
 
@@ -140,16 +140,20 @@ class ConnectionCaps:
 
 
 def client_key(peername: object) -> str:
-    """The client a socket's peer name (``get_extra_info("peername")``) belongs to."""
+    """The client a socket's peer name (``get_extra_info("peername")``) belongs to. The kernel's
+    own text of an address is trusted as it is (an IPv4 address is its own key)."""
     host = peername[0] if isinstance(peername, tuple) and peername else None
     if not isinstance(host, str):
         return "unknown"  # a Unix socket: one local client
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
+    if ":" not in host:
         return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, host.split("%", 1)[0])
+    except OSError:
+        return host
+    if packed[:12] == _V4_MAPPED:
+        return socket.inet_ntop(socket.AF_INET, packed[12:])
+    return socket.inet_ntop(socket.AF_INET6, packed[:8] + bytes(8)) + "/64"
+
+
+_V4_MAPPED = bytes(10) + b"\xff\xff"
