@@ -46,8 +46,9 @@ CAP, PER_CLIENT = 20, 4
 """Connections the push and webhook listeners take at once, and from one address."""
 PUSH_BURST, SHOP_BURST, HTTP_BURST = 5, 40, 200
 """Requests (handshakes) one address may send at once to each listener."""
-TIMEOUT = 1.0
-"""Header, body, keep-alive and handshake timeouts, in UNIT seconds."""
+TIMEOUT = 3.0
+"""Header, body, keep-alive and handshake timeouts, in UNIT seconds: long enough for the
+attackers to fill a listener before the first of them is dropped, on a busy machine too."""
 
 
 def attacker(n: int) -> str:
