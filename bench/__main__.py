@@ -161,6 +161,14 @@ def scrape(port: int) -> dict[str, float]:
     return values
 
 
+UNLIMITED_SCRAPES = (
+    "max_connections = 1024\nmax_connections_per_client = 1024\n"
+    "requests_per_second = 1e6\nrequests_burst = 1000000\n"
+    "client_requests_per_second = 1e6\nclient_requests_burst = 1000000\n"
+)
+"""``[http]`` keys: the scrape flood measures the scrape path, not the listener's limits."""
+
+
 class Ingester:
     """``livestream-ingester run`` on its own config, as a user runs it."""
 
@@ -169,6 +177,7 @@ class Ingester:
         self.config = workdir / f"{name}-{self.http}.toml"
         self.config.write_text(
             f'[redis]\nurl = "{redis_url}"\n[http]\nlisten = "127.0.0.1:{self.http}"\n'
+            f"{UNLIMITED_SCRAPES}"
             f'[log]\nlevel = "warning"\n[labels]\nmax_streams = 100000\n{sources}',
             encoding="utf-8",
         )

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ingest.adapter import FormatOptions
 from ingest.native import PLATFORM_PATTERN, STREAM_PATTERN
 from ingest.regions import DEFAULT_TABLES, RegionTable
+from ingest.sources.admission import RateLimits
 from ingest.sources.base import split_address
 from ingest.sources.eventsub import EventSubSettings
 from ingest.sources.http import Limits
@@ -31,7 +32,11 @@ from ingest.sources.tokens import TokensError, read_tokens
 from ingest.sources.topics import TopicPattern
 from ingest.sources.twitch_auth import RefreshSettings
 from ingest.sources.webhook import ShopifyWebhookSettings, read_secrets
-from ingest.sources.websocket import WebsocketClientSettings, WebsocketServerSettings
+from ingest.sources.websocket import (
+    HANDSHAKE_RATES,
+    WebsocketClientSettings,
+    WebsocketServerSettings,
+)
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -111,11 +116,55 @@ class RedisConfig(_Model):
         return value
 
 
-class ListenerLimits(_Model):
+def _rate_fields(defaults: RateLimits) -> dict[str, Any]:
+    """The rate-limit keys of a listener, with ``defaults``."""
+    return {
+        "requests_per_second": Field(defaults.per_second, gt=0, le=1e6),
+        "requests_burst": Field(defaults.burst, ge=1, le=10**6),
+        "client_requests_per_second": Field(defaults.client_per_second, gt=0, le=1e6),
+        "client_requests_burst": Field(defaults.client_burst, ge=1, le=10**6),
+        "max_tracked_clients": Field(defaults.max_clients, ge=1, le=10**6),
+    }
+
+
+class RateLimitConfig(_Model):
+    """Requests (websocket handshakes) a listener takes, in all and per client address, and
+    its connection caps (``ingest.sources.admission``). Subclasses set their own defaults."""
+
+    requests_per_second: float
+    """Requests taken per second on average, from all clients together; then 429."""
+    requests_burst: int
+    """Requests taken at once, from all clients together."""
+    client_requests_per_second: float
+    """Requests taken per second on average from one client address (IPv6: its /64)."""
+    client_requests_burst: int
+    """Requests taken at once from one client address."""
+    max_tracked_clients: int
+    """Client addresses whose rate is remembered; the one unseen longest is forgotten first."""
+    max_connections: int
+    max_connections_per_client: int
+    """Above ``max_connections`` it is no further bound."""
+
+    def rate_limits(self) -> RateLimits:
+        return RateLimits(
+            per_second=self.requests_per_second,
+            burst=self.requests_burst,
+            client_per_second=self.client_requests_per_second,
+            client_burst=self.client_requests_burst,
+            max_clients=self.max_tracked_clients,
+        )
+
+
+_WEBHOOK_RATES = Limits().rates
+
+
+class ListenerLimits(RateLimitConfig):
     """Bounds of a listener that any client can reach (``ingest.sources.http.Limits``)."""
 
     max_connections: int = _default(Limits, "max_connections", ge=1, le=65536)
     """Connections open at once; one more is closed at once and counted."""
+    max_connections_per_client: int = _default(Limits, "max_connections_per_client", ge=1, le=65536)
+    """Connections open at once from one client address; one more is closed and counted."""
     header_timeout_seconds: float = _default(Limits, "header_timeout", gt=0, le=600)
     """A request head must arrive within this of the connection (or of the keep-alive time
     after the previous answer), else the connection is closed."""
@@ -124,14 +173,26 @@ class ListenerLimits(_Model):
     this, or 10 s)."""
     keepalive_timeout_seconds: float = _default(Limits, "keepalive_timeout", gt=0, le=3600)
     """An idle connection is closed after this."""
+    requests_per_second: float = _rate_fields(_WEBHOOK_RATES)["requests_per_second"]
+    requests_burst: int = _rate_fields(_WEBHOOK_RATES)["requests_burst"]
+    client_requests_per_second: float = _rate_fields(_WEBHOOK_RATES)["client_requests_per_second"]
+    client_requests_burst: int = _rate_fields(_WEBHOOK_RATES)["client_requests_burst"]
+    max_tracked_clients: int = _rate_fields(_WEBHOOK_RATES)["max_tracked_clients"]
 
     def limits(self) -> Limits:
         return Limits(
             max_connections=self.max_connections,
+            max_connections_per_client=self.max_connections_per_client,
             header_timeout=self.header_timeout_seconds,
             body_timeout=self.body_timeout_seconds,
             keepalive_timeout=self.keepalive_timeout_seconds,
+            rates=self.rate_limits(),
         )
+
+
+METRICS_RATES = RateLimits(per_second=200.0, burst=400, client_per_second=100.0, client_burst=200)
+"""``[http]``: Prometheus scrapes every few seconds; a scrape within the freshness window costs
+no Redis read, so these only stop a flood."""
 
 
 class HttpConfig(ListenerLimits):
@@ -139,6 +200,11 @@ class HttpConfig(ListenerLimits):
         "127.0.0.1:9464"
     )
     max_connections: int = Field(32, ge=1, le=65536)
+    max_connections_per_client: int = Field(8, ge=1, le=65536)
+    requests_per_second: float = _rate_fields(METRICS_RATES)["requests_per_second"]
+    requests_burst: int = _rate_fields(METRICS_RATES)["requests_burst"]
+    client_requests_per_second: float = _rate_fields(METRICS_RATES)["client_requests_per_second"]
+    client_requests_burst: int = _rate_fields(METRICS_RATES)["client_requests_burst"]
     scrape_freshness_seconds: float = Field(1.0, gt=0, le=1.0)
     """Business totals read for a scrape answer every scrape for this long."""
     scrape_max_connections: int = Field(2, ge=2, le=64)
@@ -306,7 +372,9 @@ class HttpServerConfig(_SourceBase, ListenerLimits):
         return self
 
 
-class WebsocketServerConfig(_SourceBase):
+class WebsocketServerConfig(_SourceBase, RateLimitConfig):
+    """Producers push over websocket; the rate limits count opening handshakes."""
+
     type: Literal["websocket-server"]
     format: Literal["native"] = "native"
     listen: str = _default(WebsocketServerSettings, "listen")
@@ -321,6 +389,17 @@ class WebsocketServerConfig(_SourceBase):
     max_size: int = _default(WebsocketServerSettings, "max_size", ge=1024)
     ping_interval: float | None = _default(WebsocketServerSettings, "ping_interval", gt=0)
     ping_timeout: float | None = _default(WebsocketServerSettings, "ping_timeout", gt=0)
+    open_timeout: float = _default(WebsocketServerSettings, "open_timeout", gt=0, le=600)
+    """The opening handshake must finish within this of the connection, else it is dropped."""
+    max_connections: int = _default(WebsocketServerSettings, "max_connections", ge=1, le=65536)
+    max_connections_per_client: int = _default(
+        WebsocketServerSettings, "max_connections_per_client", ge=1, le=65536
+    )
+    requests_per_second: float = _rate_fields(HANDSHAKE_RATES)["requests_per_second"]
+    requests_burst: int = _rate_fields(HANDSHAKE_RATES)["requests_burst"]
+    client_requests_per_second: float = _rate_fields(HANDSHAKE_RATES)["client_requests_per_second"]
+    client_requests_burst: int = _rate_fields(HANDSHAKE_RATES)["client_requests_burst"]
+    max_tracked_clients: int = _rate_fields(HANDSHAKE_RATES)["max_tracked_clients"]
     _check = field_validator("listen")(lambda cls, v: _listen(v))
 
 

@@ -170,8 +170,16 @@ class HealthMetrics:
         )
         self.connections_refused = Counter(
             "livestream_ingest_connections_refused",
-            "Connections a listener closed at once: it had max_connections open.",
-            ["listener"],
+            "Connections a listener closed at once, by listener and scope: it had "
+            "max_connections open (listener), or the client max_connections_per_client (client).",
+            ["listener", "scope"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "livestream_ingest_rate_limited_requests",
+            "Requests (websocket handshakes) a listener answered 429, by listener and scope: "
+            "over the listener's rate (listener) or the client address's (client).",
+            ["listener", "scope"],
             registry=r,
         )
         self.webhook_unavailable = Counter(

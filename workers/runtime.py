@@ -30,6 +30,7 @@ from ingest.adapter import FormatOptions
 from ingest.native import NativeFormat
 from ingest.shopify import ShopifyFormat
 from ingest.socialstream import SocialStreamFormat
+from ingest.sources.admission import CLIENT, LISTENER, SCOPES
 from ingest.sources.eventsub import EventSubSettings, EventSubSource, Helix, chat_subscriptions
 from ingest.sources.http import Guard, GuardedSite, ServerLog
 from ingest.sources.mqtt import MqttSettings, MqttSource
@@ -77,6 +78,7 @@ from workers.store import RawTotals, Store, StoreSettings, parse_totals
 log = structlog.get_logger("runtime")
 
 HTTP_LISTENER = "http"
+CAP_REASONS = {LISTENER: "max_connections", CLIENT: "max_connections_per_client"}
 """The ``listener`` label of the metrics endpoint (``[http] listen``)."""
 SCRAPE_TIMEOUT = 5.0
 """Seconds a scrape waits for Redis; then it answers with health metrics only."""
@@ -189,10 +191,22 @@ class SourceHealth:
         self.metrics.bad_requests.labels(listener, reason).inc()
         self._refused(listener, "bad request", reason)
 
-    def connection_refused(self, listener: str) -> None:
-        """A connection closed at once: the listener had its ``max_connections`` open."""
-        self.metrics.connections_refused.labels(listener).inc()
-        self._refused(listener, "connection refused", "max_connections")
+    def connection_refused(self, listener: str, scope: str) -> None:
+        """A connection closed at once: the listener had its ``max_connections`` open (scope
+        ``listener``), or the client its ``max_connections_per_client`` (``client``)."""
+        self.metrics.connections_refused.labels(listener, scope).inc()
+        self._refused(listener, "connection refused", CAP_REASONS[scope])
+
+    def rate_limited(self, listener: str, scope: str) -> None:
+        """A request answered 429: over the listener's rate, or its client's (``scope``)."""
+        self.metrics.rate_limited.labels(listener, scope).inc()
+        self._refused(listener, "rate limited", scope)
+
+    def listening(self, listener: str) -> None:
+        """Make a listener's refusal series exist (at zero), so alerts see the first one."""
+        for scope in SCOPES:
+            self.metrics.connections_refused.labels(listener, scope)
+            self.metrics.rate_limited.labels(listener, scope)
 
     def _refused(self, listener: str, what: str, reason: str) -> None:
         decision = self._refusals.decide((listener, what))
@@ -371,7 +385,7 @@ def websocket_server(
     metrics, name = health.metrics, config.name
     if config.tokens_file is None:
         assert config.token_env is not None  # one of the two, validated
-        settings = config.settings(WebsocketServerSettings, token=environ[config.token_env])
+        credentials: dict[str, Any] = {"token": environ[config.token_env]}
     else:
         path = Path(config.tokens_file)
         try:  # checked with the config a moment ago; changed since?
@@ -379,9 +393,11 @@ def websocket_server(
         except TokensError as exc:
             raise ConfigError(str(path), exc.errors) from exc
         _secrets_file_read(metrics, name, path)
-        settings = config.settings(WebsocketServerSettings, tokens=tokens)
+        credentials = {"tokens": tokens}
+    settings = config.settings(WebsocketServerSettings, rates=config.rate_limits(), **credentials)
 
     metrics.revoked_connections.labels(name)
+    health.listening(name)
     return WebsocketServerSource(
         name,
         NativeFormat(options),
@@ -392,6 +408,8 @@ def websocket_server(
         on_connected=lambda producer: metrics.push_connections.labels(name, producer).inc(),
         on_revoked=lambda closed: metrics.revoked_connections.labels(name).inc(closed),
         on_reload=functools.partial(_secrets_reloaded, metrics, name),
+        on_refused=functools.partial(health.connection_refused, name),
+        on_rate_limited=functools.partial(health.rate_limited, name),
     )
 
 
@@ -420,6 +438,7 @@ def webhook_source(
     for label in SECRETS[: 2 if rotating else 1]:  # at 0: "previous no longer used" shows
         metrics.webhook_signatures.labels(config.name, label)
     metrics.webhook_forbidden.labels(config.name)
+    health.listening(config.name)
     return ShopifyWebhookSource(
         config.name,
         ShopifyFormat(dataclasses.replace(options, max_frame_bytes=config.max_body_bytes)),
@@ -430,6 +449,7 @@ def webhook_source(
         on_unauthorized=functools.partial(health.unauthorized, config.name),
         on_bad_request=functools.partial(health.bad_request, config.name),
         on_refused=functools.partial(health.connection_refused, config.name),
+        on_rate_limited=functools.partial(health.rate_limited, config.name),
         on_unavailable=functools.partial(health.unavailable, config.name),
         on_signed=lambda secret: metrics.webhook_signatures.labels(config.name, secret).inc(),
         on_forbidden=functools.partial(health.forbidden, config.name),
@@ -665,10 +685,12 @@ class Ingester:
     @contextlib.asynccontextmanager
     async def _http(self) -> AsyncIterator[None]:
         bounds = self.config.http.limits()
+        self.health.listening(HTTP_LISTENER)
         guard = Guard(
             bounds,
             on_refused=functools.partial(self.health.connection_refused, HTTP_LISTENER),
             on_timeout=functools.partial(self.health.bad_request, HTTP_LISTENER),
+            on_rate_limited=functools.partial(self.health.rate_limited, HTTP_LISTENER),
         )
         app = web.Application(middlewares=[guard.middleware])
         app.router.add_get("/metrics", self._metrics)

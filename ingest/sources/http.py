@@ -4,8 +4,11 @@ and numerous clients, and a client's malformed request counted, never logged wit
 aiohttp has no timeout for reading a request head, and keeps an idle connection for an hour by
 default: a few hundred clients sending half a header would hold every file descriptor of the
 process. :class:`GuardedSite` listens in aiohttp's place and a :class:`Guard` enforces
-:class:`Limits`: at most
-``max_connections`` open at once (one more is closed at once and reported to ``on_refused``); a
+:class:`Limits`: at most ``max_connections`` open at once, and ``max_connections_per_client`` of
+one client address (one more is closed at once and reported to ``on_refused`` with the scope
+that refused it, ``listener`` or ``client``); requests within ``rates`` (``ingest.sources.
+admission``), else 429 with ``Retry-After`` before the handler runs (reported to
+``on_rate_limited``); a
 request head must arrive within ``header_timeout`` of the connection opening (or of the previous
 answer plus ``keepalive_timeout``), else the connection is closed and reported as
 ``header_timeout``. Handlers that read a body bound it with ``body_timeout`` (408).
@@ -22,11 +25,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+
+from ingest.sources.admission import ConnectionCaps, RateLimiter, RateLimits, client_key
 
 MALFORMED_REQUEST = "malformed_request"
 INCOMPLETE_BODY = "incomplete_body"
@@ -39,9 +45,11 @@ class Limits:
     """Bounds of one listener; the defaults suit a public endpoint."""
 
     max_connections: int = 128
+    max_connections_per_client: int = 32
     header_timeout: float = 10.0
     body_timeout: float = 10.0
     keepalive_timeout: float = 15.0
+    rates: RateLimits = dataclasses.field(default_factory=RateLimits)
 
     def runner_options(self) -> dict[str, Any]:
         """aiohttp's own knobs (``web.AppRunner(app, **options)``): idle keep-alive, and how
@@ -78,13 +86,18 @@ class Guard:
         self,
         limits: Limits,
         *,
-        on_refused: Callable[[], None],
+        on_refused: Callable[[str], None],
         on_timeout: Callable[[str], None],
+        on_rate_limited: Callable[[str], None],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limits = limits
         self.on_refused = on_refused
         self.on_timeout = on_timeout
+        self.on_rate_limited = on_rate_limited
         self.open: dict[asyncio.BaseTransport, _Connection] = {}
+        self.caps = ConnectionCaps(limits.max_connections, limits.max_connections_per_client)
+        self.rates = RateLimiter(limits.rates, clock)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -95,6 +108,14 @@ class Guard:
         if connection is not None:
             connection.disarm()
         try:
+            refusal = self.rates.admit(connection.client if connection is not None else "unknown")
+            if refusal is not None:
+                self.on_rate_limited(refusal.scope)
+                return web.Response(
+                    status=429,
+                    text="too many requests\n",
+                    headers={"Retry-After": str(refusal.retry_after)},
+                )
             return await handler(request)
         finally:
             if connection is not None and connection.transport is not None:
@@ -110,13 +131,16 @@ class _Connection(asyncio.Protocol):
         self.inner: asyncio.Protocol | None = None
         self.transport: asyncio.Transport | None = None
         self.deadline: asyncio.TimerHandle | None = None
+        self.client = "unknown"
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, base)  # uvloop's transports do not subclass asyncio's
         guard = self.guard
-        if len(guard.open) >= guard.limits.max_connections:
+        self.client = client_key(transport.get_extra_info("peername"))
+        refused = guard.caps.admit(self.client)
+        if refused is not None:
             transport.abort()
-            guard.on_refused()
+            guard.on_refused(refused)
             return
         self.transport = transport
         guard.open[transport] = self
@@ -143,6 +167,7 @@ class _Connection(asyncio.Protocol):
         self.disarm()
         if self.transport is not None:
             self.guard.open.pop(self.transport, None)
+            self.guard.caps.release(self.client)
             self.transport = None
         if self.inner is not None:
             self.inner.connection_lost(exc)

@@ -1,7 +1,8 @@
 """Shopify webhook endpoint: an HTTP server source (aiohttp) that answers only after the commit.
 
-Connections are bounded by ``limits`` (``ingest.sources.http``): how many at once, how long a
-request head and a body may take (408), how long an idle connection stays.
+Connections are bounded by ``limits`` (``ingest.sources.http``): how many at once (in all and
+per client address), how many requests per second (429 with ``Retry-After`` past that), how long
+a request head and a body may take (408), how long an idle connection stays.
 
 Per delivery: 400 for a body cut off mid-way or malformed in transfer (counted and reported to
 ``on_bad_request``, never a traceback: a client's mistake); 413 past the body limit (aiohttp's
@@ -107,7 +108,8 @@ class ShopifyWebhookSource:
         on_ignored: Callable[[str], None] = lambda what: None,
         on_unauthorized: Callable[[], None] = lambda: None,
         on_bad_request: Callable[[str], None] = lambda reason: None,
-        on_refused: Callable[[], None] = lambda: None,
+        on_refused: Callable[[str], None] = lambda scope: None,
+        on_rate_limited: Callable[[str], None] = lambda scope: None,
         on_unavailable: Callable[[], None] = lambda: None,
         on_signed: Callable[[str], None] = lambda secret: None,
         on_forbidden: Callable[[], None] = lambda: None,
@@ -143,6 +145,7 @@ class ShopifyWebhookSource:
         self.on_bad_request = on_bad_request
         self.limits = settings.limits
         self.on_refused = on_refused
+        self.on_rate_limited = on_rate_limited
         self._runner: web.AppRunner | None = None
         self.on_unavailable = on_unavailable
 
@@ -233,7 +236,12 @@ class ShopifyWebhookSource:
         """Listen now (OSError if the address cannot be used); ``run`` then serves."""
         if self._runner is not None:
             return
-        guard = Guard(self.limits, on_refused=self.on_refused, on_timeout=self.on_bad_request)
+        guard = Guard(
+            self.limits,
+            on_refused=self.on_refused,
+            on_timeout=self.on_bad_request,
+            on_rate_limited=self.on_rate_limited,
+        )
         app = web.Application(client_max_size=self.max_body_bytes, middlewares=[guard.middleware])
         app.router.add_post(self.path, self._deliver)
         # Deliveries in flight at shutdown get until their commit timeout to be answered.

@@ -30,6 +30,13 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from ingest.sources.admission import (
+    ConnectionCaps,
+    RateLimiter,
+    RateLimits,
+    Refusal,
+    client_key,
+)
 from ingest.sources.base import Format, Health, Sink, split_address
 from ingest.sources.reconnect import Reconnecting, ReconnectSettings
 from ingest.sources.tokens import ENV_PRODUCER, Credential, SecretsFile, Tokens, read_tokens
@@ -57,6 +64,11 @@ class WebsocketClientSettings(ConnectionSettings):
     ping_timeout: float | None = 20.0
 
 
+HANDSHAKE_RATES = RateLimits(per_second=100.0, burst=500, client_per_second=10.0, client_burst=50)
+"""Producers connect once and stay; after a restart of the ingester they all come back at once,
+from many addresses (the burst), a few from behind one address."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class WebsocketServerSettings:
     token: str | None = dataclasses.field(default=None, repr=False)
@@ -72,6 +84,12 @@ class WebsocketServerSettings:
     max_size: int = 1024 * 1024
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
+    open_timeout: float = 10.0
+    """The opening handshake (from the connection on) must finish within this."""
+    max_connections: int = 512
+    max_connections_per_client: int = 64
+    rates: RateLimits = HANDSHAKE_RATES
+    """Opening handshakes taken."""
     close_timeout: float = 2.0
     """How long the closing of a revoked producer's connection waits for its answer."""
 
@@ -176,14 +194,46 @@ REVOKED = "token revoked"
 """The close reason (code 1008, policy violation) sent to a producer whose token was removed."""
 
 
+def capped(caps: ConnectionCaps, on_refused: Callable[[str], None]) -> type[ServerConnection]:
+    """websockets' server connection, counted against ``caps`` from the moment it is accepted
+    (before any byte of the handshake): one over them is dropped at once, reported to
+    ``on_refused`` with the scope that refused it."""
+
+    class CappedConnection(ServerConnection):
+        client = "unknown"
+        admitted = False
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # starts the handler: it sees the connection lost
+            self.client = client_key(transport.get_extra_info("peername"))
+            refused = caps.admit(self.client)
+            if refused is not None:
+                on_refused(refused)
+                self.transport.abort()
+                return
+            self.admitted = True
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.admitted:
+                self.admitted = False
+                caps.release(self.client)
+            super().connection_lost(exc)
+
+    return CappedConnection
+
+
 class WebsocketServerSource:
     """Listens on host:port; producers connect to ``path`` with ``Authorization: Bearer <token>``
     and push frames. Each connection is read independently; a bad frame never closes it.
 
-    A handshake without exactly one such header, or with a token not in use, is answered 401
-    and reported to ``on_unauthorized`` with a bounded reason; nothing raises out of the check
-    (an exception there would be websockets' 500 and a traceback per request). An accepted
-    connection is reported to ``on_connected`` with its producer's name.
+    Connections are capped in all and per client address (one more is dropped at once and
+    reported to ``on_refused``); the opening handshake must finish within ``open_timeout``;
+    handshakes past the rate limits are answered 429 with ``Retry-After`` (reported to
+    ``on_rate_limited``), before the token is looked at. A handshake without exactly one
+    ``Authorization`` header, or with a token not in use, is answered 401 and reported to
+    ``on_unauthorized`` with a bounded reason; nothing raises out of the check (an exception
+    there would be websockets' 500 and a traceback per request). An accepted connection is
+    reported to ``on_connected`` with its producer's name.
 
     With a tokens file, the tokens in use change while the source runs (the file changed, or
     :meth:`reload`); every open connection whose token is no longer in use is then closed
@@ -201,6 +251,9 @@ class WebsocketServerSource:
         on_connected: Callable[[str], None] = lambda producer: None,
         on_revoked: Callable[[int], None] = lambda closed: None,
         on_reload: Callable[[bool], None] = lambda ok: None,
+        on_refused: Callable[[str], None] = lambda scope: None,
+        on_rate_limited: Callable[[str], None] = lambda scope: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -213,6 +266,10 @@ class WebsocketServerSource:
         self.on_unauthorized = on_unauthorized
         self.on_connected = on_connected
         self.on_revoked = on_revoked
+        self.on_refused = on_refused
+        self.on_rate_limited = on_rate_limited
+        self.caps = ConnectionCaps(settings.max_connections, settings.max_connections_per_client)
+        self.rates = RateLimiter(settings.rates, clock)
         self.server: Server | None = None
         self.ready = asyncio.Event()
         self._producers: weakref.WeakKeyDictionary[ServerConnection, Credential] = (
@@ -256,6 +313,9 @@ class WebsocketServerSource:
             await ws.close(CloseCode.POLICY_VIOLATION, REVOKED)
 
     def _authorise(self, connection: ServerConnection, request: Request) -> Response | None:
+        refusal = self.rates.admit(client_key(connection.remote_address))
+        if refusal is not None:
+            return self._too_many(connection, refusal)
         if request.path.split("?", 1)[0] != self.path:
             return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
         found = self._credential(request.headers.get_all("Authorization"))
@@ -266,6 +326,12 @@ class WebsocketServerSource:
             return response
         self._producers[connection] = found
         return None
+
+    def _too_many(self, connection: ServerConnection, refusal: Refusal) -> Response:
+        self.on_rate_limited(refusal.scope)
+        response = connection.respond(HTTPStatus.TOO_MANY_REQUESTS, "Too Many Requests\n")
+        response.headers["Retry-After"] = str(refusal.retry_after)
+        return response
 
     def _credential(self, values: list[str]) -> Credential | str:
         """The credential these ``Authorization`` values present, or why they present none."""
@@ -301,6 +367,8 @@ class WebsocketServerSource:
             self.host,
             self.port,
             process_request=self._authorise,
+            create_connection=capped(self.caps, self.on_refused),
+            open_timeout=self.settings.open_timeout,
             max_size=self.settings.max_size,
             ping_interval=self.settings.ping_interval,
             ping_timeout=self.settings.ping_timeout,

@@ -27,7 +27,13 @@ async def test_commits_go_on_while_a_flood_of_scrapes_waits_for_one_read(
     config = parse(
         {
             "redis": {"url": redis_url, "socket_timeout": 60 * UNIT},
-            "http": {"listen": "127.0.0.1:0", "scrape_max_connections": 2, "max_connections": 64},
+            # The flood, not the connection caps, is tested (one address opens them all).
+            "http": {
+                "listen": "127.0.0.1:0",
+                "scrape_max_connections": 2,
+                "max_connections": 64,
+                "max_connections_per_client": 64,
+            },
         },
         "test",
         environ={},

@@ -21,13 +21,20 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus, InvalidURI
+from websockets.exceptions import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    InvalidMessage,
+    InvalidStatus,
+    InvalidURI,
+)
 from websockets.frames import CloseCode
 from websockets.protocol import State
 
 from ingest.adapter import FormatOptions
 from ingest.model import Comment, Order, Reason, Viewers
 from ingest.native import NativeFormat
+from ingest.sources.admission import RateLimits
 from ingest.sources.tokens import read_tokens
 from ingest.sources.websocket import (
     WebsocketClientSettings,
@@ -479,12 +486,15 @@ async def test_client_gives_up_on_a_bad_uri() -> None:
 
 @contextlib.asynccontextmanager
 async def server_source(
-    sink: RecordingSink, health: RecordingHealth
+    sink: RecordingSink, health: RecordingHealth, **options: Any
 ) -> AsyncIterator[WebsocketServerSource]:
+    """``options``: more settings, and the source's ``on_refused``, ``on_rate_limited`` and
+    ``clock``."""
+    hooks = {k: options.pop(k) for k in ("on_refused", "on_rate_limited", "clock") if k in options}
     settings = WebsocketServerSettings(
-        listen=f"{HOST}:0", path=PATH, token=TOKEN, max_size=MAX_SIZE
+        listen=f"{HOST}:0", path=PATH, token=TOKEN, max_size=MAX_SIZE, **options
     )
-    source = WebsocketServerSource("push", native(), sink, health, settings)
+    source = WebsocketServerSource("push", native(), sink, health, settings, **hooks)
     async with running(source.run()):
         await asyncio.wait_for(source.ready.wait(), WAIT * UNIT)
         yield source
@@ -495,13 +505,16 @@ def producer(
     *,
     path: str = PATH,
     authorization: str | None = f"Bearer {TOKEN}",
+    address: str = HOST,
 ) -> connect:
+    """A producer connecting from ``address`` (any of 127.0.0.0/8 reaches the source)."""
     headers = {} if authorization is None else {"Authorization": authorization}
     return connect(
         f"ws://{HOST}:{source.port}{path}",
         additional_headers=headers,
         open_timeout=WAIT * UNIT,
         proxy=None,
+        local_addr=(address, 0),
     )
 
 
@@ -775,3 +788,71 @@ async def test_server_with_one_token_calls_its_producer_env() -> None:
             await ws.send(frame("p1"))
             await until(lambda: len(sink.events) == 1, WAIT, "the event")
     assert events.connected == ["env"]
+
+
+@pytest.mark.asyncio
+async def test_server_caps_connections_per_client_and_in_all_before_the_handshake() -> None:
+    sink, health = RecordingSink(), RecordingHealth()
+    refused: list[str] = []
+    async with (
+        bounded(),
+        server_source(
+            sink,
+            health,
+            max_connections=3,
+            max_connections_per_client=2,
+            on_refused=refused.append,
+        ) as source,
+        producer(source) as a,
+        producer(source) as b,
+    ):
+        with pytest.raises((OSError, InvalidMessage)):  # dropped before any answer
+            async with producer(source):
+                pass
+        async with producer(source, address="127.0.0.2") as c:
+            with pytest.raises((OSError, InvalidMessage)):
+                async with producer(source, address="127.0.0.3"):
+                    pass
+            assert refused == ["client", "listener"]
+            for ws, name in ((a, "a"), (b, "b"), (c, "c")):  # the admitted ones still deliver
+                await ws.send(frame(name))
+            await until(lambda: sorted(sink.event_ids) == ["a", "b", "c"], WAIT, "three events")
+        # A closed connection frees its place: 127.0.0.3 is taken now.
+        await until(lambda: source.caps.open == 2, WAIT, "the closed connection to be released")
+        async with producer(source, address="127.0.0.3") as d:
+            await d.send(frame("d"))
+            await until(lambda: "d" in sink.event_ids, WAIT, "the fourth event")
+    assert refused == ["client", "listener"]
+
+
+@pytest.mark.asyncio
+async def test_server_answers_handshakes_past_the_client_rate_with_429_and_retry_after() -> None:
+    sink, health = RecordingSink(), RecordingHealth()
+    limited: list[str] = []
+    clock = ManualClock()
+    rates = RateLimits(per_second=1000.0, burst=1000, client_per_second=0.01, client_burst=2)
+    async with (
+        bounded(),
+        server_source(
+            sink, health, rates=rates, on_rate_limited=limited.append, clock=clock
+        ) as source,
+    ):
+        with pytest.raises(InvalidStatus) as unauthorized:  # it takes a handshake too
+            async with producer(source, authorization="Bearer wrong"):
+                pass
+        async with producer(source) as ws:
+            await ws.send(frame("p1"))
+            await until(lambda: sink.event_ids == ["p1"], WAIT, "the first event")
+        with pytest.raises(InvalidStatus) as refused:
+            async with producer(source):
+                pass
+        async with producer(source, address="127.0.0.2"):  # another client has its own share
+            pass
+        clock.advance(100)  # one token back at 0.01/s
+        async with producer(source) as ws:
+            await ws.send(frame("p2"))
+            await until(lambda: sink.event_ids == ["p1", "p2"], WAIT, "the second event")
+    assert unauthorized.value.response.status_code == 401
+    assert refused.value.response.status_code == 429
+    assert refused.value.response.headers["Retry-After"] == "100"
+    assert limited == ["client"]

@@ -244,5 +244,6 @@ async def test_slow_clients_are_dropped_and_a_full_listener_refuses_and_counts(
         "the webhook's timeouts to be counted",
     )
     assert counted("livestream_ingest_bad_requests_total", "http") == {("header_timeout",): CAP}
-    assert counted("livestream_ingest_connections_refused_total", "shop") == {(): 1}
-    assert counted("livestream_ingest_connections_refused_total", "http") == {(): 1}
+    refused = {("listener",): 1, ("client",): 0}  # scope: the listener's cap, not a client's
+    assert counted("livestream_ingest_connections_refused_total", "shop") == refused
+    assert counted("livestream_ingest_connections_refused_total", "http") == refused

@@ -84,7 +84,8 @@ def ingester(tmp_path: Path, server: RedisServer, names: list[str]) -> Iterator[
         "scrape_freshness_seconds = 0.001\n",
         f"scrape_freshness_seconds = {FRESHNESS}\n"
         f"scrape_max_connections = {MAX_CONNECTIONS}\n"
-        f"max_connections = {2 * SCRAPES}\n",  # the flood, not the connection cap, is tested
+        # The flood, not the connection caps, is tested (one address opens them all).
+        f"max_connections = {2 * SCRAPES}\nmax_connections_per_client = {2 * SCRAPES}\n",
     )
     config.write_text(text + "\n[labels]\nmax_streams = 100000\n", encoding="utf-8")
     with IngesterProcess(config, port) as process:
