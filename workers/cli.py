@@ -50,10 +50,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure(
         config.log.level, config.log.format, library_interval=config.log.rejection_interval_seconds
     )
+    from ingest.sources.tls import TlsError
     from workers.runtime import Ingester, ListenError
 
     async def main(stop: asyncio.Event) -> int:
-        ingester = Ingester(config, shutdown_deadline=args.shutdown_deadline)
+        try:
+            ingester = Ingester(config, shutdown_deadline=args.shutdown_deadline)
+        except TlsError as exc:  # the files changed since the config was validated
+            print(f"error: tls: {exc}", file=sys.stderr)
+            return 2
+        # SIGHUP reloads (the TLS certificates: Ingester.on_reload) instead of ending us.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, ingester.reload)
         try:
             await ingester.run(stop)
         except ListenError as exc:

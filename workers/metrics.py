@@ -42,6 +42,7 @@ class HealthMetrics:
         self._commits(self.registry)
         self._redis(self.registry)
         self._listeners(self.registry)
+        self._tls(self.registry)
 
     def _sources(self, r: CollectorRegistry) -> None:
         """What the sources take in, and whether they are connected."""
@@ -185,6 +186,29 @@ class HealthMetrics:
             "livestream_ingest_eventsub_revocations",
             "Twitch EventSub subscriptions revoked, by source, subscription type and status.",
             ["source", "type", "status"],
+            registry=r,
+        )
+
+    def _tls(self, r: CollectorRegistry) -> None:
+        """The certificates the TLS listeners serve."""
+        self.tls_expiry = Gauge(
+            "livestream_ingest_tls_certificate_expiry_timestamp_seconds",
+            "Unix time at which the certificate a listener serves expires (its notAfter).",
+            ["listener"],
+            registry=r,
+        )
+        self.tls_loads = Counter(
+            "livestream_ingest_tls_certificate_loads",
+            "Certificates a listener loaded: one at start, one per successful reload (SIGHUP "
+            "or a change of its files).",
+            ["listener"],
+            registry=r,
+        )
+        self.tls_reload_failures = Counter(
+            "livestream_ingest_tls_reload_failures",
+            "Reloads of a listener's certificate that failed (unreadable, not PEM, the key "
+            "does not match): the previous certificate is still served.",
+            ["listener"],
             registry=r,
         )
 

@@ -1,7 +1,8 @@
 """Shopify webhook endpoint: an HTTP server source (aiohttp) that answers only after the commit.
 
 Connections are bounded by ``limits`` (``ingest.sources.http``): how many at once, how long a
-request head and a body may take (408), how long an idle connection stays.
+request head and a body may take (408), how long an idle connection stays. With ``tls`` it
+speaks HTTPS only (``ingest.sources.tls``: the certificate can be renewed while it runs).
 
 Per delivery: 400 for a body cut off mid-way or malformed in transfer (counted and reported to
 ``on_bad_request``, never a traceback: a client's mistake); 413 past the body limit (aiohttp's
@@ -34,6 +35,7 @@ from ingest.sources.http import (
     Limits,
     ServerLog,
 )
+from ingest.sources.tls import ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ class ShopifyWebhookSource:
         on_bad_request: Callable[[str], None] = lambda reason: None,
         on_refused: Callable[[], None] = lambda: None,
         on_unavailable: Callable[[], None] = lambda: None,
+        tls: ServerTls | None = None,
     ) -> None:
         self.name = name
         self.fmt = fmt
@@ -84,6 +87,7 @@ class ShopifyWebhookSource:
         self.on_refused = on_refused
         self._runner: web.AppRunner | None = None
         self.on_unavailable = on_unavailable
+        self.tls = tls
 
     async def _deliver(self, request: web.Request) -> web.Response:
         try:
@@ -137,7 +141,8 @@ class ShopifyWebhookSource:
         )
         await runner.setup()
         try:
-            await GuardedSite(runner, self.host, self.port, guard).start()
+            context = self.tls.context if self.tls is not None else None
+            await GuardedSite(runner, self.host, self.port, guard, context).start()
         except BaseException:
             await runner.cleanup()
             raise

@@ -29,6 +29,7 @@ from websockets.http11 import Request, Response
 
 from ingest.sources.base import Format, Health, Sink, split_address
 from ingest.sources.reconnect import Reconnecting, ReconnectSettings
+from ingest.sources.tls import ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,10 @@ class WebsocketServerSource:
 
     A handshake without exactly one such header, or with another token, is answered 401 and
     reported to ``on_unauthorized`` with a bounded reason; nothing raises out of the check (an
-    exception there would be websockets' 500 and a traceback per request)."""
+    exception there would be websockets' 500 and a traceback per request).
+
+    With ``tls``, producers connect with ``wss://``: the TLS handshake shares websockets'
+    ``open_timeout`` (10 s), and the certificate served is ``tls``'s current one."""
 
     def __init__(
         self,
@@ -167,9 +171,11 @@ class WebsocketServerSource:
         settings: WebsocketServerSettings,
         *,
         on_unauthorized: Callable[[str], None] = lambda reason: None,
+        tls: ServerTls | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
+        self.tls = tls
         self.host, self.port = split_address(settings.listen)
         self.path = settings.path
         self._token = settings.token.encode()
@@ -222,6 +228,7 @@ class WebsocketServerSource:
             max_size=self.settings.max_size,
             ping_interval=self.settings.ping_interval,
             ping_timeout=self.settings.ping_timeout,
+            ssl=self.tls.context if self.tls is not None else None,
         )
         self.port = self.server.sockets[0].getsockname()[1] if self.port == 0 else self.port
 
