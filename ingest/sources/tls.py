@@ -49,7 +49,8 @@ class TlsSettings:
     min_version: str = "1.2"
     """Oldest TLS version taken: ``1.2`` or ``1.3``."""
     reload_interval: float = 30.0
-    """Seconds between looks at the files (modification time, size); 0: on SIGHUP only."""
+    """Seconds between looks at the files (modification time, size); a change is loaded once
+    two looks in a row see it; 0: on SIGHUP only."""
 
 
 class TlsError(Exception):
@@ -170,6 +171,7 @@ class ServerTls:
         self.on_loaded = on_loaded
         self.on_failed = on_failed
         self._signature = _signature(settings)
+        self._changed: Signature | None = None
         self.current = load(settings)
         self.context = self.current.context
         self.context.sni_callback = self._choose
@@ -193,8 +195,15 @@ class ServerTls:
         return True
 
     def check(self) -> bool | None:
-        """Reload if a file changed since the last load (or attempt): its outcome, or None."""
-        if _signature(self.settings) == self._signature:
+        """Reload if the files changed since the last load (or attempt) and then stayed as
+        they are since the previous check: the outcome, or None. (A renewal that writes the
+        key and the certificate one after the other is loaded once both are written.)"""
+        now = _signature(self.settings)
+        if now == self._signature:
+            self._changed = None
+            return None
+        if now != self._changed:
+            self._changed = now
             return None
         return self.reload()
 
