@@ -157,8 +157,8 @@ class HealthMetrics:
         )
         self.unauthorized = Counter(
             "livestream_ingest_unauthorized_requests",
-            "Requests refused (401) by a listening source for a missing or wrong signature or "
-            "token; not kept.",
+            "Requests refused (401) by a listener for a missing or wrong signature, token or "
+            "password (source: a source's name, http for /metrics); not kept.",
             ["source"],
             registry=r,
         )
