@@ -257,3 +257,26 @@ async def test_webhook_speaks_tls_only(tmp_path: Path) -> None:
             plain = url.replace("https://", "http://")
             with pytest.raises(aiohttp.ClientError):
                 await session.post(plain, data=body, headers=headers)
+
+
+@pytest.mark.asyncio
+async def test_why_a_new_context_loading_a_bad_renewal_into_the_live_one_breaks_it(
+    tmp_path: Path,
+) -> None:
+    """The design's reason (ingest.sources.tls): OpenSSL installs the certificate before it
+    checks the key, so ``load_cert_chain`` of a mismatched renewal on the serving context
+    leaves it unable to complete any handshake. ServerTls never loads into a live context."""
+    certificates = Certificates(tmp_path)
+    live = load(
+        TlsSettings(cert_file=str(certificates.cert_file), key_file=str(certificates.key_file))
+    )
+    old_key = tmp_path / "old.key"
+    old_key.write_bytes(certificates.key_file.read_bytes())
+    certificates.renew(days=30)
+    with pytest.raises(ssl.SSLError, match="KEY_VALUES_MISMATCH"):
+        live.context.load_cert_chain(certificates.cert_file, old_key)
+    server = await asyncio.start_server(lambda r, w: w.close(), HOST, 0, ssl=live.context)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        with pytest.raises(HANDSHAKE_FAILURES):
+            await peer_serial(port, certificates.client())
