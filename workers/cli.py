@@ -50,6 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure(
         config.log.level, config.log.format, library_interval=config.log.rejection_interval_seconds
     )
+    from ingest.sources.tls import TlsError
     from workers.runtime import Ingester, ListenError
 
     async def main(stop: asyncio.Event) -> int:
@@ -58,7 +59,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         except config_module.ConfigError as exc:  # a tokens file changed since it was checked
             print(f"invalid configuration: {exc}", file=sys.stderr)
             return 2
-        # SIGHUP: read the secrets files again (push tokens), without a restart.
+        except TlsError as exc:  # the files changed since the config was validated
+            print(f"error: tls: {exc}", file=sys.stderr)
+            return 2
+        # SIGHUP reads the secrets files and TLS certificates again (Ingester.reload), without a
+        # restart, instead of ending us.
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, ingester.reload)
         try:
             await ingester.run(stop)

@@ -23,11 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ingest.adapter import FormatOptions
 from ingest.native import PLATFORM_PATTERN, STREAM_PATTERN
 from ingest.regions import DEFAULT_TABLES, RegionTable
+from ingest.sources import tls as tls_files
 from ingest.sources.admission import RateLimits
 from ingest.sources.base import split_address
 from ingest.sources.eventsub import EventSubSettings
 from ingest.sources.http import Limits
 from ingest.sources.mqtt import MqttSettings
+from ingest.sources.tls import TlsError, TlsSettings
 from ingest.sources.tokens import TokensError, read_tokens
 from ingest.sources.topics import TopicPattern
 from ingest.sources.twitch_auth import RefreshSettings
@@ -195,10 +197,51 @@ METRICS_RATES = RateLimits(per_second=200.0, burst=400, client_per_second=100.0,
 no Redis read, so these only stop a flood."""
 
 
+class TlsConfig(_Model):
+    """A listener's TLS (``ingest.sources.tls``); the files must load when the config does."""
+
+    cert_file: Annotated[str, Field(min_length=1)]
+    """PEM: the listener's certificate, then any intermediates."""
+    key_file: Annotated[str, Field(min_length=1)]
+    """PEM, unencrypted."""
+    client_ca_file: Annotated[str, Field(min_length=1)] | None = None
+    """PEM CAs; set, every client must present a certificate one of them signed (mutual TLS)."""
+    min_version: Literal["1.2", "1.3"] = _default(TlsSettings, "min_version")
+    reload_interval_seconds: float = _default(TlsSettings, "reload_interval", ge=0, le=86400)
+    """Seconds between looks at the files (modification time, size); a change loads them
+    again. 0: only on SIGHUP."""
+
+    def tls(self) -> TlsSettings:
+        return TlsSettings(
+            cert_file=self.cert_file,
+            key_file=self.key_file,
+            client_ca_file=self.client_ca_file,
+            min_version=self.min_version,
+            reload_interval=self.reload_interval_seconds,
+        )
+
+    @model_validator(mode="after")
+    def _loads(self) -> TlsConfig:
+        try:
+            tls_files.load(self.tls())
+        except TlsError as exc:
+            raise ValueError("; ".join(exc.problems)) from exc
+        return self
+
+
 class HttpConfig(ListenerLimits):
     listen: Annotated[str, Field(description="host:port of /metrics, /healthz, /readyz")] = (
         "127.0.0.1:9464"
     )
+    tls: TlsConfig | None = None
+    metrics_token_env: str | None = None
+    """Environment variable holding the token /metrics requires (``Authorization: Bearer``)."""
+    metrics_username: Annotated[str, Field(pattern=r"^[^:\s]{1,64}$")] | None = None
+    """With ``metrics_password_env``: the user /metrics requires (HTTP basic authentication)."""
+    metrics_password_env: str | None = None
+    protect_probes: bool = False
+    """Whether /healthz and /readyz require the credentials of /metrics too (orchestrators'
+    probes usually cannot send any: open by default, they tell nothing but up and ready)."""
     max_connections: int = Field(32, ge=1, le=65536)
     max_connections_per_client: int = Field(8, ge=1, le=65536)
     requests_per_second: float = _rate_fields(METRICS_RATES)["requests_per_second"]
@@ -210,6 +253,16 @@ class HttpConfig(ListenerLimits):
     scrape_max_connections: int = Field(2, ge=2, le=64)
     """Redis connections (per node of a cluster) for /metrics and /readyz, apart from commits."""
     _check = field_validator("listen")(lambda cls, v: _listen(v))
+
+    @model_validator(mode="after")
+    def _auth(self) -> HttpConfig:
+        if (self.metrics_username is None) != (self.metrics_password_env is None):
+            raise ValueError("metrics_username and metrics_password_env go together")
+        if self.metrics_token_env is not None and self.metrics_username is not None:
+            raise ValueError("metrics_token_env or metrics_username: one scheme, not both")
+        if self.protect_probes and self.metrics_token_env is None and not self.metrics_username:
+            raise ValueError("protect_probes needs metrics_token_env or metrics_username")
+        return self
 
 
 class DedupConfig(_Model):
@@ -362,6 +415,7 @@ class HttpServerConfig(_SourceBase, ListenerLimits):
     )
     """Larger deliveries are refused (413); for this source it replaces ``max_frame_bytes``."""
     commit_timeout_seconds: float = _default(ShopifyWebhookSettings, "commit_timeout", gt=0, le=60)
+    tls: TlsConfig | None = None
     """Answer 503 (Shopify delivers again) if a delivery is not committed by then; Shopify
     itself gives up on an answer after 5 s."""
     _check = field_validator("listen")(lambda cls, v: _listen(v))
@@ -400,6 +454,7 @@ class WebsocketServerConfig(_SourceBase, RateLimitConfig):
     client_requests_per_second: float = _rate_fields(HANDSHAKE_RATES)["client_requests_per_second"]
     client_requests_burst: int = _rate_fields(HANDSHAKE_RATES)["client_requests_burst"]
     max_tracked_clients: int = _rate_fields(HANDSHAKE_RATES)["max_tracked_clients"]
+    tls: TlsConfig | None = None
     _check = field_validator("listen")(lambda cls, v: _listen(v))
 
 
@@ -553,8 +608,10 @@ SECRET_KEYS = (
     "previous_secret_env",
     "refresh_token_env",
     "client_secret_env",
+    "metrics_token_env",
+    "metrics_password_env",
 )
-"""Keys that name an environment variable holding a secret."""
+"""Keys naming an environment variable that holds a secret, in any table below."""
 
 
 def _weakness(secret: str) -> str | None:
@@ -566,28 +623,40 @@ def _weakness(secret: str) -> str | None:
     return None
 
 
-def _secrets(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
-    """Checked on the raw data, so a missing or weak secret is reported along with every field
-    error."""
+def _secret_tables(data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Each table that may name secrets, with its location: ``http``, each source, its twitch."""
+    http = data.get("http")
+    tables = [("http.", http)] if isinstance(http, dict) else []
     sources = data.get("sources")
-    errors = []
     for index, source in enumerate(sources if isinstance(sources, list) else []):
         if not isinstance(source, dict):
             continue
+        tables.append((f"sources[{index}].", source))
         twitch = source.get("twitch")
-        tables = [("", source), ("twitch.", twitch if isinstance(twitch, dict) else {})]
-        for where, table in tables:
-            for key in SECRET_KEYS:
-                name = table.get(key)
-                if not isinstance(name, str):
-                    continue
-                location = f"sources[{index}].{where}{key}"
-                secret = environ.get(name)
-                if not secret:
-                    errors.append(f"{location}: environment variable {name} is not set")
-                elif (weakness := _weakness(secret)) is not None:
-                    errors.append(f"{location}: environment variable {name} is {weakness}")
-        errors.extend(_secrets_files(source, index))
+        if isinstance(twitch, dict):
+            tables.append((f"sources[{index}].twitch.", twitch))
+    return tables
+
+
+def _secrets(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
+    """Checked on the raw data, so a missing or weak secret is reported along with every field
+    error."""
+    errors = []
+    for where, table in _secret_tables(data):
+        for key in SECRET_KEYS:
+            name = table.get(key)
+            if not isinstance(name, str):
+                continue
+            location = f"{where}{key}"
+            secret = environ.get(name)
+            if not secret:
+                errors.append(f"{location}: environment variable {name} is not set")
+            elif (weakness := _weakness(secret)) is not None:
+                errors.append(f"{location}: environment variable {name} is {weakness}")
+    sources = data.get("sources")
+    for index, source in enumerate(sources if isinstance(sources, list) else []):
+        if isinstance(source, dict):
+            errors.extend(_secrets_files(source, index))
     return errors
 
 

@@ -42,6 +42,7 @@ class HealthMetrics:
         self._commits(self.registry)
         self._redis(self.registry)
         self._listeners(self.registry)
+        self._tls(self.registry)
 
     def _sources(self, r: CollectorRegistry) -> None:
         """What the sources take in, and whether they are connected."""
@@ -156,8 +157,8 @@ class HealthMetrics:
         )
         self.unauthorized = Counter(
             "livestream_ingest_unauthorized_requests",
-            "Requests refused (401) by a listening source for a missing or wrong signature or "
-            "token; not kept.",
+            "Requests refused (401) by a listener for a missing or wrong signature, token or "
+            "password (source: a source's name, http for /metrics); not kept.",
             ["source"],
             registry=r,
         )
@@ -249,6 +250,29 @@ class HealthMetrics:
             "livestream_ingest_webhook_forbidden",
             "Signed webhook deliveries refused (403) for a shop domain not in shop_domains.",
             ["source"],
+            registry=r,
+        )
+
+    def _tls(self, r: CollectorRegistry) -> None:
+        """The certificates the TLS listeners serve."""
+        self.tls_expiry = Gauge(
+            "livestream_ingest_tls_certificate_expiry_timestamp_seconds",
+            "Unix time at which the certificate a listener serves expires (its notAfter).",
+            ["listener"],
+            registry=r,
+        )
+        self.tls_loads = Counter(
+            "livestream_ingest_tls_certificate_loads",
+            "Certificates a listener loaded: one at start, one per successful reload (SIGHUP "
+            "or a change of its files).",
+            ["listener"],
+            registry=r,
+        )
+        self.tls_reload_failures = Counter(
+            "livestream_ingest_tls_reload_failures",
+            "Reloads of a listener's certificate that failed (unreadable, not PEM, the key "
+            "does not match): the previous certificate is still served.",
+            ["listener"],
             registry=r,
         )
 

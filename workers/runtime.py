@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime
 import functools
 import gc
 import os
@@ -19,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
@@ -32,8 +34,9 @@ from ingest.shopify import ShopifyFormat
 from ingest.socialstream import SocialStreamFormat
 from ingest.sources.admission import CLIENT, LISTENER, SCOPES
 from ingest.sources.eventsub import EventSubSettings, EventSubSource, Helix, chat_subscriptions
-from ingest.sources.http import Guard, GuardedSite, ServerLog
+from ingest.sources.http import Credentials, Guard, GuardedSite, ServerLog
 from ingest.sources.mqtt import MqttSettings, MqttSource
+from ingest.sources.tls import Loaded, ServerTls
 from ingest.sources.tokens import TokensError, read_tokens, world_readable
 from ingest.sources.topics import TopicPattern
 from ingest.sources.twitch_auth import (
@@ -61,9 +64,11 @@ from workers.config import (
     BatchConfig,
     Config,
     ConfigError,
+    HttpConfig,
     HttpServerConfig,
     MqttConfig,
     SourceConfig,
+    TlsConfig,
     TwitchConfig,
     WebsocketClientConfig,
     WebsocketServerConfig,
@@ -80,6 +85,8 @@ log = structlog.get_logger("runtime")
 HTTP_LISTENER = "http"
 CAP_REASONS = {LISTENER: "max_connections", CLIENT: "max_connections_per_client"}
 """The ``listener`` label of the metrics endpoint (``[http] listen``)."""
+PROBES = frozenset({"/healthz", "/readyz"})
+"""Open unless ``[http] protect_probes``: orchestrators' probes usually send no credentials."""
 SCRAPE_TIMEOUT = 5.0
 """Seconds a scrape waits for Redis; then it answers with health metrics only."""
 
@@ -224,6 +231,29 @@ class SourceHealth:
         self.metrics.webhook_forbidden.labels(source).inc()
         self._refused(source, "forbidden", "shop_domain")
 
+    def tls_loaded(self, listener: str, loaded: Loaded) -> None:
+        """A listener serves a certificate loaded now (at start, or renewed)."""
+        metrics = self.metrics
+        metrics.tls_expiry.labels(listener).set(loaded.not_after)
+        metrics.tls_loads.labels(listener).inc()
+        metrics.tls_reload_failures.labels(listener)  # at 0, so the first failure is an increase
+        expires = datetime.datetime.fromtimestamp(loaded.not_after, datetime.UTC)
+        log.info(
+            "tls certificate loaded",
+            listener=listener,
+            serial=f"{loaded.serial:x}",
+            not_after=expires.isoformat(),
+        )
+
+    def tls_failed(self, listener: str, problems: list[str]) -> None:
+        """A reload failed: counted, one line; the listener still serves the previous one."""
+        self.metrics.tls_reload_failures.labels(listener).inc()
+        log.error(
+            "tls certificate reload failed: still serving the previous certificate",
+            listener=listener,
+            problems="; ".join(problems),
+        )
+
     def unavailable(self, source: str) -> None:
         """A webhook delivery answered 503 (not committed in time): counted."""
         self.metrics.webhook_unavailable.labels(source).inc()
@@ -265,6 +295,28 @@ def redis_client(
         )
         return Redis.from_pool(pool)
     return Redis.from_url(url, **options)
+
+
+def server_tls(listener: str, config: TlsConfig | None, health: SourceHealth) -> ServerTls | None:
+    """A listener's TLS, reporting its loads to ``health`` (TlsError if the files do not load
+    now: they did when the config was validated)."""
+    if config is None:
+        return None
+    return ServerTls(
+        config.tls(),
+        on_loaded=functools.partial(health.tls_loaded, listener),
+        on_failed=functools.partial(health.tls_failed, listener),
+    )
+
+
+def metrics_credentials(http: HttpConfig, environ: Mapping[str, str]) -> Credentials | None:
+    """What ``/metrics`` requires, if ``[http]`` names credentials."""
+    if http.metrics_token_env is not None:
+        return Credentials(token=environ[http.metrics_token_env])
+    if http.metrics_username is not None and http.metrics_password_env is not None:
+        password = environ[http.metrics_password_env]
+        return Credentials(username=http.metrics_username, password=password)
+    return None
 
 
 def mqtt_source(
@@ -379,6 +431,8 @@ def websocket_server(
     committer: Committer,
     health: SourceHealth,
     environ: Mapping[str, str],
+    *,
+    tls: ServerTls | None = None,
 ) -> WebsocketServerSource:
     """The source, with its one token from the environment or its tokens file read now (the
     config was checked, so the file was good a moment ago; ConfigError if it no longer is)."""
@@ -410,6 +464,7 @@ def websocket_server(
         on_reload=functools.partial(_secrets_reloaded, metrics, name),
         on_refused=functools.partial(health.connection_refused, name),
         on_rate_limited=functools.partial(health.rate_limited, name),
+        tls=tls,
     )
 
 
@@ -421,6 +476,7 @@ def webhook_source(
     environ: Mapping[str, str],
     *,
     max_age: float | None = None,
+    tls: ServerTls | None = None,
 ) -> ShopifyWebhookSource:
     secret, previous = _shopify_secrets(config, environ)
     if config.secrets_file is not None:
@@ -454,6 +510,7 @@ def webhook_source(
         on_signed=lambda secret: metrics.webhook_signatures.labels(config.name, secret).inc(),
         on_forbidden=functools.partial(health.forbidden, config.name),
         on_reload=functools.partial(_secrets_reloaded, health.metrics, config.name),
+        tls=tls,
     )
 
 
@@ -495,18 +552,22 @@ def build_source(
     environ: Mapping[str, str],
     *,
     max_age: float | None = None,
+    tls: ServerTls | None = None,
 ) -> Source:
     """The transport ``config`` names, its settings resolved (secrets read from ``environ``;
-    ``max_age``: the age past which a webhook delivery is stale)."""
+    ``max_age``: the age past which a webhook delivery is stale); a server source listens
+    with ``tls`` if given."""
     match config:
         case WebsocketClientConfig(format="twitch-eventsub"):
             return eventsub_source(config, options, committer, health, environ)
         case WebsocketClientConfig():
             return websocket_client(config, options, committer, health, environ)
         case WebsocketServerConfig():
-            return websocket_server(config, options, committer, health, environ)
+            return websocket_server(config, options, committer, health, environ, tls=tls)
         case HttpServerConfig():
-            return webhook_source(config, options, committer, health, environ, max_age=max_age)
+            return webhook_source(
+                config, options, committer, health, environ, max_age=max_age, tls=tls
+            )
         case MqttConfig():
             return mqtt_source(config, options, committer, health, environ)
 
@@ -574,7 +635,16 @@ class Ingester:
             log_interval=config.log.rejection_interval_seconds,
         )
         self.health = SourceHealth(self.metrics, log_interval=config.log.rejection_interval_seconds)
+        self.tls: dict[str, ServerTls] = {}
+        """Each TLS listener's certificate, by listener (``http``, a source's name)."""
+        http_tls = server_tls(HTTP_LISTENER, config.http.tls, self.health)
+        if http_tls is not None:
+            self.tls[HTTP_LISTENER] = http_tls
         self.sources = self._build_sources()
+        self.on_reload: list[Callable[[], object]] = [tls.reload for tls in self.tls.values()]
+        """Run in order by :meth:`reload` (on SIGHUP): the TLS certificates, then the sources'
+        secrets files (each keeps what it had if its file is refused)."""
+        self.on_reload += [s.reload for s in self.sources if isinstance(s, Reloadable)]
         self.http_port: int | None = None
         self.unflushed = 0
         """Events read but not committed when the shutdown deadline passed (exit status 1)."""
@@ -612,23 +682,19 @@ class Ingester:
             max_age = (
                 config.delivery_max_age(source) if isinstance(source, HttpServerConfig) else None
             )
-            sources.append(
-                build_source(
-                    source, options, self.committer, self.health, self.environ, max_age=max_age
-                )
+            tls = None
+            if isinstance(source, WebsocketServerConfig | HttpServerConfig):
+                tls = server_tls(source.name, source.tls, self.health)
+                if tls is not None:
+                    self.tls[source.name] = tls
+            built = build_source(
+                source, options, self.committer, self.health, self.environ, max_age=max_age, tls=tls
             )
+            sources.append(built)
             self.metrics.add_source(source.name)
             if isinstance(source, HttpServerConfig):  # at 0, so the first 503 is an increase
                 self.metrics.webhook_unavailable.labels(source.name)
         return sources
-
-    def reload(self) -> None:
-        """Read the sources' secrets files again (SIGHUP): each keeps its secrets if its file is
-        refused. No await: safe in a signal handler."""
-        log.info("reloading secrets files")
-        for source in self.sources:
-            if isinstance(source, Reloadable):
-                source.reload()
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
@@ -639,7 +705,11 @@ class Ingester:
                 log.error("refusing to start", reason=str(exc))
                 return
             async with self._http(), self._listening(), asyncio.TaskGroup() as group:
-                watching = group.create_task(self._watch_policy(stop), name="redis.policy")
+                watching = [group.create_task(self._watch_policy(stop), name="redis.policy")]
+                watching += [
+                    group.create_task(tls.watch(), name=f"tls[{listener}].watch")
+                    for listener, tls in self.tls.items()
+                ]
                 committing = group.create_task(self.committer.run(), name="committer")
                 reading = [
                     group.create_task(_read(source), name=f"source[{source.name}].receive")
@@ -664,13 +734,21 @@ class Ingester:
                     self.unflushed = self.committer.buffered
                     log.error("stopping: flush deadline passed", unflushed=self.unflushed)
                 committing.cancel()
-                watching.cancel()
+                for task in watching:
+                    task.cancel()
         finally:
             await self.business.aclose()
             await self.health_text.aclose()
             await self.readiness.aclose()
             await self.scrape_redis.aclose()
             await self.redis.aclose()
+
+    def reload(self) -> None:
+        """What SIGHUP does: every hook of :attr:`on_reload`. No await: safe in a signal
+        handler."""
+        log.info("reloading on SIGHUP", hooks=len(self.on_reload))
+        for hook in self.on_reload:
+            hook()
 
     async def _watch_policy(self, stop: asyncio.Event) -> None:
         """Re-read the eviction policy periodically; a refusing ingester stops (in stages) when
@@ -692,7 +770,13 @@ class Ingester:
             on_timeout=functools.partial(self.health.bad_request, HTTP_LISTENER),
             on_rate_limited=functools.partial(self.health.rate_limited, HTTP_LISTENER),
         )
-        app = web.Application(middlewares=[guard.middleware])
+        middlewares: list[Middleware] = [guard.middleware]
+        credentials = metrics_credentials(self.config.http, self.environ)
+        if credentials is not None:
+            paths = {"/metrics"} | (PROBES if self.config.http.protect_probes else set())
+            unauthorized = functools.partial(self.health.unauthorized, HTTP_LISTENER)
+            middlewares.append(credentials.middleware(frozenset(paths), unauthorized))
+        app = web.Application(middlewares=middlewares)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
@@ -705,7 +789,8 @@ class Ingester:
         )
         await runner.setup()
         host, port = split_listen(self.config.http.listen)
-        site = GuardedSite(runner, host, port, guard)
+        tls = self.tls.get(HTTP_LISTENER)
+        site = GuardedSite(runner, host, port, guard, tls.context if tls is not None else None)
         try:
             await site.start()
         except OSError as exc:

@@ -18,19 +18,29 @@ and logs the parser's traceback at ERROR through its server logger: one per requ
 authentication, so anyone could fill the logs. :class:`ServerLog` is the logger handed to
 aiohttp instead: those go to ``on_bad_request`` (a counter and a throttled line); anything else
 (a bug of ours: a 500) is still logged in full by ``aiohttp.server``.
+
+With an ``ssl.SSLContext`` the site speaks TLS only; the handshake must end within
+``header_timeout`` (the event loop's ``ssl_handshake_timeout``), and a client that fails it (one
+speaking plain HTTP) is dropped by the event loop without a line. :class:`Credentials` is the
+optional check of an ``Authorization`` header (bearer or basic) that the metrics endpoint uses.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import dataclasses
+import hmac
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Middleware
 
 from ingest.sources.admission import ConnectionCaps, RateLimiter, RateLimits, client_key
 
@@ -191,14 +201,23 @@ class _Connection(asyncio.Protocol):
 class GuardedSite(web.BaseSite):
     """A TCP site like aiohttp's ``TCPSite`` whose connections go through ``guard``."""
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: Guard) -> None:
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        guard: Guard,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         super().__init__(runner)
         self.host, self.port = host, port
         self.guard = guard
+        self.ssl_context = ssl_context
 
     @property
     def name(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def _protocol(self) -> asyncio.Protocol:
         server = self._runner.server
@@ -214,4 +233,68 @@ class GuardedSite(web.BaseSite):
             self.port,
             backlog=self._backlog,
             reuse_address=True,
+            ssl=self.ssl_context,
+            ssl_handshake_timeout=self.guard.limits.header_timeout if self.ssl_context else None,
         )
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Credentials:
+    """What a request must carry in its one ``Authorization`` header: ``Bearer <token>``, or
+    (HTTP basic) ``username`` and ``password``. Compared in constant time."""
+
+    token: str | None = dataclasses.field(default=None, repr=False)
+    username: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
+    realm: str = "livestream-ingester"
+
+    def challenge(self) -> str:
+        """The ``WWW-Authenticate`` value of a 401."""
+        if self.token is not None:
+            return f'Bearer realm="{self.realm}"'
+        return f'Basic realm="{self.realm}", charset="UTF-8"'
+
+    def refusal(self, values: list[str]) -> str | None:
+        """Why these ``Authorization`` values do not authenticate (a bounded reason: missing,
+        duplicate, scheme, malformed, credentials), or None if they do."""
+        if not values:
+            return "missing"
+        if len(values) > 1:
+            return "duplicate"
+        scheme, _, offered = values[0].strip().partition(" ")
+        expected = "bearer" if self.token is not None else "basic"
+        if scheme.lower() != expected:
+            return "scheme"
+        if self.token is not None:
+            good = hmac.compare_digest(offered.strip().encode(), self.token.encode())
+            return None if good else "credentials"
+        try:
+            user, colon, password = base64.b64decode(offered, validate=True).partition(b":")
+        except (binascii.Error, ValueError):
+            return "malformed"
+        if not colon:
+            return "malformed"
+        good_user = hmac.compare_digest(user, (self.username or "").encode())
+        good_password = hmac.compare_digest(password, (self.password or "").encode())
+        return None if good_user & good_password else "credentials"
+
+    def middleware(
+        self, paths: frozenset[str], on_unauthorized: Callable[[str], None]
+    ) -> Middleware:
+        """An aiohttp middleware requiring these credentials on ``paths`` (401 otherwise, with
+        the reason handed to ``on_unauthorized``); other paths pass."""
+
+        @web.middleware
+        async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if request.path in paths:
+                reason = self.refusal(request.headers.getall("Authorization", []))
+                if reason is not None:
+                    on_unauthorized(reason)
+                    return web.Response(
+                        status=401,
+                        text="Unauthorized\n",
+                        headers={"WWW-Authenticate": self.challenge()},
+                    )
+            return await handler(request)
+
+        return authenticate

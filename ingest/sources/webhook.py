@@ -3,6 +3,8 @@
 Connections are bounded by ``limits`` (``ingest.sources.http``): how many at once (in all and
 per client address), how many requests per second (429 with ``Retry-After`` past that), how long
 a request head and a body may take (408), how long an idle connection stays.
+With ``tls`` it speaks HTTPS only (``ingest.sources.tls``: the certificate can be renewed
+while it runs).
 
 Per delivery: 400 for a body cut off mid-way or malformed in transfer (counted and reported to
 ``on_bad_request``, never a traceback: a client's mistake); 413 past the body limit (aiohttp's
@@ -41,6 +43,7 @@ from ingest.sources.http import (
     Limits,
     ServerLog,
 )
+from ingest.sources.tls import ServerTls
 from ingest.sources.tokens import SecretsFile, TokensError, checked_pairs, read_text
 
 log = logging.getLogger(__name__)
@@ -115,6 +118,7 @@ class ShopifyWebhookSource:
         on_forbidden: Callable[[], None] = lambda: None,
         on_reload: Callable[[bool], None] = lambda ok: None,
         clock: Callable[[], float] = time.time,
+        tls: ServerTls | None = None,
     ) -> None:
         self.name = name
         self.fmt = fmt
@@ -148,6 +152,7 @@ class ShopifyWebhookSource:
         self.on_rate_limited = on_rate_limited
         self._runner: web.AppRunner | None = None
         self.on_unavailable = on_unavailable
+        self.tls = tls
 
     def _use(self, secrets: Sequence[str | None]) -> None:
         self._secrets = tuple(secret.encode() for secret in secrets if secret)
@@ -255,7 +260,8 @@ class ShopifyWebhookSource:
         )
         await runner.setup()
         try:
-            await GuardedSite(runner, self.host, self.port, guard).start()
+            context = self.tls.context if self.tls is not None else None
+            await GuardedSite(runner, self.host, self.port, guard, context).start()
         except BaseException:
             await runner.cleanup()
             raise

@@ -39,6 +39,7 @@ from ingest.sources.admission import (
 )
 from ingest.sources.base import Format, Health, Sink, split_address
 from ingest.sources.reconnect import Reconnecting, ReconnectSettings
+from ingest.sources.tls import ServerTls
 from ingest.sources.tokens import ENV_PRODUCER, Credential, SecretsFile, Tokens, read_tokens
 
 log = logging.getLogger(__name__)
@@ -237,7 +238,10 @@ class WebsocketServerSource:
 
     With a tokens file, the tokens in use change while the source runs (the file changed, or
     :meth:`reload`); every open connection whose token is no longer in use is then closed
-    with 1008 and reported to ``on_revoked``: a revoked producer keeps nothing."""
+    with 1008 and reported to ``on_revoked``: a revoked producer keeps nothing.
+
+    With ``tls``, producers connect with ``wss://``: the TLS handshake shares websockets'
+    ``open_timeout`` (10 s), and the certificate served is ``tls``'s current one."""
 
     def __init__(
         self,
@@ -254,9 +258,11 @@ class WebsocketServerSource:
         on_refused: Callable[[str], None] = lambda scope: None,
         on_rate_limited: Callable[[str], None] = lambda scope: None,
         clock: Callable[[], float] = time.monotonic,
+        tls: ServerTls | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
+        self.tls = tls
         self.host, self.port = split_address(settings.listen)
         self.path = settings.path
         self.tokens = settings.credentials()
@@ -373,6 +379,7 @@ class WebsocketServerSource:
             ping_interval=self.settings.ping_interval,
             ping_timeout=self.settings.ping_timeout,
             close_timeout=self.settings.close_timeout,
+            ssl=self.tls.context if self.tls is not None else None,
         )
         self.port = self.server.sockets[0].getsockname()[1] if self.port == 0 else self.port
 

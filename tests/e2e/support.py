@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import urllib.request
@@ -239,9 +240,18 @@ def feed_ingester(
 class IngesterProcess:
     """``livestream-ingester run`` as a user runs it, in a subprocess."""
 
-    def __init__(self, config: Path, http_port: int, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        http_port: int,
+        env: dict[str, str] | None = None,
+        *,
+        scraper: Scraper | None = None,
+    ) -> None:
+        """``scraper``: how to reach ``/metrics`` (its TLS and credentials), if not plain."""
         self.config = config
         self.http_port = http_port
+        self.scraper = scraper or Scraper()
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
         self.log = config.with_suffix(f".{http_port}.log")
@@ -261,7 +271,7 @@ class IngesterProcess:
         if self.process.poll() is not None:
             raise AssertionError(f"ingester exited early:\n{self.log.read_text()}")
         try:
-            return bool(scrape(self.http_port))
+            return bool(self.scraper.scrape(self.http_port))
         except OSError:
             return False
 
@@ -287,15 +297,38 @@ class IngesterProcess:
             self.process.wait(10 * UNIT)
 
 
+@dataclasses.dataclass(frozen=True)
+class Scraper:
+    """How a test reaches an ingester's HTTP endpoint: plain, or HTTPS trusting ``tls`` and
+    sending ``authorization``."""
+
+    tls: ssl.SSLContext | None = None
+    authorization: str | None = None
+
+    def text(self, port: int, path: str = "/metrics") -> str:
+        scheme = "https" if self.tls is not None else "http"
+        request = urllib.request.Request(f"{scheme}://127.0.0.1:{port}{path}")
+        if self.authorization is not None:
+            request.add_header("Authorization", self.authorization)
+        # Longer than the ingester's own wait for Redis (5 s), as Prometheus' 10 s default is.
+        with urllib.request.urlopen(request, timeout=10 * UNIT, context=self.tls) as reply:
+            return str(reply.read().decode())
+
+    def scrape(self, port: int) -> Samples:
+        return parse_samples(self.text(port))
+
+
 def scrape_text(port: int, path: str = "/metrics") -> str:
-    # Longer than the ingester's own wait for Redis (5 s), as Prometheus' 10 s default is.
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10 * UNIT) as reply:
-        return str(reply.read().decode())
+    return Scraper().text(port, path)
 
 
 def scrape(port: int) -> Samples:
+    return parse_samples(scrape_text(port))
+
+
+def parse_samples(text: str) -> Samples:
     samples: Samples = {}
-    for family in text_string_to_metric_families(scrape_text(port)):
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
     return samples

@@ -24,6 +24,7 @@ import yaml
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from tests.certs import Certificates
 from tests.e2e.support import (
     SECRET,
     SECRET_ENV,
@@ -262,7 +263,8 @@ async def test_every_dashboard_query_and_rule_against_a_real_prometheus(
     twitch = EventSubServer()
     # Besides the sale's feed, each replica has the platform sources, so that their panels
     # have series: EventSub (revocations at 0; its token refreshed, failures at 0) and a
-    # Shopify endpoint (ignored, refused).
+    # Shopify endpoint (ignored, refused) on TLS (certificate panels).
+    certificates = Certificates(tmp_path)
     replicas = [
         IngesterProcess(
             write_config(
@@ -271,7 +273,8 @@ async def test_every_dashboard_query_and_rule_against_a_real_prometheus(
                 http_port=port,
                 sources=client_source("feed", feed.url(f"replica-{n}"))
                 + eventsub_source(twitch, stream, Refreshing(tmp_path / f"refresh-{n}"))
-                + webhook_source(hook, stream),
+                + webhook_source(hook, stream)
+                + f"tls = {certificates.toml()}\n",
             ),
             port,
             env={**twitch_environment(twitch), SECRET_ENV: SECRET},
@@ -292,7 +295,11 @@ async def test_every_dashboard_query_and_rule_against_a_real_prometheus(
             await until(ready, 20, "prometheus to be ready")
             with replicas[0], replicas[1]:
                 for hook in hooks:
-                    shop = Shop(f"http://127.0.0.1:{hook}/webhooks/shopify", SECRET)
+                    shop = Shop(
+                        f"https://127.0.0.1:{hook}/webhooks/shopify",
+                        SECRET,
+                        tls=certificates.client(),
+                    )
                     body = b'{"id": 1}'
                     assert await shop.deliver(http, "orders/paid", body, event_id="e1") == 200
                     forged = await shop.deliver(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import os
 import re
@@ -11,6 +12,8 @@ from typing import Any
 import pydantic
 import pytest
 
+from ingest.sources.http import Credentials
+from tests.certs import Certificates
 from workers import cli
 from workers.config import (
     DEFAULT_PLATFORMS,
@@ -748,3 +751,123 @@ def test_a_shopify_secrets_file_is_checked_with_the_secrets(tmp_path: Path) -> N
     ]
     secrets.write_text("current shpss_0123456789abcdef\nprevious shpss_fedcba9876543210\n")
     assert len(parse({"sources": [shop]}, "test.toml", {}).sources) == 1
+
+
+# --- TLS and /metrics credentials ---------------------------------------------------------------
+
+
+def tls_config(tmp_path: Path) -> tuple[dict[str, Any], Certificates]:
+    """Every listener on TLS with good files: /metrics, a websocket server, a webhook."""
+    certificates = Certificates(tmp_path)
+    good = {"cert_file": str(certificates.cert_file), "key_file": str(certificates.key_file)}
+    data = {
+        "http": {"tls": dict(good)},
+        "sources": [
+            {"name": "push", "type": "websocket-server", "token_env": "PUSH_TOKEN", "tls": good},
+            {
+                "name": "shop",
+                "type": "http-server",
+                "stream": "s",
+                "secret_env": "SHOP_SECRET",
+                "tls": {**good, "client_ca_file": str(certificates.client_ca_file)},
+            },
+        ],
+    }
+    return data, certificates
+
+
+SERVER_SECRETS = {"PUSH_TOKEN": "t" * 16, "SHOP_SECRET": "s" * 16}
+
+
+def test_tls_files_load_with_the_config(tmp_path: Path) -> None:
+    data, certificates = tls_config(tmp_path)
+    config = parse(data, "test.toml", SERVER_SECRETS)
+    assert config.http.tls is not None
+    assert (config.http.tls.min_version, config.http.tls.reload_interval_seconds) == ("1.2", 30)
+    push, shop = config.sources
+    assert isinstance(push, WebsocketServerConfig)
+    assert push.tls is not None
+    assert push.tls.client_ca_file is None
+    assert isinstance(shop, HttpServerConfig)
+    assert shop.tls is not None
+    assert shop.tls.client_ca_file == str(certificates.client_ca_file)
+
+
+def test_bad_tls_files_are_reported_with_every_location(tmp_path: Path) -> None:
+    data, certificates = tls_config(tmp_path)
+    data["http"]["tls"]["cert_file"] = str(tmp_path / "missing.crt")
+    data["http"]["tls"]["min_version"] = "1.1"
+    data["sources"][0]["tls"] = {**data["sources"][0]["tls"], "key_file": str(SHIPPED)}
+    data["sources"][1]["tls"]["client_ca_file"] = str(certificates.key_file)
+    errors = errors_of(data, SERVER_SECRETS)
+    assert [error.split(":")[0] for error in errors] == [
+        "http.tls.min_version",
+        "sources[0].tls",
+        "sources[1].tls",
+    ], errors
+    assert f"key_file: {SHIPPED}: " in errors[1]
+    assert f"client_ca_file: {certificates.client_ca_file.with_name('server.key')}" in errors[2]
+    del data["http"]["tls"]["min_version"]
+    errors = errors_of(data, SERVER_SECRETS)
+    assert errors[0].startswith("http.tls: ")
+    assert f"cert_file: {tmp_path / 'missing.crt'}: cannot read: No such file" in errors[0]
+
+
+def test_check_config_refuses_a_key_that_does_not_match(
+    clean_environment: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    certificates = Certificates(tmp_path)
+    path = tmp_path / "tls.toml"
+    path.write_text(f"[http]\ntls = {certificates.toml()}\n", encoding="utf-8")
+    assert cli.main(["check-config", "-c", str(path)]) == 0
+    certificates.break_key()
+    assert cli.main(["check-config", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"\nhttp.tls: Value error, key_file: {certificates.key_file}: " in err
+    assert "KEY_VALUES_MISMATCH" in err
+
+
+def test_metrics_credentials_are_secrets_and_go_together() -> None:
+    bearer = {"http": {"metrics_token_env": "METRICS_TOKEN"}}
+    assert errors_of(bearer, {"METRICS_TOKEN": "short"}) == [
+        "http.metrics_token_env: environment variable METRICS_TOKEN is shorter than 16 bytes"
+    ]
+    assert parse(bearer, "test.toml", {"METRICS_TOKEN": "m" * 16}).http.protect_probes is False
+    basic = {"http": {"metrics_username": "prometheus", "metrics_password_env": "METRICS_PW"}}
+    assert errors_of(basic) == [
+        "http.metrics_password_env: environment variable METRICS_PW is not set"
+    ]
+    assert parse(basic, "test.toml", {"METRICS_PW": "p" * 16}).http.metrics_username == (
+        "prometheus"
+    )
+    for http, message in [
+        ({"metrics_username": "prometheus"}, "go together"),
+        ({**basic["http"], "metrics_token_env": "METRICS_TOKEN"}, "one scheme"),
+        ({"protect_probes": True}, "protect_probes needs"),
+    ]:
+        env = {"METRICS_PW": "p" * 16, "METRICS_TOKEN": "m" * 16}
+        (error,) = errors_of({"http": http}, env)
+        assert error.startswith("http: "), error
+        assert message in error, error
+
+
+@pytest.mark.parametrize(
+    ("values", "refusal"),
+    [
+        ([], "missing"),
+        (
+            ["Basic " + base64.b64encode(b"prometheus:pw-0123456789abcdef").decode()] * 2,
+            "duplicate",
+        ),
+        (["Bearer pw-0123456789abcdef"], "scheme"),
+        (["Basic !!!"], "malformed"),
+        (["Basic " + base64.b64encode(b"no-colon").decode()], "malformed"),
+        (["Basic " + base64.b64encode(b"prometheus:pw-0123456789abcdeF").decode()], "credentials"),
+        (["Basic " + base64.b64encode(b"Prometheus:pw-0123456789abcdef").decode()], "credentials"),
+        (["basic " + base64.b64encode(b"prometheus:pw-0123456789abcdef").decode()], None),
+    ],
+)
+def test_basic_credentials(values: list[str], refusal: str | None) -> None:
+    credentials = Credentials(username="prometheus", password="pw-0123456789abcdef")
+    assert credentials.refusal(values) == refusal
+    assert credentials.challenge() == 'Basic realm="livestream-ingester", charset="UTF-8"'

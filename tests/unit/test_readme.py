@@ -141,6 +141,9 @@ def test_metric_tables_match_the_exposition() -> None:
     health.rejections.labels("src", "oversize").inc()
     health.lag.labels("src").observe(0.1)
     health.commit_errors.labels("ConnectionError").inc()
+    health.tls_expiry.labels("http").set(1.0)
+    health.tls_loads.labels("http").inc()
+    health.tls_reload_failures.labels("http")
     text = exposition(health, [totals]).decode()
     exposed = set()
     for family in text_string_to_metric_families(text):

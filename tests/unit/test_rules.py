@@ -58,6 +58,36 @@ def test_prometheus_config_passes_promtool_check() -> None:
     assert [(PROMETHEUS_CONFIG.parent / f).resolve() for f in config["rule_files"]] == [RULES]
 
 
+def tls_scrape_example(basic: bool) -> str:
+    """The commented HTTPS job of prometheus.yml, as its own job (bearer, or basic instead)."""
+    text = PROMETHEUS_CONFIG.read_text(encoding="utf-8")
+    block = text.split("# tls-example-begin\n", 1)[1].split("    # tls-example-end", 1)[0]
+    lines = [line.removeprefix("    # ") for line in block.splitlines()]
+    if basic:
+        start = next(i for i, line in enumerate(lines) if line.startswith("authorization:"))
+        lines = lines[:start] + [line.removeprefix("# ") for line in lines[start + 4 :]]
+    return "\n".join("    " + line for line in lines)
+
+
+@pytest.mark.parametrize("basic", [False, True], ids=["bearer", "basic"])
+def test_the_https_scrape_example_passes_promtool(tmp_path: Path, basic: bool) -> None:
+    example = tls_scrape_example(basic)
+    assert bool(re.search(r"^    basic_auth:$", example, re.M)) == basic
+    assert bool(re.search(r"^    authorization:", example, re.M)) != basic
+    for name in ("ca.crt", "metrics-token", "metrics-password"):
+        (tmp_path / name).write_text("x\n", encoding="utf-8")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "scrape_configs:\n  - job_name: livestream-ingester\n"
+        "    static_configs:\n      - targets: [ingester-1:9464]\n"
+        + example.replace("/etc/prometheus/livestream/", f"{tmp_path}/")
+        + "\n",
+        encoding="utf-8",
+    )
+    result = promtool("check", "config", config)
+    assert result.returncode == 0, result.stdout + result.stderr + config.read_text()
+
+
 def test_rule_unit_tests_pass() -> None:
     assert RULE_TESTS, "no promtool test files"
     result = promtool("test", "rules", *RULE_TESTS)
