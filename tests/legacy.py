@@ -12,6 +12,7 @@ from pathlib import Path
 
 import msgspec
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from ingest.model import Comment, Event, Order, Viewers
 from workers import keys
@@ -41,14 +42,28 @@ def _record(event: Event) -> tuple[object, ...]:
     return record
 
 
-async def old_commit(redis: Redis, stream: str, events: Sequence[Event]) -> str:
-    """Commit ``events`` of one stream as an older version did (Redis' clock); the outcome
-    codes ("1" counted, "0" duplicate)."""
+async def old_commit(
+    redis: Redis | RedisCluster, stream: str, events: Sequence[Event], now: int | None = None
+) -> str:
+    """Commit ``events`` of one stream as an older version did; the outcome codes ("1" counted,
+    "0" duplicate). On a single Redis with Redis' clock, admitting the stream in the registry;
+    on a cluster (``now`` given) with every key declared, as it ran there (the registry is
+    another slot's: the caller writes it)."""
     k = StreamKeys(stream)
+    lookback = keys.lookback_generations(RETENTION)
     script_keys = [k.totals, k.legacy_orders_prefix, k.skus, k.viewers, k.commenters]
-    script_keys += [k.buyers, k.seen_prefix, keys.STREAMS]
-    args: list[object] = ["", keys.GENERATION_SECONDS, keys.lookback_generations(RETENTION)]
-    args += [0, 200, keys.TOTAL_LIMIT]
-    args += [msgspec.msgpack.encode([_record(e) for e in events]), stream, 1000, RETENTION]
+    script_keys += [k.buyers, k.seen_prefix]
+    records = [_record(e) for e in events]
+    args: list[object] = ["" if now is None else now, keys.GENERATION_SECONDS, lookback]
+    args += [0 if now is None else 1, 200, keys.TOTAL_LIMIT, msgspec.msgpack.encode(records)]
+    if now is None:
+        script_keys.append(keys.STREAMS)
+        args += [stream, 1000, RETENTION]
+    else:
+        gen = now // keys.GENERATION_SECONDS
+        generations = range(gen - lookback, gen + 2)
+        shards = {fingerprint(i)[0] for e in events for i in (e.identity, *e.aliases)}
+        script_keys += [f"{k.seen_prefix}{g}:{shard}" for shard in shards for g in generations]
+        script_keys += [f"{k.legacy_orders_prefix}{g}" for g in generations]
     reply = await redis.eval(SCRIPT, len(script_keys), *script_keys, *args)  # type: ignore[arg-type]
     return reply.decode() if isinstance(reply, bytes) else str(reply)

@@ -573,3 +573,15 @@ def test_run_still_refuses_to_start_without_a_secret(
 ) -> None:
     assert cli.main(["run", "-c", str(SHIPPED)]) == 2
     assert "LIVESTREAM_PUSH_TOKEN is not set" in capsys.readouterr().err
+
+
+def test_a_source_namespace_is_its_name_unless_the_config_names_one() -> None:
+    data = minimal()
+    data["sources"].append(dict(data["sources"][0], name="copy", namespace="relay"))
+    data["dedup"] = {"legacy_orders": False}
+    config = parse(data, "test.toml", {})
+    assert [s.identity_namespace for s in config.sources] == ["relay", "relay"]
+    assert (config.dedup.legacy_identities, config.dedup.legacy_orders) == (True, False)
+    bad = minimal()
+    bad["sources"][0]["namespace"] = "shopify\x1e"
+    assert [e.split(":")[0] for e in errors_of(bad)] == ["sources[0].namespace"]
