@@ -158,18 +158,26 @@ def _records(
                     [(item.sku, str(item.grams)) for item in event.items],
                 )
         if event.aliases or legacy is not NO_LEGACY:
-            aliases = [_pair(ident + alias) for alias in event.aliases]
-            record = (*record, aliases)
-            if legacy is not NO_LEGACY:
-                older = _legacy_part(event, not ident, legacy)
-                record = (*record, older)
-                aliases = aliases + older[0]
-            if shards is not None:
-                shards.update(pair[0] for pair in aliases)
+            record += _extras(event, ident, legacy, shards)
         if shards is not None:
             shards.add(shard)
         append(record)
     return records
+
+
+def _extras(event: Event, ident: str, legacy: Legacy, shards: set[int] | None) -> Record:
+    """A record's tail: the event's aliases in its namespace (``ident`` precedes them), then in
+    the upgrade window what older versions wrote; their shards go to ``shards``."""
+    aliases = [_pair(ident + alias) for alias in event.aliases]
+    if legacy is NO_LEGACY:
+        tail: Record = (aliases,)
+    else:
+        older = _legacy_part(event, not ident, legacy)
+        tail = (aliases, older)
+        aliases = aliases + older[0]
+    if shards is not None:
+        shards.update(pair[0] for pair in aliases)
+    return tail
 
 
 _Batch = tuple[list[Event], list[str]]
