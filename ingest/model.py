@@ -122,10 +122,11 @@ class Viewers(msgspec.Struct, frozen=True, gc=False):
 
 
 Event = Comment | Order | Viewers
-"""Every event has an ``identity``, its dedup key within its stream. Formats whose platform names
-one event by more than one id (a delivery id and an event id, say) also give ``aliases``: full
-identities in a namespace of their own. An event is a duplicate if any of its identities was
-seen; an event that counts marks them all."""
+"""Every event has an ``identity``, its dedup key within its stream and the identity namespace of
+the source that read it (the committer adds that: an event cannot name it). Formats whose
+platform names one event by more than one id (a delivery id and an event id, say) also give
+``aliases``: full identities in a namespace of their own. An event is a duplicate if any of its
+identities was seen; an event that counts marks them all."""
 
 
 RAW_BYTES: Final = 8192

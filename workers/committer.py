@@ -7,6 +7,9 @@ workers each take a batch of whole frames and commit it in one Redis round trip.
 commits at once when nothing else is in flight (low latency at low rates); otherwise it waits up
 to ``max_delay`` for a fuller batch. A failed commit is retried with
 backoff until it succeeds — the commit is idempotent — while the buffer fills and sources wait.
+
+Each frame is committed in the identity namespace of the source that submitted it (its name,
+unless ``namespaces`` maps it to a shared one): the source, never the frame, decides it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import collections
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import msgspec
 import structlog
@@ -79,8 +82,11 @@ class Committer:
         log_interval: float = 10.0,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        namespaces: Mapping[str, str] | None = None,
     ) -> None:
         self.store = store
+        self.namespaces = dict(namespaces or {})
+        """Source name -> identity namespace; a source not named here has its own name."""
         self.health = health
         self.settings = settings
         self.clock = clock
@@ -189,16 +195,21 @@ class Committer:
     async def _commit(self, batch: list[_Frame]) -> None:
         events: list[Event] = []
         sources: list[str] = []
+        spaces: list[str] = []
         dead: list[DeadLetter] = []
+        namespaces = self.namespaces
         for frame in batch:
+            source = frame.source
+            namespace = namespaces.get(source, source)
             for item in frame.items:
                 if isinstance(item, Rejection):
-                    dead.append(DeadLetter(frame.source, item))
+                    dead.append(DeadLetter(source, item))
                 else:
                     events.append(item)
-                    sources.append(frame.source)
+                    sources.append(source)
+                    spaces.append(namespace)
         try:
-            outcomes = await self._commit_with_retry(events, dead)
+            outcomes = await self._commit_with_retry(events, dead, spaces)
             refused = self._refused(events, sources, outcomes)
             if refused:  # rare: a total at its limit, or too many streams
                 await self._commit_with_retry([], refused)
@@ -239,13 +250,13 @@ class Committer:
         return letters
 
     async def _commit_with_retry(
-        self, events: list[Event], dead: list[DeadLetter]
+        self, events: list[Event], dead: list[DeadLetter], namespaces: list[str] | None = None
     ) -> list[Outcome]:
         backoff = Backoff(0.05, 5.0)
         while True:
             started = self.monotonic()
             try:
-                outcomes = await self.store.commit(events, dead)
+                outcomes = await self.store.commit(events, dead, namespaces)
             except (RedisError, RedisClusterException, OSError) as exc:
                 self.health.redis_up.set(0)
                 self.health.commit_errors.labels(type(exc).__name__).inc()

@@ -39,6 +39,7 @@ from ingest.sources.websocket import (
     WebsocketClientSettings,
     WebsocketServerSettings,
 )
+from workers.store import Legacy
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -267,6 +268,16 @@ class HttpConfig(ListenerLimits):
 
 class DedupConfig(_Model):
     retention_hours: int = Field(48, ge=1, le=24 * 90)
+    legacy_identities: bool = True
+    """In the upgrade window, an event is also a duplicate if it was seen under its identity
+    without namespace (as versions before namespaces wrote it)."""
+    legacy_orders: bool = True
+    """In the upgrade window, orders created before the upgrade can be cancelled (by any source:
+    their state has no namespace). False closes that at once; their cancellations then wait for
+    an order that never comes again."""
+
+    def legacy(self) -> Legacy:
+        return Legacy(identities=self.legacy_identities, orders=self.legacy_orders)
 
 
 class BatchConfig(_Model):
@@ -295,15 +306,24 @@ class LogConfig(_Model):
 
 PATH_PATTERN = r"^/[A-Za-z0-9/_.-]*$"
 SHOP_DOMAIN_PATTERN = r"^[a-z0-9][a-z0-9-]{0,99}\.myshopify\.com$"
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_.:-]{0,63}$"
 StreamName = Annotated[str, Field(pattern=STREAM_PATTERN)]
 
 
 class _SourceBase(_Model):
-    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.:-]{0,63}$")]
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    namespace: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None
+    """Identity namespace: dedup identities and order state are kept per namespace, so a
+    source can neither claim nor cancel another's. Default: the source's name. Sources that
+    are redundant copies of one feed share one to dedup each other."""
     stream: StreamName | None = None
     streams: tuple[StreamName, ...] | None = None
     max_frame_bytes: int = _default(FormatOptions, "max_frame_bytes", ge=64, le=64 * 1024 * 1024)
     max_events_per_frame: int = _default(FormatOptions, "max_events_per_frame", ge=1, le=100_000)
+
+    @property
+    def identity_namespace(self) -> str:
+        return self.namespace or self.name
 
     @model_validator(mode="after")
     def _default_allowed(self) -> _SourceBase:

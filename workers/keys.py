@@ -6,10 +6,13 @@ slot and one script can update all of it atomically. Keys of a stream ``s``::
     li:{s}:totals          hash    exact counters, "<metric>|<label>|<label>" -> integer; no TTL
     li:{s}:seen:<gen>:<n>  set     dedup fingerprints, int64 members (Redis intset, 8 B each);
                                    expire once no lookback can reach their generation
-    li:{s}:orders:<gen>    hash    order id -> "platform|country|grams" until cancelled, or "C" for
-                                   a cancellation that came first; expire with the seen sets of
-                                   their generation, so order state lives exactly as long as
-                                   the dedup memory of the order
+    li:{s}:orderstate:<gen>  hash  "<namespace>\x1e<order id>" -> "platform|country|grams" until
+                                   cancelled, or "C" for a cancellation that came first; expire
+                                   with the seen sets of their generation, so order state lives
+                                   exactly as long as the dedup memory of the order
+    li:{s}:orders:<gen>    hash    the same, keyed by order id alone, as versions before
+                                   namespaces wrote it: only read (and settled) within the
+                                   upgrade window, never written; expires as it always did
     li:{s}:skus            set     SKUs that have their own label (at most ``sku_limit``); no TTL
     li:{s}:viewers         hash    platform -> latest count, "platform|ts" -> its event time (ms)
     li:{s}:commenters      HLL     unique commenters
@@ -17,13 +20,26 @@ slot and one script can update all of it atomically. Keys of a stream ``s``::
     li:{s}:dead            stream  rejected inputs, capped with MAXLEN ~; only for a stream the
                                    registry has admitted
 
-and outside any stream: ``li:streams`` and ``li:dead``::
+and outside any stream: ``li:streams``, ``li:dead`` and ``li:legacy-until``::
 
     li:streams             zset    the stream registry: stream -> last commit (epoch seconds);
                                    at most ``max_streams`` members active within the retention;
                                    idle longer leave it (and the scrape); no TTL
     li:dead                stream  rejections whose stream is unknown or not admitted (their
                                    "stream" field names it), capped with MAXLEN ~
+    li:legacy-until        string  end of the upgrade window (epoch seconds), set once by the
+                                   first start of a version with namespaces: until then commits
+                                   also look up what older versions wrote (0: nothing to look
+                                   up, a Redis no older version used); no TTL, one small key
+
+Identity namespaces. A source's events are deduplicated and their orders kept under its
+namespace (its name unless the config names a shared one): an event's dedup identity is
+``"<namespace>\x1e<identity>"`` and its order state field ``"<namespace>\x1e<order id>"``, so one
+source can neither claim another's ids nor find (or pre-cancel) its orders. A namespace never
+contains a control character and an older identity ("c\x1f...", "shopify-event\x1f...") has
+"\x1f" before any "\x1e", so no namespaced identity equals an older one. The empty namespace
+(events committed without one: tests and tools, never a configured source) keeps the bare
+identity, as older versions wrote it.
 
 A retired stream's own keys stay: its seen sets and order state expire on their own, its totals,
 SKU labels, viewers, unique counts and dead letters remain until deleted by hand; if the stream
@@ -41,6 +57,14 @@ STREAMS: Final = f"{PREFIX}:streams"
 """Sorted set, stream -> last commit (seconds). Version 1 kept a plain set here: see
 MIGRATE_SCRIPT."""
 UNROUTED_DEAD: Final = f"{PREFIX}:dead"
+LEGACY_UNTIL: Final = f"{PREFIX}:legacy-until"
+"""End of the upgrade window (epoch seconds): see the module docstring."""
+
+NAMESPACE_END: Final = "\x1e"
+"""Ends the namespace in a namespaced identity or order field. Namespaces are source names
+(``[a-z0-9][a-z0-9_.:-]*``): they never contain it."""
+DEFAULT_NAMESPACE: Final = ""
+"""Events committed without a namespace keep their bare identity (no configured source has it)."""
 
 DEDUP_SHARDS: Final = 4096
 """Fingerprint sets per generation. Fixed: changing it would forget every remembered id. With
@@ -70,7 +94,12 @@ class StreamKeys:
 
     @property
     def orders_prefix(self) -> str:
-        """Not a key: the script appends "<gen>"."""
+        """Not a key: the script appends "<gen>". Fields "<namespace>\x1e<order id>"."""
+        return f"{self.tag}:orderstate:"
+
+    @property
+    def legacy_orders_prefix(self) -> str:
+        """Not a key: order state as versions before namespaces wrote it, by order id alone."""
         return f"{self.tag}:orders:"
 
     @property
@@ -107,6 +136,7 @@ class StreamKeys:
             self.commenters,
             self.buyers,
             self.seen_prefix,
+            self.legacy_orders_prefix,
         ]
 
 
@@ -120,6 +150,12 @@ def fingerprint(identity: str) -> tuple[int, int]:
     digest = hashlib.blake2b(identity.encode(TEXT_ENCODING), digest_size=10).digest()
     shard = int.from_bytes(digest[:2], "big") % DEDUP_SHARDS
     return shard, int.from_bytes(digest[2:], "big", signed=True)
+
+
+def namespace_prefixes(namespace: str) -> tuple[str, str]:
+    """What precedes an identity, and an order id, in ``namespace``."""
+    field = f"{namespace}{NAMESPACE_END}"
+    return (field if namespace else ""), field
 
 
 def lookback_generations(retention_seconds: int) -> int:
@@ -153,8 +189,9 @@ so HINCRBY never overflows."""
 # access to a key that is not local, e.g. mid-migration: that refusal can only come in phase 1.)
 #
 # KEYS: the stream's keys (StreamKeys.script_keys(), then, on a cluster, every seen set and order
-# state key it may touch), and on a single Redis last the registry li:streams: then the script
-# also admits the stream, atomically with the commit (ARGV 8-10).
+# state key it may touch, the legacy ones in the upgrade window too), and on a single Redis last
+# the registry li:streams: then the script also admits the stream, atomically with the commit
+# (ARGV 8-10).
 #
 # ARGV: now (seconds; "" = Redis TIME), generation span, lookback generations, generations
 # ahead (1 on a cluster, where the clock is the ingesters': a replica whose clock runs ahead may
@@ -166,8 +203,15 @@ so HINCRBY never overflows."""
 #   ["o", shard, member, order, platform, country, region, buyer, currency, minor, grams,
 #    [[sku, grams], ...]]                                     order created
 #   ["x", shard, member, order]                               order cancelled
-# A record may end with one more element, the event's aliases: [[shard, member], ...]. An event
-# is a duplicate if any of its identities was seen; an event that counts marks them all.
+# where shard and member are the fingerprint of the event's namespaced identity, and order its
+# namespaced order state field ("<namespace>\x1e<order id>").
+# A record may end with one more element, the event's aliases: [[shard, member], ...] (maybe
+# empty), and within the upgrade window with another, what older versions wrote:
+# [[[shard, member], ...], order id or ""]: the fingerprints of the event's identities without
+# namespace, only looked up (never marked), and the order id whose state without namespace
+# (li:{s}:orders:<gen>) is looked up if none is found in the namespace, and settled if found.
+# An event is a duplicate if any of its identities was seen; an event that counts marks them
+# all.
 # Members, money and grams are decimal strings, passed to HINCRBY as they are: exact whatever
 # their size (a Lua number is a double); the checks against the total limit add and compare them
 # exactly, as two limbs of base 1e9.
@@ -179,7 +223,7 @@ so HINCRBY never overflows."""
 # overflow), "s" refused (the stream is not admitted: max_streams).
 COMMIT_SCRIPT: Final = """
 local totals, orders, skus, viewers = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local commenters, buyers, seen = KEYS[5], KEYS[6], KEYS[7]
+local commenters, buyers, seen, legacy_orders = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local now = tonumber(ARGV[1])
 if not now then now = tonumber(redis.call('TIME')[1]) end
 local span, lookback, ahead = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -216,6 +260,11 @@ local function already_seen(r)
   if seen_one(r[2], r[3]) then return true end
   if r.aliases then
     for _, a in ipairs(r.aliases) do
+      if seen_one(a[1], a[2]) then return true end
+    end
+  end
+  if r.legacy then  -- seen by an older version, before namespaces
+    for _, a in ipairs(r.legacy[1]) do
       if seen_one(a[1], a[2]) then return true end
     end
   end
@@ -296,27 +345,39 @@ local function fits(increments)
   return true
 end
 
--- Order state as this batch leaves it: id -> {state, where}, read from Redis once.
+-- Order state as this batch leaves it, read from Redis once: {state, where, field}, by
+-- "n" .. namespaced field, or "l" .. order id for the state an older version wrote.
 local order_view = {}
-local function order_state(id)
-  local view = order_view[id]
+local function lookup(prefix, field, tag)
+  local key = tag .. field
+  local view = order_view[key]
   if view then return view end
   view = {}
   for g = gen + ahead, gen - lookback, -1 do
-    local state = redis.call('HGET', orders .. g, id)
+    local state = redis.call('HGET', prefix .. g, field)
     if state then
-      view = {state = state, where = orders .. g}
+      view = {state = state, where = prefix .. g, field = field, key = key}
       break
     end
   end
-  order_view[id] = view
+  order_view[key] = view
   return view
+end
+local function order_state(r)
+  local view = lookup(orders, r[4], 'n')
+  if view.state or not r.legacy or r.legacy[2] == '' then return view end
+  return lookup(legacy_orders, r.legacy[2], 'l')
+end
+-- Settle an order's state (phase 2 deletes it from where it was found).
+local function settle(r, view)
+  r.settle, r.field = view.where, view.field
+  order_view[view.key] = {}
 end
 
 for _, r in ipairs(cmsgpack.unpack(ARGV[7])) do
   local tag = r[1]
   if not arity[tag] then return redis.error_reply('unknown record tag ' .. tostring(tag)) end
-  r.aliases = r[arity[tag] + 1]
+  r.aliases, r.legacy = r[arity[tag] + 1], r[arity[tag] + 2]
   local state = already_seen(r) and '0' or '1'
   if tag == 'o' and state == '1' then
     local pc = r[5] .. '|' .. r[6]
@@ -334,22 +395,22 @@ for _, r in ipairs(cmsgpack.unpack(ARGV[7])) do
       state = '2'
     else
       take(claims)
-      local view = order_state(r[4])
+      local view = order_state(r)
       if view.state == 'C' then  -- its cancellation came first: count both now
-        r.settle = view.where
-        order_view[r[4]] = {}
+        settle(r, view)
       else
-        order_view[r[4]] = {state = pc .. '|' .. r[11], where = orders .. gen}
+        order_view['n' .. r[4]] = {state = pc .. '|' .. r[11], where = orders .. gen,
+          field = r[4], key = 'n' .. r[4]}
       end
     end
   elseif tag == 'x' and state == '1' then
-    local view = order_state(r[4])
+    local view = order_state(r)
     if view.state and view.state ~= 'C' then
       r.platform, r.country, r.grams = string.match(view.state, '^([^|]*)|([^|]*)|(%d+)$')
-      r.settle = view.where
-      order_view[r[4]] = {}
+      settle(r, view)
     else  -- before its order: remember it until the order arrives
-      order_view[r[4]] = {state = 'C', where = orders .. gen}
+      order_view['n' .. r[4]] = {state = 'C', where = orders .. gen, field = r[4],
+        key = 'n' .. r[4]}
     end
   end
   outcome[#outcome + 1] = state
@@ -415,7 +476,7 @@ for _, r in ipairs(records) do
     end
     if r.settle then
       count_cancel(platform, country, grams)
-      redis.call('HDEL', r.settle, id)
+      redis.call('HDEL', r.settle, r.field)
     else
       redis.call('HSET', orders .. gen, id, pc .. '|' .. grams)
       expire_once(orders .. gen)
@@ -423,7 +484,7 @@ for _, r in ipairs(records) do
   elseif tag == 'x' then
     if r.settle then
       count_cancel(r.platform, r.country, r.grams)
-      redis.call('HDEL', r.settle, r[4])
+      redis.call('HDEL', r.settle, r.field)
     else
       redis.call('HSET', orders .. gen, r[4], 'C')
       expire_once(orders .. gen)

@@ -626,13 +626,14 @@ class Ingester:
         self.refused: UnsafeEvictionPolicy | None = None
         """Set when the Redis eviction policy made a refusing ingester stop (exit status 2)."""
         settings = store_settings(config, now_override)
-        self.store = Store(self.redis, settings)
+        self.store = Store(self.redis, settings, legacy=config.dedup.legacy())
         self._scrape_path(settings)
         self.committer = Committer(
             self.store,
             self.metrics,
             batch_settings(config.batch),
             log_interval=config.log.rejection_interval_seconds,
+            namespaces={source.name: source.identity_namespace for source in config.sources},
         )
         self.health = SourceHealth(self.metrics, log_interval=config.log.rejection_interval_seconds)
         self.tls: dict[str, ServerTls] = {}

@@ -52,6 +52,22 @@ class StoreSettings:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Legacy:
+    """What a commit also looks up as versions before namespaces wrote it."""
+
+    identities: bool = False
+    """An event is also a duplicate if its identity without namespace was seen."""
+    orders: bool = False
+    """An order's state is also looked up by its id without namespace, so any namespace may
+    settle an order created before the upgrade."""
+
+
+NO_LEGACY = Legacy()
+UPGRADE_WINDOW = Legacy(identities=True, orders=True)
+"""What commits look up in the upgrade window by default (``[dedup] legacy_*``)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class DeadLetter:
     source: str
     rejection: Rejection
@@ -83,26 +99,55 @@ class StreamTotals:
 _pack = msgspec.msgpack.Encoder().encode
 
 
-def _records(events: Sequence[Event]) -> bytes:
-    """The commit script's records (see ``keys.COMMIT_SCRIPT``), as one MessagePack blob."""
-    records: list[tuple[object, ...]] = []
+Record = tuple[object, ...]
+
+
+def _pair(identity: str) -> tuple[int, str]:
+    shard, member = fingerprint(identity)
+    return shard, str(member)
+
+
+def _legacy_part(event: Event, bare: bool, legacy: Legacy) -> tuple[list[tuple[int, str]], str]:
+    """What older versions wrote for ``event``: its identities' fingerprints without namespace
+    (none if its own are ``bare`` already), and its order id."""
+    pairs = []
+    if legacy.identities and not bare:
+        pairs = [_pair(event.identity), *(_pair(alias) for alias in event.aliases)]
+    return pairs, event.id if legacy.orders and isinstance(event, Order) else ""
+
+
+def _records(
+    events: Sequence[Event],
+    namespaces: Sequence[str],
+    legacy: Legacy = NO_LEGACY,
+    shards: set[int] | None = None,
+) -> list[Record]:
+    """The commit script's records (see ``keys.COMMIT_SCRIPT``): each event's identities in its
+    namespace (``namespaces[i]`` is that of ``events[i]``). ``shards`` collects every dedup shard
+    they name (a cluster declares their sets)."""
+    records: list[Record] = []
     append = records.append
-    for event in events:
-        shard, member = fingerprint(event.identity)
-        record: tuple[object, ...]
+    prefixes: dict[str, tuple[str, str]] = {}
+    for event, namespace in zip(events, namespaces, strict=True):
+        prefix = prefixes.get(namespace)
+        if prefix is None:
+            prefix = prefixes[namespace] = keys.namespace_prefixes(namespace)
+        ident, field = prefix
+        shard, member = fingerprint(ident + event.identity)
+        record: Record
         match event:
             case Comment():
                 record = ("c", shard, str(member), event.platform, event.user or "")
             case Viewers():
                 record = ("v", shard, str(member), event.platform, event.count, event.ts_ms)
             case Order(cancelled=True):
-                record = ("x", shard, str(member), event.id)
+                record = ("x", shard, str(member), field + event.id)
             case Order():
                 record = (
                     "o",
                     shard,
                     str(member),
-                    event.id,
+                    field + event.id,
                     event.platform,
                     event.country,
                     event.region,
@@ -112,11 +157,40 @@ def _records(events: Sequence[Event]) -> bytes:
                     str(event.grams),
                     [(item.sku, str(item.grams)) for item in event.items],
                 )
-        if event.aliases:
-            aliases = [fingerprint(alias) for alias in event.aliases]
-            record = (*record, [(s, str(m)) for s, m in aliases])
+        if event.aliases or legacy is not NO_LEGACY:
+            record += _extras(event, ident, legacy, shards)
+        if shards is not None:
+            shards.add(shard)
         append(record)
-    return _pack(records)
+    return records
+
+
+def _extras(event: Event, ident: str, legacy: Legacy, shards: set[int] | None) -> Record:
+    """A record's tail: the event's aliases in its namespace (``ident`` precedes them), then in
+    the upgrade window what older versions wrote; their shards go to ``shards``."""
+    aliases = [_pair(ident + alias) for alias in event.aliases]
+    if legacy is NO_LEGACY:
+        tail: Record = (aliases,)
+    else:
+        older = _legacy_part(event, not ident, legacy)
+        tail = (aliases, older)
+        aliases = aliases + older[0]
+    if shards is not None:
+        shards.update(pair[0] for pair in aliases)
+    return tail
+
+
+_Batch = tuple[list[Event], list[str]]
+"""One stream's events and their namespaces."""
+
+
+def _batches(
+    events: Sequence[Event], namespaces: Sequence[str], by_stream: dict[str, list[int]]
+) -> dict[str, _Batch]:
+    return {
+        stream: ([events[i] for i in indexes], [namespaces[i] for i in indexes])
+        for stream, indexes in by_stream.items()
+    }
 
 
 CLUSTER_CALLS = 32
@@ -152,6 +226,7 @@ class Store:
         redis: Redis | RedisCluster,
         settings: StoreSettings,
         clock: Callable[[], float] = time.time,
+        legacy: Legacy = UPGRADE_WINDOW,
     ) -> None:
         self.redis = redis
         self.settings = settings
@@ -174,6 +249,10 @@ class Store:
         self._admission = [settings.max_streams, settings.retention_seconds]
         self._admitted: dict[str, int] = {}
         """Cluster: stream -> when this process last had it admitted (seconds)."""
+        self._legacy_until: int | None = None
+        """End of the upgrade window (``keys.LEGACY_UNTIL``), read at the first commit."""
+        self._legacy = NO_LEGACY if legacy == NO_LEGACY else legacy
+        """What commits look up in the upgrade window."""
 
     def _now(self) -> int | None:
         if self.settings.now_override is not None:
@@ -184,34 +263,73 @@ class Store:
         gen = now // keys.GENERATION_SECONDS
         return range(gen - self._lookback, gen + self._ahead + 1)
 
-    def _declared(self, stream: str, events: Sequence[Event], now: int) -> list[str]:
-        """Every key the script may touch for these events (cluster mode)."""
+    def _wall(self) -> int:
+        """Seconds since the epoch by this process's clock (the test override if set)."""
+        if self.settings.now_override is not None:
+            return self.settings.now_override
+        return int(self.clock())
+
+    async def _window(self) -> Legacy:
+        """What commits look up as older versions wrote it: nothing once the upgrade window
+        has ended (or on a Redis no older version used)."""
+        if self._legacy_until is None:
+            self._legacy_until = await self._open_window()
+        if self._legacy is NO_LEGACY or self._wall() >= self._legacy_until:
+            return NO_LEGACY
+        return self._legacy
+
+    async def _open_window(self) -> int:
+        """Read the end of the upgrade window; the first start of this version on a Redis sets
+        it: when every key an older version could have written has expired (the end of the
+        generations a lookup reads now), or 0 if no older version used this Redis (no
+        registry: a new version writes the window before its first commit)."""
+        now = self._wall()
+        end = 0
+        if await self.redis.exists(keys.STREAMS):
+            gen = now // keys.GENERATION_SECONDS
+            end = (gen + self._ahead + self._lookback + 1) * keys.GENERATION_SECONDS
+        await self.redis.set(keys.LEGACY_UNTIL, end, nx=True)
+        return int(await self.redis.get(keys.LEGACY_UNTIL) or end)
+
+    def _declared(
+        self, stream: str, shards: set[int], orders: bool, legacy: Legacy, now: int
+    ) -> list[str]:
+        """Every key the script may touch for a batch (cluster mode): the seen sets of
+        ``shards``, and with ``orders`` the order state (and, in the window, an older
+        version's)."""
         k = StreamKeys(stream)
         generations = self._generations(now)
-        shards = {
-            fingerprint(identity)[0]
-            for event in events
-            for identity in (event.identity, *event.aliases)
-        }
         declared = k.script_keys()
         declared += [f"{k.seen_prefix}{g}:{shard}" for shard in shards for g in generations]
-        if any(isinstance(event, Order) for event in events):
+        if orders:
             declared += [f"{k.orders_prefix}{g}" for g in generations]
+            if legacy.orders:
+                declared += [f"{k.legacy_orders_prefix}{g}" for g in generations]
         return declared
 
     async def commit(
-        self, events: Sequence[Event], dead: Sequence[DeadLetter] = ()
+        self,
+        events: Sequence[Event],
+        dead: Sequence[DeadLetter] = (),
+        namespaces: Sequence[str] | None = None,
     ) -> list[Outcome]:
         """Dedup and count ``events``, file ``dead`` letters; each event's outcome.
+
+        ``namespaces[i]`` is the identity namespace of ``events[i]`` (its source's): identities
+        and order state of one namespace are apart from another's. Without it every event is in
+        ``keys.DEFAULT_NAMESPACE``.
 
         One script call per stream, each atomic on its own; on a single Redis all in one
         pipeline round trip (on a cluster, one more to the registry when a stream is new to this
         process, or was admitted more than ``ADMISSION_SECONDS`` ago).
         """
         await self._ensure_registry()
+        legacy = await self._window()
         by_stream: dict[str, list[int]] = defaultdict(list)
         for index, event in enumerate(events):
             by_stream[event.stream].append(index)
+        if namespaces is None:
+            namespaces = [keys.DEFAULT_NAMESPACE] * len(events)
         outcomes = [Outcome.STREAM_LIMIT] * len(events)
         now = self._now()
         head: list[str | int] = ["" if now is None else now, *self._tail]
@@ -220,11 +338,11 @@ class Store:
                 assert now is not None
                 for stream in await self._refused_streams(list(by_stream), now):
                     del by_stream[stream]
-                batches = {s: [events[i] for i in indexes] for s, indexes in by_stream.items()}
-                replies = await self._commit_cluster(batches, dead, head, now)
+                batches = _batches(events, namespaces, by_stream)
+                replies = await self._commit_cluster(batches, dead, head, now, legacy)
             else:
-                batches = {s: [events[i] for i in indexes] for s, indexes in by_stream.items()}
-                replies = await self._commit_single(batches, dead, head)
+                batches = _batches(events, namespaces, by_stream)
+                replies = await self._commit_single(batches, dead, head, legacy)
         except ResponseError as exc:
             if "WRONGTYPE" in str(exc):  # li:streams was recreated by an older version
                 self._registry_ready = False
@@ -236,16 +354,18 @@ class Store:
 
     async def _commit_single(
         self,
-        batches: dict[str, list[Event]],
+        batches: dict[str, _Batch],
         dead: Sequence[DeadLetter],
         head: list[str | int],
+        legacy: Legacy,
     ) -> list[Any]:
         assert isinstance(self.redis, Redis)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for stream, batch in batches.items():
+            for stream, (batch, spaces) in batches.items():
+                records = _pack(_records(batch, spaces, legacy))
                 await self._script(
                     keys=[*StreamKeys(stream).script_keys(), keys.STREAMS],
-                    args=[*head, _records(batch), stream, *self._admission],
+                    args=[*head, records, stream, *self._admission],
                     client=pipe,
                 )
             for letter in dead:  # after the commits: they may admit the letters' streams
@@ -255,10 +375,11 @@ class Store:
 
     async def _commit_cluster(
         self,
-        batches: dict[str, list[Event]],
+        batches: dict[str, _Batch],
         dead: Sequence[DeadLetter],
         head: list[str | int],
         now: int,
+        legacy: Legacy,
     ) -> list[Any]:
         if dead:
             async with self.redis.pipeline() as pipe:  # other slots than the streams' own
@@ -267,11 +388,15 @@ class Store:
                 await pipe.execute()
         calls = asyncio.Semaphore(CLUSTER_CALLS)
 
-        async def commit_one(stream: str, batch: list[Event]) -> Any:
+        async def commit_one(stream: str, batch: _Batch) -> Any:
+            events, spaces = batch
+            shards: set[int] = set()
+            records = _pack(_records(events, spaces, legacy, shards))
+            orders = any(isinstance(event, Order) for event in events)
             async with calls:
                 return await self._script(
-                    keys=self._declared(stream, batch, now),
-                    args=[*head, _records(batch)],
+                    keys=self._declared(stream, shards, orders, legacy, now),
+                    args=[*head, records],
                     client=self.redis,
                 )
 

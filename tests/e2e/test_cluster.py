@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ingest.model import Comment, Reason, Rejection
 from tests.clusters import Cluster, slot, streams_on_every_node
+from tests.component.test_store import cancel, order
 from tests.e2e.support import ReplayFeed, exact, feed_ingester
+from tests.legacy import RETENTION, old_commit
 from tests.waiting import UNIT, until
 from workers import keys
 from workers.demo.sale import Sale, frames, lychee_sale
@@ -169,5 +173,44 @@ async def test_the_registry_migrates_and_retires_idle_streams_on_a_cluster(
         assert await later.streams() == ["old-b"]
         assert await later.commit([event("new-c", "1")]) == [Outcome.NEW]
         assert await later.streams() == ["new-c", "old-b"]
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_namespaces_and_the_upgrade_window_on_a_cluster(cluster: Cluster) -> None:
+    """Sources apart on a cluster too, and what an older version wrote there (an order, an
+    early cancellation) is found within the upgrade window (the script declares the old keys
+    too)."""
+    stream = "ns-upgrade"
+    client = redis_client(cluster.url, socket_timeout=10 * UNIT, cluster=True)
+    try:
+        now = int(time.time())
+        before = [order(stream, "o1"), cancel(stream, "o2")]
+        assert await old_commit(client, stream, before, now=now) == "11"
+        await client.zadd(keys.STREAMS, {stream: now})  # an older version ran here
+        s = Store(client, StoreSettings(retention_seconds=RETENTION))
+        declared: list[str] = []
+        script = s._script
+
+        async def recording(**call: Any) -> Any:  # what a slot migration would need declared
+            declared.extend(call["keys"])
+            return await script(**call)
+
+        s._script = recording  # type: ignore[assignment]
+        assert await s.commit([order(stream, "o1")], namespaces=["shop"]) == [Outcome.DUPLICATE]
+        k, gen = keys.StreamKeys(stream), now // keys.GENERATION_SECONDS
+        bare_shard = keys.fingerprint(order(stream, "o1").identity)[0]
+        assert f"{k.seen_prefix}{gen}:{bare_shard}" in declared
+        assert f"{k.legacy_orders_prefix}{gen}" in declared
+        both = [cancel(stream, "o1"), cancel(stream, "o1")]
+        assert await s.commit(both, namespaces=["push", "shop"]) == [Outcome.NEW] * 2
+        assert await s.commit([order(stream, "o2")], namespaces=["shop"]) == [Outcome.NEW]
+        # Orders of this version stay in their namespace.
+        assert await s.commit([order(stream, "o5")], namespaces=["shop"]) == [Outcome.NEW]
+        assert await s.commit([cancel(stream, "o5")], namespaces=["push"]) == [Outcome.NEW]
+        (totals,) = await s.totals([stream])
+        assert totals.by("cancelled") == {("shopee", "VN"): 2}
+        assert totals.by("orders") == {("shopee", "VN"): 3}
     finally:
         await client.aclose()

@@ -871,3 +871,15 @@ def test_basic_credentials(values: list[str], refusal: str | None) -> None:
     credentials = Credentials(username="prometheus", password="pw-0123456789abcdef")
     assert credentials.refusal(values) == refusal
     assert credentials.challenge() == 'Basic realm="livestream-ingester", charset="UTF-8"'
+
+
+def test_a_source_namespace_is_its_name_unless_the_config_names_one() -> None:
+    data = minimal()
+    data["sources"].append(dict(data["sources"][0], name="copy", namespace="relay"))
+    data["dedup"] = {"legacy_orders": False}
+    config = parse(data, "test.toml", {})
+    assert [s.identity_namespace for s in config.sources] == ["relay", "relay"]
+    assert (config.dedup.legacy_identities, config.dedup.legacy_orders) == (True, False)
+    bad = minimal()
+    bad["sources"][0]["namespace"] = "shopify\x1e"
+    assert [e.split(":")[0] for e in errors_of(bad)] == ["sources[0].namespace"]

@@ -43,7 +43,7 @@ def test_native_examples_decode_without_rejection() -> None:
 
 def test_config_examples_are_valid() -> None:
     examples = blocks("toml")
-    assert len(examples) == 3
+    assert len(examples) == 4
     env = {
         "LIVESTREAM_PUSH_TOKEN": "t" * 16,
         "MQTT_PASSWORD": "p" * 16,
@@ -52,17 +52,19 @@ def test_config_examples_are_valid() -> None:
         "SHOPIFY_SECRET": "s" * 32,
     }
     sources = [
-        (source.type, source.format)
+        (source.type, source.format, source.identity_namespace)
         for example in examples
         for source in parse(tomllib.loads(example), "README", env).sources
     ]
     assert sources == [
-        ("websocket-client", "native"),
-        ("websocket-server", "native"),
-        ("mqtt", "native"),
-        ("websocket-client", "twitch-eventsub"),
-        ("http-server", "shopify"),
-        ("websocket-client", "socialstream"),
+        ("websocket-client", "native", "shop-relay"),
+        ("websocket-server", "native", "push"),
+        ("websocket-client", "native", "shop-feed"),  # two copies of one feed share a namespace
+        ("mqtt", "native", "shop-feed"),
+        ("mqtt", "native", "shop-mqtt"),
+        ("websocket-client", "twitch-eventsub", "twitch"),
+        ("http-server", "shopify", "shopify"),
+        ("websocket-client", "socialstream", "relay"),
     ]
 
 
