@@ -50,10 +50,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure(
         config.log.level, config.log.format, library_interval=config.log.rejection_interval_seconds
     )
+    from ingest.catalog import CatalogError
     from workers.runtime import Ingester, ListenError
 
     async def main(stop: asyncio.Event) -> int:
-        ingester = Ingester(config, shutdown_deadline=args.shutdown_deadline)
+        try:
+            ingester = Ingester(config, shutdown_deadline=args.shutdown_deadline)
+        except CatalogError as exc:  # changed since the config was checked
+            print(f"invalid catalog: {exc}", file=sys.stderr)
+            return 2
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, ingester.reload)
         try:
             await ingester.run(stop)
         except ListenError as exc:

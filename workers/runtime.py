@@ -26,6 +26,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 
 from ingest.adapter import FormatOptions
+from ingest.catalog import Catalog
 from ingest.native import NativeFormat
 from ingest.shopify import ShopifyFormat
 from ingest.socialstream import SocialStreamFormat
@@ -41,6 +42,7 @@ from ingest.sources.websocket import (
     WebsocketServerSource,
 )
 from ingest.twitch import CHAT_MESSAGE, REVOCATION_STATUSES, EventSubFormat, Revocation
+from workers.catalogs import Catalogs
 from workers.committer import BatchSettings, Committer
 from workers.config import (
     BatchConfig,
@@ -53,7 +55,7 @@ from workers.config import (
     split_listen,
 )
 from workers.logs import Throttle
-from workers.metrics import HealthMetrics, business_exposition
+from workers.metrics import HealthMetrics, business_exposition, catalog_exposition
 from workers.redis_policy import PolicyWatch, UnsafeEvictionPolicy
 from workers.scrape import SharedRead
 from workers.store import RawTotals, Store, StoreSettings, parse_totals
@@ -75,7 +77,16 @@ most about this much, not of the whole (shared) exposition."""
 READ_ERRORS = (RedisError, RedisClusterException, OSError)
 
 
-def _render_business(raw: RawTotals) -> bytes:
+@dataclasses.dataclass(frozen=True, slots=True)
+class CatalogView:
+    """What the catalog series of a scrape come from (taken on the loop, rendered off it)."""
+
+    catalogs: Mapping[str, Catalog]
+    targets: Mapping[str, int]
+    shares: Mapping[str, float]
+
+
+def _render_business(raw: RawTotals, view: CatalogView | None = None) -> bytes:
     """Parse and render in one go, with the cyclic garbage collector paused: the hundreds of
     thousands of short-lived objects of 10,000 streams would otherwise trigger collections
     that stop the event loop's thread too (measured: loop stalls halved, rendering 1.6x
@@ -83,7 +94,11 @@ def _render_business(raw: RawTotals) -> bytes:
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return business_exposition(parse_totals(raw))
+        totals = parse_totals(raw)
+        text = business_exposition(totals)
+        if view is not None:
+            text += catalog_exposition(view.catalogs, view.targets, view.shares, totals)
+        return text
     finally:
         if enabled:
             gc.enable()
@@ -414,8 +429,17 @@ class Ingester:
         )
         self.refused: UnsafeEvictionPolicy | None = None
         """Set when the Redis eviction policy made a refusing ingester stop (exit status 2)."""
+        self.catalogs = Catalogs(
+            config.catalog_files(),
+            on_loaded=self.metrics.catalog_loaded_now,
+            on_failed=self.metrics.catalog_failed,
+            interval=config.catalogs.reload_interval_seconds,
+        )
+        self.catalogs.load()
+        self.reload_hooks: list[Callable[[], None]] = [self.catalogs.reload]
+        """Run on SIGHUP (:meth:`reload`), in order."""
         settings = store_settings(config, now_override)
-        self.store = Store(self.redis, settings)
+        self.store = Store(self.redis, settings, weigh=self.catalogs.weigh)
         self._scrape_path(settings)
         self.committer = Committer(
             self.store,
@@ -475,6 +499,7 @@ class Ingester:
                 return
             async with self._http(), self._listening(), asyncio.TaskGroup() as group:
                 watching = group.create_task(self._watch_policy(stop), name="redis.policy")
+                catalogs = self._watch_catalogs(group)
                 committing = group.create_task(self.committer.run(), name="committer")
                 reading = [
                     group.create_task(_read(source), name=f"source[{source.name}].receive")
@@ -500,12 +525,36 @@ class Ingester:
                     log.error("stopping: flush deadline passed", unflushed=self.unflushed)
                 committing.cancel()
                 watching.cancel()
+                if catalogs is not None:
+                    catalogs.cancel()
         finally:
             await self.business.aclose()
             await self.health_text.aclose()
             await self.readiness.aclose()
             await self.scrape_redis.aclose()
             await self.redis.aclose()
+
+    def reload(self) -> None:
+        """SIGHUP: run every reload hook (a hook logs and counts its own failures)."""
+        log.info("reloading on SIGHUP", hooks=len(self.reload_hooks))
+        for hook in self.reload_hooks:
+            hook()
+
+    def _watch_catalogs(self, group: asyncio.TaskGroup) -> asyncio.Task[None] | None:
+        if not self.catalogs.files or self.config.catalogs.reload_interval_seconds == 0:
+            return None
+        return group.create_task(self.catalogs.watch(), name="catalogs.watch")
+
+    def _catalog_view(self) -> CatalogView | None:
+        streams = self.config.streams
+        if not streams:
+            return None
+        loaded = self.catalogs.loaded()
+        return CatalogView(
+            {stream: entry.catalog for stream, entry in loaded.items()},
+            {s: t.target_grams for s, t in streams.items() if t.target_grams is not None},
+            {s: t.low_stock_share for s, t in streams.items() if s in loaded},
+        )
 
     async def _watch_policy(self, stop: asyncio.Event) -> None:
         """Re-read the eviction policy periodically; a refusing ingester stops (in stages) when
@@ -580,7 +629,7 @@ class Ingester:
             self.metrics.redis_up.set(0)
             raise
         self.metrics.redis_up.set(1)
-        return await asyncio.to_thread(_render_business, raw)
+        return await asyncio.to_thread(_render_business, raw, self._catalog_view())
 
     async def _render_health(self) -> bytes:
         """The health metrics, current: scrapes share a rendering only while it runs."""

@@ -82,9 +82,36 @@ class StreamTotals:
 
 _pack = msgspec.msgpack.Encoder().encode
 
+Weigh = Callable[[str, str, int], int | None]
+"""(stream, sku, quantity) -> grams of a line item the feed gave no weight, from the stream's
+catalog; None if it does not know the SKU (or the stream has no catalog)."""
 
-def _records(events: Sequence[Event]) -> bytes:
-    """The commit script's records (see ``keys.COMMIT_SCRIPT``), as one MessagePack blob."""
+
+def _no_catalog(stream: str, sku: str, quantity: int) -> int | None:
+    return None
+
+
+def _items(order: Order, weigh: Weigh) -> tuple[str, list[tuple[str, str]]]:
+    """An order's grams and its items' (sku, grams) records; "" is an unknown weight."""
+    if all(item.grams is not None for item in order.items):
+        return str(order.grams), [(item.sku, str(item.grams)) for item in order.items]
+    total = 0
+    items = []
+    for item in order.items:
+        grams = item.grams
+        if grams is None:
+            grams = weigh(order.stream, item.sku, item.quantity)
+        if grams is None:
+            items.append((item.sku, ""))
+        else:
+            total += grams
+            items.append((item.sku, str(grams)))
+    return str(total), items
+
+
+def _records(events: Sequence[Event], weigh: Weigh = _no_catalog) -> bytes:
+    """The commit script's records (see ``keys.COMMIT_SCRIPT``), as one MessagePack blob.
+    Items without grams take ``weigh``'s, decided here, before the commit."""
     records: list[tuple[object, ...]] = []
     append = records.append
     for event in events:
@@ -98,6 +125,7 @@ def _records(events: Sequence[Event]) -> bytes:
             case Order(cancelled=True):
                 record = ("x", shard, str(member), event.id)
             case Order():
+                grams, items = _items(event, weigh)
                 record = (
                     "o",
                     shard,
@@ -109,8 +137,8 @@ def _records(events: Sequence[Event]) -> bytes:
                     event.buyer or "",
                     event.currency,
                     str(event.amount_minor),
-                    str(event.grams),
-                    [(item.sku, str(item.grams)) for item in event.items],
+                    grams,
+                    items,
                 )
         if event.aliases:
             aliases = [fingerprint(alias) for alias in event.aliases]
@@ -152,10 +180,12 @@ class Store:
         redis: Redis | RedisCluster,
         settings: StoreSettings,
         clock: Callable[[], float] = time.time,
+        weigh: Weigh = _no_catalog,
     ) -> None:
         self.redis = redis
         self.settings = settings
         self.clock = clock
+        self.weigh = weigh
         self.cluster = isinstance(redis, RedisCluster)
         self._script = redis.register_script(keys.COMMIT_SCRIPT)
         self._admit = redis.register_script(keys.ADMIT_SCRIPT)
@@ -245,7 +275,7 @@ class Store:
             for stream, batch in batches.items():
                 await self._script(
                     keys=[*StreamKeys(stream).script_keys(), keys.STREAMS],
-                    args=[*head, _records(batch), stream, *self._admission],
+                    args=[*head, _records(batch, self.weigh), stream, *self._admission],
                     client=pipe,
                 )
             for letter in dead:  # after the commits: they may admit the letters' streams
@@ -271,7 +301,7 @@ class Store:
             async with calls:
                 return await self._script(
                     keys=self._declared(stream, batch, now),
-                    args=[*head, _records(batch)],
+                    args=[*head, _records(batch, self.weigh)],
                     client=self.redis,
                 )
 

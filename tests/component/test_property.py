@@ -42,7 +42,7 @@ def events(draw: st.DrawFn) -> list[Event]:
             region=draw(st.sampled_from(["Hà Nội", "other", "unknown"])),
             currency=draw(st.sampled_from(["VND", "USD"])),
             amount_minor=draw(st.integers(0, 10**12)),
-            grams=sum(item.grams for item in items),
+            grams=sum(item.grams or 0 for item in items),
             items=items,
         )
         result.append(created)
