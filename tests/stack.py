@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from workers import keys
 from ingest.catalog import Catalog, Product
+from workers import keys
 from workers.metrics import business_families, catalog_families
 from workers.store import StreamTotals
 
