@@ -218,12 +218,7 @@ class NativeFormat(Adapter):
         amount = self.amount(minor_units, raw, stream)
         if isinstance(amount, Rejection):
             return amount
-        items = tuple(
-            LineItem(
-                item.sku.upper(), None if item.grams is None else item.qty * item.grams, item.qty
-            )
-            for item in wire.items
-        )
+        items = _items(wire.items)
         country = normalise_country(wire.country)
         region = self._region(country, wire.region) if wire.region else UNKNOWN
         return Order(
@@ -240,6 +235,14 @@ class NativeFormat(Adapter):
             grams=sum(item.grams for item in items if item.grams is not None),
             items=items,
         )
+
+
+def _items(wires: list[ItemWire]) -> tuple[LineItem, ...]:
+    """Line items; one without ``grams`` has an unknown weight (None), not 0 g."""
+    return tuple(
+        LineItem(item.sku.upper(), None if item.grams is None else item.qty * item.grams, item.qty)
+        for item in wires
+    )
 
 
 def valid_stream(name: str) -> bool:
