@@ -78,8 +78,10 @@ class Comment(msgspec.Struct, frozen=True, gc=False):
 
 class LineItem(msgspec.Struct, frozen=True, gc=False):
     sku: str
-    grams: int
-    """Weight of the line: quantity × unit grams."""
+    grams: int | None
+    """Weight of the line: quantity × unit grams; None when the feed gave none (the stream's
+    catalog may know it; else the item is counted as unweighed, never as 0 g)."""
+    quantity: int = 1
 
 
 class Order(msgspec.Struct, frozen=True, gc=False):
@@ -96,6 +98,7 @@ class Order(msgspec.Struct, frozen=True, gc=False):
     currency: str = ""
     amount_minor: int = 0
     grams: int = 0
+    """Sum of the items' known grams."""
     items: tuple[LineItem, ...] = ()
     aliases: tuple[str, ...] = ()
 

@@ -53,7 +53,17 @@ Timestamp = Annotated[dt.datetime, msgspec.Meta(tz=True, description="RFC 3339 w
 class ItemWire(msgspec.Struct, frozen=True):
     sku: Annotated[str, msgspec.Meta(pattern=SKU_PATTERN)]
     qty: Annotated[int, msgspec.Meta(ge=1, le=10_000)]
-    grams: Annotated[int, msgspec.Meta(ge=0, le=1_000_000, description="Weight of one unit.")]
+    grams: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=0,
+                le=1_000_000,
+                description="Weight of one unit; absent: the stream's catalog's, else unknown.",
+            ),
+        ]
+        | None
+    ) = None
     price: Amount | None = None
 
 
@@ -214,7 +224,7 @@ class NativeFormat(Adapter):
         amount = self.amount(minor_units, raw, stream)
         if isinstance(amount, Rejection):
             return amount
-        items = tuple(LineItem(item.sku.upper(), item.qty * item.grams) for item in wire.items)
+        items = _items(wire.items)
         country = normalise_country(wire.country)
         region = self._region(country, wire.region) if wire.region else UNKNOWN
         return Order(
@@ -228,9 +238,17 @@ class NativeFormat(Adapter):
             region=region,
             currency=currency,
             amount_minor=amount,
-            grams=sum(item.grams for item in items),
+            grams=sum(item.grams for item in items if item.grams is not None),
             items=items,
         )
+
+
+def _items(wires: list[ItemWire]) -> tuple[LineItem, ...]:
+    """Line items; one without ``grams`` has an unknown weight (None), not 0 g."""
+    return tuple(
+        LineItem(item.sku.upper(), None if item.grams is None else item.qty * item.grams, item.qty)
+        for item in wires
+    )
 
 
 def valid_stream(name: str) -> bool:

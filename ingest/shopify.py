@@ -54,8 +54,9 @@ Grams = Annotated[int, msgspec.Meta(ge=0, le=10_000_000)]
 
 class _LineItem(msgspec.Struct, frozen=True):
     quantity: Count
-    grams: Grams
     price: str
+    grams: Grams | None = None
+    """Of one unit. Shopify writes 0 for a product without a weight: taken as unknown."""
     sku: str | None = None
 
 
@@ -174,7 +175,10 @@ class ShopifyFormat(PlatformAdapter):
         if isinstance(amount, Rejection):
             return amount
         items = tuple(
-            LineItem(_sku(item.sku), item.grams * item.quantity) for item in order.line_items
+            LineItem(
+                _sku(item.sku), item.grams * item.quantity if item.grams else None, item.quantity
+            )
+            for item in order.line_items
         )
         address = order.shipping_address or _Address()
         country = normalise_country(address.country_code)
@@ -192,7 +196,7 @@ class ShopifyFormat(PlatformAdapter):
             region=region,
             currency=order.currency,
             amount_minor=amount,
-            grams=sum(item.grams for item in items),
+            grams=sum(item.grams for item in items if item.grams is not None),
             items=items,
             aliases=aliases,
         )

@@ -12,8 +12,9 @@ from typing import Any
 
 import yaml
 
+from ingest.catalog import Catalog, Product
 from workers import keys
-from workers.metrics import business_families
+from workers.metrics import business_families, catalog_families
 from workers.store import StreamTotals
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,10 +103,18 @@ def business_labels() -> dict[str, frozenset[str]]:
         f"{keys.SKU_GRAMS}|sku": 1,
         f"{keys.COMMENTS}|p": 1,
         f"{keys.REGION_ORDERS}|c|r": 1,
+        f"{keys.CANCELLED_VALUE}|p|VND": 1,
+        f"{keys.CANCELLED_SKU_GRAMS}|sku": 1,
+        f"{keys.UNWEIGHED}|p|sku": 1,
     }
     totals = StreamTotals("s", counters, {"p": 1}, 1, 1)
+    catalog = Catalog((Product("SKU", "name", (), 1, {}, 1),))
     labels: dict[str, frozenset[str]] = {}
-    for family in business_families([totals]):
+    families = [
+        *business_families([totals]),
+        *catalog_families({"s": catalog}, {"s": 1}, {"s": 0.1}, [totals]),
+    ]
+    for family in families:
         for sample in family.samples:
             labels[sample.name] = frozenset(sample.labels)
     return labels

@@ -50,6 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure(
         config.log.level, config.log.format, library_interval=config.log.rejection_interval_seconds
     )
+    from ingest.catalog import CatalogError
     from ingest.sources.tls import TlsError
     from workers.runtime import Ingester, ListenError
 
@@ -61,6 +62,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 2
         except TlsError as exc:  # the files changed since the config was validated
             print(f"error: tls: {exc}", file=sys.stderr)
+            return 2
+        except CatalogError as exc:  # changed since the config was checked
+            print(f"invalid catalog: {exc}", file=sys.stderr)
             return 2
         # SIGHUP reads the secrets files and TLS certificates again (Ingester.reload), without a
         # restart, instead of ending us.

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ingest.adapter import FormatOptions
+from ingest.catalog import CatalogError
 from ingest.native import PLATFORM_PATTERN, STREAM_PATTERN
 from ingest.regions import DEFAULT_TABLES, RegionTable
 from ingest.sources import tls as tls_files
@@ -39,6 +40,8 @@ from ingest.sources.websocket import (
     WebsocketClientSettings,
     WebsocketServerSettings,
 )
+from workers.catalogs import CatalogFile
+from workers.catalogs import read as read_catalog
 from workers.store import Legacy
 
 if TYPE_CHECKING:
@@ -310,6 +313,22 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9_.:-]{0,63}$"
 StreamName = Annotated[str, Field(pattern=STREAM_PATTERN)]
 
 
+class CatalogConfig(_Model):
+    reload_interval_seconds: float = Field(2.0, ge=0, le=3600)
+    """Seconds between checks of the catalog files for a change (0: only on SIGHUP)."""
+
+
+class StreamConfig(_Model):
+    """What the ingester knows of one stream ahead of the sale (``[streams.<stream>]``)."""
+
+    catalog: str | None = None
+    """The stream's catalog file, TOML or (``.csv``) CSV; relative to the config file."""
+    target_grams: int | None = Field(None, ge=1, le=10**15)
+    """What the sale means to sell (``livestream_target_grams``)."""
+    low_stock_share: float = Field(0.1, gt=0, lt=1)
+    """A SKU with less than this share of its stock left is low (LivestreamSkuLowStock)."""
+
+
 class _SourceBase(_Model):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     namespace: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None
@@ -537,6 +556,8 @@ class Config(_Model):
     labels: LabelsConfig = LabelsConfig()
     dead_letters: DeadLetterConfig = DeadLetterConfig()
     log: LogConfig = LogConfig()
+    catalogs: CatalogConfig = CatalogConfig()
+    streams: dict[StreamName, StreamConfig] = {}
     regions: dict[
         Annotated[str, Field(pattern=r"^[A-Z]{2}$")],
         dict[Annotated[str, Field(pattern=r"^[^|]{1,64}$")], list[str]],
@@ -549,6 +570,13 @@ class Config(_Model):
             return None
         hours = source.max_delivery_age_hours or self.dedup.retention_hours
         return hours * 3600.0
+
+    def catalog_files(self) -> list[CatalogFile]:
+        return [
+            CatalogFile(stream, Path(table.catalog), self.labels.sku_limit)
+            for stream, table in self.streams.items()
+            if table.catalog is not None
+        ]
 
     def region_table(self) -> RegionTable:
         return RegionTable(DEFAULT_TABLES).merged(self.regions)
@@ -753,19 +781,42 @@ def _duplicate_names(data: dict[str, Any]) -> list[str]:
     return errors
 
 
+def _resolve_catalogs(data: dict[str, Any], base: Path) -> None:
+    """Catalog paths relative to the config file's directory."""
+    streams = data.get("streams")
+    for table in streams.values() if isinstance(streams, dict) else ():
+        if isinstance(table, dict) and isinstance(table.get("catalog"), str):
+            table["catalog"] = str(base / table["catalog"])
+
+
+def _catalog_problems(config: Config) -> list[str]:
+    """Every problem of every catalog file, as "streams.<s>.catalog: <file>:<line>: ..."."""
+    problems = []
+    for file in config.catalog_files():
+        try:
+            read_catalog(file)
+        except CatalogError as exc:
+            problems += [f"streams.{file.stream}.catalog: {error}" for error in exc.errors]
+    return problems
+
+
 def parse(
     data: dict[str, Any],
     origin: str,
     environ: Mapping[str, str] | None = None,
     *,
     require_secrets: bool = True,
+    base: Path | None = None,
 ) -> Config:
     """Validate parsed TOML (after environment overrides); raise ConfigError with every error.
 
     An unset secret is an error unless ``require_secrets`` is false (see :func:`unset_secrets`).
+    Catalog files are read and checked too, relative to ``base`` (default: the working
+    directory).
     """
     env = os.environ if environ is None else environ
     data = apply_environment(copy.deepcopy(data), env)
+    _resolve_catalogs(data, base or Path())
     problems = _duplicate_names(data) + _delivery_ages(data) + _credentials(data)
     problems += _secrets(data, env) if require_secrets else []
     try:
@@ -777,6 +828,7 @@ def parse(
         config.region_table()
     except ValueError as exc:
         problems.append(f"regions: {exc}")
+    problems += _catalog_problems(config)
     if problems:
         raise ConfigError(origin, problems)
     return config
@@ -817,4 +869,4 @@ def load(
     """Read, override and validate a config file."""
     path = Path(path)
     data = _read(path)
-    return parse(data, str(path), environ, require_secrets=require_secrets)
+    return parse(data, str(path), environ, require_secrets=require_secrets, base=path.parent)

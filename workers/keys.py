@@ -6,13 +6,16 @@ slot and one script can update all of it atomically. Keys of a stream ``s``::
     li:{s}:totals          hash    exact counters, "<metric>|<label>|<label>" -> integer; no TTL
     li:{s}:seen:<gen>:<n>  set     dedup fingerprints, int64 members (Redis intset, 8 B each);
                                    expire once no lookback can reach their generation
-    li:{s}:orderstate:<gen>  hash  "<namespace>\x1e<order id>" -> "platform|country|grams" until
-                                   cancelled, or "C" for a cancellation that came first; expire
-                                   with the seen sets of their generation, so order state lives
-                                   exactly as long as the dedup memory of the order
-    li:{s}:orders:<gen>    hash    the same, keyed by order id alone, as versions before
-                                   namespaces wrote it: only read (and settled) within the
-                                   upgrade window, never written; expires as it always did
+    li:{s}:orderstate:<gen>  hash  "<namespace>\x1e<order id>" ->
+                                   "platform|country|grams|currency|minor|sku:grams,..." (its
+                                   weighed items by SKU label) until cancelled, or "C" for a
+                                   cancellation that came first; expire with the seen sets of
+                                   their generation, so order state lives exactly as long as
+                                   the dedup memory of the order
+    li:{s}:orders:<gen>    hash    order id -> "platform|country|grams", as versions before
+                                   namespaces wrote it: only read (and settled, cancelled
+                                   without a value) within the upgrade window, never written;
+                                   expires as it always did
     li:{s}:skus            set     SKUs that have their own label (at most ``sku_limit``); no TTL
     li:{s}:viewers         hash    platform -> latest count, "platform|ts" -> its event time (ms)
     li:{s}:commenters      HLL     unique commenters
@@ -171,6 +174,9 @@ VALUE: Final = "value"
 CANCELLED: Final = "cancelled"
 CANCELLED_GRAMS: Final = "cancelled_grams"
 SKU_GRAMS: Final = "sku_grams"
+CANCELLED_VALUE: Final = "cancelled_value"
+CANCELLED_SKU_GRAMS: Final = "cancelled_sku_grams"
+UNWEIGHED: Final = "unweighed"
 COMMENTS: Final = "comments"
 REGION_ORDERS: Final = "region"
 OTHER_SKU: Final = "other"
@@ -201,7 +207,8 @@ so HINCRBY never overflows."""
 #   ["c", shard, member, platform, user]                      comment
 #   ["v", shard, member, platform, count, ts_ms]              viewers
 #   ["o", shard, member, order, platform, country, region, buyer, currency, minor, grams,
-#    [[sku, grams], ...]]                                     order created
+#    [[sku, grams], ...]]                                     order created (an item's grams
+#                                                             "" if unknown: counted unweighed)
 #   ["x", shard, member, order]                               order cancelled
 # where shard and member are the fingerprint of the event's namespaced identity, and order its
 # namespaced order state field ("<namespace>\x1e<order id>").
@@ -345,6 +352,18 @@ local function fits(increments)
   return true
 end
 
+-- An order's state: "platform|country|grams|currency|minor|sku:grams,...", or as written
+-- before the order value was kept, "platform|country|grams" (cancelled without a value).
+local function parse_state(text)
+  local p, c, g, currency, minor, items =
+    string.match(text, '^([^|]*)|([^|]*)|(%d+)|([^|]*)|(%d+)|(.*)$')
+  if p then
+    return {platform = p, country = c, grams = g, currency = currency, minor = minor, items = items}
+  end
+  p, c, g = string.match(text, '^([^|]*)|([^|]*)|(%d+)$')
+  return {platform = p, country = c, grams = g}
+end
+
 -- Order state as this batch leaves it, read from Redis once: {state, where, field}, by
 -- "n" .. namespaced field, or "l" .. order id for the state an older version wrote.
 local order_view = {}
@@ -386,27 +405,33 @@ for _, r in ipairs(cmsgpack.unpack(ARGV[7])) do
     inc['value|' .. r[5] .. '|' .. r[9]] = big(r[10])
     r.labels = {}
     local claims = {skus = {}, n = 0}
+    local weighed = {}
     for j, item in ipairs(r[12]) do
-      local field = 'sku_grams|' .. label_for(item[1], claims)
-      r.labels[j] = field
-      inc[field] = add(inc[field] or {0, 0}, big(item[2]))
+      local label = label_for(item[1], claims)
+      r.labels[j] = label
+      if item[2] ~= '' then  -- '' is an unknown weight: counted as unweighed, not as 0 g
+        local field = 'sku_grams|' .. label
+        inc[field] = add(inc[field] or {0, 0}, big(item[2]))
+        weighed[#weighed + 1] = label .. ':' .. item[2]
+      end
     end
     if not fits(inc) then
       state = '2'
     else
       take(claims)
+      r.state = table.concat({pc, r[11], r[9], r[10], table.concat(weighed, ',')}, '|')
       local view = order_state(r)
       if view.state == 'C' then  -- its cancellation came first: count both now
         settle(r, view)
       else
-        order_view['n' .. r[4]] = {state = pc .. '|' .. r[11], where = orders .. gen,
-          field = r[4], key = 'n' .. r[4]}
+        order_view['n' .. r[4]] = {state = r.state, where = orders .. gen, field = r[4],
+          key = 'n' .. r[4]}
       end
     end
   elseif tag == 'x' and state == '1' then
     local view = order_state(r)
     if view.state and view.state ~= 'C' then
-      r.platform, r.country, r.grams = string.match(view.state, '^([^|]*)|([^|]*)|(%d+)$')
+      r.cancel = parse_state(view.state)
       settle(r, view)
     else  -- before its order: remember it until the order arrives
       order_view['n' .. r[4]] = {state = 'C', where = orders .. gen, field = r[4],
@@ -433,9 +458,18 @@ local function expire_once(key)
   end
 end
 
-local function count_cancel(platform, country, grams)
-  redis.call('HINCRBY', totals, 'cancelled|' .. platform .. '|' .. country, 1)
-  redis.call('HINCRBY', totals, 'cancelled_grams|' .. platform .. '|' .. country, grams)
+-- Each cancelled total is at most its created total (it counts part of what that counted), so
+-- none can pass the limit.
+local function count_cancel(o)
+  local pc = o.platform .. '|' .. o.country
+  redis.call('HINCRBY', totals, 'cancelled|' .. pc, 1)
+  redis.call('HINCRBY', totals, 'cancelled_grams|' .. pc, o.grams)
+  if o.currency then
+    redis.call('HINCRBY', totals, 'cancelled_value|' .. o.platform .. '|' .. o.currency, o.minor)
+    for label, grams in string.gmatch(o.items, '([^:,]+):(%d+)') do
+      redis.call('HINCRBY', totals, 'cancelled_sku_grams|' .. label, grams)
+    end
+  end
 end
 
 for _, sku in ipairs(new_skus) do redis.call('SADD', skus, sku) end
@@ -472,18 +506,22 @@ for _, r in ipairs(records) do
     redis.call('HINCRBY', totals, 'region|' .. country .. '|' .. r[7], 1)
     if r[8] ~= '' then buyer_ids[#buyer_ids + 1] = r[8] end
     for j, item in ipairs(r[12]) do
-      redis.call('HINCRBY', totals, r.labels[j], item[2])
+      if item[2] == '' then
+        redis.call('HINCRBY', totals, 'unweighed|' .. platform .. '|' .. r.labels[j], 1)
+      else
+        redis.call('HINCRBY', totals, 'sku_grams|' .. r.labels[j], item[2])
+      end
     end
     if r.settle then
-      count_cancel(platform, country, grams)
+      count_cancel(parse_state(r.state))
       redis.call('HDEL', r.settle, r.field)
     else
-      redis.call('HSET', orders .. gen, id, pc .. '|' .. grams)
+      redis.call('HSET', orders .. gen, id, r.state)
       expire_once(orders .. gen)
     end
   elseif tag == 'x' then
     if r.settle then
-      count_cancel(r.platform, r.country, r.grams)
+      count_cancel(r.cancel)
       redis.call('HDEL', r.settle, r.field)
     else
       redis.call('HSET', orders .. gen, r[4], 'C')

@@ -7,8 +7,9 @@ Aggregate them across replicas with ``max``, never ``sum``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import cast
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, cast
 
 from prometheus_client import (
     CollectorRegistry,
@@ -21,9 +22,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 from prometheus_client.utils import floatToGoString
 
+from ingest.catalog import Catalog
 from ingest.money import to_major
 from workers import keys
 from workers.store import StreamTotals
+
+if TYPE_CHECKING:
+    from workers.catalogs import Loaded
 
 # "_created" series double the exposition for nothing a dashboard here uses.
 disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
@@ -43,6 +48,7 @@ class HealthMetrics:
         self._redis(self.registry)
         self._listeners(self.registry)
         self._tls(self.registry)
+        self._catalogs(self.registry)
 
     def _sources(self, r: CollectorRegistry) -> None:
         """What the sources take in, and whether they are connected."""
@@ -276,40 +282,117 @@ class HealthMetrics:
             registry=r,
         )
 
+    def _catalogs(self, r: CollectorRegistry) -> None:
+        """The streams' catalogs: which version is loaded since when, and refused reloads."""
+        self.catalog_reload_failures = Counter(
+            "livestream_catalog_reload_failures",
+            "Catalog reloads refused (the file did not validate or could not be read): the "
+            "loaded catalog stays.",
+            ["stream"],
+            registry=r,
+        )
+        self.catalog_loaded = Gauge(
+            "livestream_catalog_loaded_timestamp_seconds",
+            "Unix time at which the stream's catalog in use was loaded.",
+            ["stream"],
+            registry=r,
+        )
+        self.catalog_info = Gauge(
+            "livestream_catalog_info",
+            "1 for the catalog version in use (the first 12 hex digits of its file's SHA-256).",
+            ["stream", "version"],
+            registry=r,
+        )
+        self.catalog_products = Gauge(
+            "livestream_catalog_products",
+            "Products in the stream's catalog in use.",
+            ["stream"],
+            registry=r,
+        )
+
+    def catalog_loaded_now(self, stream: str, loaded: Loaded, before: Loaded | None) -> None:
+        """Called by :class:`workers.catalogs.Catalogs` after each load."""
+        if before is not None and before.catalog.digest != loaded.catalog.digest:
+            self.catalog_info.remove(stream, before.catalog.digest)
+        self.catalog_info.labels(stream, loaded.catalog.digest).set(1)
+        self.catalog_loaded.labels(stream).set(loaded.at)
+        self.catalog_products.labels(stream).set(len(loaded.catalog))
+        self.catalog_reload_failures.labels(stream)
+
+    def catalog_failed(self, stream: str) -> None:
+        self.catalog_reload_failures.labels(stream).inc()
+
     def add_source(self, name: str) -> None:
         """Make a source's series exist (at zero) before its first event."""
         self.connected.labels(name).set(0)
         self.reconnects.labels(name)
 
 
-def _counter(name: str, doc: str, labels: list[str]) -> CounterMetricFamily:
-    return CounterMetricFamily(name, doc, labels=labels)
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Family:
+    field: str
+    """The metric's field name inside li:{s}:totals."""
+    name: str
+    doc: str
+    labels: tuple[str, ...]
+    """After ``stream``, as the field holds them."""
+    money: bool = False
+    """Minor units, rendered in major units of the currency (the last label)."""
+
+
+_COUNTERS = (
+    _Family(keys.ORDERS, "livestream_orders", "Orders created.", ("platform", "country")),
+    _Family(keys.GRAMS, "livestream_sold_grams", "Grams ordered.", ("platform", "country")),
+    _Family(
+        keys.VALUE,
+        "livestream_order_value",
+        "Value of orders created, in major units of the currency.",
+        ("platform", "currency"),
+        money=True,
+    ),
+    _Family(
+        keys.CANCELLED, "livestream_cancelled_orders", "Orders cancelled.", ("platform", "country")
+    ),
+    _Family(
+        keys.CANCELLED_GRAMS,
+        "livestream_cancelled_grams",
+        "Grams of cancelled orders.",
+        ("platform", "country"),
+    ),
+    _Family(
+        keys.CANCELLED_VALUE,
+        "livestream_cancelled_value",
+        "Value of cancelled orders, in major units of the currency (orders whose state was "
+        "written before this counter existed cancel without a value).",
+        ("platform", "currency"),
+        money=True,
+    ),
+    _Family(keys.SKU_GRAMS, "livestream_sku_sold_grams", "Grams ordered per SKU.", ("sku",)),
+    _Family(
+        keys.CANCELLED_SKU_GRAMS,
+        "livestream_sku_cancelled_grams",
+        "Grams of cancelled orders per SKU.",
+        ("sku",),
+    ),
+    _Family(
+        keys.UNWEIGHED,
+        "livestream_unweighed_items",
+        "Order line items of unknown weight (none in the feed, none in the catalog): their "
+        "grams are in no total.",
+        ("platform", "sku"),
+    ),
+    _Family(keys.COMMENTS, "livestream_comments", "Chat comments.", ("platform",)),
+    _Family(
+        keys.REGION_ORDERS, "livestream_region_orders", "Orders by region.", ("country", "region")
+    ),
+)
+"""The counter families of the metrics contract, in exposition order."""
 
 
 def _empty_families() -> tuple[list[CounterMetricFamily], list[GaugeMetricFamily]]:
-    """The contract's families, empty, in exposition order: orders, grams, value, cancelled,
-    cancelled grams, SKU grams, comments, regions; then unique commenters, buyers, viewers."""
-    counter = _counter
-    orders = counter("livestream_orders", "Orders created.", ["stream", "platform", "country"])
-    grams = counter("livestream_sold_grams", "Grams ordered.", ["stream", "platform", "country"])
-    value = counter(
-        "livestream_order_value",
-        "Value of orders created, in major units of the currency.",
-        ["stream", "platform", "currency"],
-    )
-    cancelled = counter(
-        "livestream_cancelled_orders", "Orders cancelled.", ["stream", "platform", "country"]
-    )
-    cancelled_grams = counter(
-        "livestream_cancelled_grams",
-        "Grams of cancelled orders.",
-        ["stream", "platform", "country"],
-    )
-    sku = counter("livestream_sku_sold_grams", "Grams ordered per SKU.", ["stream", "sku"])
-    comments = counter("livestream_comments", "Chat comments.", ["stream", "platform"])
-    regions = counter(
-        "livestream_region_orders", "Orders by region.", ["stream", "country", "region"]
-    )
+    """The contract's families, empty, in exposition order: the counters of ``_COUNTERS``;
+    then unique commenters, buyers, viewers."""
+    counters = [CounterMetricFamily(f.name, f.doc, labels=["stream", *f.labels]) for f in _COUNTERS]
     commenters = GaugeMetricFamily(
         "livestream_unique_commenters", "Distinct commenters (HyperLogLog).", labels=["stream"]
     )
@@ -319,34 +402,17 @@ def _empty_families() -> tuple[list[CounterMetricFamily], list[GaugeMetricFamily
     viewers = GaugeMetricFamily(
         "livestream_viewers", "Latest viewer count by event time.", labels=["stream", "platform"]
     )
-    counters = [orders, grams, value, cancelled, cancelled_grams, sku, comments, regions]
     return counters, [commenters, buyers, viewers]
-
-
-_PLAIN_FIELDS = (
-    keys.ORDERS,
-    keys.GRAMS,
-    None,  # value: minor units, rendered in major units of its currency
-    keys.CANCELLED,
-    keys.CANCELLED_GRAMS,
-    keys.SKU_GRAMS,
-    keys.COMMENTS,
-    keys.REGION_ORDERS,
-)
-"""The totals field of each counter family of ``_empty_families``, in its order."""
 
 
 def business_families(totals: Sequence[StreamTotals]) -> Iterator[Metric]:
     """The metrics contract, from a snapshot of every stream's totals."""
     counters, (commenters, buyers, viewers) = _empty_families()
-    value = counters[_PLAIN_FIELDS.index(None)]
-    plain = [(f, field) for f, field in zip(counters, _PLAIN_FIELDS, strict=True) if field]
     for stream in totals:
-        for family, field in plain:
-            for labels, number in sorted(stream.by(field).items()):
-                family.add_metric([stream.stream, *labels], number)
-        for (platform, currency), minor in sorted(stream.by(keys.VALUE).items()):
-            value.add_metric([stream.stream, platform, currency], to_major(minor, currency))
+        for family, spec in zip(counters, _COUNTERS, strict=True):
+            for labels, number in sorted(stream.by(spec.field).items()):
+                value = to_major(number, labels[-1]) if spec.money else number
+                family.add_metric([stream.stream, *labels], value)
         commenters.add_metric([stream.stream], stream.unique_commenters)
         buyers.add_metric([stream.stream], stream.unique_buyers)
         for platform, count in sorted(stream.viewers.items()):
@@ -373,17 +439,6 @@ def _header_blocks() -> list[str]:
 
 
 _HEADERS = _header_blocks()
-_COUNTER_FIELDS = (
-    keys.ORDERS,
-    keys.GRAMS,
-    keys.VALUE,
-    keys.CANCELLED,
-    keys.CANCELLED_GRAMS,
-    keys.SKU_GRAMS,
-    keys.COMMENTS,
-    keys.REGION_ORDERS,
-)
-"""The counter families of :func:`business_families`, in its order (``_HEADERS`` too)."""
 
 
 _go_float = cast(Callable[[float], str], floatToGoString)
@@ -404,23 +459,14 @@ def business_exposition(totals: Sequence[StreamTotals]) -> bytes:
     """The text of ``generate_latest`` over :func:`business_families`, byte for byte, written
     straight from the totals: several times faster, as a scrape of many streams renders tens
     of thousands of samples (a unit test holds the two equal)."""
-    labelled = {  # label names of each family's samples, after the stream, sorted as written
-        keys.ORDERS: ("platform", "country"),
-        keys.GRAMS: ("platform", "country"),
-        keys.VALUE: ("platform", "currency"),
-        keys.CANCELLED: ("platform", "country"),
-        keys.CANCELLED_GRAMS: ("platform", "country"),
-        keys.SKU_GRAMS: ("sku",),
-        keys.COMMENTS: ("platform",),
-        keys.REGION_ORDERS: ("country", "region"),
-    }
     streams = [(stream, f'stream="{_label_value(stream.stream)}"') for stream in totals]
     grouped = [_by_metric(stream.counters) for stream in totals]
     out: list[str] = []
-    for header, field in zip(_HEADERS, _COUNTER_FIELDS, strict=False):
+    for header, spec in zip(_HEADERS, _COUNTERS, strict=False):
         out.append(header)
         name = header.split("\n", 2)[1].split(" ")[2]
-        names = ("stream", *labelled[field])
+        field = spec.field
+        names = ("stream", *spec.labels)
         order = sorted(range(len(names)), key=names.__getitem__)
         stream_at = order.index(0)
         around: dict[tuple[str, ...], tuple[str, str]] = {}  # the other labels, before and after
@@ -431,9 +477,9 @@ def business_exposition(totals: Sequence[StreamTotals]) -> bytes:
                     before, after = "".join(parts[:stream_at]), "".join(parts[stream_at:])
                     around[labels] = (before, "," + after[:-1] if after else "")
                 before, after = around[labels]
-                value = to_major(number, labels[1]) if field == keys.VALUE else number
+                value = to_major(number, labels[-1]) if spec.money else number
                 out.append(f"{name}{{{before}{stream_label}{after}}} {_number(value)}\n")
-    gauges = _HEADERS[len(_COUNTER_FIELDS) :]
+    gauges = _HEADERS[len(_COUNTERS) :]
     for header, attribute in zip(gauges[:2], ("unique_commenters", "unique_buyers"), strict=True):
         out.append(header)
         name = header.split("\n", 2)[1].split(" ")[2]
@@ -458,6 +504,64 @@ def _by_metric(counters: dict[str, int]) -> dict[str, list[tuple[tuple[str, ...]
     for items in grouped.values():
         items.sort()
     return grouped
+
+
+def catalog_families(
+    catalogs: Mapping[str, Catalog],
+    targets: Mapping[str, int],
+    shares: Mapping[str, float],
+    totals: Sequence[StreamTotals],
+) -> Iterator[Metric]:
+    """What the catalogs (and ``[streams]`` tables) say, with the stock left from the totals:
+    stock at start − grams sold + grams cancelled, per SKU with a stock."""
+    info = GaugeMetricFamily(
+        "livestream_sku_info",
+        "1 per SKU of the stream's catalog, with its name.",
+        labels=["stream", "sku", "name"],
+    )
+    stock = GaugeMetricFamily(
+        "livestream_sku_stock_grams",
+        "Stock at the start of the sale (catalog).",
+        labels=["stream", "sku"],
+    )
+    left = GaugeMetricFamily(
+        "livestream_sku_stock_left_grams",
+        "Stock left: stock at start − grams sold + grams cancelled (below 0: oversold).",
+        labels=["stream", "sku"],
+    )
+    target = GaugeMetricFamily(
+        "livestream_target_grams", "What the sale means to sell.", labels=["stream"]
+    )
+    share = GaugeMetricFamily(
+        "livestream_low_stock_share",
+        "A SKU with less than this share of its stock left is low (LivestreamSkuLowStock).",
+        labels=["stream"],
+    )
+    by_stream = {stream.stream: stream for stream in totals}
+    for name, catalog in sorted(catalogs.items()):
+        found = by_stream.get(name)
+        sold = found.by(keys.SKU_GRAMS) if found else {}
+        cancelled = found.by(keys.CANCELLED_SKU_GRAMS) if found else {}
+        for product in catalog:
+            info.add_metric([name, product.sku, product.name], 1)
+            if product.stock_grams is not None:
+                key = (product.sku,)
+                stock.add_metric([name, product.sku], product.stock_grams)
+                rest = product.stock_grams - sold.get(key, 0) + cancelled.get(key, 0)
+                left.add_metric([name, product.sku], rest)
+        share.add_metric([name], shares.get(name, 0.0))
+    for name, grams in sorted(targets.items()):
+        target.add_metric([name], grams)
+    yield from (info, stock, left, target, share)
+
+
+def catalog_exposition(
+    catalogs: Mapping[str, Catalog],
+    targets: Mapping[str, int],
+    shares: Mapping[str, float],
+    totals: Sequence[StreamTotals],
+) -> bytes:
+    return generate_latest(_Families(catalog_families(catalogs, targets, shares, totals)))
 
 
 def exposition(health: HealthMetrics, totals: Sequence[StreamTotals] | None) -> bytes:

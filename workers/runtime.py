@@ -29,6 +29,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 
 from ingest.adapter import FormatOptions
+from ingest.catalog import Catalog
 from ingest.native import NativeFormat
 from ingest.shopify import ShopifyFormat
 from ingest.socialstream import SocialStreamFormat
@@ -59,6 +60,7 @@ from ingest.sources.websocket import (
     WebsocketServerSource,
 )
 from ingest.twitch import CHAT_MESSAGE, REVOCATION_STATUSES, EventSubFormat, Revocation
+from workers.catalogs import Catalogs
 from workers.committer import BatchSettings, Committer
 from workers.config import (
     BatchConfig,
@@ -75,7 +77,7 @@ from workers.config import (
     split_listen,
 )
 from workers.logs import Throttle
-from workers.metrics import HealthMetrics, business_exposition
+from workers.metrics import HealthMetrics, business_exposition, catalog_exposition
 from workers.redis_policy import PolicyWatch, UnsafeEvictionPolicy
 from workers.scrape import SharedRead
 from workers.store import RawTotals, Store, StoreSettings, parse_totals
@@ -100,7 +102,16 @@ most about this much, not of the whole (shared) exposition."""
 READ_ERRORS = (RedisError, RedisClusterException, OSError)
 
 
-def _render_business(raw: RawTotals) -> bytes:
+@dataclasses.dataclass(frozen=True, slots=True)
+class CatalogView:
+    """What the catalog series of a scrape come from (taken on the loop, rendered off it)."""
+
+    catalogs: Mapping[str, Catalog]
+    targets: Mapping[str, int]
+    shares: Mapping[str, float]
+
+
+def _render_business(raw: RawTotals, view: CatalogView | None = None) -> bytes:
     """Parse and render in one go, with the cyclic garbage collector paused: the hundreds of
     thousands of short-lived objects of 10,000 streams would otherwise trigger collections
     that stop the event loop's thread too (measured: loop stalls halved, rendering 1.6x
@@ -108,7 +119,11 @@ def _render_business(raw: RawTotals) -> bytes:
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return business_exposition(parse_totals(raw))
+        totals = parse_totals(raw)
+        text = business_exposition(totals)
+        if view is not None:
+            text += catalog_exposition(view.catalogs, view.targets, view.shares, totals)
+        return text
     finally:
         if enabled:
             gc.enable()
@@ -625,8 +640,17 @@ class Ingester:
         )
         self.refused: UnsafeEvictionPolicy | None = None
         """Set when the Redis eviction policy made a refusing ingester stop (exit status 2)."""
+        self.catalogs = Catalogs(
+            config.catalog_files(),
+            on_loaded=self.metrics.catalog_loaded_now,
+            on_failed=self.metrics.catalog_failed,
+            interval=config.catalogs.reload_interval_seconds,
+        )
+        self.catalogs.load()
         settings = store_settings(config, now_override)
-        self.store = Store(self.redis, settings, legacy=config.dedup.legacy())
+        self.store = Store(
+            self.redis, settings, legacy=config.dedup.legacy(), weigh=self.catalogs.weigh
+        )
         self._scrape_path(settings)
         self.committer = Committer(
             self.store,
@@ -642,9 +666,11 @@ class Ingester:
         if http_tls is not None:
             self.tls[HTTP_LISTENER] = http_tls
         self.sources = self._build_sources()
-        self.on_reload: list[Callable[[], object]] = [tls.reload for tls in self.tls.values()]
-        """Run in order by :meth:`reload` (on SIGHUP): the TLS certificates, then the sources'
-        secrets files (each keeps what it had if its file is refused)."""
+        self.on_reload: list[Callable[[], object]] = [self.catalogs.reload]
+        """Run in order by :meth:`reload` (on SIGHUP): the catalogs, the TLS certificates, then
+        the sources' secrets files (each keeps what it had if its file is refused, and counts
+        that)."""
+        self.on_reload += [tls.reload for tls in self.tls.values()]
         self.on_reload += [s.reload for s in self.sources if isinstance(s, Reloadable)]
         self.http_port: int | None = None
         self.unflushed = 0
@@ -711,6 +737,7 @@ class Ingester:
                     group.create_task(tls.watch(), name=f"tls[{listener}].watch")
                     for listener, tls in self.tls.items()
                 ]
+                catalogs = self._watch_catalogs(group)
                 committing = group.create_task(self.committer.run(), name="committer")
                 reading = [
                     group.create_task(_read(source), name=f"source[{source.name}].receive")
@@ -737,6 +764,8 @@ class Ingester:
                 committing.cancel()
                 for task in watching:
                     task.cancel()
+                if catalogs is not None:
+                    catalogs.cancel()
         finally:
             await self.business.aclose()
             await self.health_text.aclose()
@@ -750,6 +779,22 @@ class Ingester:
         log.info("reloading on SIGHUP", hooks=len(self.on_reload))
         for hook in self.on_reload:
             hook()
+
+    def _watch_catalogs(self, group: asyncio.TaskGroup) -> asyncio.Task[None] | None:
+        if not self.catalogs.files or self.config.catalogs.reload_interval_seconds == 0:
+            return None
+        return group.create_task(self.catalogs.watch(), name="catalogs.watch")
+
+    def _catalog_view(self) -> CatalogView | None:
+        streams = self.config.streams
+        if not streams:
+            return None
+        loaded = self.catalogs.loaded()
+        return CatalogView(
+            {stream: entry.catalog for stream, entry in loaded.items()},
+            {s: t.target_grams for s, t in streams.items() if t.target_grams is not None},
+            {s: t.low_stock_share for s, t in streams.items() if s in loaded},
+        )
 
     async def _watch_policy(self, stop: asyncio.Event) -> None:
         """Re-read the eviction policy periodically; a refusing ingester stops (in stages) when
@@ -833,7 +878,7 @@ class Ingester:
             self.metrics.redis_up.set(0)
             raise
         self.metrics.redis_up.set(1)
-        return await asyncio.to_thread(_render_business, raw)
+        return await asyncio.to_thread(_render_business, raw, self._catalog_view())
 
     async def _render_health(self) -> bytes:
         """The health metrics, current: scrapes share a rendering only while it runs."""

@@ -98,6 +98,32 @@ class StreamTotals:
 
 _pack = msgspec.msgpack.Encoder().encode
 
+Weigh = Callable[[str, str, int], int | None]
+"""(stream, sku, quantity) -> grams of a line item the feed gave no weight, from the stream's
+catalog; None if it does not know the SKU (or the stream has no catalog)."""
+
+
+def _no_catalog(stream: str, sku: str, quantity: int) -> int | None:
+    return None
+
+
+def _items(order: Order, weigh: Weigh) -> tuple[str, list[tuple[str, str]]]:
+    """An order's grams and its items' (sku, grams) records; "" is an unknown weight."""
+    if all(item.grams is not None for item in order.items):
+        return str(order.grams), [(item.sku, str(item.grams)) for item in order.items]
+    total = 0
+    items = []
+    for item in order.items:
+        grams = item.grams
+        if grams is None:
+            grams = weigh(order.stream, item.sku, item.quantity)
+        if grams is None:
+            items.append((item.sku, ""))
+        else:
+            total += grams
+            items.append((item.sku, str(grams)))
+    return str(total), items
+
 
 Record = tuple[object, ...]
 
@@ -121,10 +147,12 @@ def _records(
     namespaces: Sequence[str],
     legacy: Legacy = NO_LEGACY,
     shards: set[int] | None = None,
+    weigh: Weigh = _no_catalog,
 ) -> list[Record]:
     """The commit script's records (see ``keys.COMMIT_SCRIPT``): each event's identities in its
     namespace (``namespaces[i]`` is that of ``events[i]``). ``shards`` collects every dedup shard
-    they name (a cluster declares their sets)."""
+    they name (a cluster declares their sets). Items without grams take ``weigh``'s, decided
+    here, before the commit."""
     records: list[Record] = []
     append = records.append
     prefixes: dict[str, tuple[str, str]] = {}
@@ -143,6 +171,7 @@ def _records(
             case Order(cancelled=True):
                 record = ("x", shard, str(member), field + event.id)
             case Order():
+                grams, items = _items(event, weigh)
                 record = (
                     "o",
                     shard,
@@ -154,8 +183,8 @@ def _records(
                     event.buyer or "",
                     event.currency,
                     str(event.amount_minor),
-                    str(event.grams),
-                    [(item.sku, str(item.grams)) for item in event.items],
+                    grams,
+                    items,
                 )
         if event.aliases or legacy is not NO_LEGACY:
             record += _extras(event, ident, legacy, shards)
@@ -227,10 +256,12 @@ class Store:
         settings: StoreSettings,
         clock: Callable[[], float] = time.time,
         legacy: Legacy = UPGRADE_WINDOW,
+        weigh: Weigh = _no_catalog,
     ) -> None:
         self.redis = redis
         self.settings = settings
         self.clock = clock
+        self.weigh = weigh
         self.cluster = isinstance(redis, RedisCluster)
         self._script = redis.register_script(keys.COMMIT_SCRIPT)
         self._admit = redis.register_script(keys.ADMIT_SCRIPT)
@@ -362,7 +393,7 @@ class Store:
         assert isinstance(self.redis, Redis)
         async with self.redis.pipeline(transaction=False) as pipe:
             for stream, (batch, spaces) in batches.items():
-                records = _pack(_records(batch, spaces, legacy))
+                records = _pack(_records(batch, spaces, legacy, weigh=self.weigh))
                 await self._script(
                     keys=[*StreamKeys(stream).script_keys(), keys.STREAMS],
                     args=[*head, records, stream, *self._admission],
@@ -391,7 +422,7 @@ class Store:
         async def commit_one(stream: str, batch: _Batch) -> Any:
             events, spaces = batch
             shards: set[int] = set()
-            records = _pack(_records(events, spaces, legacy, shards))
+            records = _pack(_records(events, spaces, legacy, shards, self.weigh))
             orders = any(isinstance(event, Order) for event in events)
             async with calls:
                 return await self._script(

@@ -28,7 +28,7 @@ def events(draw: st.DrawFn) -> list[Event]:
     result: list[Event] = []
     for n in range(draw(st.integers(0, 12))):
         items = tuple(
-            LineItem(draw(SKUS), draw(st.integers(0, 50_000)))
+            LineItem(draw(SKUS), draw(st.none() | st.integers(0, 50_000)))
             for _ in range(draw(st.integers(1, 3)))
         )
         created = Order(
@@ -42,7 +42,7 @@ def events(draw: st.DrawFn) -> list[Event]:
             region=draw(st.sampled_from(["Hà Nội", "other", "unknown"])),
             currency=draw(st.sampled_from(["VND", "USD"])),
             amount_minor=draw(st.integers(0, 10**12)),
-            grams=sum(item.grams for item in items),
+            grams=sum(item.grams or 0 for item in items),
             items=items,
         )
         result.append(created)
@@ -82,9 +82,16 @@ def canonical(unique: list[Event]) -> list[Event]:
 
 def state(totals: StreamTotals, *, exact_skus: bool = True) -> tuple[object, ...]:
     counters = dict(totals.counters)
-    if not exact_skus:
-        skus = {field: counters.pop(field) for field in list(counters) if field.startswith("sku_")}
-        counters["sku_grams (sum)"] = sum(skus.values())
+    if not exact_skus:  # fields labelled by SKU: their sum per metric (and platform)
+        for field in list(counters):
+            metric, _, labels = field.partition("|")
+            if metric in ("sku_grams", "cancelled_sku_grams"):
+                key = f"{metric} (sum)"
+            elif metric == "unweighed":
+                key = f"{metric}|{labels.split('|')[0]} (sum)"
+            else:
+                continue
+            counters[key] = counters.get(key, 0) + counters.pop(field)
     return counters, totals.viewers, totals.unique_commenters, totals.unique_buyers
 
 

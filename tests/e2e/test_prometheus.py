@@ -250,6 +250,25 @@ class Checks:
         assert sum(await self.query(self.panel("Orders by country"))) == orders
 
 
+SALE_CATALOG = """\
+sku,name,unit_grams,stock_grams
+VT01,Vải thiều hộp 1 kg,1000,400000
+VT02,Vải thiều hộp 2 kg,2000,400000
+VT05,Vải thiều thùng 5 kg,5000,400000
+VTQ,Vải thiều quà 3 kg,3000,400000
+VTS10,Sỉ 10 kg,10000,
+VTS20,Sỉ 20 kg,20000,
+"""
+
+
+def catalog_tables(folder: Path, stream: str) -> str:
+    """The demo sale's SKUs as the stream's catalog, and a target, so that the catalog panels
+    and rules have series."""
+    path = folder / "catalog.csv"
+    path.write_text(SALE_CATALOG, encoding="utf-8")
+    return f'\n[streams.{stream}]\ncatalog = "{path}"\ntarget_grams = 2000000\n'
+
+
 @pytest.mark.asyncio
 async def test_every_dashboard_query_and_rule_against_a_real_prometheus(
     tmp_path: Path, redis_url: str, stream: str
@@ -274,7 +293,8 @@ async def test_every_dashboard_query_and_rule_against_a_real_prometheus(
                 sources=client_source("feed", feed.url(f"replica-{n}"))
                 + eventsub_source(twitch, stream, Refreshing(tmp_path / f"refresh-{n}"))
                 + webhook_source(hook, stream)
-                + f"tls = {certificates.toml()}\n",
+                + f"tls = {certificates.toml()}\n"
+                + catalog_tables(tmp_path, stream),
             ),
             port,
             env={**twitch_environment(twitch), SECRET_ENV: SECRET},

@@ -25,6 +25,12 @@ def totals() -> list[StreamTotals]:
                 f"{keys.CANCELLED_GRAMS}|tiktok|VN": 1000,
                 f"{keys.SKU_GRAMS}|VT01": 5000,
                 f"{keys.SKU_GRAMS}|{odd}": 7,
+                f"{keys.CANCELLED_VALUE}|tiktok|VND": 240_000,
+                f"{keys.CANCELLED_VALUE}|shopify|USD": 1_250,
+                f"{keys.CANCELLED_SKU_GRAMS}|VT01": 1000,
+                f"{keys.UNWEIGHED}|tiktok|VT09": 4,
+                f"{keys.UNWEIGHED}|shopify|other": 1,
+                "a_field|of_a|newer_version": 9,
                 f"{keys.COMMENTS}|tiktok": 42,
                 f"{keys.REGION_ORDERS}|VN|{odd}": 2,
                 f"{keys.REGION_ORDERS}|VN|Bắc Ninh": 1,
@@ -45,3 +51,15 @@ def test_business_exposition_is_generate_latest_byte_for_byte() -> None:
 
 def test_no_streams_still_describes_every_family() -> None:
     assert business_exposition([]) == generate_latest(_Families(business_families([])))
+
+
+def test_cancelled_value_is_in_major_units_and_unweighed_items_per_sku() -> None:
+    text = business_exposition(totals()).decode()
+    assert (
+        'livestream_cancelled_value_total{currency="USD",platform="shopify",'
+        'stream="lucngan-2025"} 12.5\n'
+    ) in text
+    assert (
+        'livestream_unweighed_items_total{platform="tiktok",sku="VT09",stream="lucngan-2025"} 4.0'
+    ) in text
+    assert "newer_version" not in text

@@ -883,3 +883,73 @@ def test_a_source_namespace_is_its_name_unless_the_config_names_one() -> None:
     bad = minimal()
     bad["sources"][0]["namespace"] = "shopify\x1e"
     assert [e.split(":")[0] for e in errors_of(bad)] == ["sources[0].namespace"]
+
+
+CATALOG_CSV = "sku,name,unit_grams,stock_units\nVT05,Vải 5 kg,5000,100\n"
+
+
+def test_a_streams_catalog_is_read_relative_to_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "catalogs").mkdir()
+    (tmp_path / "catalogs" / "lucngan.csv").write_text(CATALOG_CSV, encoding="utf-8")
+    path = tmp_path / "ingester.toml"
+    path.write_text(
+        "[catalogs]\nreload_interval_seconds = 0.5\n"
+        '[streams.lucngan-2025]\ncatalog = "catalogs/lucngan.csv"\ntarget_grams = 54_000_000\n'
+        "[streams.other]\ntarget_grams = 1000\nlow_stock_share = 0.25\n",
+        encoding="utf-8",
+    )
+    config = load(path, {})
+    assert config.catalogs.reload_interval_seconds == 0.5
+    table = config.streams["lucngan-2025"]
+    assert (table.target_grams, table.low_stock_share) == (54_000_000, 0.1)
+    assert config.streams["other"].low_stock_share == 0.25
+    (file,) = config.catalog_files()
+    assert (file.stream, file.path, file.sku_limit) == (
+        "lucngan-2025",
+        tmp_path / "catalogs" / "lucngan.csv",
+        200,
+    )
+
+
+def test_catalog_errors_are_reported_with_every_other_error(tmp_path: Path) -> None:
+    (tmp_path / "bad.csv").write_text("sku,name,unit_grams\nVT05,,0\n", encoding="utf-8")
+    path = tmp_path / "ingester.toml"
+    path.write_text(
+        '[http]\nlisten = "nowhere"\n'
+        '[streams.a]\ncatalog = "bad.csv"\n'
+        '[streams.b]\ncatalog = "missing.toml"\nlow_stock_share = 1.5\n'
+        '[streams."bad name"]\ntarget_grams = 0\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as info:
+        load(path, {})
+    errors = info.value.errors
+    assert errors[0].startswith("http.listen: ")
+    assert any(e.startswith("streams.b.low_stock_share: ") for e in errors)
+    assert any(e.startswith("streams.bad name.") for e in errors)
+    # a catalog is read once the tables are valid; its errors come with the checks after that
+    path.write_text(
+        '[streams.a]\ncatalog = "bad.csv"\n[streams.b]\ncatalog = "missing.toml"\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as info:
+        load(path, {})
+    bad = tmp_path / "bad.csv"
+    assert info.value.errors == [
+        f"streams.a.catalog: {bad}:2: name: required, at most 128 characters",
+        f"streams.a.catalog: {bad}:2: unit_grams: required, grams of one unit (1 to 1000000) "
+        'or "kg"',
+        f"streams.b.catalog: {tmp_path / 'missing.toml'}: cannot read: No such file or directory",
+    ]
+
+
+def test_check_config_reports_a_bad_catalog(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "c.toml").write_text('[[products]]\nsku = "A"\n', encoding="utf-8")
+    path = tmp_path / "ingester.toml"
+    path.write_text('[streams.s]\ncatalog = "c.toml"\n', encoding="utf-8")
+    assert cli.main(["check-config", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "streams.s.catalog: " in err
+    assert "c.toml:1: products[0]: name: required" in err

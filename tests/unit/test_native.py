@@ -208,7 +208,7 @@ def test_created_order() -> None:
         currency="VND",
         amount_minor=240_000,
         grams=2 * 500 + 3 * 1200,
-        items=(LineItem("VAI-THIEU", 1000), LineItem("BOX.1_A", 3600)),
+        items=(LineItem("VAI-THIEU", 1000, 2), LineItem("BOX.1_A", 3600, 3)),
     )
 
 
@@ -425,12 +425,6 @@ REJECTED: list[tuple[str, bytes, Reason, str]] = [
     ("no-platform", encode(without(comment(), "platform")), Reason.MISSING_FIELD, "comment"),
     ("order-no-status", encode(without(order(), "status")), Reason.MISSING_FIELD, "order"),
     ("viewers-no-count", encode(without(viewers(), "count")), Reason.MISSING_FIELD, "viewers"),
-    (
-        "item-no-grams",
-        encode(order(items=[{"sku": "a", "qty": 1}])),
-        Reason.MISSING_FIELD,
-        "order",
-    ),
     (
         "string-qty",
         encode(order(items=[{"sku": "a", "qty": "2", "grams": 1}])),
@@ -886,3 +880,12 @@ def test_a_rejection_keeps_at_most_the_dead_letter_bound_of_its_raw_bytes() -> N
     assert isinstance(oversize, Rejection)
     assert len(oversize.raw) == 8192 == ingest.model.RAW_BYTES
     assert len(Rejection(Reason.INVALID_VALUE, "d" * 5000, huge).detail) <= 500
+
+
+def test_an_item_without_grams_has_an_unknown_weight_not_zero() -> None:
+    event = order(
+        items=[{"sku": "vt05", "qty": 3}, {"sku": "VT01", "qty": 2, "grams": 0}],
+    )
+    decoded = decode_order(event)
+    assert decoded.items == (LineItem("VT05", None, 3), LineItem("VT01", 0, 2))
+    assert decoded.grams == 0

@@ -15,13 +15,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ingest import comment_corpus
 from ingest.adapter import FormatOptions
+from ingest.catalog import Catalog, Product
 from ingest.model import Reason, Rejection
 from ingest.native import NativeFormat
 from tests.waiting import UNIT
+from workers.catalogs import Catalogs
 from workers.cli import parser
-from workers.config import DEFAULT_PLATFORMS, parse
+from workers.config import DEFAULT_PLATFORMS, load, parse
 from workers.keys import UNROUTED_DEAD, StreamKeys
-from workers.metrics import HealthMetrics, exposition
+from workers.metrics import HealthMetrics, catalog_exposition, exposition
 from workers.store import StreamTotals
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +44,7 @@ def test_native_examples_decode_without_rejection() -> None:
 
 
 def test_config_examples_are_valid() -> None:
-    examples = blocks("toml")
+    examples = [block for block in blocks("toml") if "[streams." not in block]
     assert len(examples) == 4
     env = {
         "LIVESTREAM_PUSH_TOKEN": "t" * 16,
@@ -66,6 +68,30 @@ def test_config_examples_are_valid() -> None:
         ("http-server", "shopify", "shopify"),
         ("websocket-client", "socialstream", "relay"),
     ]
+
+
+def test_the_catalog_example_loads_and_weighs(tmp_path: Path) -> None:
+    (config,) = [block for block in blocks("toml") if "[streams." in block]
+    (csv,) = blocks("csv")
+    (tmp_path / "catalogs").mkdir()
+    (tmp_path / "catalogs" / "lucngan-2025.csv").write_text(csv, encoding="utf-8")
+    (tmp_path / "ingester.toml").write_text(config, encoding="utf-8")
+    loaded = load(tmp_path / "ingester.toml", {})
+    assert loaded.streams["lucngan-2025"].target_grams == 54_000_000
+    held = Catalogs(loaded.catalog_files())
+    held.load()
+    catalog = held.catalog("lucngan-2025")
+    assert catalog is not None
+    assert [(p.sku, p.unit_grams, p.stock_grams) for p in catalog] == [
+        ("VT01", 1000, 20_000_000),
+        ("VT05", 5000, 20_000_000),
+        ("VTQ", None, 3_000_000),
+    ]
+    assert held.weigh("lucngan-2025", "vt05", 2) == 10_000
+    vt05 = catalog.get("VT05")
+    assert vt05 is not None
+    assert vt05.aliases == ("vt5", "vt 05", "vải 5kg", "thùng 5 ký")
+    assert dict(vt05.prices) == {"VND": 550_000, "USD": 4200}
 
 
 def test_shell_examples_parse_and_name_real_keys() -> None:
@@ -131,6 +157,9 @@ def test_metric_tables_match_the_exposition() -> None:
                 ("sku_grams", ("VT01",)),
                 ("comments", ("tiktok",)),
                 ("region", ("VN", "Hà Nội")),
+                ("cancelled_value", ("tiktok", "VND")),
+                ("cancelled_sku_grams", ("VT01",)),
+                ("unweighed", ("tiktok", "VT09")),
             ]
         },
         {"tiktok": 5},
@@ -146,7 +175,9 @@ def test_metric_tables_match_the_exposition() -> None:
     health.tls_expiry.labels("http").set(1.0)
     health.tls_loads.labels("http").inc()
     health.tls_reload_failures.labels("http")
+    catalog = Catalog((Product("VT01", "Vải 1 kg", (), 1000, {}, 5000),))
     text = exposition(health, [totals]).decode()
+    text += catalog_exposition({"s": catalog}, {"s": 9}, {"s": 0.1}, [totals]).decode()
     exposed = set()
     for family in text_string_to_metric_families(text):
         name = family.name + ("_total" if family.type == "counter" else "")

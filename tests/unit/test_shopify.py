@@ -95,12 +95,12 @@ def test_an_order_weighs_what_its_line_items_weigh() -> None:
         region="Bắc Ninh",  # Bắc Giang merged into Bắc Ninh in 2025
         currency="VND",
         amount_minor=540_000,
-        grams=2000 + 3000 + 0 + 1500,
+        grams=2000 + 3000 + 1500,
         items=(
-            LineItem("VT01", 2000),
-            LineItem("VT02", 3000),
-            LineItem("OTHER", 0),
-            LineItem("OTHER", 1500),
+            LineItem("VT01", 2000, 2),
+            LineItem("VT02", 3000, 1),
+            LineItem("OTHER", None, 1),  # Shopify's 0 g: a product without a weight
+            LineItem("OTHER", 1500, 3),
         ),
         aliases=(EVENT_NAMESPACE + "ev-1",),
     )
