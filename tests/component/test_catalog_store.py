@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from ingest.catalog import Catalog, Product
 from ingest.model import LineItem, Order
 from tests.component.test_store import NOW, cancel, flags, store
+from tests.servers import RedisServer
 from workers import keys
 from workers.keys import StreamKeys
 from workers.store import Store, StoreSettings
@@ -105,18 +106,25 @@ async def test_a_cancellation_counts_its_value_and_sku_grams_in_any_order(
 
 @pytest.mark.asyncio
 async def test_order_state_written_by_the_previous_version_still_cancels(
-    redis: Redis, stream: str
+    own_redis: RedisServer, stream: str
 ) -> None:
-    """The previous version kept "platform|country|grams": such an order cancels as it did
-    then (count and grams), without a value or SKU grams, which it never recorded."""
-    s = catalog_store(redis)
-    k = StreamKeys(stream)
-    await redis.hset(
-        f"{k.orders_prefix}{NOW // keys.GENERATION_SECONDS}", "old-1", "shopee|JP|4200"
-    )
-    await s.commit([order(stream, "new-1", LineItem("VT05", None, 1))])
-    assert flags(await s.commit([cancel(stream, "old-1"), cancel(stream, "new-1")])) == [True, True]
-    (totals,) = await s.totals([stream])
+    """The previous version kept "platform|country|grams" by order id alone: within the
+    upgrade window such an order cancels as it did then (count and grams), without a value or
+    SKU grams, which it never recorded."""
+    redis = Redis.from_url(own_redis.url)
+    try:
+        await redis.set(keys.LEGACY_UNTIL, NOW + keys.GENERATION_SECONDS)  # the window is open
+        s = catalog_store(redis)
+        k = StreamKeys(stream)
+        old = f"{k.legacy_orders_prefix}{NOW // keys.GENERATION_SECONDS}"
+        await redis.hset(old, "old-1", "shopee|JP|4200")
+        await s.commit([order(stream, "new-1", LineItem("VT05", None, 1))])
+        both = [cancel(stream, "old-1"), cancel(stream, "new-1")]
+        assert flags(await s.commit(both)) == [True, True]
+        (totals,) = await s.totals([stream])
+        assert await redis.hlen(old) == 0  # settled
+    finally:
+        await redis.aclose()
     assert totals.by(keys.CANCELLED) == {("shopee", "JP"): 1, ("tiktok", "VN"): 1}
     assert totals.by(keys.CANCELLED_GRAMS) == {("shopee", "JP"): 4200, ("tiktok", "VN"): 5000}
     assert totals.by(keys.CANCELLED_VALUE) == {("tiktok", "VND"): 500_000}
