@@ -16,6 +16,7 @@ import msgspec
 
 from ingest.model import UNKNOWN_KIND, Decoded, Reason, Rejection
 from ingest.money import MAX_AMOUNT, MoneyError
+from ingest.redact import masked
 from ingest.regions import RegionTable, default_regions
 
 OTHER_PLATFORM = "other"
@@ -125,11 +126,17 @@ class Adapter:
     ) -> Rejection:
         """A rejection filed under ``stream`` when it is one the source may count, else under
         the source's default stream (a stream outside the allow-list must not get a dead-letter
-        key)."""
+        key), keeping of ``raw`` only what :meth:`redact` leaves."""
         allowed = self.options.allowed_streams
         if stream is None or (allowed is not None and stream not in allowed):
             stream = self.options.default_stream
-        return Rejection(reason, detail, raw, stream, kind)
+        return Rejection(reason, detail, self.redact(raw), stream, kind)
+
+    def redact(self, raw: bytes) -> bytes:
+        """What a dead letter keeps of a rejected frame: here the frame with phone numbers (any
+        run of 9 or more digits) and email addresses masked (``ingest.redact``). A format whose
+        frames carry more personal data keeps less."""
+        return masked(raw)
 
     def invalid(
         self,

@@ -24,11 +24,12 @@ was when created).
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Annotated, Final
 
 import msgspec
@@ -37,6 +38,7 @@ from ingest.adapter import FormatOptions, PlatformAdapter
 from ingest.model import Decoded, LineItem, Order, Reason, Rejection
 from ingest.money import to_minor
 from ingest.native import SKU_PATTERN
+from ingest.redact import Spec, allowed_json
 from ingest.regions import UNKNOWN, normalise_country
 
 CREATE: Final = "orders/create"
@@ -47,6 +49,41 @@ OTHER_SKU: Final = "OTHER"
 """The SKU of a line item without a usable one (missing, or not a label-safe code)."""
 
 _SKU = re.compile(SKU_PATTERN)
+
+KEPT_FIELDS: Final[Spec] = {
+    "id": None,
+    "order_number": None,
+    "created_at": None,
+    "updated_at": None,
+    "processed_at": None,
+    "cancelled_at": None,
+    "cancel_reason": None,
+    "currency": None,
+    "presentment_currency": None,
+    "total_price": None,
+    "subtotal_price": None,
+    "total_tax": None,
+    "total_discounts": None,
+    "total_weight": None,
+    "financial_status": None,
+    "fulfillment_status": None,
+    "test": None,
+    "line_items": {
+        "id": None,
+        "product_id": None,
+        "variant_id": None,
+        "sku": None,
+        "quantity": None,
+        "grams": None,
+        "price": None,
+    },
+    "shipping_address": {"country_code": None, "province": None, "province_code": None},
+    "customer": {"id": None},
+}
+"""What of a rejected order body its dead letter keeps (an allow-list: the order, its money and
+items, where it ships to, by region only, and its customer's opaque id). Names, emails, phones,
+addresses, notes, a line item's title and properties, and every field Shopify adds later are
+dropped."""
 
 Count = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
 Grams = Annotated[int, msgspec.Meta(ge=0, le=10_000_000)]
@@ -134,10 +171,34 @@ class ShopifyFormat(PlatformAdapter):
         super().__init__(options, "shopify")
         self._order = msgspec.json.Decoder(_Order)
         self._cancelled = msgspec.json.Decoder(_Cancelled)
+        self._delivery: dict[str, object] | None = None
+
+    def redact(self, raw: bytes) -> bytes:
+        """The allow-listed fields of a rejected body (:data:`KEPT_FIELDS`), with the topic and
+        event id of the delivery being decoded."""
+        return allowed_json(raw, KEPT_FIELDS, self._delivery)
+
+    @contextlib.contextmanager
+    def _delivering(self, topic: str, event_id: str) -> Iterator[None]:
+        """What :meth:`redact` adds to a rejection made meanwhile (decoding is synchronous:
+        no other delivery runs in between)."""
+        self._delivery = {"topic": topic[:64], "event_id": event_id[:256]}
+        try:
+            yield
+        finally:
+            self._delivery = None
 
     def decode_delivery(self, topic: str, event_id: str, body: bytes) -> list[Decoded]:
         """The events of one verified delivery of ``topic`` (one of :data:`TOPICS`)."""
-        return self.guarded(body, lambda: [self._decode(topic, event_id, body)])
+        with self._delivering(topic, event_id):
+            return self.guarded(body, lambda: [self._decode(topic, event_id, body)])
+
+    def refuse(
+        self, reason: Reason, detail: str, topic: str, event_id: str, body: bytes
+    ) -> Rejection:
+        """The rejection of a delivery refused before it is decoded (too old, not dated)."""
+        with self._delivering(topic, event_id):
+            return self.reject(reason, detail, body, "order")
 
     def _decode(self, topic: str, event_id: str, body: bytes) -> Decoded:
         aliases = (EVENT_NAMESPACE + event_id[:256],) if event_id else ()

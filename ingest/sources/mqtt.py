@@ -46,6 +46,7 @@ from paho.mqtt.properties import Properties
 
 from ingest.model import Decoded, Reason, Rejection
 from ingest.native import valid_stream
+from ingest.redact import masked
 from ingest.sources.base import Format, Health, Sink
 from ingest.sources.reconnect import Reconnecting, ReconnectSettings
 from ingest.sources.topics import TopicPattern
@@ -374,9 +375,12 @@ class MqttSource(Reconnecting):
             if match is None:
                 continue
             if match.stream is not None and not valid_stream(match.stream):
-                return [Rejection(Reason.INVALID_VALUE, f"stream level of {topic[:200]!r}", raw)]
+                return [
+                    Rejection(Reason.INVALID_VALUE, f"stream level of {topic[:200]!r}", masked(raw))
+                ]
             return list(self.formats(match.stream).decode(raw))
-        return [Rejection(Reason.INVALID_VALUE, f"no pattern matches {topic[:200]!r}", raw)]
+        detail = f"no pattern matches {topic[:200]!r}"
+        return [Rejection(Reason.INVALID_VALUE, detail, masked(raw))]
 
     async def _acknowledge(
         self, client: aiomqtt.Client, pending: collections.deque[_Ack], arrived: asyncio.Event

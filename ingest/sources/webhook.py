@@ -179,7 +179,7 @@ class ShopifyWebhookSource:
             self.on_ignored(UNKNOWN_TOPIC)
             return web.Response(text="ignored\n")
         event_id = headers.get("X-Shopify-Event-Id") or headers.get("X-Shopify-Webhook-Id") or ""
-        items = self._stale(headers.get("X-Shopify-Triggered-At"), body)
+        items = self._stale(headers.get("X-Shopify-Triggered-At"), topic, event_id, body)
         if items is None:
             items = self.fmt.decode_delivery(topic, event_id, body)
         try:  # waits for room in the buffer too: a delivery not taken in time is not taken
@@ -222,7 +222,9 @@ class ShopifyWebhookSource:
             return web.Response(status=403, text="shop not served here\n")
         return None
 
-    def _stale(self, triggered_at: str | None, body: bytes) -> list[Decoded] | None:
+    def _stale(
+        self, triggered_at: str | None, topic: str, event_id: str, body: bytes
+    ) -> list[Decoded] | None:
         """The rejection of a delivery too old to count (or without a readable trigger time)
         when ages are checked, else None. The header is not signed: this refuses Shopify's own
         late deliveries (and a replay that keeps its header), not a forger's fresh header."""
@@ -231,10 +233,10 @@ class ShopifyWebhookSource:
         age = trigger_age(triggered_at, self.clock())
         if age is None:
             detail = "no readable X-Shopify-Triggered-At"
-            return [self.fmt.reject(Reason.INVALID_TRIGGER_TIME, detail, body, "order")]
+            return [self.fmt.refuse(Reason.INVALID_TRIGGER_TIME, detail, topic, event_id, body)]
         if age > self.max_delivery_age:
             detail = f"triggered {int(age)} s ago, more than {int(self.max_delivery_age)} s"
-            return [self.fmt.reject(Reason.STALE_DELIVERY, detail, body, "order")]
+            return [self.fmt.refuse(Reason.STALE_DELIVERY, detail, topic, event_id, body)]
         return None
 
     async def bind(self) -> None:
