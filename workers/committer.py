@@ -25,7 +25,8 @@ import msgspec
 import structlog
 from redis.exceptions import RedisClusterException, RedisError
 
-from ingest.model import UNKNOWN_KIND, Decoded, Event, Reason, Rejection
+from ingest.model import UNKNOWN_KIND, Comment, Decoded, Event, Order, Reason, Rejection
+from ingest.redact import masked
 from ingest.sources.backoff import Backoff
 from workers.logs import Throttle
 from workers.metrics import HealthMetrics
@@ -242,7 +243,7 @@ class Committer:
                 reason, detail = Reason.STREAM_NOT_ALLOWED, "the stream limit is reached"
             else:
                 continue
-            raw = msgspec.json.encode(event)
+            raw = masked(msgspec.json.encode(_anonymous(event)))
             # The store files a stream that is not admitted under li:dead, with its name.
             letters.append(
                 DeadLetter(source, Rejection(reason, detail, raw, event.stream, event.kind.value))
@@ -315,3 +316,13 @@ class Committer:
             child = health.lag.labels(source)
             for lag in lags:
                 child.observe(lag)
+
+
+def _anonymous(event: Event) -> Event:
+    """``event`` without who wrote or bought it (a user or buyer may be a name or a phone
+    number): what a dead letter of a refused event keeps."""
+    if isinstance(event, Order):
+        return msgspec.structs.replace(event, buyer=None)
+    if isinstance(event, Comment):
+        return msgspec.structs.replace(event, user=None)
+    return event
