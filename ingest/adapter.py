@@ -16,7 +16,7 @@ import msgspec
 
 from ingest.model import UNKNOWN_KIND, Decoded, Reason, Rejection
 from ingest.money import MAX_AMOUNT, MoneyError
-from ingest.redact import masked
+from ingest.redact import masked, masked_text
 from ingest.regions import RegionTable, default_regions
 
 OTHER_PLATFORM = "other"
@@ -112,7 +112,7 @@ class Adapter:
             reason = Reason.INVALID_CURRENCY if exc.currency_error else Reason.INVALID_AMOUNT
             return self.reject(reason, str(exc), raw, "order", stream)
         if amount > MAX_AMOUNT:
-            detail = f"amount above {MAX_AMOUNT} minor units"
+            detail = f"amount above {MAX_AMOUNT:_} minor units"
             return self.reject(Reason.OUT_OF_RANGE, detail, raw, "order", stream)
         return amount
 
@@ -126,11 +126,12 @@ class Adapter:
     ) -> Rejection:
         """A rejection filed under ``stream`` when it is one the source may count, else under
         the source's default stream (a stream outside the allow-list must not get a dead-letter
-        key), keeping of ``raw`` only what :meth:`redact` leaves."""
+        key), keeping of ``raw`` only what :meth:`redact` leaves, and of ``detail`` (which may
+        quote the input) no phone number or email."""
         allowed = self.options.allowed_streams
         if stream is None or (allowed is not None and stream not in allowed):
             stream = self.options.default_stream
-        return Rejection(reason, detail, self.redact(raw), stream, kind)
+        return Rejection(reason, masked_text(detail), self.redact(raw), stream, kind)
 
     def redact(self, raw: bytes) -> bytes:
         """What a dead letter keeps of a rejected frame: here the frame with phone numbers (any

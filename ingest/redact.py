@@ -125,9 +125,14 @@ def masked(raw: bytes) -> bytes:
     and every email address masked, digit by digit and character by character. Bytes that are
     not UTF-8 are kept as they are."""
     text = raw[: RAW_BYTES + _MARGIN].decode("utf-8", "surrogateescape")
+    return masked_text(text).encode("utf-8", "surrogateescape")[:RAW_BYTES]
+
+
+def masked_text(text: str) -> str:
+    """``text`` with what :func:`masked` masks masked: for a rejection's detail too, which may
+    quote a value of the input (msgspec quotes an invalid tag or literal)."""
     text = _DIGIT_RUN.sub(_mask_run, text)
-    text = _EMAIL.sub(lambda found: "*" * len(found.group()), text)
-    return text.encode("utf-8", "surrogateescape")[:RAW_BYTES]
+    return _EMAIL.sub(lambda found: "*" * len(found.group()), text)
 
 
 def _mask_run(found: re.Match[str]) -> str:

@@ -46,7 +46,7 @@ from paho.mqtt.properties import Properties
 
 from ingest.model import Decoded, Reason, Rejection
 from ingest.native import valid_stream
-from ingest.redact import masked
+from ingest.redact import masked, masked_text
 from ingest.sources.base import Format, Health, Sink
 from ingest.sources.reconnect import Reconnecting, ReconnectSettings
 from ingest.sources.topics import TopicPattern
@@ -375,11 +375,10 @@ class MqttSource(Reconnecting):
             if match is None:
                 continue
             if match.stream is not None and not valid_stream(match.stream):
-                return [
-                    Rejection(Reason.INVALID_VALUE, f"stream level of {topic[:200]!r}", masked(raw))
-                ]
+                detail = masked_text(f"stream level of {topic[:200]!r}")
+                return [Rejection(Reason.INVALID_VALUE, detail, masked(raw))]
             return list(self.formats(match.stream).decode(raw))
-        detail = f"no pattern matches {topic[:200]!r}"
+        detail = masked_text(f"no pattern matches {topic[:200]!r}")
         return [Rejection(Reason.INVALID_VALUE, detail, masked(raw))]
 
     async def _acknowledge(

@@ -224,8 +224,9 @@ def masked_out(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[str]:
 
 @pytest.mark.asyncio
 async def test_rejected_native_and_chat_frames_keep_no_phone_number_or_email(
-    redis_url: str, redis: Redis, stream: str
+    redis_url: str, redis: Redis, stream: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """In the dead letter (its raw frame and its detail) and in the log line of the rejection."""
     native = NativeFormat(FormatOptions(default_stream=stream, platforms=frozenset({"tiktok"})))
     chat = SocialStreamFormat(FormatOptions(default_stream=stream, platforms=frozenset({"tiktok"})))
     frames = [  # each rejected: a bad timestamp, an amount, an unknown kind
@@ -234,6 +235,7 @@ async def test_rejected_native_and_chat_frames_keep_no_phone_number_or_email(
         b'{"kind":"order","id":"o-1","status":"created","platform":"tiktok",'
         b'"ts":"2025-06-14T09:05:08+07:00","buyer":"0912 345 678","amount":"12,5"}',
         b'{"kind":"gift","id":"g-1","text":"+84 987.654.321 buyer@mail.vn"}',
+        b'{"kind":"0912345678","id":"g-2"}',  # msgspec quotes an unknown tag in the detail
     ]
     decoded = [item for frame in frames for item in native.decode(frame)]
     decoded += chat.decode(  # a chat name with a phone number in it; a user id of a wrong type
@@ -243,8 +245,11 @@ async def test_rejected_native_and_chat_frames_keep_no_phone_number_or_email(
     async with committer(redis_url) as sink:
         await asyncio.wait_for(await sink.submit("feed", decoded), 10 * UNIT)
     entries = await dead(redis, stream)
-    assert len(entries) == 4
+    assert len(entries) == 5
     assert masked_out(entries) == []
+    logged = capsys.readouterr()
+    assert "rejected input" in logged.out + logged.err
+    assert [p for p in (*PHONES, "912345678") if p in logged.out + logged.err] == []
     raws = [fields[b"raw"] for _, fields in entries]
     assert any(b"sdt ##########" in raw for raw in raws)  # the comment is kept, its number not
     assert any(b'"id":"o-1"' in raw and b'"amount":"12,5"' in raw for raw in raws)
