@@ -41,7 +41,17 @@ REGION_CACHE = 4096
 StreamName = Annotated[str, msgspec.Meta(pattern=STREAM_PATTERN)]
 PlatformName = Annotated[str, msgspec.Meta(pattern=PLATFORM_PATTERN)]
 EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+UserId = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=256,
+        description=(
+            "The platform's id of the user or buyer (counted, never shown): "
+            "not a name, a phone number or an email."
+        ),
+    ),
+]
 Label = Annotated[str, msgspec.Meta(max_length=64)]
 Amount = Annotated[
     str | Annotated[int, msgspec.Meta(ge=0, le=MAX_AMOUNT)],
