@@ -29,6 +29,7 @@ from tests.e2e.support import IngesterProcess, exact, scrape, select, small_sale
 from tests.servers import free_port
 from tests.waiting import UNIT, until
 from workers.demo.sale import Sale, lychee_sale
+from workers.store import Store, StoreSettings
 
 TOPIC = "livestream/{stream}/events"
 
@@ -355,7 +356,10 @@ async def test_malformed_payloads_are_dead_lettered_and_never_stall_the_subscrip
         (topic, b'{"kind": "order", "id": "o", "status": "created"}'),
         (topic, b"\xff\xfe"),
         (topic, orjson.dumps({**good, "id": "c2", "stream": "someone-else"})),
-        ("livestream/bad{tag}/events", orjson.dumps({**good, "id": "c3"})),
+        (  # its frame is kept under li:dead, without the phone number in its text
+            "livestream/bad{tag}/events",
+            orjson.dumps({**good, "id": "c3", "text": f"{stream} VT01 sdt 0912 345 678"}),
+        ),
         (topic, orjson.dumps({**good, "id": "c4"})),
     ]
     with ingester(tmp_path, redis_url, broker, "bad") as process:
@@ -377,6 +381,13 @@ async def test_malformed_payloads_are_dead_lettered_and_never_stall_the_subscrip
             ("invalid_value", "mqtt"): 1.0,
         }
         assert handled(process) == {"accepted": 2.0, "rejected": 5.0}
+    client = Redis.from_url(redis_url)
+    try:
+        letters = await Store(client, StoreSettings()).dead_letters(None, count=1000)
+    finally:
+        await client.aclose()
+    (kept,) = [f["raw"] for f in letters if stream.encode() in f["raw"]]
+    assert b"VT01 sdt #### ### ###" in kept
 
 
 def certificates(folder: Path) -> tuple[Path, Path, Path]:
