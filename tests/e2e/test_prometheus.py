@@ -327,11 +327,19 @@ async def test_every_dashboard_query_and_rule_against_a_real_prometheus(
                     )
                     assert forged == 401
                     # A malformed request: the "Bad requests" panel has a series too.
-                    reader, writer = await asyncio.open_connection("127.0.0.1", hook)
-                    writer.write(b"POST /webhooks/shopify HTTP/1.1\r\nHost: x\r\nX-Broken\r\n\r\n")
-                    async with asyncio.timeout(10 * UNIT):
-                        assert (await reader.readline()).split()[1] == b"400"
-                    writer.close()
+                    reader, writer = await asyncio.open_connection(
+                        "127.0.0.1", hook, ssl=certificates.client()
+                    )
+                    try:
+                        writer.write(
+                            b"POST /webhooks/shopify HTTP/1.1\r\nHost: x\r\nX-Broken\r\n\r\n"
+                        )
+                        async with asyncio.timeout(10 * UNIT):
+                            assert (await reader.readline()).split()[1] == b"400"
+                    finally:
+                        writer.close()
+                        with contextlib.suppress(OSError):
+                            await writer.wait_closed()
                 await checks.every_query_answers()
                 assert not feed.finished("replica-0"), "the checks must run while the sale flows"
                 await until(
