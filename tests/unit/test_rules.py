@@ -185,6 +185,21 @@ MUTATIONS = {
 }
 
 
+CAUGHT_BY = {
+    "replicas summed instead of de-duplicated": "business.yml",
+    "the largest replica's rate instead of their average": "business.yml",
+    "no orders without the recent-chat gate": "business.yml",
+    "milestone from the raw total, not its 10-minute minimum": "business.yml",
+    "source silence without the activity gate": "sources.yml",
+    "duplicates of all replicas against the new events": "sources.yml",
+    "rejections without the volume gate": "sources.yml",
+    "ingester down for any job": "process.yml",
+    "all down only when no target is known": "process.yml",
+}
+"""The promtool test file that must catch each mutation: only that file runs for it (running
+every file for every mutation cost the suite two minutes)."""
+
+
 @pytest.mark.parametrize("mutation", MUTATIONS)
 def test_a_broken_rule_fails_its_tests(mutation: str, tmp_path: Path) -> None:
     old, new = MUTATIONS[mutation]
@@ -193,8 +208,8 @@ def test_a_broken_rule_fails_its_tests(mutation: str, tmp_path: Path) -> None:
     (tmp_path / "rules.yml").write_text(text.replace(old, new), encoding="utf-8")
     shutil.copytree(PROMETHEUS_DIR / "tests", tmp_path / "tests")
     assert promtool("check", "rules", tmp_path / "rules.yml").returncode == 0
-    result = promtool("test", "rules", *sorted((tmp_path / "tests").glob("*.yml")))
-    assert result.returncode != 0, f"the tests still pass with {mutation}"
+    result = promtool("test", "rules", tmp_path / "tests" / CAUGHT_BY[mutation])
+    assert result.returncode != 0, f"{CAUGHT_BY[mutation]} still passes with {mutation}"
 
 
 def test_runbook_links_are_absolute_and_the_rules_command_moves_them(tmp_path: Path) -> None:
