@@ -225,16 +225,13 @@ def capped(
                 return
             self.admitted = True
             if tls is not None:
-                tls.start(cast(asyncio.Transport, transport), self, self.release, self._served)
+                tls.start(cast(asyncio.Transport, transport), self, self.release, lambda: self.made)
                 return
             self._made(transport)
 
         def _made(self, transport: asyncio.BaseTransport) -> None:
             self.made = True
             super().connection_made(transport)
-
-        def _served(self) -> bool:
-            return self.made
 
         def release(self) -> None:
             if self.admitted:
@@ -247,6 +244,15 @@ def capped(
                 super().connection_lost(exc)
 
     return CappedConnection
+
+
+def _handshakes(
+    tls: ServerTls | None, settings: WebsocketServerSettings, on_failed: Callable[[str], None]
+) -> Handshakes | None:
+    """With TLS: started by the source on each counted connection, not by ``create_server``."""
+    if tls is None:
+        return None
+    return Handshakes(tls.context, settings.open_timeout, on_failed, settings.close_timeout)
 
 
 class WebsocketServerSource:
@@ -307,11 +313,7 @@ class WebsocketServerSource:
         self.caps = ConnectionCaps(settings.max_connections, settings.max_connections_per_client)
         self.rates = RateLimiter(settings.rates, clock)
         self.server: Server | None = None
-        self.handshakes: Handshakes | None = None
-        if tls is not None:  # started by us on each counted connection, not by create_server
-            self.handshakes = Handshakes(
-                tls.context, settings.open_timeout, on_bad_request, settings.close_timeout
-            )
+        self.handshakes = _handshakes(tls, settings, on_bad_request)
         self.ready = asyncio.Event()
         self._producers: weakref.WeakKeyDictionary[ServerConnection, Credential] = (
             weakref.WeakKeyDictionary()

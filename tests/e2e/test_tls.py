@@ -235,20 +235,16 @@ async def _stall(port: int, source: str, writers: list[asyncio.StreamWriter]) ->
     writers.append(writer)
 
 
-@pytest.mark.asyncio
-async def test_stalled_tls_handshakes_are_capped_while_a_producer_sends_a_sale_over_wss(
-    tmp_path: Path, redis_url: str, stream: str
-) -> None:
-    """Connections stalled before their TLS handshake hold places like any other: 127.0.0.2
-    fills its share and then the listener's; one more of each is refused at once; the
-    producer on 127.0.0.1 had its place first, and its sale's totals are exact."""
-    certificates = Certificates(tmp_path)
-    http, push = free_port(), free_port()
+def _stall_config(
+    tmp_path: Path, redis_url: str, stream: str, http: int, push: tuple[int, Certificates]
+) -> Path:
+    """A websocket server on TLS for 6 connections, 5 per client, handshakes within 2 s."""
+    port, certificates = push
     sources = f"""
 [[sources]]
 name = "push"
 type = "websocket-server"
-listen = "127.0.0.1:{push}"
+listen = "127.0.0.1:{port}"
 token_env = "{TOKEN_ENV}"
 stream = "{stream}"
 max_connections = 6
@@ -263,6 +259,19 @@ tls = {certificates.toml()}
     config.write_text(
         text.replace("rejection_interval_seconds = 0", "rejection_interval_seconds = 60")
     )
+    return config
+
+
+@pytest.mark.asyncio
+async def test_stalled_tls_handshakes_are_capped_while_a_producer_sends_a_sale_over_wss(
+    tmp_path: Path, redis_url: str, stream: str
+) -> None:
+    """Connections stalled before their TLS handshake hold places like any other: 127.0.0.2
+    fills its share and then the listener's; one more of each is refused at once; the
+    producer on 127.0.0.1 had its place first, and its sale's totals are exact."""
+    certificates = Certificates(tmp_path)
+    http, push = free_port(), free_port()
+    config = _stall_config(tmp_path, redis_url, stream, http, (push, certificates))
     sale = small_sale(stream)
     writers: list[asyncio.StreamWriter] = []
     refused = "livestream_ingest_connections_refused_total"
