@@ -300,9 +300,10 @@ class Handshakes:
         except ssl.SSLError:
             release()
             self.on_failed(TLS_HANDSHAKE)
-        except OSError:
+        except OSError as exc:  # both loops abort a handshake past its time this way
             release()
-            if loop.time() - started >= self.timeout:
+            late = isinstance(exc, ConnectionAbortedError | TimeoutError)
+            if late or loop.time() - started >= self.timeout:
                 self.on_failed(TLS_HANDSHAKE_TIMEOUT)
         except BaseException:
             release()

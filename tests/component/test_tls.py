@@ -343,20 +343,26 @@ async def stalled_handshakes_are_capped(port: int, told: Told, limit: float) -> 
     back (three from 127.0.0.2 fit again, left open: returned), and a plain HTTP client is
     counted as a failed handshake."""
     stalls = Stalls(port)
-    stalled = [await stalls.open(STALLER) for _ in range(3)]
-    assert await closed_at_once(await stalls.open(STALLER))
-    await until(lambda: told.refused == ["client"], WAIT, "the client's cap to refuse")
-    stalled.append(await stalls.open(HOST, HALF_HELLO))
-    assert await closed_at_once(await stalls.open(HOST))
-    await until(lambda: told.refused == ["client", "listener"], WAIT, "the listener's cap")
-    for reader in stalled:
-        assert await asyncio.wait_for(reader.read(), (limit + WAIT) * UNIT) == b""
-    timeouts = ["tls_handshake_timeout"] * 4
-    await until(lambda: told.bad == timeouts, WAIT, "the timeouts counted")
-    stalls.close()
+    try:
+        stalled = [await stalls.open(STALLER) for _ in range(3)]
+        assert await closed_at_once(await stalls.open(STALLER))
+        await until(lambda: told.refused == ["client"], WAIT, "the client's cap to refuse")
+        stalled.append(await stalls.open(HOST, HALF_HELLO))
+        assert await closed_at_once(await stalls.open(HOST))
+        await until(lambda: told.refused == ["client", "listener"], WAIT, "the listener's cap")
+        for reader in stalled:
+            assert await asyncio.wait_for(reader.read(), (limit + WAIT) * UNIT) == b""
+        timeouts = ["tls_handshake_timeout"] * 4
+        await until(lambda: told.bad == timeouts, WAIT, "the timeouts counted")
+    finally:
+        stalls.close()
     again = Stalls(port)
-    for _ in range(3):
-        await again.open(STALLER)
+    try:
+        for _ in range(3):
+            await again.open(STALLER)
+    except BaseException:
+        again.close()
+        raise
     reader, writer = await asyncio.open_connection(HOST, port)
     writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     with contextlib.suppress(ConnectionError):  # an alert, then the server hangs up
