@@ -2,7 +2,8 @@
 certificate, checking it, and replacing it without a restart.
 
 A listener is handed one :class:`ssl.SSLContext` when it starts listening and keeps it: the
-event loop wraps each accepted connection with it (``create_server(ssl=...)``). To serve a
+event loop wraps each accepted connection with it once the listener has counted it
+(:class:`Handshakes`, ``loop.connect_accepted_socket(ssl=...)``). To serve a
 renewed certificate, :class:`ServerTls` loads the files into a *new* context and makes it
 current; the listening context's ``sni_callback``, which OpenSSL calls during every handshake
 (with ``server_name=None`` when the client sends no SNI, as for an IP address), points that
