@@ -479,6 +479,7 @@ def websocket_server(
         on_reload=functools.partial(_secrets_reloaded, metrics, name),
         on_refused=functools.partial(health.connection_refused, name),
         on_rate_limited=functools.partial(health.rate_limited, name),
+        on_bad_request=functools.partial(health.bad_request, name),
         tls=tls,
     )
 
@@ -815,6 +816,7 @@ class Ingester:
             on_refused=functools.partial(self.health.connection_refused, HTTP_LISTENER),
             on_timeout=functools.partial(self.health.bad_request, HTTP_LISTENER),
             on_rate_limited=functools.partial(self.health.rate_limited, HTTP_LISTENER),
+            on_tls=functools.partial(self.health.bad_request, HTTP_LISTENER),
         )
         middlewares: list[Middleware] = [guard.middleware]
         credentials = metrics_credentials(self.config.http, self.environ)

@@ -19,10 +19,14 @@ authentication, so anyone could fill the logs. :class:`ServerLog` is the logger 
 aiohttp instead: those go to ``on_bad_request`` (a counter and a throttled line); anything else
 (a bug of ours: a 500) is still logged in full by ``aiohttp.server``.
 
-With an ``ssl.SSLContext`` the site speaks TLS only; the handshake must end within
-``header_timeout`` (the event loop's ``ssl_handshake_timeout``), and a client that fails it (one
-speaking plain HTTP) is dropped by the event loop without a line. :class:`Credentials` is the
-optional check of an ``Authorization`` header (bearer or basic) that the metrics endpoint uses.
+With an ``ssl.SSLContext`` the site speaks TLS only. It listens in plain TCP and starts TLS on
+each connection once it is counted against the caps (``ingest.sources.tls.Handshakes``), so
+connections that never finish their handshake are bounded like any other; the handshake must
+end within ``header_timeout``, and one that fails (a client speaking plain HTTP) or times out is
+closed and reported to ``on_tls`` (``tls_handshake``, ``tls_handshake_timeout``).
+
+:class:`Credentials` is the optional check of an ``Authorization`` header (bearer or basic)
+that the metrics endpoint uses.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
 
 from ingest.sources.admission import ConnectionCaps, RateLimiter, RateLimits, client_key
+from ingest.sources.tls import Handshakes
 
 MALFORMED_REQUEST = "malformed_request"
 INCOMPLETE_BODY = "incomplete_body"
@@ -99,9 +104,12 @@ class Guard:
         on_refused: Callable[[str], None],
         on_timeout: Callable[[str], None],
         on_rate_limited: Callable[[str], None],
+        on_tls: Callable[[str], None] = lambda reason: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limits = limits
+        self.on_tls = on_tls
+        """A TLS handshake that failed or timed out (``tls_handshake``, ``..._timeout``)."""
         self.on_refused = on_refused
         self.on_timeout = on_timeout
         self.on_rate_limited = on_rate_limited
@@ -135,9 +143,17 @@ class Guard:
 class _Connection(asyncio.Protocol):
     """One accepted connection: aiohttp's protocol inside, a deadline for each request head."""
 
-    def __init__(self, guard: Guard, protocol: Callable[[], asyncio.Protocol]) -> None:
+    def __init__(
+        self,
+        guard: Guard,
+        protocol: Callable[[], asyncio.Protocol],
+        tls: Handshakes | None = None,
+    ) -> None:
         self.guard = guard
         self.protocol = protocol
+        self.tls = tls
+        self.held = False
+        """Counted against the caps (from the accept until the connection is lost)."""
         self.inner: asyncio.Protocol | None = None
         self.transport: asyncio.Transport | None = None
         self.deadline: asyncio.TimerHandle | None = None
@@ -145,6 +161,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, base)  # uvloop's transports do not subclass asyncio's
+        if self.held:  # the TLS transport of a connection counted when it was accepted
+            self._serve(transport)
+            return
         guard = self.guard
         self.client = client_key(transport.get_extra_info("peername"))
         refused = guard.caps.admit(self.client)
@@ -152,11 +171,25 @@ class _Connection(asyncio.Protocol):
             transport.abort()
             guard.on_refused(refused)
             return
+        self.held = True
+        if self.tls is not None:
+            self.tls.start(transport, self, self.release, lambda: self.inner is not None)
+            return
+        self._serve(transport)
+
+    def _serve(self, transport: asyncio.Transport) -> None:
+        guard = self.guard
         self.transport = transport
         guard.open[transport] = self
         self.arm(guard.limits.header_timeout)
         self.inner = self.protocol()
         self.inner.connection_made(transport)
+
+    def release(self) -> None:
+        """Give the connection's place back, once."""
+        if self.held:
+            self.held = False
+            self.guard.caps.release(self.client)
 
     def arm(self, delay: float) -> None:
         self.disarm()
@@ -177,8 +210,8 @@ class _Connection(asyncio.Protocol):
         self.disarm()
         if self.transport is not None:
             self.guard.open.pop(self.transport, None)
-            self.guard.caps.release(self.client)
             self.transport = None
+        self.release()
         if self.inner is not None:
             self.inner.connection_lost(exc)
 
@@ -213,6 +246,7 @@ class GuardedSite(web.BaseSite):
         self.host, self.port = host, port
         self.guard = guard
         self.ssl_context = ssl_context
+        self.handshakes: Handshakes | None = None
 
     @property
     def name(self) -> str:
@@ -227,15 +261,23 @@ class GuardedSite(web.BaseSite):
 
     async def start(self) -> None:
         await super().start()
+        guard = self.guard
+        handshakes = None
+        if self.ssl_context is not None:  # TLS started on each counted connection
+            handshakes = Handshakes(self.ssl_context, guard.limits.header_timeout, guard.on_tls)
+        self.handshakes = handshakes
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: _Connection(self.guard, self._protocol),
+            lambda: _Connection(guard, self._protocol, handshakes),
             self.host,
             self.port,
             backlog=self._backlog,
             reuse_address=True,
-            ssl=self.ssl_context,
-            ssl_handshake_timeout=self.guard.limits.header_timeout if self.ssl_context else None,
         )
+
+    async def stop(self) -> None:
+        if self.handshakes is not None:
+            self.handshakes.close()
+        await super().stop()
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -2,7 +2,8 @@
 certificate, checking it, and replacing it without a restart.
 
 A listener is handed one :class:`ssl.SSLContext` when it starts listening and keeps it: the
-event loop wraps each accepted connection with it (``create_server(ssl=...)``). To serve a
+event loop wraps each accepted connection with it once the listener has counted it
+(:class:`Handshakes`, ``loop.connect_accepted_socket(ssl=...)``). To serve a
 renewed certificate, :class:`ServerTls` loads the files into a *new* context and makes it
 current; the listening context's ``sni_callback``, which OpenSSL calls during every handshake
 (with ``server_name=None`` when the client sends no SNI, as for an IP address), points that
@@ -26,6 +27,7 @@ import asyncio
 import dataclasses
 import os
 import re
+import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -215,3 +217,118 @@ class ServerTls:
         while True:
             await asyncio.sleep(every)
             self.check()
+
+
+TLS_HANDSHAKE = "tls_handshake"
+"""A TLS handshake that failed (not TLS, a protocol or certificate error): a client's mistake."""
+TLS_HANDSHAKE_TIMEOUT = "tls_handshake_timeout"
+"""A TLS handshake not finished within its listener's timeout."""
+
+
+class Handshakes:
+    """TLS started on connections a listener accepted as plain TCP, so that each is counted
+    against the listener's caps from its accept, not from the end of its handshake (which is
+    when ``create_server(ssl=...)`` would tell the protocol).
+
+    :meth:`start` takes the accepted socket from its plain transport before any byte is read
+    (a copy of its descriptor; the plain transport is dropped) and hands it to
+    ``loop.connect_accepted_socket`` with the context: the protocol then sees
+    ``connection_made`` a second time, with the TLS transport. (``loop.start_tls`` on the plain
+    transport would be the obvious way, but uvloop reads the ClientHello into the plain
+    protocol before the upgrade takes over, and the handshake hangs.) A handshake that fails or
+    times out is closed, reported to ``on_failed`` (:data:`TLS_HANDSHAKE`,
+    :data:`TLS_HANDSHAKE_TIMEOUT`; a client that hangs up is not reported) and ``release`` is
+    called; after a handshake, the protocol's ``connection_lost`` releases."""
+
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        timeout: float,
+        on_failed: Callable[[str], None],
+        shutdown_timeout: float | None = None,
+    ) -> None:
+        self.context = context
+        self.timeout = timeout
+        self.shutdown_timeout = shutdown_timeout
+        self.on_failed = on_failed
+        self.pending: set[asyncio.Task[None]] = set()
+
+    def start(
+        self,
+        transport: asyncio.Transport,
+        protocol: asyncio.BaseProtocol,
+        release: Callable[[], None],
+        served: Callable[[], bool],
+    ) -> None:
+        """Start TLS on ``transport``'s connection (call from its ``connection_made``);
+        ``served()`` tells whether ``protocol`` got its TLS transport."""
+        plain = transport.get_extra_info("socket")
+        transport.set_protocol(_Dropped())
+        try:
+            fd = os.dup(plain.fileno())
+        except OSError:  # out of descriptors: the connection goes
+            transport.abort()
+            release()
+            return
+        transport.abort()  # closes its descriptor only: the connection lives on in ``fd``
+        sock = socket.socket(plain.family, plain.type, plain.proto, fileno=fd)
+        handed: list[bool] = []
+        task = asyncio.get_running_loop().create_task(
+            self._upgrade(sock, protocol, (release, served), handed)
+        )
+        self.pending.add(task)
+        task.add_done_callback(lambda _: self._done(task, sock, handed, release))
+
+    async def _upgrade(
+        self,
+        sock: socket.socket,
+        protocol: asyncio.BaseProtocol,
+        hooks: tuple[Callable[[], None], Callable[[], bool]],
+        handed: list[bool],
+    ) -> None:
+        release, served = hooks
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        handed.append(True)  # from here the event loop owns (and closes) the socket
+        try:
+            await loop.connect_accepted_socket(
+                lambda: protocol,
+                sock,
+                ssl=self.context,
+                ssl_handshake_timeout=self.timeout,
+                ssl_shutdown_timeout=self.shutdown_timeout,
+            )
+        except ssl.SSLError:
+            release()
+            self.on_failed(TLS_HANDSHAKE)
+        except OSError as exc:  # both loops abort a handshake past its time this way
+            release()
+            late = isinstance(exc, ConnectionAbortedError | TimeoutError)
+            if late or loop.time() - started >= self.timeout:
+                self.on_failed(TLS_HANDSHAKE_TIMEOUT)
+        except BaseException:
+            release()
+            raise
+        if not served():  # asyncio: the client left during the handshake without an error
+            release()
+
+    def _done(
+        self,
+        task: asyncio.Task[None],
+        sock: socket.socket,
+        handed: list[bool],
+        release: Callable[[], None],
+    ) -> None:
+        self.pending.discard(task)
+        if not handed:  # cancelled before it ran
+            sock.close()
+            release()
+
+    def close(self) -> None:
+        """Abort every handshake under way (the listener stops)."""
+        for task in list(self.pending):
+            task.cancel()
+
+
+class _Dropped(asyncio.Protocol):
+    """The plain transport's protocol once its socket is taken over: nothing to tell."""

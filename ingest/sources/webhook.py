@@ -247,6 +247,7 @@ class ShopifyWebhookSource:
             self.limits,
             on_refused=self.on_refused,
             on_timeout=self.on_bad_request,
+            on_tls=self.on_bad_request,
             on_rate_limited=self.on_rate_limited,
         )
         app = web.Application(client_max_size=self.max_body_bytes, middlewares=[guard.middleware])

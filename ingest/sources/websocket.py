@@ -18,6 +18,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from pathlib import Path
+from typing import cast
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -39,7 +40,7 @@ from ingest.sources.admission import (
 )
 from ingest.sources.base import Format, Health, Sink, split_address
 from ingest.sources.reconnect import Reconnecting, ReconnectSettings
-from ingest.sources.tls import ServerTls
+from ingest.sources.tls import Handshakes, ServerTls
 from ingest.sources.tokens import ENV_PRODUCER, Credential, SecretsFile, Tokens, read_tokens
 
 log = logging.getLogger(__name__)
@@ -195,32 +196,63 @@ REVOKED = "token revoked"
 """The close reason (code 1008, policy violation) sent to a producer whose token was removed."""
 
 
-def capped(caps: ConnectionCaps, on_refused: Callable[[str], None]) -> type[ServerConnection]:
+def capped(
+    caps: ConnectionCaps,
+    on_refused: Callable[[str], None],
+    tls: Handshakes | None = None,
+) -> type[ServerConnection]:
     """websockets' server connection, counted against ``caps`` from the moment it is accepted
-    (before any byte of the handshake): one over them is dropped at once, reported to
-    ``on_refused`` with the scope that refused it."""
+    (before any byte of the handshake, TLS's included): one over them is dropped at once,
+    reported to ``on_refused`` with the scope that refused it. With ``tls``, TLS is started
+    on the counted connection and websockets sees it once its TLS handshake is done."""
 
     class CappedConnection(ServerConnection):
         client = "unknown"
         admitted = False
+        made = False
+        """websockets saw the connection (not one that failed its TLS handshake)."""
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            super().connection_made(transport)  # starts the handler: it sees the connection lost
+            if self.admitted:  # the TLS transport of a connection counted when accepted
+                self._made(transport)
+                return
             self.client = client_key(transport.get_extra_info("peername"))
             refused = caps.admit(self.client)
             if refused is not None:
+                self._made(transport)  # starts the handler: it sees the connection lost
                 on_refused(refused)
                 self.transport.abort()
                 return
             self.admitted = True
+            if tls is not None:
+                tls.start(cast(asyncio.Transport, transport), self, self.release, lambda: self.made)
+                return
+            self._made(transport)
 
-        def connection_lost(self, exc: Exception | None) -> None:
+        def _made(self, transport: asyncio.BaseTransport) -> None:
+            self.made = True
+            super().connection_made(transport)
+
+        def release(self) -> None:
             if self.admitted:
                 self.admitted = False
                 caps.release(self.client)
-            super().connection_lost(exc)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.release()
+            if self.made:
+                super().connection_lost(exc)
 
     return CappedConnection
+
+
+def _handshakes(
+    tls: ServerTls | None, settings: WebsocketServerSettings, on_failed: Callable[[str], None]
+) -> Handshakes | None:
+    """With TLS: started by the source on each counted connection, not by ``create_server``."""
+    if tls is None:
+        return None
+    return Handshakes(tls.context, settings.open_timeout, on_failed, settings.close_timeout)
 
 
 class WebsocketServerSource:
@@ -241,7 +273,10 @@ class WebsocketServerSource:
     with 1008 and reported to ``on_revoked``: a revoked producer keeps nothing.
 
     With ``tls``, producers connect with ``wss://``: the TLS handshake shares websockets'
-    ``open_timeout`` (10 s), and the certificate served is ``tls``'s current one."""
+    ``open_timeout`` (10 s), and the certificate served is ``tls``'s current one. TLS is
+    started on each connection once it is counted against the caps, so connections stalled in
+    their TLS handshake are bounded too; a failed or timed-out TLS handshake is reported to
+    ``on_bad_request`` (``tls_handshake``, ``tls_handshake_timeout``)."""
 
     def __init__(
         self,
@@ -257,6 +292,7 @@ class WebsocketServerSource:
         on_reload: Callable[[bool], None] = lambda ok: None,
         on_refused: Callable[[str], None] = lambda scope: None,
         on_rate_limited: Callable[[str], None] = lambda scope: None,
+        on_bad_request: Callable[[str], None] = lambda reason: None,
         clock: Callable[[], float] = time.monotonic,
         tls: ServerTls | None = None,
     ) -> None:
@@ -277,6 +313,7 @@ class WebsocketServerSource:
         self.caps = ConnectionCaps(settings.max_connections, settings.max_connections_per_client)
         self.rates = RateLimiter(settings.rates, clock)
         self.server: Server | None = None
+        self.handshakes = _handshakes(tls, settings, on_bad_request)
         self.ready = asyncio.Event()
         self._producers: weakref.WeakKeyDictionary[ServerConnection, Credential] = (
             weakref.WeakKeyDictionary()
@@ -373,19 +410,20 @@ class WebsocketServerSource:
             self.host,
             self.port,
             process_request=self._authorise,
-            create_connection=capped(self.caps, self.on_refused),
+            create_connection=capped(self.caps, self.on_refused, self.handshakes),
             open_timeout=self.settings.open_timeout,
             max_size=self.settings.max_size,
             ping_interval=self.settings.ping_interval,
             ping_timeout=self.settings.ping_timeout,
             close_timeout=self.settings.close_timeout,
-            ssl=self.tls.context if self.tls is not None else None,
         )
         self.port = self.server.sockets[0].getsockname()[1] if self.port == 0 else self.port
 
     async def close(self) -> None:
         """Stop listening and close every connection (also when ``run`` never started)."""
         server, self.server = self.server, None
+        if self.handshakes is not None:
+            self.handshakes.close()
         if server is not None:
             server.close()
             await server.wait_closed()

@@ -11,17 +11,20 @@ import contextlib
 import dataclasses
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+import uvloop
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidMessage
 
 from ingest.adapter import FormatOptions
 from ingest.native import NativeFormat
 from ingest.shopify import ShopifyFormat, signature
+from ingest.sources.http import Limits
 from ingest.sources.tls import Loaded, ServerTls, TlsError, TlsSettings, load
 from ingest.sources.webhook import ShopifyWebhookSettings, ShopifyWebhookSource
 from ingest.sources.websocket import WebsocketServerSettings, WebsocketServerSource
@@ -280,3 +283,177 @@ async def test_why_a_new_context_loading_a_bad_renewal_into_the_live_one_breaks_
         port = server.sockets[0].getsockname()[1]
         with pytest.raises(HANDSHAKE_FAILURES):
             await peer_serial(port, certificates.client())
+
+
+LOOPS = ["asyncio", "uvloop"]
+"""The stalled-handshake tests run on both event loops: the CLI runs on uvloop."""
+
+
+def run_on(loop: str, test: Coroutine[Any, Any, None]) -> None:
+    if loop == "uvloop":
+        uvloop.run(test)
+    else:
+        asyncio.run(test)
+
+
+STALLER = "127.0.0.2"
+"""The address the stalled handshakes come from (the legitimate client is on 127.0.0.1)."""
+HALF_HELLO = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
+"""The first bytes of a ClientHello, and then nothing."""
+
+
+@dataclasses.dataclass
+class Told:
+    """A listener's ``on_refused`` and bad-request hooks, recorded."""
+
+    refused: list[str] = dataclasses.field(default_factory=list)
+    bad: list[str] = dataclasses.field(default_factory=list)
+
+
+class Stalls:
+    """Raw TCP connections to a TLS port that never finish their handshake (their writers are
+    kept: a writer collected closes its connection)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def open(self, source: str, hello: bytes = b"") -> asyncio.StreamReader:
+        reader, writer = await asyncio.open_connection(HOST, self.port, local_addr=(source, 0))
+        self.writers.append(writer)
+        if hello:
+            writer.write(hello)
+        return reader
+
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.close()
+
+
+async def closed_at_once(reader: asyncio.StreamReader) -> bool:
+    with contextlib.suppress(ConnectionError):
+        return await asyncio.wait_for(reader.read(), 0.5 * UNIT) == b""
+    return True
+
+
+async def stalled_handshakes_are_capped(port: int, told: Told, limit: float) -> Stalls:
+    """With ``max_connections=4`` and 3 per client: three stalled handshakes from 127.0.0.2
+    (a fourth is refused for its client at once), one half ClientHello from 127.0.0.1 (one more
+    is refused for the listener); each is dropped by the handshake timeout and gives its place
+    back (three from 127.0.0.2 fit again, left open: returned), and a plain HTTP client is
+    counted as a failed handshake."""
+    stalls = Stalls(port)
+    try:
+        stalled = [await stalls.open(STALLER) for _ in range(3)]
+        assert await closed_at_once(await stalls.open(STALLER))
+        await until(lambda: told.refused == ["client"], WAIT, "the client's cap to refuse")
+        stalled.append(await stalls.open(HOST, HALF_HELLO))
+        assert await closed_at_once(await stalls.open(HOST))
+        await until(lambda: told.refused == ["client", "listener"], WAIT, "the listener's cap")
+        for reader in stalled:
+            assert await asyncio.wait_for(reader.read(), (limit + WAIT) * UNIT) == b""
+        timeouts = ["tls_handshake_timeout"] * 4
+        await until(lambda: told.bad == timeouts, WAIT, "the timeouts counted")
+    finally:
+        stalls.close()
+    again = Stalls(port)
+    try:
+        for _ in range(3):
+            await again.open(STALLER)
+    except BaseException:
+        again.close()
+        raise
+    reader, writer = await asyncio.open_connection(HOST, port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    with contextlib.suppress(ConnectionError):  # an alert, then the server hangs up
+        await asyncio.wait_for(reader.read(), WAIT * UNIT)
+    writer.close()
+    await until(lambda: told.bad == [*timeouts, "tls_handshake"], WAIT, "the failed handshake")
+    assert told.refused == ["client", "listener"]
+    return again
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_websocket_tls_handshakes_are_counted_against_the_caps_from_the_accept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, loop: str
+) -> None:
+    run_on(loop, websocket_caps(tmp_path))
+    assert no_warnings(caplog) == []
+
+
+async def websocket_caps(tmp_path: Path) -> None:
+    certificates, reloads, sink, told = Certificates(tmp_path), Reloads(), RecordingSink(), Told()
+    fmt = NativeFormat(FormatOptions(default_stream=STREAM, platforms=frozenset({"tiktok"})))
+    timeout = 1.0 * UNIT
+    settings = WebsocketServerSettings(
+        listen=f"{HOST}:0",
+        token=TOKEN,
+        max_connections=4,
+        max_connections_per_client=3,
+        open_timeout=timeout,
+    )
+    source = WebsocketServerSource(
+        "push",
+        fmt,
+        sink,
+        RecordingHealth(),
+        settings,
+        on_refused=told.refused.append,
+        on_bad_request=told.bad.append,
+        tls=reloads.tls(certificates),
+    )
+    async with asyncio.timeout(30 * UNIT), running(source.run()):
+        await asyncio.wait_for(source.ready.wait(), WAIT * UNIT)
+        stalls = await stalled_handshakes_are_capped(source.port, told, timeout)
+        await until(lambda: source.caps.open == 3, WAIT, "the plain client's place given back")
+        async with producer(source, certificates.client()) as ws:
+            await ws.send(frame("e1"))
+            await until(lambda: sink.event_ids == ["e1"], WAIT, "the event over TLS")
+            assert source.caps.per_client == {STALLER: 3, HOST: 1}
+        await until(lambda: source.caps.per_client == {STALLER: 3}, WAIT, "the producer gone")
+        stalls.close()
+        await until(lambda: source.caps.open == 0, WAIT, "every place given back")
+    assert source.caps.open == 0
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_webhook_tls_handshakes_are_counted_against_the_caps_from_the_accept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, loop: str
+) -> None:
+    run_on(loop, webhook_caps(tmp_path))
+    assert no_warnings(caplog) == []
+
+
+async def webhook_caps(tmp_path: Path) -> None:
+    certificates, reloads, sink, told = Certificates(tmp_path), Reloads(), RecordingSink(), Told()
+    secret = "shpss_component_secret_0123456789"
+    timeout = 1.0 * UNIT
+    limits = Limits(max_connections=4, max_connections_per_client=3, header_timeout=timeout)
+    settings = ShopifyWebhookSettings(secret=secret, listen=f"{HOST}:0", limits=limits)
+    fmt = ShopifyFormat(FormatOptions(default_stream=STREAM, platforms=frozenset({"shopify"})))
+    source = ShopifyWebhookSource(
+        "shop",
+        fmt,
+        sink,
+        RecordingHealth(),
+        settings,
+        on_refused=told.refused.append,
+        on_bad_request=told.bad.append,
+        tls=reloads.tls(certificates),
+    )
+    body = b'{"id": 1, "created_at": "2024-05-01T12:00:00Z", "line_items": []}'
+    headers = {
+        "X-Shopify-Topic": "shop/update",
+        "X-Shopify-Hmac-Sha256": signature(secret.encode(), body),
+    }
+    async with asyncio.timeout(30 * UNIT), running(source.run()):
+        await until(lambda: source._runner is not None, WAIT, "the webhook to listen")
+        stalls = await stalled_handshakes_are_capped(source.port, told, timeout)
+        url = f"https://{HOST}:{source.port}{settings.path}"
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(url, data=body, headers=headers, ssl=certificates.client()) as r,
+        ):
+            assert (r.status, await r.text()) == (200, "ignored\n")
+        assert told.refused == ["client", "listener"]
+        stalls.close()

@@ -227,3 +227,85 @@ tls = {certificates.toml()}
         await exact(http, sale)
         log = process.log.read_text(errors="replace")
     assert "Traceback" not in log, log
+
+
+async def _stall(port: int, source: str, writers: list[asyncio.StreamWriter]) -> None:
+    """A TCP connection that never starts its TLS handshake, kept open."""
+    _, writer = await asyncio.open_connection(HOST, port, local_addr=(source, 0))
+    writers.append(writer)
+
+
+def _stall_config(
+    tmp_path: Path, redis_url: str, stream: str, http: int, push: tuple[int, Certificates]
+) -> Path:
+    """A websocket server on TLS for 6 connections, 5 per client, handshakes within 2 s."""
+    port, certificates = push
+    sources = f"""
+[[sources]]
+name = "push"
+type = "websocket-server"
+listen = "127.0.0.1:{port}"
+token_env = "{TOKEN_ENV}"
+stream = "{stream}"
+max_connections = 6
+max_connections_per_client = 5
+open_timeout = {2 * UNIT}
+tls = {certificates.toml()}
+"""
+    config = write_config(
+        tmp_path / "stall.toml", redis_url=redis_url, http_port=http, sources=sources
+    )
+    text = config.read_text()  # refusals logged at most once a minute per kind, as in production
+    config.write_text(
+        text.replace("rejection_interval_seconds = 0", "rejection_interval_seconds = 60")
+    )
+    return config
+
+
+@pytest.mark.asyncio
+async def test_stalled_tls_handshakes_are_capped_while_a_producer_sends_a_sale_over_wss(
+    tmp_path: Path, redis_url: str, stream: str
+) -> None:
+    """Connections stalled before their TLS handshake hold places like any other: 127.0.0.2
+    fills its share and then the listener's; one more of each is refused at once; the
+    producer on 127.0.0.1 had its place first, and its sale's totals are exact."""
+    certificates = Certificates(tmp_path)
+    http, push = free_port(), free_port()
+    config = _stall_config(tmp_path, redis_url, stream, http, (push, certificates))
+    sale = small_sale(stream)
+    writers: list[asyncio.StreamWriter] = []
+    refused = "livestream_ingest_connections_refused_total"
+    with IngesterProcess(config, http, env={TOKEN_ENV: TOKEN}) as process:
+        url = f"wss://{HOST}:{push}/ingest"
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with (
+            asyncio.timeout(60 * UNIT),
+            connect(url, additional_headers=headers, ssl=certificates.client(), proxy=None) as ws,
+        ):
+            for _ in range(7):  # five fill the client's share, then one is refused for it
+                await _stall(push, "127.0.0.2", writers)
+
+            def counted() -> dict[tuple[str, ...], float]:
+                return select(process.scraper.scrape(http), refused, listener="push")
+
+            await until(lambda: counted() == {("client",): 2, ("listener",): 0}, 10)
+            await _stall(push, HOST, writers)  # the producer's and five: the listener is full
+            await until(lambda: counted() == {("client",): 2, ("listener",): 1}, 10)
+            for frame in sale_frames(sale):
+                await ws.send(frame.decode())
+        await exact(http, sale)
+        timeouts = "livestream_ingest_bad_requests_total"
+        await until(
+            lambda: (
+                select(process.scraper.scrape(http), timeouts, listener="push")
+                == {("tls_handshake_timeout",): 5}
+            ),
+            10,
+        )
+        for writer in writers:
+            writer.close()
+        log = process.log.read_text(errors="replace")
+    assert "Traceback" not in log, log
+    refusals = [line for line in log.splitlines() if "request refused" in line]
+    assert len(refusals) == 2, refusals  # one "connection refused", one "bad request"
+    assert "SSL handshake" not in log, log
