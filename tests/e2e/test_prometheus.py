@@ -595,8 +595,8 @@ async def test_per_minute_rates_add_up_with_offset_scrapes_and_a_replica_kill_al
     other = RedisServer()
     other.start()
     try:
-        solo = BurstFeed("rates-solo", bursts=20, seed=11)
-        trio = BurstFeed("rates-trio", bursts=20, seed=12)
+        solo = BurstFeed("rates-solo", bursts=12, seed=11)
+        trio = BurstFeed("rates-trio", bursts=12, seed=12)
         sets = ReplicaSets(tmp_path, {"solo": (other.url, solo, 1), "trio": (redis_url, trio, 3)})
         prometheus = Prometheus(tmp_path, sets.targets, scrape_interval=SCRAPE_SECONDS)
         async with aiohttp.ClientSession() as http, sets.running():
