@@ -582,6 +582,7 @@ async def alerts_after_killing(
     return severities, [row["metric"] for row in others]
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 @pytest.mark.timeout(300)
 async def test_per_minute_rates_add_up_with_offset_scrapes_and_a_replica_kill_alerts_nothing(
