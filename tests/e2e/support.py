@@ -213,6 +213,34 @@ commit_timeout_seconds = {1.5 * UNIT}
 """
 
 
+PUSH_TOKEN = "push-token-0123456789abcdef"
+PUSH_TOKEN_ENV = "LIVESTREAM_TEST_PUSH_TOKEN"
+
+
+def push_and_shop_sources(push: int, hook: int, stream: str) -> str:
+    """Two internet-facing listeners on one stream: a native push server on ``push`` (token
+    ``PUSH_TOKEN`` in ``PUSH_TOKEN_ENV``) named "push", and a Shopify webhook on ``hook`` (secret
+    ``SECRET`` in ``SECRET_ENV``) named "shop"."""
+    return f"""
+[[sources]]
+name = "push"
+type = "websocket-server"
+listen = "127.0.0.1:{push}"
+path = "/ingest"
+token_env = "{PUSH_TOKEN_ENV}"
+stream = "{stream}"
+
+[[sources]]
+name = "shop"
+type = "http-server"
+format = "shopify"
+listen = "127.0.0.1:{hook}"
+path = "/webhooks/shopify"
+secret_env = "{SECRET_ENV}"
+stream = "{stream}"
+"""
+
+
 def twitch_environment(server: EventSubServer) -> dict[str, str]:
     """The secrets an :func:`eventsub_source` of ``server`` reads, in either mode."""
     env = {TOKEN_ENV: server.token, REFRESH_TOKEN_ENV: server.oauth.initial_refresh_token}

@@ -13,12 +13,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.support import SECRET, SECRET_ENV, IngesterProcess, scrape, select, write_config
+from tests.e2e.support import (
+    PUSH_TOKEN,
+    PUSH_TOKEN_ENV,
+    SECRET,
+    SECRET_ENV,
+    IngesterProcess,
+    push_and_shop_sources,
+    scrape,
+    select,
+    write_config,
+)
 from tests.servers import free_port
 from tests.waiting import UNIT, until
 
-TOKEN = "push-token-0123456789abcdef"
-TOKEN_ENV = "LIVESTREAM_TEST_PUSH_TOKEN"
+TOKEN = PUSH_TOKEN
+TOKEN_ENV = PUSH_TOKEN_ENV
 
 
 class Listeners:
@@ -35,24 +45,7 @@ class Listeners:
 @pytest.fixture
 def listeners(tmp_path: Path, redis_url: str, stream: str) -> Iterator[Listeners]:
     http, push, hook = free_port(), free_port(), free_port()
-    sources = f"""
-[[sources]]
-name = "push"
-type = "websocket-server"
-listen = "127.0.0.1:{push}"
-path = "/ingest"
-token_env = "{TOKEN_ENV}"
-stream = "{stream}"
-
-[[sources]]
-name = "shop"
-type = "http-server"
-format = "shopify"
-listen = "127.0.0.1:{hook}"
-path = "/webhooks/shopify"
-secret_env = "{SECRET_ENV}"
-stream = "{stream}"
-"""
+    sources = push_and_shop_sources(push, hook, stream)
     config = write_config(
         tmp_path / "ears.toml", redis_url=redis_url, http_port=http, sources=sources
     )

@@ -16,14 +16,24 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.e2e.support import SECRET, SECRET_ENV, IngesterProcess, scrape, select, write_config
+from tests.e2e.support import (
+    PUSH_TOKEN,
+    PUSH_TOKEN_ENV,
+    SECRET,
+    SECRET_ENV,
+    IngesterProcess,
+    push_and_shop_sources,
+    scrape,
+    select,
+    write_config,
+)
 from tests.e2e.test_shopify import ShopOrder, cancelled, make_order
 from tests.platforms import Shop
 from tests.servers import free_port
 from tests.waiting import until
 
-TOKEN = "push-token-0123456789abcdef"
-TOKEN_ENV = "LIVESTREAM_TEST_PUSH_TOKEN"
+TOKEN = PUSH_TOKEN
+TOKEN_ENV = PUSH_TOKEN_ENV
 
 
 class Sources:
@@ -52,24 +62,7 @@ class Sources:
 @pytest.fixture
 def sources(tmp_path: Path, redis_url: str, stream: str) -> Iterator[Sources]:
     http, push, hook = free_port(), free_port(), free_port()
-    config = f"""
-[[sources]]
-name = "push"
-type = "websocket-server"
-listen = "127.0.0.1:{push}"
-path = "/ingest"
-token_env = "{TOKEN_ENV}"
-stream = "{stream}"
-
-[[sources]]
-name = "shop"
-type = "http-server"
-format = "shopify"
-listen = "127.0.0.1:{hook}"
-path = "/webhooks/shopify"
-secret_env = "{SECRET_ENV}"
-stream = "{stream}"
-"""
+    config = push_and_shop_sources(push, hook, stream)
     path = write_config(tmp_path / "two.toml", redis_url=redis_url, http_port=http, sources=config)
     with IngesterProcess(path, http, env={SECRET_ENV: SECRET, TOKEN_ENV: TOKEN}) as process:
         yield Sources(process, push, hook, stream)
