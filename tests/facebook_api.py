@@ -203,6 +203,16 @@ class FacebookApi:
         self.valid_tokens.discard(token)
         self.revoked_tokens.add(token)
 
+    def delete(self, comment: dict[str, Any]) -> None:
+        """The comment is deleted: gone from the pages, and every cursor naming it invalid."""
+        self.comments.remove(comment)
+
+    def _position(self, comment_id: str) -> int | None:
+        for index, comment in enumerate(self.comments):
+            if comment["id"] == comment_id:
+                return index
+        return None
+
     # --- the handlers ---------------------------------------------------------------------
 
     def _error(
@@ -305,15 +315,21 @@ class FacebookApi:
         fields = _split_fields(request.query.get("fields", "created_time,from{name,id},message,id"))
         limit = min(int(request.query.get("limit", "25")), 100)
         after = request.query.get("after")
-        start = _index(after) + 1 if after else 0
+        start = 0
+        if after:
+            found = self._position(_comment_id(after))
+            if found is None:  # the comment it named is gone: the cursor with it
+                return self._error("poll", 400, 100, None, "Invalid cursor")
+            start = found + 1
         page = self.comments[start : start + limit]
         body: dict[str, Any] = {"data": [_project(comment, fields) for comment in page]}
         if page:
             last = start + len(page) - 1
-            paging: dict[str, Any] = {"cursors": {"before": _cursor(start), "after": _cursor(last)}}
+            cursors = {"before": _cursor(page[0]["id"]), "after": _cursor(page[-1]["id"])}
+            paging: dict[str, Any] = {"cursors": cursors}
             if last + 1 < len(self.comments):
                 paging["next"] = (
-                    f"{self.graph_url}{request.path}?after={_cursor(last)}&limit={limit}"
+                    f"{self.graph_url}{request.path}?after={cursors['after']}&limit={limit}"
                 )
             body["paging"] = paging
         return web.json_response(body)
@@ -326,9 +342,9 @@ class FacebookApi:
         return web.json_response({"status": self.status, "id": self.video_id})
 
 
-def _cursor(index: int) -> str:
-    return base64.urlsafe_b64encode(f"comment:{index}".encode()).decode()
+def _cursor(comment_id: str) -> str:
+    return base64.urlsafe_b64encode(f"comment:{comment_id}".encode()).decode()
 
 
-def _index(cursor: str) -> int:
-    return int(base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")[2])
+def _comment_id(cursor: str) -> str:
+    return base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")[2]

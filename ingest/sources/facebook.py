@@ -393,7 +393,15 @@ class FacebookLiveSource(Reconnecting):
             }
             if self.after is not None:
                 params["after"] = self.after
-            body = await self._get(http, url, params)
+            try:
+                body = await self._get(http, url, params)
+            except GraphApiError as exc:
+                if self.after is not None and exc.error.reason in ("other", "not_found"):
+                    # A cursor names a comment and dies with it (graph-api/results): read
+                    # from the first page again; what was counted is a duplicate.
+                    log.warning("facebook polling cursor refused (%s): starting over", exc)
+                    self.after = None
+                raise
             self.health.received(self.name)
             page = self.fmt.page(body)
             if page.items:

@@ -192,6 +192,20 @@ async def test_two_replicas_poll_every_page_exactly_through_a_rate_limit(
             await api.comment(author=str(n % 40))
         await counted(380, ports[0], stream)
         assert comments(ports[1], stream) == 380
+        # The last comment is deleted: the cursors naming it die with it (graph-api/results).
+        # Polling starts over from the first page, and what it reads again is a duplicate.
+        api.delete(api.comments[-1])
+        for n in range(20):
+            await api.comment(author=str(n % 40))
+        await counted(400, ports[0], stream)
+        assert comments(ports[1], stream) == 400
+        await until(
+            lambda: (
+                metric(ports, "livestream_ingest_facebook_api_errors_total", reason="other") == 2
+            ),
+            10,
+            "the refused cursor, once per replica",
+        )
         errors = {
             reason: metric(ports, "livestream_ingest_facebook_api_errors_total", reason=reason)
             for reason in ("rate_limited", "token_expired", "token_invalid", "permission")
