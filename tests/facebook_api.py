@@ -97,7 +97,7 @@ class FacebookApi:
         *,
         video_id: str = "1357924680135792",
         token: str = "EAAGpagetoken0123456789abcdef",
-        version: str = "v24.0",
+        version: str = "v26.0",
         retry_ms: int | None = None,
         overlap: int = 0,
     ) -> None:
@@ -124,6 +124,8 @@ class FacebookApi:
         self.last_event_ids: list[str | None] = []
         """The ``Last-Event-ID`` of every stream request."""
         self.poll_params: list[dict[str, str]] = []
+        self.content_type = "text/event-stream; charset=utf-8"
+        """What a stream answers as (another type: a proxy's error page, say)."""
         self._ids = itertools.count(1)
         self._event_ids = itertools.count(1)
 
@@ -253,7 +255,7 @@ class FacebookApi:
         )
         response = web.StreamResponse(
             headers={
-                "Content-Type": "text/event-stream; charset=utf-8",
+                "Content-Type": self.content_type,
                 "Cache-Control": "no-cache",
             }
         )
@@ -269,7 +271,14 @@ class FacebookApi:
             await stream.queue.put(comment)
         self.streams.append(stream)
         while True:
-            item = await stream.queue.get()
+            try:
+                async with asyncio.timeout(0.05):
+                    item = await stream.queue.get()
+            except TimeoutError:  # aiohttp does not cancel us when the client goes away
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    break
+                continue
             if item is None or not stream.open:
                 break
             try:

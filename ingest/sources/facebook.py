@@ -138,7 +138,7 @@ class FacebookSettings(ReconnectSettings):
     mode: Mode = "sse"
     graph_url: str = "https://graph.facebook.com"
     streaming_url: str = "https://streaming-graph.facebook.com"
-    api_version: str = "v24.0"
+    api_version: str = "v26.0"
     comment_rate: str = "ten_per_second"
     live_filter: str = "no_filter"
     poll_interval: float = 2.0

@@ -120,7 +120,7 @@ def test_a_polling_page_gives_its_comments_cursor_and_whether_more_follow() -> N
         "data": [comment(id="1_1"), {"id": "1_2"}, {"id": 3}],
         "paging": {
             "cursors": {"before": "QVFIb", "after": "QVFIa"},
-            "next": "https://graph.facebook.com/v24.0/1/comments?after=QVFIa",
+            "next": "https://graph.facebook.com/v26.0/1/comments?after=QVFIa",
         },
     }
     page = FMT.page(orjson.dumps(body))
