@@ -135,8 +135,8 @@ def classify_error(status: int, body: bytes) -> GraphError:
     code, subcode = error.code, error.error_subcode
     if code == 190 or (code == 102 and subcode is None):
         # 190: the token expired, was revoked or is invalid; the subcode says which (463:
-        # expired; 460: password changed; 458: app removed; 467: invalid; ...). 102 without a
-        # subcode: the session is no longer valid.
+        # expired; 460: password changed; 458: app removed; 467: the user logged out; ...).
+        # 102 without a subcode: the session is no longer valid.
         reason = "token_expired" if subcode == EXPIRED_SUBCODE else "token_invalid"
         return GraphError(reason, code, subcode)
     if code in PERMISSION_CODES or (code is not None and 200 <= code <= 299):

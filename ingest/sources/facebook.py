@@ -4,7 +4,8 @@ Two modes, one per source (run one of each, with one ``namespace``, to have both
 
 - ``sse``: ``GET <streaming_url>/<live-video-id>/live_comments`` (``access_token``,
   ``comment_rate``, ``fields``) as a Server-Sent Events stream (``ingest.sse``). After a drop
-  the source reconnects with backoff, never sooner than the stream's ``retry:`` asked, sending
+  the source reconnects with backoff, never sooner than the stream's ``retry:`` asked (up to
+  ``backoff_max``), sending
   ``Last-Event-ID`` when the stream gave ids. The docs promise no replay (comments sent while
   no connection was open are missed) and say nothing of ``Last-Event-ID``: comments delivered
   twice are duplicates by their id, which the commit drops.
@@ -155,7 +156,7 @@ class FacebookSettings(ReconnectSettings):
 
 
 class _RetryFloor(Backoff):
-    """Backoff never below the stream's ``retry:`` (milliseconds, once it sent one)."""
+    """Backoff never below the stream's ``retry:`` (once it sent one; at most ``backoff_max``)."""
 
     floor: float = 0.0
 
@@ -343,7 +344,7 @@ class FacebookLiveSource(Reconnecting):
             events = parser.feed(chunk)
             self.last_event_id = parser.last_event_id
             if parser.retry is not None:
-                self.retry_floor.floor = parser.retry / 1000
+                self.retry_floor.floor = min(parser.retry / 1000, self.settings.backoff_max)
             for event in events:
                 if event.type != "message":
                     self.on_ignored("sse_event_type")

@@ -88,7 +88,7 @@ async def test_a_silent_stream_is_dropped_after_the_read_timeout_and_opened_agai
 async def test_the_streams_retry_is_the_least_reconnect_delay(api: FacebookApi) -> None:
     api.retry_ms = 700
     sink, health = RecordingSink(), RecordingHealth()
-    async with running(source(api, sink, health).run()):
+    async with running(source(api, sink, health, backoff_max=5.0).run()):
         await until(lambda: len(api.open_streams()) == 1, 10, "a stream")
         await comments(api, sink, 2)
         api.drop()
@@ -97,6 +97,17 @@ async def test_the_streams_retry_is_the_least_reconnect_delay(api: FacebookApi) 
         assert health.delays == [pytest.approx(0.7)]
         await until(lambda: len(api.open_streams()) == 1, 10, "the new stream")
         assert api.last_event_ids == [None, "2"]  # where the stream had got to
+
+
+@pytest.mark.asyncio
+async def test_a_retry_beyond_backoff_max_is_cut_to_it(api: FacebookApi) -> None:
+    api.retry_ms = 3_600_000
+    sink, health = RecordingSink(), RecordingHealth()
+    async with running(source(api, sink, health, backoff_max=0.2).run()):
+        await until(lambda: len(api.open_streams()) == 1, 10, "a stream")
+        api.drop()
+        await until(lambda: len(health.retries) == 1, 10, "a retry")
+        assert health.delays == [pytest.approx(0.2)]
 
 
 @pytest.mark.asyncio
