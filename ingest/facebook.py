@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 from typing import Annotated, Final
 
 import msgspec
@@ -28,7 +29,7 @@ import orjson
 
 from ingest.adapter import FormatOptions, PlatformAdapter, as_bytes
 from ingest.model import Comment, Decoded, Reason, Rejection
-from ingest.redact import Spec, allowed_json
+from ingest.redact import Spec, allowed_json, masked, masked_text
 
 COMMENT_FIELDS: Final = "id,created_time,from{id}"
 """What we ask the Graph API for: no name, no message."""
@@ -166,6 +167,23 @@ def created_ms(value: str) -> int | None:
     return int(when.timestamp() * 1000)
 
 
+_GRAPH_ID: Final = re.compile(r"[0-9]{1,32}(?:_[0-9]{1,32})?")
+
+
+def _scrub(comment: object) -> None:
+    """A kept comment's ids stay when they are Graph API ids (digits, ``<post>_<comment>``);
+    anything else in them, and its ``created_time``, is masked as free text is."""
+    if not isinstance(comment, dict):
+        return
+    for holder, name in ((comment, "id"), (comment.get("from"), "id"), (comment, "created_time")):
+        if not isinstance(holder, dict) or name not in holder:
+            continue
+        value = holder[name]
+        if name == "id" and isinstance(value, str) and _GRAPH_ID.fullmatch(value):
+            continue
+        holder[name] = masked_text(str(value))
+
+
 class FacebookLiveFormat(PlatformAdapter):
     """Parses the comments of one live video (one source)."""
 
@@ -175,12 +193,20 @@ class FacebookLiveFormat(PlatformAdapter):
         self._page = msgspec.json.Decoder(_Page)
 
     def redact(self, raw: bytes) -> bytes:
-        """Only the ids and times: a comment names its author and may quote a phone number."""
+        """Only the ids and times: a comment names its author and may quote a phone number.
+        A Graph API id is kept as it is (it is the author's id our events carry too)."""
         try:
             page = isinstance(orjson.loads(raw), dict) and b'"data"' in raw
         except orjson.JSONDecodeError:
             page = False
-        return allowed_json(raw, _PAGE_REDACT if page else _REDACT)
+        kept = allowed_json(raw, _PAGE_REDACT if page else _REDACT)
+        try:
+            letter = orjson.loads(kept)
+        except orjson.JSONDecodeError:
+            return masked(kept)
+        for comment in letter.get("data", []) if page else [letter]:
+            _scrub(comment)
+        return orjson.dumps(letter)
 
     def decode(self, frame: bytes | str) -> list[Decoded]:
         """The comments of one SSE event's data (the Format protocol)."""
