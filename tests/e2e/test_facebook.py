@@ -174,6 +174,7 @@ async def test_two_replicas_count_each_streamed_comment_once_across_drops(
         await no_personal_data(redis)
         for replica in replicas:
             assert token not in replica.log.read_text()
+        assert replicas[0].terminate() == 0  # SIGTERM with a stream open: a clean stop
 
 
 @pytest.mark.asyncio
