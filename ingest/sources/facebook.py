@@ -109,6 +109,8 @@ class PageToken:
     def __init__(self, token: str) -> None:
         self._token = token
         self._changed = asyncio.Event()
+        self.version = 0
+        """How many times the token was replaced."""
 
     def __repr__(self) -> str:
         return "PageToken(<hidden>)"
@@ -120,10 +122,14 @@ class PageToken:
     async def replace(self, token: str) -> None:
         if token != self._token:
             self._token = token
+            self.version += 1
             self._changed.set()
 
-    async def changed(self, within: float) -> bool:
-        """Wait up to ``within`` seconds for a new token; whether one came."""
+    async def changed(self, within: float, seen: int) -> bool:
+        """Wait up to ``within`` seconds for a token newer than version ``seen``; whether one
+        came (at once if it already has)."""
+        if self.version != seen:
+            return True
         self._changed.clear()
         try:
             async with asyncio.timeout(within):
@@ -212,6 +218,7 @@ class FacebookLiveSource(Reconnecting):
         self.ended: str | None = None
         """The live video's status once it is over."""
         self._failing: str | None = None
+        self._token_version = 0
         self._status_read_at: float | None = None
 
     async def run(self) -> None:
@@ -254,6 +261,7 @@ class FacebookLiveSource(Reconnecting):
         return None
 
     async def _session(self) -> None:
+        self._token_version = self.token.version  # a newer one may come while we ask
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.settings.open_timeout)
         async with aiohttp.ClientSession(timeout=timeout) as http:
             try:
@@ -276,7 +284,8 @@ class FacebookLiveSource(Reconnecting):
             self._failing = reason
             level = logging.ERROR if reason in TOKEN_REASONS else logging.WARNING
             log.log(level, "facebook graph api refused the source: %s", exc)
-        if reason in TOKEN_REASONS and await self.token.changed(self.settings.backoff_max):
+        waited = self.settings.backoff_max
+        if reason in TOKEN_REASONS and await self.token.changed(waited, self._token_version):
             log.info("facebook token replaced: trying again")
             self.backoff.reset()
 
