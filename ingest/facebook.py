@@ -156,12 +156,9 @@ def created_ms(value: str) -> int | None:
     """``created_time`` (``2018-08-30T18:47:02+0000``, ISO 8601 with an offset) in epoch
     milliseconds, or None when it is not one."""
     try:
-        when = dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S%z")
+        when = dt.datetime.fromisoformat(value)  # ISO 8601 with +0000 since Python 3.11
     except ValueError:
-        try:
-            when = dt.datetime.fromisoformat(value)
-        except ValueError:
-            return None
+        return None
     if when.tzinfo is None:
         return None
     return int(when.timestamp() * 1000)
