@@ -258,7 +258,7 @@ class FacebookLiveSource(Reconnecting):
             return "timeout"
         if isinstance(exc, aiohttp.ClientError | OSError):
             return "network"
-        return None
+        return type(exc).__name__  # anything else is retried too: a source never dies of it
 
     async def _session(self) -> None:
         self._token_version = self.token.version  # a newer one may come while we ask
