@@ -28,6 +28,7 @@ from ingest.sources import tls as tls_files
 from ingest.sources.admission import RateLimits
 from ingest.sources.base import split_address
 from ingest.sources.eventsub import EventSubSettings
+from ingest.sources.facebook import FacebookSettings, read_page_token
 from ingest.sources.http import Limits
 from ingest.sources.mqtt import MqttSettings
 from ingest.sources.tls import TlsError, TlsSettings
@@ -351,7 +352,7 @@ class _SourceBase(_Model):
         return self
 
 
-def _needs_stream(source: WebsocketClientConfig | HttpServerConfig) -> None:
+def _needs_stream(source: WebsocketClientConfig | HttpServerConfig | HttpClientConfig) -> None:
     if source.format != "native" and source.stream is None:
         raise ValueError(f"format {source.format!r} needs a stream: its frames name none")
 
@@ -421,6 +422,59 @@ class WebsocketClientConfig(_SourceBase):
             raise ValueError("format 'twitch-eventsub' and a [twitch] table go together")
         if self.format == "twitch-eventsub" and (self.subscribe or self.token_env):
             raise ValueError("twitch-eventsub sends nothing: no subscribe, no token_env")
+        return self
+
+
+class FacebookConfig(_Model):
+    """Facebook Live comments: which live video, read how (``sse`` or ``poll``), and where."""
+
+    live_video_id: Annotated[str, Field(pattern=r"^[0-9]{1,32}$")]
+    mode: Literal["sse", "poll"] = _default(FacebookSettings, "mode")
+    comment_rate: Literal["one_per_two_seconds", "ten_per_second"] = _default(
+        FacebookSettings, "comment_rate"
+    )
+    """The SSE stream's most comments a second (above it Facebook picks the "best" ones)."""
+    live_filter: Literal["no_filter", "filter_low_quality"] = _default(
+        FacebookSettings, "live_filter"
+    )
+    """Polling: every comment (``no_filter``), or without those Facebook rates low quality."""
+    api_version: Annotated[str, Field(pattern=r"^v[0-9]{1,3}\.[0-9]{1,2}$")] = _default(
+        FacebookSettings, "api_version"
+    )
+    graph_url: Annotated[str, Field(pattern=r"^https?://")] = _default(
+        FacebookSettings, "graph_url"
+    )
+    streaming_url: Annotated[str, Field(pattern=r"^https?://")] = _default(
+        FacebookSettings, "streaming_url"
+    )
+    poll_interval_seconds: float = _default(FacebookSettings, "poll_interval", ge=0.01, le=600)
+    page_limit: int = _default(FacebookSettings, "page_limit", ge=1, le=100)
+    read_timeout_seconds: float = _default(FacebookSettings, "read_timeout", gt=0, le=3600)
+    """An SSE stream silent for this long is dropped and opened again."""
+    request_timeout_seconds: float = _default(FacebookSettings, "request_timeout", gt=0, le=300)
+    status_interval_seconds: float = _default(FacebookSettings, "status_interval", gt=0, le=3600)
+    """Polling: seconds between reads of the live video's status while no comment comes."""
+
+
+class HttpClientConfig(_SourceBase):
+    """A platform's HTTP API, read by the ingester (Facebook Live comments)."""
+
+    type: Literal["http-client"]
+    format: Literal["facebook-live"] = "facebook-live"
+    facebook: FacebookConfig
+    token_env: str | None = None
+    """Environment variable holding the page access token (rotated by a restart)."""
+    token_file: str | None = None
+    """Instead: a file holding the token, read again on SIGHUP and when it changes."""
+    token_poll_seconds: float = Field(2.0, gt=0, le=3600)
+    open_timeout: float = _default(FacebookSettings, "open_timeout", gt=0, le=300)
+    backoff_initial: float = _default(FacebookSettings, "backoff_initial", gt=0)
+    backoff_max: float = _default(FacebookSettings, "backoff_max", gt=0)
+    backoff_reset_after: float = _default(FacebookSettings, "backoff_reset_after", ge=0)
+
+    @model_validator(mode="after")
+    def _stream(self) -> HttpClientConfig:
+        _needs_stream(self)
         return self
 
 
@@ -543,7 +597,11 @@ class MqttConfig(_SourceBase):
 
 
 SourceConfig = Annotated[
-    WebsocketClientConfig | WebsocketServerConfig | MqttConfig | HttpServerConfig,
+    WebsocketClientConfig
+    | WebsocketServerConfig
+    | MqttConfig
+    | HttpServerConfig
+    | HttpClientConfig,
     Field(discriminator="type"),
 ]
 
@@ -638,6 +696,7 @@ def _location(loc: tuple[int | str, ...]) -> str:
             "websocket-server",
             "mqtt",
             "http-server",
+            "http-client",
         ) or re.fullmatch(r"function-.*", part):
             continue
         else:
@@ -711,7 +770,12 @@ def _secrets(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
 def _secrets_files(source: dict[str, Any], index: int) -> list[str]:
     """Every problem of a source's tokens or secrets file (checked with the secrets)."""
     errors = []
-    for key, read in (("tokens_file", read_tokens), ("secrets_file", read_secrets)):
+    files = (
+        ("tokens_file", read_tokens),
+        ("secrets_file", read_secrets),
+        ("token_file", read_page_token),
+    )
+    for key, read in files:
         path = source.get(key)
         if not isinstance(path, str):
             continue
@@ -744,8 +808,9 @@ def _delivery_ages(data: dict[str, Any]) -> list[str]:
 CREDENTIALS = {
     "websocket-server": ("token_env", "tokens_file"),
     "http-server": ("secret_env", "secrets_file"),
+    "http-client": ("token_env", "token_file"),
 }
-"""The two ways a listening source can take its secrets: exactly one is given."""
+"""The two ways a source can take its secrets: exactly one is given."""
 
 
 def _credentials(data: dict[str, Any]) -> list[str]:

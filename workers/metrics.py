@@ -216,6 +216,21 @@ class HealthMetrics:
             ["source", "reason"],
             registry=r,
         )
+        self.facebook_errors = Counter(
+            "livestream_ingest_facebook_api_errors",
+            "Error answers of the Facebook Graph API to a facebook-live source, by source and "
+            "reason (token_expired, token_invalid, permission, rate_limited, not_found, server, "
+            "other).",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.source_ended = Gauge(
+            "livestream_ingest_source_ended",
+            "1 once a source stopped because what it reads is over (a Facebook live video that "
+            "ended), else 0.",
+            ["source"],
+            registry=r,
+        )
 
     def _credentials(self, r: CollectorRegistry) -> None:
         """Who authenticated with what, and the secrets files read while running."""

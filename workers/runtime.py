@@ -30,11 +30,18 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from ingest.adapter import FormatOptions
 from ingest.catalog import Catalog
+from ingest.facebook import ERROR_REASONS, FacebookLiveFormat
 from ingest.native import NativeFormat
 from ingest.shopify import ShopifyFormat
 from ingest.socialstream import SocialStreamFormat
 from ingest.sources.admission import CLIENT, LISTENER, SCOPES
 from ingest.sources.eventsub import EventSubSettings, EventSubSource, Helix, chat_subscriptions
+from ingest.sources.facebook import (
+    FacebookLiveSource,
+    FacebookSettings,
+    PageToken,
+    read_page_token,
+)
 from ingest.sources.http import Credentials, Guard, GuardedSite, ServerLog
 from ingest.sources.mqtt import MqttSettings, MqttSource
 from ingest.sources.tls import Loaded, ServerTls
@@ -66,6 +73,7 @@ from workers.config import (
     BatchConfig,
     Config,
     ConfigError,
+    HttpClientConfig,
     HttpConfig,
     HttpServerConfig,
     MqttConfig,
@@ -421,6 +429,61 @@ def eventsub_source(
     )
 
 
+def facebook_source(
+    config: HttpClientConfig,
+    options: FormatOptions,
+    committer: Committer,
+    health: SourceHealth,
+    environ: Mapping[str, str],
+) -> FacebookLiveSource:
+    """The source, with its token from the environment or its token file read now (the config
+    was checked, so the file was good a moment ago; ConfigError if it no longer is)."""
+    metrics, name, facebook = health.metrics, config.name, config.facebook
+    token_file = Path(config.token_file) if config.token_file is not None else None
+    if token_file is None:
+        assert config.token_env is not None  # one of the two, validated
+        token = environ[config.token_env]
+    else:
+        try:
+            token = read_page_token(token_file)
+        except TokensError as exc:
+            raise ConfigError(str(token_file), exc.errors) from exc
+        _secrets_file_read(metrics, name, token_file)
+    for reason in ERROR_REASONS:  # at 0, so alerts see the first
+        metrics.facebook_errors.labels(name, reason)
+    metrics.source_ended.labels(name).set(0)
+    settings = config.settings(
+        FacebookSettings,
+        live_video_id=facebook.live_video_id,
+        mode=facebook.mode,
+        graph_url=facebook.graph_url,
+        streaming_url=facebook.streaming_url,
+        api_version=facebook.api_version,
+        comment_rate=facebook.comment_rate,
+        live_filter=facebook.live_filter,
+        poll_interval=facebook.poll_interval_seconds,
+        page_limit=facebook.page_limit,
+        read_timeout=facebook.read_timeout_seconds,
+        request_timeout=facebook.request_timeout_seconds,
+        status_interval=facebook.status_interval_seconds,
+        max_event_bytes=config.max_frame_bytes,
+    )
+    return FacebookLiveSource(
+        name,
+        FacebookLiveFormat(options),
+        committer,
+        health,
+        settings,
+        token=PageToken(token),
+        token_file=token_file,
+        token_poll=config.token_poll_seconds,
+        on_reload=functools.partial(_secrets_reloaded, metrics, name),
+        on_error=lambda reason: metrics.facebook_errors.labels(name, reason).inc(),
+        on_ignored=functools.partial(health.ignored, name),
+        on_ended=lambda: metrics.source_ended.labels(name).set(1),
+    )
+
+
 def websocket_client(
     config: WebsocketClientConfig,
     options: FormatOptions,
@@ -578,6 +641,8 @@ def build_source(
             return eventsub_source(config, options, committer, health, environ)
         case WebsocketClientConfig():
             return websocket_client(config, options, committer, health, environ)
+        case HttpClientConfig():
+            return facebook_source(config, options, committer, health, environ)
         case WebsocketServerConfig():
             return websocket_server(config, options, committer, health, environ, tls=tls)
         case HttpServerConfig():

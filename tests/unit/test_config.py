@@ -19,6 +19,8 @@ from workers.config import (
     DEFAULT_PLATFORMS,
     Config,
     ConfigError,
+    FacebookConfig,
+    HttpClientConfig,
     HttpServerConfig,
     TwitchConfig,
     WebsocketClientConfig,
@@ -97,12 +99,15 @@ PLATFORM_SECRETS = {
     "TWITCH_REFRESH_TOKEN": "r" * 50,
     "TWITCH_CLIENT_SECRET": "c" * 30,
     "SHOPIFY_SECRET": "s" * 32,
+    "FACEBOOK_PAGE_TOKEN": "f" * 40,
 }
 
 
 def test_platforms_config_is_valid_and_complete() -> None:
     config = load(PLATFORMS, PLATFORM_SECRETS)
-    twitch, shop, relay = config.sources
+    twitch, shop, relay, facebook = config.sources
+    assert isinstance(facebook, HttpClientConfig)
+    assert (facebook.format, facebook.facebook.mode) == ("facebook-live", "sse")
     assert isinstance(twitch, WebsocketClientConfig)
     assert twitch.twitch is not None
     assert (twitch.format, twitch.twitch.broadcaster_user_id) == ("twitch-eventsub", "1001")
@@ -118,7 +123,12 @@ def test_platforms_config_is_valid_and_complete() -> None:
     # Every key of the platform tables is shown (with its default where it has one; commented
     # out where setting it asks for more, as an environment variable).
     text = PLATFORMS.read_text(encoding="utf-8")
-    for key in [*TwitchConfig.model_fields, *HttpServerConfig.model_fields]:
+    for key in [
+        *TwitchConfig.model_fields,
+        *HttpServerConfig.model_fields,
+        *(key for key in HttpClientConfig.model_fields if key != "facebook"),  # its table
+        *FacebookConfig.model_fields,
+    ]:
         if key not in _SourceBase.model_fields:
             assert re.search(rf"^(# )?{key} = ", text, re.M), key
 
