@@ -1,0 +1,245 @@
+"""A local YouTube Data API v3 that behaves as documented, for the YouTube Live chat tests.
+
+- ``GET /youtube/v3/liveChat/messages``: one chat's messages, oldest first. Without a
+  ``pageToken`` the answer starts with recent history (the last ``history`` messages); with one,
+  it continues after the page that gave it. Every answer says ``nextPageToken`` and
+  ``pollingIntervalMillis``; a poll that comes sooner than that interval after the page whose
+  token it carries is refused ``rateLimitExceeded`` (403) and counted in ``too_soon``.
+- Errors as the API writes them (``{"error": {"code", "message", "errors": [{"domain",
+  "reason", "message"}]}}``): ``quotaExceeded`` (403) while :attr:`quota_exhausted`;
+  ``liveChatEnded`` (403) once :meth:`end` was called (after one last page with ``offlineAt``
+  and a ``chatEndedEvent``); ``liveChatNotFound`` (404) for another chat id; 401 for a bearer
+  token that is not (or no longer) valid.
+- ``GET /youtube/v3/videos?part=liveStreamingDetails&id=<video>``: the broadcast's
+  ``activeLiveChatId`` while the chat is live.
+- ``POST /oauth/token``: Google's refresh-token grant, with tokens that expire after
+  ``lifetime`` seconds (``tests.platforms.OAuthServer``; Google always answers ``expires_in``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import itertools
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from tests.platforms import OAuthServer
+from tests.servers import free_port
+
+
+def published() -> str:
+    """RFC 3339 with microseconds, as the API writes ``publishedAt``."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+
+
+def error_body(code: int, reason: str, domain: str = "youtube.liveChat") -> dict[str, Any]:
+    message = f"{reason} (test server)"
+    return {
+        "error": {
+            "code": code,
+            "message": message,
+            "errors": [{"message": message, "domain": domain, "reason": reason}],
+        }
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Paid:
+    currency: str
+    micros: int
+
+
+class YouTubeApi:
+    """One broadcast (``video_id``) and its live chat (``chat_id``)."""
+
+    def __init__(
+        self,
+        *,
+        polling_ms: int = 150,
+        history: int = 20,
+        token: str = "test-youtube-access-token-0123456789",
+        lifetime: int = 3,
+    ) -> None:
+        self.video_id = "dQw4w9WgXcQ"
+        self.chat_id = "Cg0KC2RRdzR3OVdnWGNRKicKGFVD"
+        self.polling_ms = polling_ms
+        self.history = history
+        self.token = token
+        self.oauth = OAuthServer(
+            "test-youtube-client.apps.googleusercontent.com", lifetime=lifetime
+        )
+        self.port = free_port()
+        self.messages: list[dict[str, Any]] = []
+        self.counted: list[str] = []
+        """Ids of the messages the ingester must count (text, Super Chat, Super Sticker)."""
+        self.paid: dict[str, Paid] = {}
+        self.quota_exhausted = False
+        self.ended = False
+        self._end_sent = False
+        self.polls = 0
+        self.first_polls = 0
+        """Polls without a page token (a client starting, given recent history)."""
+        self.too_soon = 0
+        self.unauthorized = 0
+        self.quota_refusals = 0
+        self.lookups = 0
+        self._given: dict[str, float] = {}
+        """Page token -> loop time it was given."""
+        self._ids = itertools.count(1)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/youtube/v3"
+
+    @property
+    def oauth_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/oauth"
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[YouTubeApi]:
+        app = web.Application()
+        app.router.add_get("/youtube/v3/liveChat/messages", self._list)
+        app.router.add_get("/youtube/v3/videos", self._videos)
+        app.router.add_post("/oauth/token", self.oauth.token)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", self.port)
+        await site.start()
+        try:
+            yield self
+        finally:
+            await runner.cleanup()
+
+    # --- what the chat does -----------------------------------------------------------------
+
+    def _item(self, kind: str, author: str, extra: dict[str, Any]) -> dict[str, Any]:
+        n = next(self._ids)
+        item = {
+            "kind": "youtube#liveChatMessage",
+            "etag": f"etag-{n}",
+            "id": f"LCC.msg-{n:06d}",
+            "snippet": {
+                "type": kind,
+                "liveChatId": self.chat_id,
+                "authorChannelId": author,
+                "publishedAt": published(),
+                "hasDisplayContent": True,
+                **extra,
+            },
+        }
+        self.messages.append(item)
+        return item
+
+    def text(self, text: str, author: str = "UC-viewer-1") -> str:
+        details = {"displayMessage": text, "textMessageDetails": {"messageText": text}}
+        item = self._item("textMessageEvent", author, details)
+        self.counted.append(item["id"])
+        return str(item["id"])
+
+    def super_chat(self, micros: int, currency: str, author: str = "UC-fan-1") -> str:
+        amount = {"amountMicros": str(micros), "currency": currency, "tier": 2}
+        details = {
+            "displayMessage": "thank you",
+            "superChatDetails": {**amount, "amountDisplayString": "x", "userComment": "hi"},
+        }
+        item = self._item("superChatEvent", author, details)
+        self.counted.append(item["id"])
+        self.paid[item["id"]] = Paid(currency, micros)
+        return str(item["id"])
+
+    def super_sticker(self, micros: int, currency: str, author: str = "UC-fan-2") -> str:
+        details = {
+            "displayMessage": "sticker",
+            "superStickerDetails": {
+                "amountMicros": str(micros),
+                "currency": currency,
+                "amountDisplayString": "x",
+                "tier": 1,
+                "superStickerMetadata": {"stickerId": "s1", "altText": "a", "language": "en"},
+            },
+        }
+        item = self._item("superStickerEvent", author, details)
+        self.counted.append(item["id"])
+        self.paid[item["id"]] = Paid(currency, micros)
+        return str(item["id"])
+
+    def other(self, kind: str = "newSponsorEvent") -> None:
+        """A message we do not count (a new member, a poll, a deletion, ...)."""
+        self._item(kind, "UC-member-1", {"displayMessage": "welcome"})
+
+    def end(self) -> None:
+        """The broadcast ends: one last page says so, then the chat answers liveChatEnded."""
+        self._item("chatEndedEvent", "UC-owner", {"displayMessage": "chat ended"})
+        self.ended = True
+
+    # --- the API ----------------------------------------------------------------------------
+
+    def _authorised(self, request: web.Request) -> bool:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        return scheme == "Bearer" and (token == self.token or self.oauth.valid(token))
+
+    async def _list(self, request: web.Request) -> web.Response:
+        self.polls += 1
+        now = asyncio.get_running_loop().time()
+        if not self._authorised(request):
+            self.unauthorized += 1
+            return web.json_response(error_body(401, "authError", "global"), status=401)
+        if request.query.get("liveChatId") != self.chat_id:
+            return web.json_response(error_body(404, "liveChatNotFound"), status=404)
+        if set(request.query.get("part", "").split(",")) - {"id", "snippet", "authorDetails"}:
+            return web.json_response(error_body(400, "invalidValue"), status=400)
+        if self.quota_exhausted:
+            self.quota_refusals += 1
+            return web.json_response(error_body(403, "quotaExceeded", "youtube.quota"), status=403)
+        if self.ended and self._end_sent:
+            return web.json_response(error_body(403, "liveChatEnded"), status=403)
+        token = request.query.get("pageToken")
+        if token is None:
+            self.first_polls += 1
+            start = max(0, len(self.messages) - self.history)
+        else:
+            given = self._given.get(token)
+            if given is None or not token.startswith("p"):
+                return web.json_response(error_body(400, "pageTokenInvalid"), status=400)
+            # A little slack for the clocks of two processes; the client waits the whole time.
+            if now - given < 0.8 * self.polling_ms / 1000:
+                self.too_soon += 1
+                return web.json_response(error_body(403, "rateLimitExceeded"), status=403)
+            start = int(token[1:])
+        limit = int(request.query.get("maxResults", "500"))
+        page = self.messages[start : start + limit]
+        after = start + len(page)
+        next_token = f"p{after}"
+        self._given.setdefault(next_token, now)  # two replicas share tokens: the earliest
+        body: dict[str, Any] = {
+            "kind": "youtube#liveChatMessageListResponse",
+            "etag": "page",
+            "pollingIntervalMillis": self.polling_ms,
+            "pageInfo": {"totalResults": len(page), "resultsPerPage": len(page)},
+            "nextPageToken": next_token,
+            "items": page,
+        }
+        if self.ended and after == len(self.messages):
+            body["offlineAt"] = published()
+            self._end_sent = True
+        return web.json_response(body)
+
+    async def _videos(self, request: web.Request) -> web.Response:
+        self.lookups += 1
+        if not self._authorised(request):
+            self.unauthorized += 1
+            return web.json_response(error_body(401, "authError", "global"), status=401)
+        if request.query.get("id") != self.video_id:
+            return web.json_response({"kind": "youtube#videoListResponse", "items": []})
+        details: dict[str, Any] = {"actualStartTime": published()}
+        if self.ended:
+            details["actualEndTime"] = published()
+        else:
+            details["activeLiveChatId"] = self.chat_id
+        item = {"kind": "youtube#video", "id": self.video_id, "liveStreamingDetails": details}
+        return web.json_response({"kind": "youtube#videoListResponse", "items": [item]})
