@@ -52,6 +52,8 @@ def test_config_examples_are_valid() -> None:
         "TWITCH_REFRESH_TOKEN": "r" * 50,
         "TWITCH_CLIENT_SECRET": "c" * 30,
         "SHOPIFY_SECRET": "s" * 32,
+        "YOUTUBE_REFRESH_TOKEN": "y" * 50,
+        "YOUTUBE_CLIENT_SECRET": "g" * 30,
     }
     sources = [
         (source.type, source.format, source.identity_namespace)
@@ -67,6 +69,7 @@ def test_config_examples_are_valid() -> None:
         ("websocket-client", "twitch-eventsub", "twitch"),
         ("http-server", "shopify", "shopify"),
         ("websocket-client", "socialstream", "relay"),
+        ("http-poll", "youtube-livechat", "youtube"),
     ]
 
 
