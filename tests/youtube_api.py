@@ -11,7 +11,9 @@
   and a ``chatEndedEvent``); ``liveChatNotFound`` (404) for another chat id; 401 for a bearer
   token that is not (or no longer) valid.
 - ``GET /youtube/v3/videos?part=liveStreamingDetails&id=<video>``: the broadcast's
-  ``activeLiveChatId`` while the chat is live.
+  ``activeLiveChatId`` while the chat is live (none before it starts, ``actualEndTime`` after).
+- :attr:`failures`: canned error answers for the next polls (a 503, a rate limit, a page that
+  is not JSON).
 - ``POST /oauth/token``: Google's refresh-token grant, with tokens that expire after
   ``lifetime`` seconds (``tests.platforms.OAuthServer``; Google always answers ``expires_in``).
 """
@@ -79,6 +81,10 @@ class YouTubeApi:
         """Ids of the messages the ingester must count (text, Super Chat, Super Sticker)."""
         self.paid: dict[str, Paid] = {}
         self.quota_exhausted = False
+        self.live = True
+        """Whether the broadcast has started (before: no activeLiveChatId)."""
+        self.failures: list[tuple[int, bytes]] = []
+        """Answers (status, body) the next polls get instead of a page, first first."""
         self.ended = False
         self._end_sent = False
         self.polls = 0
@@ -193,6 +199,9 @@ class YouTubeApi:
             return web.json_response(error_body(404, "liveChatNotFound"), status=404)
         if set(request.query.get("part", "").split(",")) - {"id", "snippet", "authorDetails"}:
             return web.json_response(error_body(400, "invalidValue"), status=400)
+        if self.failures:
+            status, failure = self.failures.pop(0)
+            return web.Response(status=status, body=failure, content_type="application/json")
         if self.quota_exhausted:
             self.quota_refusals += 1
             return web.json_response(error_body(403, "quotaExceeded", "youtube.quota"), status=403)
@@ -236,10 +245,12 @@ class YouTubeApi:
             return web.json_response(error_body(401, "authError", "global"), status=401)
         if request.query.get("id") != self.video_id:
             return web.json_response({"kind": "youtube#videoListResponse", "items": []})
-        details: dict[str, Any] = {"actualStartTime": published()}
-        if self.ended:
+        if not self.live:
+            details: dict[str, Any] = {"scheduledStartTime": published()}
+        elif self.ended:
+            details = {"actualStartTime": published()}
             details["actualEndTime"] = published()
         else:
-            details["activeLiveChatId"] = self.chat_id
+            details = {"actualStartTime": published(), "activeLiveChatId": self.chat_id}
         item = {"kind": "youtube#video", "id": self.video_id, "liveStreamingDetails": details}
         return web.json_response({"kind": "youtube#videoListResponse", "items": [item]})

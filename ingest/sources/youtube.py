@@ -122,6 +122,7 @@ class YouTubeSource(Reconnecting):
         self.page_token: str | None = None
         self.polls = 0
         self.ended: str | None = None
+        self._up = False
 
     async def run(self) -> None:
         """Poll until the chat is over (returns) or the task is cancelled; the token is kept
@@ -135,6 +136,9 @@ class YouTubeSource(Reconnecting):
                 log.warning("youtube live chat is over; the source stops: %s", over.reason)
                 self.on_ended(over.reason)
             refreshing.cancel()
+
+    def _ended(self) -> None:
+        self._up = False
 
     def _retry_reason(self, exc: Exception) -> str | None:
         if isinstance(exc, ChatOver):
@@ -153,11 +157,10 @@ class YouTubeSource(Reconnecting):
         async with aiohttp.ClientSession(timeout=timeout) as http:
             if self.chat_id is None:
                 self.chat_id = await self._find_chat(http)
-            first = True
             while True:
                 answer = await self._poll(http, self.chat_id)
-                if first:
-                    first = False
+                if not self._up:  # the first answer of the session, or the first after a quota
+                    self._up = True
                     self._connected_at = self.clock()
                     self.health.connected(self.name, True)
                 delay = self.settings.min_poll_interval
@@ -216,7 +219,9 @@ class YouTubeSource(Reconnecting):
             dt.datetime.fromtimestamp(reset, dt.UTC).isoformat(),
         )
         self.on_quota(True)
-        self.health.connected(self.name, False)
+        if self._up:
+            self._up = False
+            self.health.connected(self.name, False)
         await asyncio.sleep(delay)
 
     async def _find_chat(self, http: aiohttp.ClientSession) -> str:
