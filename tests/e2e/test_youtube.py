@@ -269,3 +269,23 @@ async def test_chat_end_stops_the_source_cleanly(
         assert process.process.poll() is None
         assert process.terminate() == 0
     assert "youtube live chat is over" in process.log.read_text()
+
+
+@pytest.mark.asyncio
+async def test_a_killed_replica_restarts_from_recent_history_and_counts_nothing_twice(
+    api: YouTubeApi, tmp_path: Path, redis_url: str, stream: str
+) -> None:
+    with ingester(api, tmp_path, redis_url, "k", youtube_source(api, stream)) as process:
+        port = process.http_port
+        await until(lambda: api.first_polls >= 1, 10, "the first poll")
+        post_chat(api, 0, 30)
+        await counted(api, port, stream)
+        process.kill()  # SIGKILL: its page token is gone with it
+        post_chat(api, 30, 8)  # written while it is down: within the history the restart gets
+        process.start()
+        await until(lambda: api.first_polls >= 2, 10, "the first poll after the restart")
+        post_chat(api, 38, 20)
+        await counted(api, port, stream)
+        # The restart's first page repeated messages counted before the kill: duplicates now.
+        duplicates = metric(port, "livestream_ingest_events_total", outcome="duplicate")
+        assert duplicates > 0
