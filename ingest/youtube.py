@@ -327,3 +327,76 @@ def _micros(value: str | int) -> int | None:
         return None
     number = int(value)
     return number if number > 0 else None
+
+
+class StreamError(ValueError):
+    """A streamed body that is not a JSON array of objects, or an element over the limit."""
+
+
+class ArraySplitter:
+    """Cuts a JSON array that arrives in pieces (``[{...},{...}`` ... ``]``) into its elements as
+    each one is complete: how a server-streamed method answers over HTTP/JSON. Pure: bytes in,
+    complete elements out; only brackets, braces and strings are tracked, the elements
+    themselves are parsed by :class:`LiveChatFormat`."""
+
+    def __init__(self, max_element_bytes: int) -> None:
+        self.max_element_bytes = max_element_bytes
+        self.opened = False
+        self.closed = False
+        self._element = bytearray()
+        self._depth = 0
+        self._in_string = False
+        self._escaped = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The elements completed by ``data``; StreamError if it is not such an array."""
+        done: list[bytes] = []
+        for byte in data:
+            if self._depth == 0:
+                self._between(byte)
+            elif self._inside(byte):
+                done.append(bytes(self._element))
+                self._element.clear()
+        return done
+
+    def _between(self, byte: int) -> None:
+        """A byte outside every element: the array's brackets, commas, or an element's start."""
+        if byte in _WHITESPACE:
+            return
+        if self.closed:
+            raise StreamError("data after the end of the array")
+        if not self.opened:
+            if byte != ord("["):
+                raise StreamError("the body is not a JSON array")
+            self.opened = True
+        elif byte == ord("]"):
+            self.closed = True
+        elif byte == ord("{"):
+            self._depth = 1
+            self._element.append(byte)
+        elif byte != ord(","):
+            raise StreamError("an element that is not an object")
+
+    def _inside(self, byte: int) -> bool:
+        """A byte of an element; True when it completes it."""
+        self._element.append(byte)
+        if len(self._element) > self.max_element_bytes:
+            raise StreamError(f"an element over {self.max_element_bytes} bytes")
+        if self._in_string:
+            if self._escaped:
+                self._escaped = False
+            elif byte == ord("\\"):
+                self._escaped = True
+            elif byte == ord('"'):
+                self._in_string = False
+        elif byte == ord('"'):
+            self._in_string = True
+        elif byte in b"{[":
+            self._depth += 1
+        elif byte in b"}]":
+            self._depth -= 1
+            return self._depth == 0
+        return False
+
+
+_WHITESPACE: Final = frozenset(b" \t\r\n")

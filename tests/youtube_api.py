@@ -10,6 +10,10 @@
   ``liveChatEnded`` (403) once :meth:`end` was called (after one last page with ``offlineAt``
   and a ``chatEndedEvent``); ``liveChatNotFound`` (404) for another chat id; 401 for a bearer
   token that is not (or no longer) valid.
+- ``GET /youtube/v3/liveChat/messages/stream`` (``streamList`` over HTTP/JSON): the same list
+  responses, as the elements of one JSON array written as messages come, held open
+  ``stream_seconds``, then closed with ``]`` (the client resumes with the last
+  ``nextPageToken``); :attr:`drop_after_pages` cuts one off mid-array instead.
 - ``GET /youtube/v3/videos?part=liveStreamingDetails&id=<video>``: the broadcast's
   ``activeLiveChatId`` while the chat is live (none before it starts, ``actualEndTime`` after).
 - :attr:`failures`: canned error answers for the next polls (a 503, a rate limit, a page that
@@ -28,6 +32,7 @@ import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from tests.platforms import OAuthServer
@@ -97,6 +102,15 @@ class YouTubeApi:
         self._given: dict[str, float] = {}
         """Page token -> loop time it was given."""
         self._ids = itertools.count(1)
+        self.streams = 0
+        """Stream connections opened (``liveChatMessages.streamList``)."""
+        self.stream_seconds = 1.0
+        """How long the server holds a stream open before it ends the array and closes."""
+        self.drop_after_pages = 0
+        """When positive: the next stream is cut off (no closing bracket, connection closed)
+        after this many pages, as a lost connection would be."""
+        self.dropped = 0
+        self._posted: asyncio.Event | None = None
 
     @property
     def api_url(self) -> str:
@@ -110,6 +124,8 @@ class YouTubeApi:
     async def serving(self) -> AsyncIterator[YouTubeApi]:
         app = web.Application()
         app.router.add_get("/youtube/v3/liveChat/messages", self._list)
+        app.router.add_get("/youtube/v3/liveChat/messages/stream", self._stream)
+        self._posted = asyncio.Event()
         app.router.add_get("/youtube/v3/videos", self._videos)
         app.router.add_post("/oauth/token", self.oauth.token)
         runner = web.AppRunner(app)
@@ -139,6 +155,8 @@ class YouTubeApi:
             },
         }
         self.messages.append(item)
+        if self._posted is not None:
+            self._posted.set()
         return item
 
     def text(self, text: str, author: str = "UC-viewer-1") -> str:
@@ -189,9 +207,8 @@ class YouTubeApi:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         return scheme == "Bearer" and (token == self.token or self.oauth.valid(token))
 
-    async def _list(self, request: web.Request) -> web.Response:
-        self.polls += 1
-        now = asyncio.get_running_loop().time()
+    def _refusal(self, request: web.Request) -> web.Response | None:
+        """The error answer a request gets, if any, before its page token is looked at."""
         if not self._authorised(request):
             self.unauthorized += 1
             return web.json_response(error_body(401, "authError", "global"), status=401)
@@ -207,35 +224,93 @@ class YouTubeApi:
             return web.json_response(error_body(403, "quotaExceeded", "youtube.quota"), status=403)
         if self.ended and self._end_sent:
             return web.json_response(error_body(403, "liveChatEnded"), status=403)
-        token = request.query.get("pageToken")
-        if token is None:
-            self.first_polls += 1
-            start = max(0, len(self.messages) - self.history)
-        else:
-            given = self._given.get(token)
-            if given is None or not token.startswith("p"):
-                return web.json_response(error_body(400, "pageTokenInvalid"), status=400)
-            # A little slack for the clocks of two processes; the client waits the whole time.
-            if now - given < 0.8 * self.polling_ms / 1000:
-                self.too_soon += 1
-                return web.json_response(error_body(403, "rateLimitExceeded"), status=403)
-            start = int(token[1:])
-        limit = int(request.query.get("maxResults", "500"))
+        return None
+
+    def _page(self, start: int, limit: int) -> tuple[dict[str, Any], int]:
         page = self.messages[start : start + limit]
         after = start + len(page)
-        next_token = f"p{after}"
-        self._given.setdefault(next_token, now)  # two replicas share tokens: the earliest
         body: dict[str, Any] = {
             "kind": "youtube#liveChatMessageListResponse",
             "etag": "page",
             "pollingIntervalMillis": self.polling_ms,
             "pageInfo": {"totalResults": len(page), "resultsPerPage": len(page)},
-            "nextPageToken": next_token,
+            "nextPageToken": f"p{after}",
             "items": page,
         }
         if self.ended and after == len(self.messages):
             body["offlineAt"] = published()
             self._end_sent = True
+        return body, after
+
+    def _start(self, token: str | None) -> int | None:
+        """Where a request's page starts: after its token's page, or recent history."""
+        if token is None:
+            self.first_polls += 1
+            return max(0, len(self.messages) - self.history)
+        if token not in self._given or not token.startswith("p"):
+            return None
+        return int(token[1:])
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
+        """``liveChatMessages.streamList`` over HTTP/JSON: a JSON array of list responses,
+        one as soon as there is something new, held open ``stream_seconds``."""
+        self.polls += 1
+        self.streams += 1
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
+        position = self._start(request.query.get("pageToken"))
+        if position is None:
+            return web.json_response(error_body(400, "pageTokenInvalid"), status=400)
+        limit = int(request.query.get("maxResults", "500"))
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(b"[")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.stream_seconds
+        sent = 0
+        assert self._posted is not None
+        while True:
+            self._posted.clear()
+            if sent == 0 or position < len(self.messages):
+                body, position = self._page(position, limit)
+                self._given.setdefault(body["nextPageToken"], loop.time())
+                await response.write((b",\n" if sent else b"") + orjson.dumps(body))
+                sent += 1
+                if self._end_sent:
+                    break
+                if self.drop_after_pages and sent >= self.drop_after_pages:
+                    self.drop_after_pages = 0
+                    self.dropped += 1
+                    assert request.transport is not None
+                    request.transport.close()  # cut off: no closing bracket
+                    return response
+                continue
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._posted.wait(), min(left, 0.2))
+        await response.write(b"]")
+        await response.write_eof()
+        return response
+
+    async def _list(self, request: web.Request) -> web.Response:
+        self.polls += 1
+        now = asyncio.get_running_loop().time()
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
+        token = request.query.get("pageToken")
+        start = self._start(token)
+        if start is None:
+            return web.json_response(error_body(400, "pageTokenInvalid"), status=400)
+        # A little slack for the clocks of two processes; the client waits the whole time.
+        if token is not None and now - self._given[token] < 0.8 * self.polling_ms / 1000:
+            self.too_soon += 1
+            return web.json_response(error_body(403, "rateLimitExceeded"), status=403)
+        body, _ = self._page(start, int(request.query.get("maxResults", "500")))
+        self._given.setdefault(body["nextPageToken"], now)  # replicas share tokens: the earliest
         return web.json_response(body)
 
     async def _videos(self, request: web.Request) -> web.Response:

@@ -457,6 +457,12 @@ class YouTubeConfig(_Model):
         YouTubeSettings, "quota_probe_interval", ge=0.01, le=86400
     )
     max_page_bytes: int = _default(YouTubeSettings, "max_page_bytes", ge=64 * 1024, le=64 << 20)
+    transport: Literal["poll", "stream"] = "poll"
+    """``poll``: ``liveChatMessages.list`` at the server's interval; ``stream``:
+    ``liveChatMessages.streamList`` over HTTP/JSON (messages as they come, one connection)."""
+    stream_idle_timeout_seconds: float = _default(
+        YouTubeSettings, "stream_idle_timeout", gt=0, le=3600
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> YouTubeConfig:

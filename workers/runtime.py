@@ -485,6 +485,8 @@ def youtube_source(
         min_poll_interval=youtube.min_poll_interval_seconds,
         quota_probe_interval=youtube.quota_probe_interval_seconds,
         max_page_bytes=youtube.max_page_bytes,
+        transport=youtube.transport,
+        stream_idle_timeout=youtube.stream_idle_timeout_seconds,
     )
     # A page holds up to max_results messages: the page limit replaces max_frame_bytes.
     options = dataclasses.replace(options, max_frame_bytes=youtube.max_page_bytes)

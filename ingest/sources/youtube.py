@@ -13,6 +13,10 @@
   quota gauge at 1; chat ended, disabled or not found ends the source cleanly (logged, counted,
   never retried); 401 gets a new token and retries once; forbidden, rate limited, server errors
   and network errors end the session, and the source retries with backoff from the same page.
+- ``transport = "stream"``: ``GET <api_url>/liveChat/messages/stream`` instead, whose body is a
+  JSON array of the same list responses written as messages come (``streamList`` over HTTP/JSON):
+  each element is handed on once complete; when the array ends, the connection drops or stays
+  silent ``stream_idle_timeout``, a new stream resumes from the last page token.
 - The token comes from ``ingest.sources.twitch_auth``: a static one, or one refreshed with the
   refresh-token flow (Google's OAuth server) by a task beside the poller, before it expires.
 """
@@ -34,7 +38,16 @@ import aiohttp
 from ingest.sources.base import Health, Sink
 from ingest.sources.reconnect import Reconnecting, ReconnectSettings
 from ingest.sources.twitch_auth import RefreshError, StaticToken, Tokens
-from ingest.youtube import ApiError, Invalid, LiveChatFormat, Page, api_error, chat_lookup
+from ingest.youtube import (
+    ApiError,
+    ArraySplitter,
+    Invalid,
+    LiveChatFormat,
+    Page,
+    StreamError,
+    api_error,
+    chat_lookup,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +92,12 @@ class YouTubeSettings(ReconnectSettings):
     """While the quota is exhausted, try again after this many seconds or at the reset,
     whichever comes first."""
     backoff_max: float = 300.0
+    transport: str = "poll"
+    """``poll`` (``liveChatMessages.list``) or ``stream`` (``liveChatMessages.streamList`` over
+    HTTP/JSON: ``GET <api_url>/liveChat/messages/stream``, a JSON array of list responses that
+    grows while the connection is open)."""
+    stream_idle_timeout: float = 120.0
+    """Seconds a stream may send nothing before it is taken for dead and opened again."""
 
 
 def quota_reset(now: float) -> float:
@@ -123,6 +142,8 @@ class YouTubeSource(Reconnecting):
         self.polls = 0
         self.ended: str | None = None
         self._up = False
+        self._renewed = False
+        """A stream was refused 401 and the token renewed: another 401 is an error."""
 
     async def run(self) -> None:
         """Poll until the chat is over (returns) or the task is cancelled; the token is kept
@@ -158,39 +179,92 @@ class YouTubeSource(Reconnecting):
             if self.chat_id is None:
                 self.chat_id = await self._find_chat(http)
             while True:
-                answer = await self._poll(http, self.chat_id)
-                if not self._up:  # the first answer of the session, or the first after a quota
-                    self._up = True
-                    self._connected_at = self.clock()
-                    self.health.connected(self.name, True)
                 delay = self.settings.min_poll_interval
-                if isinstance(answer, Invalid):
-                    await self.sink.submit(self.name, answer.items)
-                    raise SessionError("malformed page")
-                if answer.items:
-                    await self.sink.submit(self.name, answer.items)
-                if answer.ignored:
-                    self.on_ignored(answer.ignored)
-                if answer.next_page_token:
-                    self.page_token = answer.next_page_token
-                if answer.ended:
-                    raise ChatOver("chat_ended")
-                if answer.polling_ms is not None:
-                    delay = max(delay, answer.polling_ms / 1000)
+                if self.settings.transport == "stream":
+                    await self._stream(http, self.chat_id)
+                else:
+                    answer = await self._poll(http, self.chat_id)
+                    self._mark_up()
+                    polling_ms = await self._take(answer)
+                    if polling_ms is not None:
+                        delay = max(delay, polling_ms / 1000)
                 await asyncio.sleep(delay)
 
-    async def _poll(self, http: aiohttp.ClientSession, chat_id: str) -> Page | Invalid:
-        """One page; errors handled as the module docstring says (a quota wait returns the page
-        polled after it)."""
+    def _mark_up(self) -> None:
+        """An answer came: the source is up (again, after a quota wait)."""
+        if not self._up:
+            self._up = True
+            self._connected_at = self.clock()
+            self.health.connected(self.name, True)
+
+    async def _take(self, answer: Page | Invalid) -> int | None:
+        """Hand a page's events on and remember where it ends; its polling interval."""
+        if isinstance(answer, Invalid):
+            await self.sink.submit(self.name, answer.items)
+            raise SessionError("malformed page")
+        if answer.items:
+            await self.sink.submit(self.name, answer.items)
+        if answer.ignored:
+            self.on_ignored(answer.ignored)
+        if answer.next_page_token:
+            self.page_token = answer.next_page_token
+        if answer.ended:
+            raise ChatOver("chat_ended")
+        return answer.polling_ms
+
+    def _params(self, chat_id: str) -> dict[str, str]:
         params = {
             "liveChatId": chat_id,
             "part": "id,snippet",
             "maxResults": str(self.settings.max_results),
         }
+        if self.page_token:
+            params["pageToken"] = self.page_token
+        return params
+
+    async def _stream(self, http: aiohttp.ClientSession, chat_id: str) -> None:
+        """One streaming connection, from the page token on, until the server ends it (then
+        the caller opens the next one). Errors as for a poll."""
+        token = await self.tokens.current()
+        url = self.settings.api_url.rstrip("/") + "/liveChat/messages/stream"
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=self.settings.request_timeout,
+            sock_read=self.settings.stream_idle_timeout,
+        )
+        params = self._params(chat_id)
+        async with http.get(url, params=params, headers=headers, timeout=timeout) as response:
+            self.polls += 1
+            if response.status != 200:
+                body = await self._bounded(response)
+                if response.status == 401 and not self._renewed:
+                    self._renewed = await self.tokens.rejected(token) is not None
+                    if self._renewed:
+                        return  # a new token: the next connection uses it, once
+                error = api_error(response.status, body)
+                self.on_api_error(error.kind)
+                await self._failed(error)
+                return
+            self._renewed = False
+            self.health.received(self.name)
+            self.on_quota(False)
+            self._mark_up()
+            splitter = ArraySplitter(self.settings.max_page_bytes)
+            async for chunk in response.content.iter_any():
+                self.health.received(self.name)
+                try:
+                    elements = splitter.feed(chunk)
+                except StreamError as exc:
+                    raise SessionError("malformed stream", str(exc)) from exc
+                for element in elements:
+                    await self._take(self.fmt.parse(element))
+
+    async def _poll(self, http: aiohttp.ClientSession, chat_id: str) -> Page | Invalid:
+        """One page; errors handled as the module docstring says (a quota wait returns the page
+        polled after it)."""
         while True:
-            if self.page_token:
-                params["pageToken"] = self.page_token
-            status, body = await self._get(http, "/liveChat/messages", params)
+            status, body = await self._get(http, "/liveChat/messages", self._params(chat_id))
             self.polls += 1
             if status == 200:
                 self.health.received(self.name)
@@ -262,13 +336,17 @@ class YouTubeSource(Reconnecting):
     ) -> tuple[int, bytes]:
         url = self.settings.api_url.rstrip("/") + path
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-        limit = self.settings.max_page_bytes
         async with http.get(url, params=params, headers=headers) as response:
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.content.iter_chunked(64 * 1024):
-                size += len(chunk)
-                if size > limit:
-                    raise SessionError("page too large", f"over {limit} bytes")
-                chunks.append(chunk)
-            return response.status, b"".join(chunks)
+            return response.status, await self._bounded(response)
+
+    async def _bounded(self, response: aiohttp.ClientResponse) -> bytes:
+        """A response's body, at most ``max_page_bytes`` (SessionError past it)."""
+        limit = self.settings.max_page_bytes
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise SessionError("page too large", f"over {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)

@@ -183,3 +183,40 @@ async def test_a_stop_during_the_quota_wait_is_prompt(api: YouTubeApi) -> None:
         await stop(task)
     assert errors == ["quota"]
     assert api.quota_refusals == 1
+
+
+@pytest.mark.asyncio
+async def test_the_stream_delivers_as_messages_come_and_resumes_after_a_drop(
+    api: YouTubeApi,
+) -> None:
+    api.stream_seconds = 0.3  # the server ends each stream soon: the source opens the next
+    recorder, errors, ended = Recorder(), list[str](), list[str]()
+    task = await running(source(api, recorder, errors, ended, transport="stream"))
+    try:
+        await until(lambda: api.first_polls == 1, 10, "the first stream")
+        for n in range(10):
+            api.text(f"a{n}")
+        await until(lambda: len(recorder.ids()) == 10, 10, "the first messages")
+        api.drop_after_pages = 2  # the next stream is cut off mid-array
+        for round_ in range(5):
+            for n in range(6):
+                api.text(f"b{round_}-{n}")
+            await until(lambda: len(recorder.ids()) == len(api.counted), 10, "all so far")
+        # The stream that replaced the dropped one ends normally after 0.3 s: a third opens.
+        await until(lambda: api.streams >= 3, 10, "a stream ended by the server, and the next")
+        api.text("last")
+        await until(lambda: len(recorder.ids()) == len(api.counted), 10, "the last one")
+        api.end()
+        async with asyncio.timeout(10 * UNIT):
+            await task
+    finally:
+        if not task.done():
+            await stop(task)
+    assert recorder.ids() == expected(api)  # each once, in order, across drops and reopenings
+    assert api.first_polls == 1  # every later stream resumed from a page token
+    assert api.streams >= 3
+    assert api.dropped == 1
+    assert "network" in recorder.retries
+    assert api.polls == api.streams  # never fell back to list
+    assert ended == ["chat_ended"]
+    assert errors == []

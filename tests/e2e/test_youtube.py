@@ -37,6 +37,7 @@ def youtube_source(
     name: str = "youtube",
     by_video: bool = False,
     refreshing: Path | None = None,
+    transport: str = "poll",
 ) -> str:
     """A YouTube Live chat source of ``api``'s chat (or, ``by_video``, of its broadcast), with
     the static token in ``TOKEN_ENV`` or (``refreshing``: the refresh token file) refreshed."""
@@ -67,6 +68,7 @@ backoff_max = 0.5
 api_url = "{api.api_url}"
 min_poll_interval_seconds = 0.05
 quota_probe_interval_seconds = {0.3 * UNIT}
+transport = "{transport}"
 """
 
 
@@ -137,7 +139,7 @@ def post_chat(api: YouTubeApi, start: int, count: int) -> None:
 
 
 @pytest.mark.asyncio
-async def test_two_replicas_count_chat_and_paid_comments_exactly(
+async def test_two_replicas_polling_and_streaming_count_chat_and_paid_comments_exactly(
     api: YouTubeApi, tmp_path: Path, redis_url: str, stream: str
 ) -> None:
     post_chat(api, 0, 15)  # history before the ingesters start: both read it (20 are given)
@@ -148,7 +150,7 @@ async def test_two_replicas_count_chat_and_paid_comments_exactly(
             tmp_path,
             redis_url,
             "b",
-            youtube_source(api, stream, name="yt-b", by_video=True),
+            youtube_source(api, stream, name="yt-b", by_video=True, transport="stream"),
         ) as b,
     ):
         # What came before a replica's first poll reaches it only as recent history.
@@ -174,8 +176,10 @@ async def test_two_replicas_count_chat_and_paid_comments_exactly(
             "both replicas to read every message",
         )
         assert outcome("accepted") == len(api.counted)
-        # The second replica found the chat from the broadcast's video id.
+        # The second replica found the chat from the broadcast's video id, and streamed it,
+        # opening a new stream with its page token each time the server ended one.
         assert api.lookups >= 1
+        assert api.streams >= 2
         # pollingIntervalMillis was honoured: no poll came too soon.
         assert api.too_soon == 0
         assert metric(a.http_port, "livestream_ingest_ignored_total", source="yt-a") > 0

@@ -190,3 +190,31 @@ def test_the_live_chat_id_comes_from_the_videos_live_streaming_details() -> None
 def test_the_quota_resets_at_midnight_pacific_time(now: str, reset: str) -> None:
     at = dt.datetime.fromisoformat(now).timestamp()
     assert quota_reset(at) == dt.datetime.fromisoformat(reset).timestamp()
+
+
+def test_a_streamed_array_is_cut_into_its_objects_however_it_arrives() -> None:
+    from ingest.youtube import ArraySplitter
+
+    pages = [
+        {"items": [], "nextPageToken": "a"},
+        {"items": [{"id": "m1", "snippet": {"displayMessage": 'br}ace" [x] \\"q'}}]},
+        {"nextPageToken": "c", "nested": [[{}], {"k": ["}"]}]},
+    ]
+    body = b"[" + b",\n".join(orjson.dumps(p) for p in pages) + b"]\n"
+    for size in (1, 2, 7, len(body)):
+        splitter = ArraySplitter(1 << 20)
+        found: list[bytes] = []
+        for start in range(0, len(body), size):
+            found += splitter.feed(body[start : start + size])
+        assert [orjson.loads(f) for f in found] == pages
+        assert splitter.closed
+
+
+@pytest.mark.parametrize(
+    "body", [b'{"items": []}', b"[1, 2]", b"[{}] {}", b'[{"a": "' + b"x" * 100]
+)
+def test_a_streamed_body_that_is_not_an_array_of_objects_is_refused(body: bytes) -> None:
+    from ingest.youtube import ArraySplitter, StreamError
+
+    with pytest.raises(StreamError):
+        ArraySplitter(64).feed(body)
