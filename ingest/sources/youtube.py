@@ -171,7 +171,8 @@ class YouTubeSource(Reconnecting):
             return exc.reason
         if isinstance(exc, _NETWORK_ERRORS):
             return "network"
-        return None
+        log.error("youtube poll failed unexpectedly: %s", type(exc).__name__, exc_info=exc)
+        return type(exc).__name__  # whatever it was: the source retries, never dies
 
     async def _session(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout)
