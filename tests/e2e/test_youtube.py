@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from redis.asyncio import Redis
 
 from tests.e2e.support import IngesterProcess, scrape, select, write_config
 from tests.servers import free_port
 from tests.waiting import UNIT, until
 from tests.youtube_api import YouTubeApi
+from workers.store import Store, StoreSettings
 
 TOKEN_ENV = "LIVESTREAM_TEST_YOUTUBE_TOKEN"
 REFRESH_TOKEN_ENV = "LIVESTREAM_TEST_YOUTUBE_REFRESH_TOKEN"
@@ -293,3 +295,35 @@ async def test_a_killed_replica_restarts_from_recent_history_and_counts_nothing_
         # The restart's first page repeated messages counted before the kill: duplicates now.
         duplicates = metric(port, "livestream_ingest_events_total", outcome="duplicate")
         assert duplicates > 0
+
+
+@pytest.mark.asyncio
+async def test_a_bad_paid_message_is_dead_lettered_without_name_or_phone_and_the_rest_counts(
+    api: YouTubeApi, tmp_path: Path, redis_url: str, stream: str, redis: Redis
+) -> None:
+    with ingester(api, tmp_path, redis_url, "d", youtube_source(api, stream)) as process:
+        port = process.http_port
+        await until(lambda: api.first_polls >= 1, 10, "the first poll")
+        post_chat(api, 0, 10)
+        bad = api.super_chat(5_000_000, "usd")  # not an ISO 4217 code: refused
+        api.counted.remove(bad)
+        del api.paid[bad]
+        (item,) = [m for m in api.messages if m["id"] == bad]
+        item["snippet"]["displayMessage"] = "gọi 0912345678 nhé"
+        item["authorDetails"] = {"displayName": "Nguyễn Thị Hoa", "channelId": "UC-fan-1"}
+        post_chat(api, 10, 10)
+        await counted(api, port, stream)
+        await until(
+            lambda: metric(port, "livestream_ingest_rejections_total", source="youtube") == 1,
+            10,
+            "the rejection",
+        )
+        assert select(scrape(port), "livestream_ingest_rejections_total", source="youtube") == {
+            ("invalid_currency",): 1
+        }
+    (letter,) = await Store(redis, StoreSettings()).dead_letters(stream)
+    raw = letter["raw"]
+    assert bad.encode() in raw
+    assert b"0912345678" not in raw
+    assert "Nguyễn".encode() not in raw
+    assert b"authorDetails" not in raw
