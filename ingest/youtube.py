@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 from typing import Annotated, Any, Final
 
 import msgspec
@@ -351,10 +352,18 @@ class ArraySplitter:
     def feed(self, data: bytes) -> list[bytes]:
         """The elements completed by ``data``; StreamError if it is not such an array."""
         done: list[bytes] = []
-        for byte in data:
+        pos, size = 0, len(data)
+        while pos < size:
             if self._depth == 0:
-                self._between(byte)
-            elif self._inside(byte):
+                self._between(data[pos])
+                pos += 1
+                continue
+            end = self._scan(data, pos)
+            self._element += data[pos:end]
+            if len(self._element) > self.max_element_bytes:
+                raise StreamError(f"an element over {self.max_element_bytes} bytes")
+            pos = end
+            if self._depth == 0:
                 done.append(bytes(self._element))
                 self._element.clear()
         return done
@@ -377,26 +386,36 @@ class ArraySplitter:
         elif byte != ord(","):
             raise StreamError("an element that is not an object")
 
-    def _inside(self, byte: int) -> bool:
-        """A byte of an element; True when it completes it."""
-        self._element.append(byte)
-        if len(self._element) > self.max_element_bytes:
-            raise StreamError(f"an element over {self.max_element_bytes} bytes")
-        if self._in_string:
-            if self._escaped:
+    def _scan(self, data: bytes, pos: int) -> int:
+        """Follow an element from ``pos``, jumping from one structural byte to the next; where
+        it ends (just past its closing brace), or the end of ``data``."""
+        size = len(data)
+        while pos < size:
+            if self._escaped:  # the byte after a backslash in a string (maybe a new chunk's)
                 self._escaped = False
-            elif byte == ord("\\"):
-                self._escaped = True
+                pos += 1
+                continue
+            found = (_IN_STRING if self._in_string else _STRUCTURE).search(data, pos)
+            if found is None:
+                return size
+            pos = found.end()
+            byte = data[found.start()]
+            if self._in_string:
+                if byte == ord('"'):
+                    self._in_string = False
+                else:
+                    self._escaped = True
             elif byte == ord('"'):
-                self._in_string = False
-        elif byte == ord('"'):
-            self._in_string = True
-        elif byte in b"{[":
-            self._depth += 1
-        elif byte in b"}]":
-            self._depth -= 1
-            return self._depth == 0
-        return False
+                self._in_string = True
+            elif byte in b"{[":
+                self._depth += 1
+            else:
+                self._depth -= 1
+                if self._depth == 0:
+                    return pos
+        return pos
 
 
+_IN_STRING: Final = re.compile(rb'["\\]')
+_STRUCTURE: Final = re.compile(rb'["{}\[\]]')
 _WHITESPACE: Final = frozenset(b" \t\r\n")
