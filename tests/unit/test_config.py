@@ -97,12 +97,14 @@ PLATFORM_SECRETS = {
     "TWITCH_REFRESH_TOKEN": "r" * 50,
     "TWITCH_CLIENT_SECRET": "c" * 30,
     "SHOPIFY_SECRET": "s" * 32,
+    "YOUTUBE_REFRESH_TOKEN": "y" * 50,
+    "YOUTUBE_CLIENT_SECRET": "g" * 30,
 }
 
 
 def test_platforms_config_is_valid_and_complete() -> None:
     config = load(PLATFORMS, PLATFORM_SECRETS)
-    twitch, shop, relay = config.sources
+    twitch, shop, relay, *_ = config.sources  # then YouTube: tests/unit/test_youtube_config.py
     assert isinstance(twitch, WebsocketClientConfig)
     assert twitch.twitch is not None
     assert (twitch.format, twitch.twitch.broadcaster_user_id) == ("twitch-eventsub", "1001")

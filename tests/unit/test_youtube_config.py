@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from workers.config import ConfigError, HttpPollConfig, parse
+from workers.config import ConfigError, HttpPollConfig, YouTubeConfig, _SourceBase, load, parse
 
 ENV = {"T": "t" * 16, "R": "r" * 40, "S": "s" * 30}
 
@@ -69,3 +71,16 @@ def test_its_secrets_are_checked_like_every_secret() -> None:
         "sources[0].youtube.refresh_token_env: environment variable NO_REFRESH is not set",
         "sources[0].youtube.client_secret_env: environment variable S is shorter than 16 bytes",
     ]
+
+
+def test_the_platforms_config_shows_every_youtube_key() -> None:
+    platforms = Path(__file__).resolve().parents[2] / "config" / "platforms.toml"
+    secrets = {"YOUTUBE_REFRESH_TOKEN": "y" * 50, "YOUTUBE_CLIENT_SECRET": "g" * 30}
+    secrets |= {"TWITCH_REFRESH_TOKEN": "r" * 50, "TWITCH_CLIENT_SECRET": "c" * 30}
+    config = load(platforms, secrets | {"SHOPIFY_SECRET": "s" * 32})
+    (youtube,) = [source for source in config.sources if isinstance(source, HttpPollConfig)]
+    assert (youtube.format, youtube.youtube.video_id) == ("youtube-livechat", "dQw4w9WgXcQ")
+    text = platforms.read_text(encoding="utf-8")
+    for key in [*YouTubeConfig.model_fields, *HttpPollConfig.model_fields]:
+        if key not in _SourceBase.model_fields and key != "youtube":  # the table itself
+            assert re.search(rf"^(# )?{key} = ", text, re.M), key
