@@ -76,6 +76,15 @@ class Comment(msgspec.Struct, frozen=True, gc=False):
         return f"c\x1f{self.id}"
 
 
+class PaidComment(Comment, frozen=True, gc=False):
+    """A comment that came with money (a YouTube Super Chat or Super Sticker): a comment, and
+    counted on its own as a paid comment with its amount, never as an order. The amount is
+    integer micros of ``currency`` (``amountMicros``), exact for any currency."""
+
+    currency: str = ""
+    amount_micros: int = 0
+
+
 class LineItem(msgspec.Struct, frozen=True, gc=False):
     sku: str
     grams: int | None

@@ -41,6 +41,7 @@ from ingest.sources.websocket import (
     WebsocketClientSettings,
     WebsocketServerSettings,
 )
+from ingest.sources.youtube import YouTubeSettings
 from workers.catalogs import CatalogFile
 from workers.catalogs import read as read_catalog
 from workers.store import Legacy
@@ -478,6 +479,78 @@ class HttpClientConfig(_SourceBase):
         return self
 
 
+class YouTubeConfig(_Model):
+    """YouTube Live chat: which chat, and the OAuth token the Data API takes.
+
+    The chat is ``live_chat_id``, or the active chat of the broadcast ``video_id``. The token is
+    static (``token_env``) or refreshed (``refresh_token_env`` with ``client_id`` and
+    ``client_secret_env``) from Google's OAuth server."""
+
+    live_chat_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,256}$")] | None = None
+    video_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
+    token_env: str | None = None
+    """Environment variable holding an access token kept valid outside the ingester."""
+    refresh_token_env: str | None = None
+    """Environment variable holding a refresh token: access tokens (an hour each) are got with
+    it and refreshed before they expire."""
+    client_id: Annotated[str, Field(min_length=1)] | None = None
+    client_secret_env: str | None = None
+    refresh_token_file: str | None = None
+    """File holding the latest refresh token: read at start when it exists, rewritten (0600) if
+    the OAuth server rotates it."""
+    oauth_url: Annotated[str, Field(pattern=r"^https?://")] = "https://oauth2.googleapis.com"
+    """Google's OAuth server: ``<oauth_url>/token``."""
+    refresh_margin_seconds: float = _default(RefreshSettings, "refresh_margin", gt=0, le=86400)
+    api_url: Annotated[str, Field(pattern=r"^https?://")] = _default(YouTubeSettings, "api_url")
+    max_results: int = Field(500, ge=200, le=2000)
+    """``maxResults`` of each poll (the API takes 200 to 2000; its default is 500)."""
+    min_poll_interval_seconds: float = _default(
+        YouTubeSettings, "min_poll_interval", ge=0.01, le=600
+    )
+    quota_probe_interval_seconds: float = _default(
+        YouTubeSettings, "quota_probe_interval", ge=0.01, le=86400
+    )
+    max_page_bytes: int = _default(YouTubeSettings, "max_page_bytes", ge=64 * 1024, le=64 << 20)
+    transport: Literal["poll", "stream"] = "poll"
+    """``poll``: ``liveChatMessages.list`` at the server's interval; ``stream``:
+    ``liveChatMessages.streamList`` over HTTP/JSON (messages as they come, one connection)."""
+    stream_idle_timeout_seconds: float = _default(
+        YouTubeSettings, "stream_idle_timeout", gt=0, le=3600
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> YouTubeConfig:
+        if (self.live_chat_id is None) == (self.video_id is None):
+            raise ValueError("set one of live_chat_id and video_id")
+        if (self.token_env is None) == (self.refresh_token_env is None):
+            raise ValueError("set one of token_env (static) and refresh_token_env (refreshed)")
+        if self.refresh_token_env is not None and self.client_id is None:
+            raise ValueError("refresh_token_env needs client_id")
+        if self.token_env is not None and (
+            self.client_secret_env is not None or self.refresh_token_file is not None
+        ):
+            raise ValueError("client_secret_env and refresh_token_file go with refresh_token_env")
+        return self
+
+
+class HttpPollConfig(_SourceBase):
+    """A platform API polled over HTTPS (YouTube Live chat)."""
+
+    type: Literal["http-poll"]
+    format: Literal["youtube-livechat"] = "youtube-livechat"
+    youtube: YouTubeConfig
+    request_timeout: float = _default(YouTubeSettings, "request_timeout", gt=0, le=300)
+    backoff_initial: float = _default(YouTubeSettings, "backoff_initial", gt=0)
+    backoff_max: float = _default(YouTubeSettings, "backoff_max", gt=0)
+    backoff_reset_after: float = _default(YouTubeSettings, "backoff_reset_after", ge=0)
+
+    @model_validator(mode="after")
+    def _stream(self) -> HttpPollConfig:
+        if self.stream is None:
+            raise ValueError(f"format {self.format!r} needs a stream: its pages name none")
+        return self
+
+
 class HttpServerConfig(_SourceBase, ListenerLimits):
     """Webhook deliveries by HTTP POST (Shopify)."""
 
@@ -601,7 +674,8 @@ SourceConfig = Annotated[
     | WebsocketServerConfig
     | MqttConfig
     | HttpServerConfig
-    | HttpClientConfig,
+    | HttpClientConfig
+    | HttpPollConfig,
     Field(discriminator="type"),
 ]
 
@@ -697,6 +771,7 @@ def _location(loc: tuple[int | str, ...]) -> str:
             "mqtt",
             "http-server",
             "http-client",
+            "http-poll",
         ) or re.fullmatch(r"function-.*", part):
             continue
         else:
@@ -739,9 +814,10 @@ def _secret_tables(data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         if not isinstance(source, dict):
             continue
         tables.append((f"sources[{index}].", source))
-        twitch = source.get("twitch")
-        if isinstance(twitch, dict):
-            tables.append((f"sources[{index}].twitch.", twitch))
+        for platform in ("twitch", "youtube"):
+            table = source.get(platform)
+            if isinstance(table, dict):
+                tables.append((f"sources[{index}].{platform}.", table))
     return tables
 
 

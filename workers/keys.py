@@ -178,6 +178,8 @@ CANCELLED_VALUE: Final = "cancelled_value"
 CANCELLED_SKU_GRAMS: Final = "cancelled_sku_grams"
 UNWEIGHED: Final = "unweighed"
 COMMENTS: Final = "comments"
+PAID_COMMENTS: Final = "paid_comments"
+PAID_VALUE_MICROS: Final = "paid_value_micros"
 REGION_ORDERS: Final = "region"
 OTHER_SKU: Final = "other"
 
@@ -210,6 +212,9 @@ so HINCRBY never overflows."""
 #    [[sku, grams], ...]]                                     order created (an item's grams
 #                                                             "" if unknown: counted unweighed)
 #   ["x", shard, member, order]                               order cancelled
+#   ["p", shard, member, platform, user, currency, micros]    paid comment (Super Chat): a
+#                                                             comment, and its own count and
+#                                                             amount in integer micros
 # where shard and member are the fingerprint of the event's namespaced identity, and order its
 # namespaced order state field ("<namespace>\x1e<order id>").
 # A record may end with one more element, the event's aliases: [[shard, member], ...] (maybe
@@ -253,7 +258,7 @@ local records, outcome = {}, {}
 local batch_ids, projected, sku_label, new_skus = {}, {}, {}, {}
 local sku_count = nil
 
-local arity = {c = 5, v = 6, o = 12, x = 4}
+local arity = {c = 5, v = 6, o = 12, x = 4, p = 7}
 
 local function seen_one(shard, member)
   if batch_ids[shard .. ':' .. member] then return true end
@@ -428,6 +433,10 @@ for _, r in ipairs(cmsgpack.unpack(ARGV[7])) do
           key = 'n' .. r[4]}
       end
     end
+  elseif tag == 'p' and state == '1' then  -- a paid comment: its amount must fit
+    local inc = {}
+    inc['paid_value_micros|' .. r[4] .. '|' .. r[6]] = big(r[7])
+    if not fits(inc) then state = '2' end
   elseif tag == 'x' and state == '1' then
     local view = order_state(r)
     if view.state and view.state ~= 'C' then
@@ -488,6 +497,12 @@ for _, r in ipairs(records) do
   local tag = r[1]
   if tag == 'c' then
     redis.call('HINCRBY', totals, 'comments|' .. r[4], 1)
+    if r[5] ~= '' then users[#users + 1] = r[5] end
+  elseif tag == 'p' then  -- a paid comment is a comment too
+    local paid = r[4] .. '|' .. r[6]
+    redis.call('HINCRBY', totals, 'comments|' .. r[4], 1)
+    redis.call('HINCRBY', totals, 'paid_comments|' .. paid, 1)
+    redis.call('HINCRBY', totals, 'paid_value_micros|' .. paid, r[7])
     if r[5] ~= '' then users[#users + 1] = r[5] end
   elseif tag == 'v' then
     local platform, count, ts = r[4], r[5], r[6]

@@ -203,9 +203,10 @@ class HealthMetrics:
             ["source", "type", "status"],
             registry=r,
         )
+        self._youtube(r)
         self.token_refreshes = Counter(
             "livestream_ingest_token_refreshes",
-            "Access tokens a source got with its refresh token (Twitch), by source.",
+            "Access tokens a source got with its refresh token (Twitch, YouTube), by source.",
             ["source"],
             registry=r,
         )
@@ -224,11 +225,29 @@ class HealthMetrics:
             ["source", "reason"],
             registry=r,
         )
+
+    def _youtube(self, r: CollectorRegistry) -> None:
+        """The YouTube Data API as a polling source sees it."""
+        self.api_errors = Counter(
+            "livestream_ingest_api_errors",
+            "Error answers of a polled platform API (YouTube), by source and kind (quota, "
+            "rate_limited, unauthorized, forbidden, chat_ended, chat_disabled, chat_not_found, "
+            "bad_request, server, other).",
+            ["source", "kind"],
+            registry=r,
+        )
+        self.quota_exhausted = Gauge(
+            "livestream_ingest_api_quota_exhausted",
+            "1 while a source waits for its API quota to reset (YouTube: midnight Pacific), "
+            "reading nothing; else 0.",
+            ["source"],
+            registry=r,
+        )
         self.source_ended = Gauge(
             "livestream_ingest_source_ended",
-            "1 once a source stopped because what it reads is over (a Facebook live video that "
-            "ended), else 0.",
-            ["source"],
+            "1 once a source stopped for good, by reason (YouTube: chat_ended, chat_disabled, "
+            "chat_not_found, video_not_found; Facebook: video_ended); absent while it runs.",
+            ["source", "reason"],
             registry=r,
         )
 
@@ -353,6 +372,15 @@ class _Family:
     """After ``stream``, as the field holds them."""
     money: bool = False
     """Minor units, rendered in major units of the currency (the last label)."""
+    micros: bool = False
+    """Millionths of the currency's major unit (YouTube's ``amountMicros``), rendered in major
+    units."""
+
+    def value(self, number: int, labels: tuple[str, ...]) -> float:
+        """The sample of a field's integer, in the unit the metric is exposed in."""
+        if self.micros:
+            return number / 1_000_000
+        return to_major(number, labels[-1]) if self.money else number
 
 
 _COUNTERS = (
@@ -398,6 +426,20 @@ _COUNTERS = (
     ),
     _Family(keys.COMMENTS, "livestream_comments", "Chat comments.", ("platform",)),
     _Family(
+        keys.PAID_COMMENTS,
+        "livestream_paid_comments",
+        "Paid comments (YouTube Super Chat and Super Sticker); also counted as comments, never "
+        "as orders.",
+        ("platform", "currency"),
+    ),
+    _Family(
+        keys.PAID_VALUE_MICROS,
+        "livestream_paid_comment_value",
+        "Value of paid comments, in major units of the currency (exact in Redis as micros).",
+        ("platform", "currency"),
+        micros=True,
+    ),
+    _Family(
         keys.REGION_ORDERS, "livestream_region_orders", "Orders by region.", ("country", "region")
     ),
 )
@@ -426,7 +468,7 @@ def business_families(totals: Sequence[StreamTotals]) -> Iterator[Metric]:
     for stream in totals:
         for family, spec in zip(counters, _COUNTERS, strict=True):
             for labels, number in sorted(stream.by(spec.field).items()):
-                value = to_major(number, labels[-1]) if spec.money else number
+                value = spec.value(number, labels)
                 family.add_metric([stream.stream, *labels], value)
         commenters.add_metric([stream.stream], stream.unique_commenters)
         buyers.add_metric([stream.stream], stream.unique_buyers)
@@ -492,7 +534,7 @@ def business_exposition(totals: Sequence[StreamTotals]) -> bytes:
                     before, after = "".join(parts[:stream_at]), "".join(parts[stream_at:])
                     around[labels] = (before, "," + after[:-1] if after else "")
                 before, after = around[labels]
-                value = to_major(number, labels[-1]) if spec.money else number
+                value = spec.value(number, labels)
                 out.append(f"{name}{{{before}{stream_label}{after}}} {_number(value)}\n")
     gauges = _HEADERS[len(_COUNTERS) :]
     for header, attribute in zip(gauges[:2], ("unique_commenters", "unique_buyers"), strict=True):

@@ -12,6 +12,7 @@ import dataclasses
 import datetime
 import functools
 import gc
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -66,7 +67,9 @@ from ingest.sources.websocket import (
     WebsocketServerSettings,
     WebsocketServerSource,
 )
+from ingest.sources.youtube import YouTubeSettings, YouTubeSource
 from ingest.twitch import CHAT_MESSAGE, REVOCATION_STATUSES, EventSubFormat, Revocation
+from ingest.youtube import ERROR_KINDS, LiveChatFormat
 from workers.catalogs import Catalogs
 from workers.committer import BatchSettings, Committer
 from workers.config import (
@@ -75,6 +78,7 @@ from workers.config import (
     ConfigError,
     HttpClientConfig,
     HttpConfig,
+    HttpPollConfig,
     HttpServerConfig,
     MqttConfig,
     SourceConfig,
@@ -82,6 +86,7 @@ from workers.config import (
     TwitchConfig,
     WebsocketClientConfig,
     WebsocketServerConfig,
+    YouTubeConfig,
     split_listen,
 )
 from workers.logs import Throttle
@@ -451,7 +456,6 @@ def facebook_source(
         _secrets_file_read(metrics, name, token_file)
     for reason in ERROR_REASONS:  # at 0, so alerts see the first
         metrics.facebook_errors.labels(name, reason)
-    metrics.source_ended.labels(name).set(0)
     settings = config.settings(
         FacebookSettings,
         live_video_id=facebook.live_video_id,
@@ -480,7 +484,85 @@ def facebook_source(
         on_reload=functools.partial(_secrets_reloaded, metrics, name),
         on_error=lambda reason: metrics.facebook_errors.labels(name, reason).inc(),
         on_ignored=functools.partial(health.ignored, name),
-        on_ended=lambda: metrics.source_ended.labels(name).set(1),
+        on_ended=lambda: metrics.source_ended.labels(name, "video_ended").set(1),
+    )
+
+
+def youtube_tokens(
+    config: HttpPollConfig,
+    youtube: YouTubeConfig,
+    health: SourceHealth,
+    environ: Mapping[str, str],
+) -> Tokens:
+    """The static token ``token_env`` names, or one refreshed from Google's OAuth server."""
+    if youtube.refresh_token_env is None:
+        assert youtube.token_env is not None  # validated: one of the two
+        return StaticToken(environ[youtube.token_env])
+    assert youtube.client_id is not None  # validated with refresh_token_env
+    metrics = health.metrics
+    refreshes = metrics.token_refreshes.labels(config.name)
+    for reason in FAILURE_REASONS:  # at 0, so alerts see the first
+        metrics.token_refresh_failures.labels(config.name, reason)
+    secret = environ[youtube.client_secret_env] if youtube.client_secret_env else None
+    file = youtube.refresh_token_file
+    settings = config.settings(
+        RefreshSettings,
+        client_id=youtube.client_id,
+        refresh_token=environ[youtube.refresh_token_env],
+        client_secret=secret,
+        refresh_token_file=Path(file) if file is not None else None,
+        oauth_url=youtube.oauth_url,
+        refresh_margin=youtube.refresh_margin_seconds,
+        validate_interval=math.inf,  # Google's token answer always says expires_in
+        platform="youtube",
+    )
+    return RefreshingToken(
+        settings,
+        on_refreshed=refreshes.inc,
+        on_failure=lambda reason: metrics.token_refresh_failures.labels(config.name, reason).inc(),
+    )
+
+
+def youtube_source(
+    config: HttpPollConfig,
+    options: FormatOptions,
+    committer: Committer,
+    health: SourceHealth,
+    environ: Mapping[str, str],
+) -> YouTubeSource:
+    youtube = config.youtube
+    metrics = health.metrics
+    name = config.name
+    for kind in ERROR_KINDS:  # at 0, so alerts see the first
+        metrics.api_errors.labels(name, kind)
+    quota = metrics.quota_exhausted.labels(name)
+    quota.set(0)
+    ignored = metrics.ignored.labels(name, "other_message")
+    settings = config.settings(
+        YouTubeSettings,
+        api_url=youtube.api_url,
+        live_chat_id=youtube.live_chat_id,
+        video_id=youtube.video_id,
+        max_results=youtube.max_results,
+        min_poll_interval=youtube.min_poll_interval_seconds,
+        quota_probe_interval=youtube.quota_probe_interval_seconds,
+        max_page_bytes=youtube.max_page_bytes,
+        transport=youtube.transport,
+        stream_idle_timeout=youtube.stream_idle_timeout_seconds,
+    )
+    # A page holds up to max_results messages: the page limit replaces max_frame_bytes.
+    options = dataclasses.replace(options, max_frame_bytes=youtube.max_page_bytes)
+    return YouTubeSource(
+        name,
+        LiveChatFormat(options),
+        committer,
+        health,
+        settings,
+        tokens=youtube_tokens(config, youtube, health, environ),
+        on_api_error=lambda kind: metrics.api_errors.labels(name, kind).inc(),
+        on_quota=lambda exhausted: quota.set(1 if exhausted else 0),
+        on_ended=lambda reason: metrics.source_ended.labels(name, reason).set(1),
+        on_ignored=ignored.inc,
     )
 
 
@@ -651,6 +733,8 @@ def build_source(
             )
         case MqttConfig():
             return mqtt_source(config, options, committer, health, environ)
+        case HttpPollConfig():
+            return youtube_source(config, options, committer, health, environ)
 
 
 async def _read(source: Source) -> None:

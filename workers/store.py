@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from ingest.model import Comment, Event, Order, Rejection, Viewers
+from ingest.model import Comment, Event, Order, PaidComment, Rejection, Viewers
 from workers import keys
 from workers.keys import StreamKeys, fingerprint
 
@@ -164,6 +164,16 @@ def _records(
         shard, member = fingerprint(ident + event.identity)
         record: Record
         match event:
+            case PaidComment():
+                record = (
+                    "p",
+                    shard,
+                    str(member),
+                    event.platform,
+                    event.user or "",
+                    event.currency,
+                    str(event.amount_micros),
+                )
             case Comment():
                 record = ("c", shard, str(member), event.platform, event.user or "")
             case Viewers():

@@ -1,4 +1,6 @@
-"""Twitch access tokens for Helix: one given from outside, or one kept fresh with a refresh token.
+"""Twitch access tokens for Helix (and YouTube's, from Google's OAuth server, which answers the
+same refresh-token grant at ``<oauth_url>/token``): one given from outside, or one kept fresh with a
+refresh token.
 
 - :class:`StaticToken`: the token from the environment, as it is (an app or user token that
   something else keeps valid). A 401 from Helix ends the session, and the source retries.
@@ -105,6 +107,10 @@ class RefreshSettings(ReconnectSettings):
     min_interval: float = 1.0
     """Never refresh a token sooner than this after it was issued (a zero lifetime)."""
     validate_interval: float = 3600.0
+    """Seconds between validations; ``math.inf`` for an OAuth server without ``/validate``
+    (Google's, whose token answer always carries ``expires_in``)."""
+    platform: str = "twitch"
+    """Whose tokens (in log lines and the runbook link)."""
 
 
 def refresh_at(issued: float, lifetime: float, margin: float, min_interval: float) -> float:
@@ -208,7 +214,7 @@ class RefreshingToken:
         self.refreshes += 1
         self.backoff.reset()
         if self._failing is not None:
-            log.info("twitch token refresh works again")
+            log.info("%s token refresh works again", self.settings.platform)
             self._failing = None
         self.on_refreshed()
         return token
@@ -288,12 +294,14 @@ class RefreshingToken:
         if exc.reason != self._failing:
             self._failing = exc.reason
             if exc.reason == "invalid":
+                platform = self.settings.platform
                 log.error(
-                    "twitch token refresh refused: the refresh token is invalid or revoked; "
-                    "issue a new one (docs/operations.md#livestreamtwitchtokenrefreshfailing)"
+                    "%s token refresh refused: the refresh token is invalid or revoked; "
+                    "issue a new one (docs/operations.md#livestreamtwitchtokenrefreshfailing)",
+                    platform,
                 )
             else:
-                log.warning("twitch token refresh failed: %s", exc)
+                log.warning("%s token refresh failed: %s", self.settings.platform, exc)
         if exc.reason == "invalid":
             stored = self._stored()  # an operator may have put a new one there
             if stored is not None:

@@ -100,12 +100,14 @@ PLATFORM_SECRETS = {
     "TWITCH_CLIENT_SECRET": "c" * 30,
     "SHOPIFY_SECRET": "s" * 32,
     "FACEBOOK_PAGE_TOKEN": "f" * 40,
+    "YOUTUBE_REFRESH_TOKEN": "y" * 50,
+    "YOUTUBE_CLIENT_SECRET": "g" * 30,
 }
 
 
 def test_platforms_config_is_valid_and_complete() -> None:
     config = load(PLATFORMS, PLATFORM_SECRETS)
-    twitch, shop, relay, facebook = config.sources
+    twitch, shop, relay, facebook, *_ = config.sources  # then YouTube: test_youtube_config.py
     assert isinstance(facebook, HttpClientConfig)
     assert (facebook.format, facebook.facebook.mode) == ("facebook-live", "sse")
     assert isinstance(twitch, WebsocketClientConfig)

@@ -53,6 +53,8 @@ def test_config_examples_are_valid() -> None:
         "TWITCH_CLIENT_SECRET": "c" * 30,
         "SHOPIFY_SECRET": "s" * 32,
         "FACEBOOK_PAGE_TOKEN": "f" * 40,
+        "YOUTUBE_REFRESH_TOKEN": "y" * 50,
+        "YOUTUBE_CLIENT_SECRET": "g" * 30,
     }
     sources = [
         (source.type, source.format, source.identity_namespace)
@@ -69,6 +71,7 @@ def test_config_examples_are_valid() -> None:
         ("http-server", "shopify", "shopify"),
         ("websocket-client", "socialstream", "relay"),
         ("http-client", "facebook-live", "facebook"),
+        ("http-poll", "youtube-livechat", "youtube"),
     ]
 
 
