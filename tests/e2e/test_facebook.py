@@ -310,8 +310,8 @@ async def test_both_modes_stop_when_the_live_video_ends_and_count_every_comment(
         await counted(93, port, stream)
         samples = scrape(port)
         assert select(samples, "livestream_ingest_source_ended") == {
-            ("facebook",): 1,
-            ("facebook-poll",): 1,
+            ("video_ended", "facebook"): 1,
+            ("video_ended", "facebook-poll"): 1,
         }
         assert metric([port], "livestream_ingest_source_connected") == 0
         log = replica.log.read_text()
