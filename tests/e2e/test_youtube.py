@@ -52,7 +52,7 @@ def youtube_source(
             f'client_secret_env = "{CLIENT_SECRET_ENV}"\n'
             f'refresh_token_file = "{refreshing}"\n'
             f'oauth_url = "{api.oauth_url}"\n'
-            "refresh_margin_seconds = 1"
+            "refresh_margin_seconds = 2"
         )
     return f"""
 [[sources]]
@@ -227,7 +227,7 @@ async def test_hourly_token_is_refreshed_before_expiry_and_after_a_401(
     with ingester(api, tmp_path, redis_url, "r", source) as process:
         port = process.http_port
         await until(lambda: api.first_polls >= 1, 10, "the first poll")
-        # Tokens live 3 s here: keep the chat going across several lifetimes.
+        # Tokens live 3 s here, refreshed 2 s ahead: keep the chat going across several lifetimes.
         for n in range(8):
             post_chat(api, n * 10, 10)
             before = api.oauth.refreshes
