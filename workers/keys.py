@@ -22,6 +22,12 @@ slot and one script can update all of it atomically. Keys of a stream ``s``::
     li:{s}:buyers          HLL     unique buyers
     li:{s}:dead            stream  rejected inputs, capped with MAXLEN ~; only for a stream the
                                    registry has admitted
+    li:{s}:timeline:<day>  hash    the stream's per-minute buckets of one UTC day (day = epoch
+                                   days of the event time), "<minute of day>|<field>" ->
+                                   integer (TIMELINE_* below); written by the commit script,
+                                   by event time; expires ``timeline retention`` after the end
+                                   of its day (default 30 days, longer than the dedup memory:
+                                   the story of a sale outlives its ids)
 
 and outside any stream: ``li:streams``, ``li:dead`` and ``li:legacy-until``::
 
@@ -130,6 +136,25 @@ class StreamKeys:
     def dead(self) -> str:
         return f"{self.tag}:dead"
 
+    @property
+    def timeline_prefix(self) -> str:
+        """Not a key: the script appends "<day>" (epoch days, UTC)."""
+        return f"{self.tag}:timeline:"
+
+    def timeline(self, day: int) -> str:
+        return f"{self.timeline_prefix}{day}"
+
+    @property
+    def session(self) -> str:
+        return f"{self.tag}:session"
+
+    @property
+    def sessions(self) -> str:
+        return f"{self.tag}:sessions"
+
+    def feed(self, day: int) -> str:
+        return f"{self.tag}:feed:{day}"
+
     def script_keys(self) -> list[str]:
         return [
             self.totals,
@@ -140,6 +165,7 @@ class StreamKeys:
             self.buyers,
             self.seen_prefix,
             self.legacy_orders_prefix,
+            self.timeline_prefix,
         ]
 
 
@@ -181,6 +207,21 @@ COMMENTS: Final = "comments"
 REGION_ORDERS: Final = "region"
 OTHER_SKU: Final = "other"
 
+# The timeline (li:{s}:timeline:<day>): fields "<minute of day>|<name>", "<minute>|<name>|<label>"
+# for those with a label. Short names: a busy minute holds a dozen fields.
+DAY_SECONDS: Final = 86400
+MINUTES_PER_DAY: Final = 1440
+TIMELINE_RETENTION_SECONDS: Final = 30 * 86400
+"""Default: how long a day's buckets live after the day ends."""
+TL_ORDERS: Final = "o"
+TL_GRAMS: Final = "g"
+TL_VALUE: Final = "v"  # |<currency>, minor units
+TL_CANCELLED: Final = "x"
+TL_CANCELLED_GRAMS: Final = "xg"
+TL_CANCELLED_VALUE: Final = "xv"  # |<currency>
+TL_COMMENTS: Final = "c"
+TL_VIEWERS: Final = "w"  # |<platform>: the largest count of the minute (by event time)
+
 TOTAL_LIMIT: Final = 9 * 10**18
 """Largest value a total may reach, checked in exact integer arithmetic: below int64's 9.22e18,
 so HINCRBY never overflows."""
@@ -197,7 +238,7 @@ so HINCRBY never overflows."""
 # KEYS: the stream's keys (StreamKeys.script_keys(), then, on a cluster, every seen set and order
 # state key it may touch, the legacy ones in the upgrade window too), and on a single Redis last
 # the registry li:streams: then the script also admits the stream, atomically with the commit
-# (ARGV 8-10).
+# (ARGV 9-11).
 #
 # ARGV: now (seconds; "" = Redis TIME), generation span, lookback generations, generations
 # ahead (1 on a cluster, where the clock is the ingesters': a replica whose clock runs ahead may
@@ -223,7 +264,9 @@ so HINCRBY never overflows."""
 # their size (a Lua number is a double); the checks against the total limit add and compare them
 # exactly, as two limbs of base 1e9.
 # Viewer counts and times are plain integers, below 2^53.
-# ARGV 8-10, with the registry only: the stream, max_streams, and the idle seconds after which a
+# ARGV 8, the timeline: a MessagePack array [retention seconds, [minute, ...]], each record's
+# event time in epoch minutes, in the order of the records. KEYS[9] is the timeline's prefix.
+# ARGV 9-11, with the registry only: the stream, max_streams, and the idle seconds after which a
 # stream leaves the registry (the dedup retention). A stream active within that time is admitted;
 # another one only while fewer than max_streams are, else the whole batch is refused.
 # Returns one character per event: "1" counted, "0" duplicate, "2" refused (a total would
@@ -239,10 +282,10 @@ local gen = math.floor(now / span)
 local expire_at = (gen + lookback + 1) * span
 
 -- Phase 1: reads only.
-local registry, stream, idle_before = KEYS[#KEYS], ARGV[8], nil
+local registry, stream, idle_before = KEYS[#KEYS], ARGV[9], nil
 if stream then
-  local max_streams = tonumber(ARGV[9])
-  idle_before = now - tonumber(ARGV[10])
+  local max_streams = tonumber(ARGV[10])
+  idle_before = now - tonumber(ARGV[11])
   local last = tonumber(redis.call('ZSCORE', registry, stream))
   if not (last and last > idle_before)
     and redis.call('ZCOUNT', registry, '(' .. idle_before, '+inf') >= max_streams then
@@ -393,7 +436,12 @@ local function settle(r, view)
   order_view[view.key] = {}
 end
 
-for _, r in ipairs(cmsgpack.unpack(ARGV[7])) do
+-- Timeline (1 of 3): each record's minute (see "Timeline" below).
+local batch = cmsgpack.unpack(ARGV[7])
+local timeline_arg = cmsgpack.unpack(ARGV[8])
+for i, r in ipairs(batch) do r.minute = timeline_arg[2][i] end
+
+for _, r in ipairs(batch) do
   local tag = r[1]
   if not arity[tag] then return redis.error_reply('unknown record tag ' .. tostring(tag)) end
   r.aliases, r.legacy = r[arity[tag] + 1], r[arity[tag] + 2]
@@ -458,6 +506,51 @@ local function expire_once(key)
   end
 end
 
+-- Timeline (2 of 3): per-minute buckets by event time, in li:{s}:timeline:<day>, fields
+-- "<minute of day>|<name>[|<label>]" (keys.TL_*). Summed here, written once per field at the end;
+-- each bucket is part of a total that fits the limit, so no HINCRBY can fail.
+local timeline_prefix, timeline_keep = KEYS[9], tonumber(timeline_arg[1])
+local timeline_sums, timeline_peaks, timeline_order = {}, {}, {}
+local function timeline_field(minute, name)
+  local day = math.floor(minute / 1440)
+  local key = timeline_prefix .. day
+  if not timeline_sums[key] then
+    timeline_sums[key], timeline_peaks[key] = {}, {}
+    timeline_order[#timeline_order + 1] = {key, (day + 1) * 86400 + timeline_keep}
+  end
+  return key, (minute - day * 1440) .. '|' .. name
+end
+local function timeline_add(minute, name, amount)
+  local key, field = timeline_field(minute, name)
+  local sums = timeline_sums[key]
+  sums[field] = add(sums[field] or {0, 0}, big(amount))
+end
+local function timeline_peak(minute, name, count)
+  local key, field = timeline_field(minute, name)
+  local peaks = timeline_peaks[key]
+  if not peaks[field] or count > peaks[field] then peaks[field] = count end
+end
+local function timeline_cancel(minute, o)
+  timeline_add(minute, 'x', 1)
+  timeline_add(minute, 'xg', o.grams)
+  if o.currency then timeline_add(minute, 'xv|' .. o.currency, o.minor) end
+end
+local function timeline_write()
+  for _, entry in ipairs(timeline_order) do
+    local key = entry[1]
+    for field, sum in pairs(timeline_sums[key]) do
+      local text = sum[1] == 0 and string.format('%d', sum[2])
+        or string.format('%d%09d', sum[1], sum[2])
+      redis.call('HINCRBY', key, field, text)
+    end
+    for field, count in pairs(timeline_peaks[key]) do
+      local last = tonumber(redis.call('HGET', key, field))
+      if not last or count > last then redis.call('HSET', key, field, count) end
+    end
+    redis.call('EXPIREAT', key, entry[2])
+  end
+end
+
 -- Each cancelled total is at most its created total (it counts part of what that counted), so
 -- none can pass the limit.
 local function count_cancel(o)
@@ -486,6 +579,20 @@ for _, r in ipairs(records) do
     for _, a in ipairs(r.aliases) do mark(a[1], a[2]) end
   end
   local tag = r[1]
+  -- Timeline (3 of 3): this event's part of its minute. A cancellation that came before its
+  -- order is counted with the order, in the order's minute.
+  if tag == 'c' then
+    timeline_add(r.minute, 'c', 1)
+  elseif tag == 'v' then
+    timeline_peak(r.minute, 'w|' .. r[4], r[5])
+  elseif tag == 'o' then
+    timeline_add(r.minute, 'o', 1)
+    timeline_add(r.minute, 'g', r[11])
+    timeline_add(r.minute, 'v|' .. r[9], r[10])
+    if r.settle then timeline_cancel(r.minute, parse_state(r.state)) end
+  elseif tag == 'x' and r.settle then
+    timeline_cancel(r.minute, r.cancel)
+  end
   if tag == 'c' then
     redis.call('HINCRBY', totals, 'comments|' .. r[4], 1)
     if r[5] ~= '' then users[#users + 1] = r[5] end
@@ -530,6 +637,7 @@ for _, r in ipairs(records) do
   end
 end
 
+timeline_write()
 for j = 1, #users, 500 do
   redis.call('PFADD', commenters, unpack(users, j, math.min(j + 499, #users)))
 end
