@@ -24,10 +24,11 @@ slot and one script can update all of it atomically. Keys of a stream ``s``::
                                    registry has admitted
     li:{s}:timeline:<day>  hash    the stream's per-minute buckets of one UTC day (day = epoch
                                    days of the event time), "<minute of day>|<field>" ->
-                                   integer (TIMELINE_* below); written by the commit script,
-                                   by event time; expires ``timeline retention`` after the end
-                                   of its day (default 30 days, longer than the dedup memory:
-                                   the story of a sale outlives its ids)
+                                   integer (TL_* below); written by the commit script, by
+                                   event time; expires the timeline retention (default 30
+                                   days) after the end of its day or its last write, whichever
+                                   is later (longer than the dedup memory: the story of a
+                                   sale outlives its ids; a replayed old sale keeps its story)
 
 and outside any stream: ``li:streams``, ``li:dead`` and ``li:legacy-until``::
 
@@ -266,6 +267,7 @@ so HINCRBY never overflows."""
 # Viewer counts and times are plain integers, below 2^53.
 # ARGV 8, the timeline: a MessagePack array [retention seconds, [minute, ...]], each record's
 # event time in epoch minutes, in the order of the records. KEYS[9] is the timeline's prefix.
+# A day's hash expires the retention after the end of the day or now, whichever is later.
 # ARGV 9-11, with the registry only: the stream, max_streams, and the idle seconds after which a
 # stream leaves the registry (the dedup retention). A stream active within that time is admitted;
 # another one only while fewer than max_streams are, else the whole batch is refused.
@@ -516,7 +518,7 @@ local function timeline_field(minute, name)
   local key = timeline_prefix .. day
   if not timeline_sums[key] then
     timeline_sums[key], timeline_peaks[key] = {}, {}
-    timeline_order[#timeline_order + 1] = {key, (day + 1) * 86400 + timeline_keep}
+    timeline_order[#timeline_order + 1] = {key, math.max((day + 1) * 86400, now) + timeline_keep}
   end
   return key, (minute - day * 1440) .. '|' .. name
 end

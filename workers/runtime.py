@@ -602,6 +602,7 @@ def store_settings(config: Config, now_override: int | None = None) -> StoreSett
         max_streams=config.labels.max_streams,
         dead_letter_max=config.dead_letters.max_per_stream,
         now_override=now_override,
+        timeline_retention_seconds=config.story.timeline_retention_days * 86_400,
     )
 
 
