@@ -29,6 +29,13 @@ slot and one script can update all of it atomically. Keys of a stream ``s``::
                                    days) after the end of its day or its last write, whichever
                                    is later (longer than the dedup memory: the story of a
                                    sale outlives its ids; a replayed old sale keeps its story)
+    li:{s}:session         hash    the stream's current (or last) session: n, open ("1"/"0"),
+                                   start and last (seconds, the commit clock: "last" is when
+                                   it last counted an event), first and last_minute (the event
+                                   minutes it covered); the commit script opens one with the
+                                   first counted event; no TTL, one small hash
+    li:{s}:sessions        hash    ended sessions, "<n>" -> "start|end|how|first|last minute"
+                                   (how: "ended", "idle", "replaced"); no TTL, a few a day
 
 and outside any stream: ``li:streams``, ``li:dead`` and ``li:legacy-until``::
 
@@ -167,6 +174,8 @@ class StreamKeys:
             self.seen_prefix,
             self.legacy_orders_prefix,
             self.timeline_prefix,
+            self.session,
+            self.sessions,
         ]
 
 
@@ -265,8 +274,9 @@ so HINCRBY never overflows."""
 # their size (a Lua number is a double); the checks against the total limit add and compare them
 # exactly, as two limbs of base 1e9.
 # Viewer counts and times are plain integers, below 2^53.
-# ARGV 8, the timeline: a MessagePack array [retention seconds, [minute, ...]], each record's
-# event time in epoch minutes, in the order of the records. KEYS[9] is the timeline's prefix.
+# ARGV 8, the timeline: a MessagePack array [retention seconds, [minute, ...], session idle
+# seconds], the minutes each record's event time in epoch minutes, in the order of the records.
+# KEYS[9] is the timeline's prefix, KEYS[10] and KEYS[11] the session keys.
 # A day's hash expires the retention after the end of the day or now, whichever is later.
 # ARGV 9-11, with the registry only: the stream, max_streams, and the idle seconds after which a
 # stream leaves the registry (the dedup retention). A stream active within that time is admitted;
@@ -640,6 +650,35 @@ for _, r in ipairs(records) do
 end
 
 timeline_write()
+
+-- Sessions (issue 15): a batch that counts anything opens a session if none is open, or if the
+-- open one has been idle longer than the idle time (which then ends "idle" at its last event).
+-- SESSION_SCRIPT below shares the rule.
+local function session_touch(session, ended)
+  local s = redis.call('HMGET', session, 'n', 'open', 'start', 'last', 'first', 'last_minute')
+  local n, open, last = tonumber(s[1]) or 0, s[2] == '1', tonumber(s[4])
+  local idle = tonumber(timeline_arg[3])
+  if open and last and now - last > idle then
+    redis.call('HSET', ended, n, table.concat({s[3], s[4], 'idle', s[5] or '', s[6] or ''}, '|'))
+    open = false
+  end
+  local low, high = nil, nil
+  for _, r in ipairs(records) do
+    if not low or r.minute < low then low = r.minute end
+    if not high or r.minute > high then high = r.minute end
+  end
+  if not open then
+    redis.call('HSET', session, 'n', n + 1, 'open', 1, 'start', now, 'last', now,
+      'first', low, 'last_minute', high)
+    return
+  end
+  local first, last_minute = tonumber(s[5]), tonumber(s[6])
+  redis.call('HSET', session, 'last', math.max(now, last or now),
+    'first', (first and first < low) and first or low,
+    'last_minute', (last_minute and last_minute > high) and last_minute or high)
+end
+if #records > 0 then session_touch(KEYS[10], KEYS[11]) end
+
 for j = 1, #users, 500 do
   redis.call('PFADD', commenters, unpack(users, j, math.min(j + 499, #users)))
 end
@@ -647,6 +686,31 @@ for j = 1, #buyer_ids, 500 do
   redis.call('PFADD', buyers, unpack(buyer_ids, j, math.min(j + 499, #buyer_ids)))
 end
 return table.concat(outcome)
+"""
+
+# Explicit session commands, on li:{s}:session and li:{s}:sessions (KEYS 1, 2). ARGV: "start"
+# or "end", now (seconds; "" = Redis TIME), idle seconds. "start" ends the open session
+# ("replaced"; "idle" if it was) and opens the next, empty until an event counts; "end" ends the
+# open one ("ended", or "idle" at its last event if it had been idle longer). Returns the
+# number of the session opened or ended, 0 if "end" found none open.
+SESSION_SCRIPT: Final = """
+local session, ended = KEYS[1], KEYS[2]
+local action, now, idle = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+if not now then now = tonumber(redis.call('TIME')[1]) end
+local s = redis.call('HMGET', session, 'n', 'open', 'start', 'last', 'first', 'last_minute')
+local n, open, last = tonumber(s[1]) or 0, s[2] == '1', tonumber(s[4]) or now
+if open then
+  local how, at = (action == 'start') and 'replaced' or 'ended', now
+  if now - last > idle then how, at = 'idle', last end
+  redis.call('HSET', ended, n, table.concat({s[3], at, how, s[5] or '', s[6] or ''}, '|'))
+  redis.call('HSET', session, 'open', 0)
+end
+if action == 'start' then
+  redis.call('HDEL', session, 'first', 'last_minute')
+  redis.call('HSET', session, 'n', n + 1, 'open', 1, 'start', now, 'last', now)
+  return n + 1
+end
+return open and n or 0
 """
 
 # The registry on a Redis Cluster, where li:streams lives in a slot of its own: admit (or touch)

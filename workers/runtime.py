@@ -603,6 +603,7 @@ def store_settings(config: Config, now_override: int | None = None) -> StoreSett
         dead_letter_max=config.dead_letters.max_per_stream,
         now_override=now_override,
         timeline_retention_seconds=config.story.timeline_retention_days * 86_400,
+        session_idle_seconds=config.story.session_idle_minutes * 60,
     )
 
 

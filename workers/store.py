@@ -48,6 +48,8 @@ class StoreSettings:
     """Seconds since the epoch used instead of the clock for dedup generations (tests only)."""
     timeline_retention_seconds: int = keys.TIMELINE_RETENTION_SECONDS
     """How long a day of the timeline is kept after the day ends."""
+    session_idle_seconds: int = 30 * 60
+    """A session without a counted event this long has ended."""
     read_concurrency: int = 64
     """Cluster mode: calls in flight at once when reading totals (at most the client's
     connections per node)."""
@@ -216,9 +218,10 @@ def _minutes(events: Sequence[Event]) -> list[int]:
     return [event.ts_ms // 60_000 for event in events]
 
 
-def _timeline_arg(events: Sequence[Event], retention_seconds: int) -> bytes:
+def _timeline_arg(events: Sequence[Event], settings: StoreSettings) -> bytes:
     """The commit script's ARGV 8 (see ``keys.COMMIT_SCRIPT``)."""
-    return _pack([retention_seconds, _minutes(events)])
+    minutes = _minutes(events)
+    return _pack([settings.timeline_retention_seconds, minutes, settings.session_idle_seconds])
 
 
 _Batch = tuple[list[Event], list[str]]
@@ -406,7 +409,7 @@ class Store:
         async with self.redis.pipeline(transaction=False) as pipe:
             for stream, (batch, spaces) in batches.items():
                 records = _pack(_records(batch, spaces, legacy, weigh=self.weigh))
-                timeline = _timeline_arg(batch, self.settings.timeline_retention_seconds)
+                timeline = _timeline_arg(batch, self.settings)
                 await self._script(
                     keys=[*StreamKeys(stream).script_keys(), keys.STREAMS],
                     args=[*head, records, timeline, stream, *self._admission],
@@ -436,7 +439,7 @@ class Store:
             events, spaces = batch
             shards: set[int] = set()
             records = _pack(_records(events, spaces, legacy, shards, self.weigh))
-            timeline = _timeline_arg(events, self.settings.timeline_retention_seconds)
+            timeline = _timeline_arg(events, self.settings)
             orders = any(isinstance(event, Order) for event in events)
             days = {m // keys.MINUTES_PER_DAY for m in _minutes(events)}
             declared = self._declared(stream, shards, orders, legacy, now)
