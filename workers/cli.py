@@ -1,4 +1,4 @@
-"""``livestream-ingester``: run, check-config, demo, top, rules."""
+"""``livestream-ingester``: run, check-config, demo, top, rules, report, session."""
 
 from __future__ import annotations
 
@@ -126,6 +126,10 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_run, _add_check_config, _add_demo, _add_top, _add_rules):
         add(sub)
+    from workers.story_cli import add_report, add_session
+
+    add_report(sub)
+    add_session(sub)
     return top
 
 
