@@ -88,6 +88,10 @@ class _Source:
     state: State | None = None
     marked: int = 0
     """Last second marked."""
+    receiving: bool = False
+    """Whether it was receiving at the last tick."""
+    became: float | None = None
+    """Its first connect or frame since the last tick."""
 
 
 class FeedRecorder:
@@ -122,6 +126,7 @@ class FeedRecorder:
         s.up = up
         if up:
             s.since = self.clock()
+            s.became = s.became or s.since
         self._set(source, s, State.CONNECTED if up else State.DISCONNECTED)
 
     def reconnecting(self, source: str) -> None:
@@ -132,6 +137,8 @@ class FeedRecorder:
     def received(self, source: str) -> None:
         s = self._source(source)
         s.since = self.clock()
+        if s.became is None:
+            s.became = s.since
         if s.state is not State.RECEIVING:
             self._set(source, s, State.RECEIVING)
 
@@ -155,14 +162,18 @@ class FeedRecorder:
             silent = s.up is not False and s.since > 0 and not self.receiving(s, now)
             if silent and s.state is not State.SILENT:
                 self._set(name, s, State.SILENT)
-            if not self.receiving(s, now):
+            became, s.became = s.became, None
+            was, s.receiving = s.receiving, self.receiving(s, now)
+            if not s.receiving:
                 continue
             first = max(s.marked + 1, second - MARK_BACK_SECONDS + 1)
+            if not was:  # from when it came back, not before
+                first = max(first, int(became if became is not None else now))
             days: set[int] = set()
             for t in range(first, second + 1):
                 day = t // keys.DAY_SECONDS
                 days.add(day)
-                commands.append(("setbit", (bitmap_key(name, day), t - day * keys.DAY_SECONDS)))
+                commands.append(("setbit", (bitmap_key(name, day), t - day * keys.DAY_SECONDS, 1)))
             for day in sorted(days):
                 expire = max((day + 1) * keys.DAY_SECONDS, second) + self.retention_seconds
                 commands.append(("expireat", (bitmap_key(name, day), expire)))

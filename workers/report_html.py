@@ -14,12 +14,15 @@ import time
 from collections.abc import Sequence
 from html import escape
 
+import orjson
+
 from workers.display import kilograms
 from workers.feeds import Gap
 from workers.report import (
     TABLE_ROWS,
     Report,
     clock_text,
+    markdown,
     money_text,
     session_line,
     tonnes,
@@ -356,6 +359,18 @@ def _limited(rows: list[list[str]], extra: int) -> list[list[str]]:
     if extra > 0:
         rows.append([f"… {extra} more in the JSON report"] + [""] * (len(rows[0]) - 1))
     return rows
+
+
+REPORT_TYPES = {"html": "text/html", "json": "application/json", "md": "text/markdown"}
+
+
+def render(report: Report, fmt: str) -> bytes:
+    """The report in ``fmt`` (one of ``report.FORMATS``), UTF-8."""
+    if fmt == "json":
+        return orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2) + b"\n"
+    if fmt == "md":
+        return markdown(report).encode()
+    return html(report).encode()
 
 
 def html(report: Report) -> str:

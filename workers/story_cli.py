@@ -11,12 +11,11 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from redis.exceptions import RedisClusterException, RedisError
 
 from workers import config as config_module
-from workers.report import FORMATS, Report, ReportError, build, markdown
-from workers.report_html import html
+from workers.report import FORMATS, ReportError, build
+from workers.report_html import render
 from workers.runtime import redis_client
 from workers.sessions import Sessions
 from workers.top import REDIS_TIMEOUT, redis_target
@@ -26,14 +25,6 @@ if TYPE_CHECKING:
 
 READ_TIMEOUT = 30.0
 """Seconds a report may take to read, at most."""
-
-
-def render(report: Report, fmt: str) -> bytes:
-    if fmt == "json":
-        return orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2) + b"\n"
-    if fmt == "md":
-        return markdown(report).encode()
-    return html(report).encode()
 
 
 def _idle_seconds(args: argparse.Namespace) -> int:
