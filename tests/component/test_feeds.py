@@ -74,7 +74,7 @@ async def test_a_gap_only_when_no_replica_received(own_redis: RedisServer) -> No
         ttl = await redis.ttl(bitmap_key("feed", day))
         assert 86_400 < ttl <= 2 * 86_400 + 60
         log = await redis.xrange("li:feed:{feed}:log")
-        states = [(f[b"replica"], f[b"state"]) for _, f in log]
+        states = [(f[b"replica"], f[b"state"]) for _, f in log or [] if f]
         assert (b"r0", b"silent") in states
         assert (b"r1", b"disconnected") in states
 
