@@ -202,6 +202,13 @@ def _add_demo(sub: Subcommands) -> None:
         help="publish the orders at QoS 1 to this MQTT broker (default %(const)s) and consume "
         "them with the MQTT source; comments and viewers stay on the websocket feed",
     )
+    demo.add_argument(
+        "--report",
+        metavar="FILE",
+        default=None,
+        help="where to write the sale's HTML report at the end (default: <temporary folder>/"
+        "livestream-reports/<stream>.html); its path is printed",
+    )
     demo.add_argument("--plain", action="store_true", help="print lines instead of a live view")
     demo.add_argument("--quiet-logs", action="store_true", help="log warnings and errors only")
     demo.set_defaults(func=cmd_demo)

@@ -235,9 +235,17 @@ def duration(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
 
+ENDINGS = {
+    "ended": "ended by command",
+    "idle": "ended after the idle time",
+    "replaced": "ended by the next session",
+}
+
+
 def session_line(report: Report) -> str:
     s = report.session
-    state = "open" if s.open else f"ended ({s.how}) {clock_text(s.end or s.start)}"
+    how = ENDINGS.get(s.how, s.how)
+    state = "open" if s.open else f"{how} {clock_text(s.end or s.start)}"
     return (
         f"Session {s.n} of {report.sessions}: started {clock_text(s.start)}, {state}, "
         f"ran {duration(s.seconds(report.generated_at))}. Events from "

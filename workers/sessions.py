@@ -113,6 +113,11 @@ class Sessions:
         )
         return int(reply)
 
+    async def current(self, stream: str) -> Session | None:
+        """The open session (or the one that has just gone idle), without the ended ones."""
+        raw = await self.redis.hgetall(StreamKeys(stream).session)
+        return view({_text(f): _text(v) for f, v in raw.items()}, self.clock(), self.idle_seconds)
+
     async def all(self, stream: str) -> list[Session]:
         """Every session of the stream, oldest first, the current one last."""
         k = StreamKeys(stream)
