@@ -249,10 +249,12 @@ def gaps_in(
     *,
     changes: Iterable[tuple[float, str]],
     now: float,
+    open_end: bool = True,
 ) -> list[Gap]:
     """The gaps of ``source`` within [start, end): unmarked runs of at least
     ``MIN_GAP_SECONDS`` between its first marked second there and ``end`` (a run reaching
-    ``end`` while ``end`` is about now is ``ongoing``). ``changes``: (at, state) logged."""
+    ``end`` while ``end`` is about now is ``ongoing``, if ``open_end``; without it, such a run
+    is the source's end, not a gap). ``changes``: (at, state) logged."""
     runs: list[tuple[int, int]] = []
     for day in sorted(bitmaps):
         offset = day * keys.DAY_SECONDS
@@ -263,7 +265,7 @@ def gaps_in(
                 runs.append((joined, b))
     if runs and runs[0][0] == start:
         runs.pop(0)  # before the source's first mark in the window: not yet feeding
-    ongoing_end = end - now > -MIN_GAP_SECONDS  # the window reaches now
+    ongoing_end = open_end and end - now > -MIN_GAP_SECONDS  # the window reaches now
     if runs and runs[-1][1] == end and not ongoing_end:
         runs.pop()  # after its last mark, the window closed: the source had stopped
     problems = sorted(
@@ -292,7 +294,9 @@ async def read_gaps(
     stream: str,
     start: float,
     end: float,
+    *,
     clock: Callable[[], float] = time.time,
+    open_end: bool = True,
 ) -> list[Gap]:
     """Every source's gaps within [start, end) (seconds). Sources are not tied to streams
     (one may feed many): every source that marked within the window is shown. ``stream`` is
@@ -316,5 +320,5 @@ async def read_gaps(
             for _, fields in entries or []
             if fields
         ]
-        gaps += gaps_in(source, bitmaps, lo, hi, changes=changes, now=clock())
+        gaps += gaps_in(source, bitmaps, lo, hi, changes=changes, now=clock(), open_end=open_end)
     return sorted(gaps, key=lambda g: (g.start, g.source))

@@ -202,8 +202,17 @@ async def build(
     last = session.last_minute if session.last_minute is not None else first
     minutes = await read_timeline(redis, stream, first, last)
     (totals,) = await Store(redis, StoreSettings()).totals([stream])
+    # Gaps over the session's time and its events' (the same for a live sale; a replayed one's
+    # events are older than its session).
     end = session.end if session.end is not None else clock()
-    gaps = await read_gaps(redis, stream, session.start, end, clock)
+    gaps = await read_gaps(
+        redis,
+        stream,
+        min(session.start, first * 60),
+        max(end, (last + 1) * 60),
+        clock=clock,
+        open_end=session.open,
+    )
     return Report(stream, session, clock(), minutes, gaps, totals, len(every))
 
 

@@ -394,17 +394,21 @@ def html(report: Report) -> str:
         ]
     )
     if report.gaps:
+        one_day = len(
+            {g.start // 86_400 for g in report.gaps} | {g.end // 86_400 for g in report.gaps}
+        )
+        fmt = "%H:%M:%S" if one_day == 1 else "%m-%d %H:%M"
         gap_rows = [
             [
                 escape(g.source),
-                escape(clock_text(g.start)),
-                "ongoing" if g.ongoing else escape(clock_text(g.end)),
-                f"{(g.end - g.start) // 60}:{(g.end - g.start) % 60:02d}",
                 escape(g.state),
+                time.strftime(fmt, time.gmtime(g.start)),
+                f"{(g.end - g.start) // 60} min {(g.end - g.start) % 60:02d} s"
+                + (" so far" if g.ongoing else ""),
             ]
             for g in report.gaps
         ]
-        gaps = _table("Feed gaps", ["source", "from", "to", "min:s", "what"], gap_rows, 3)
+        gaps = _table("Feed gaps", ["source", "what", "from (UTC)", "lasted"], gap_rows, 2)
         gaps += (
             '<p class="note">No replica received from the source then: figures of those '
             "minutes may be low until the platform redelivers.</p>"
