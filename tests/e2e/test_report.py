@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from ingest.adapter import FormatOptions
 from ingest.model import Rejection
 from ingest.native import NativeFormat
-from tests.browser import CHROMIUM, offline_page
+from tests.browser import offline_page
 from tests.servers import RedisServer
 from tests.waiting import UNIT
 from workers.demo.sale import PLATFORMS, Sale, frames, lychee_sale
@@ -101,7 +101,6 @@ def cli(*args: str) -> subprocess.CompletedProcess[bytes]:
     )
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (scripts/setup --dev)")
 @pytest.mark.asyncio
 async def test_report_of_a_demo_sale_in_a_browser_without_network(
     tmp_path: Path, own_redis: RedisServer
