@@ -256,14 +256,16 @@ def gaps_in(
     ``end`` while ``end`` is about now is ``ongoing``, if ``open_end``; without it, such a run
     is the source's end, not a gap). ``changes``: (at, state) logged."""
     runs: list[tuple[int, int]] = []
+    first: int | None = None  # where the window's first day read begins
     for day in sorted(bitmaps):
         offset = day * keys.DAY_SECONDS
         lo, hi = max(start, offset), min(end, offset + keys.DAY_SECONDS)
         if lo < hi:
+            first = lo if first is None else first
             for a, b in zero_runs(bitmaps[day], offset, lo, hi):
                 joined = runs.pop()[0] if runs and runs[-1][1] == a else a  # across midnight
                 runs.append((joined, b))
-    if runs and runs[0][0] == start:
+    if runs and runs[0][0] == first:
         runs.pop(0)  # before the source's first mark in the window: not yet feeding
     ongoing_end = open_end and end - now > -MIN_GAP_SECONDS  # the window reaches now
     if runs and runs[-1][1] == end and not ongoing_end:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+import orjson
 import pytest
 from redis.asyncio import Redis
 
@@ -15,9 +19,13 @@ from tests.e2e.support import (
     sale_frames,
     small_sale,
 )
-from tests.waiting import until
+from tests.servers import RedisServer
+from tests.waiting import UNIT, until
 from workers.demo.sale import DEFAULT_START
+from workers.feeds import read_gaps
 from workers.timeline import read_timeline, sum_minutes
+
+OUTAGE_SECONDS = 4
 
 
 @pytest.mark.asyncio
@@ -54,3 +62,66 @@ async def test_timeline_is_exact_with_a_replica_killed_mid_stream(
     assert set(total.viewers) == set(want.viewers)
     for platform, latest in want.viewers.items():  # the peak is at least the last count
         assert total.viewers[platform] >= latest
+
+
+def get(url: str) -> tuple[int, str, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10 * UNIT) as reply:
+            return int(reply.status), reply.headers.get("Content-Type", ""), reply.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), "", exc.read()
+
+
+@pytest.mark.asyncio
+async def test_feed_gaps_across_an_outage_and_a_replica_kill(
+    tmp_path: Path, own_redis: RedisServer, stream: str
+) -> None:
+    """Two replicas read one feed. One is SIGKILLed and down for a while: no gap, the other
+    received. Then the feed goes down for both: one gap. The report over HTTP marks it."""
+    sale = small_sale(stream)
+    data = sale_frames(sale)
+    feed = ReplayFeed(data, cut_after=None, replay=300, pause=0.004)
+    story = "\n[story]\nsilent_seconds = 2\n"
+    replicas = [
+        feed_ingester(tmp_path, f"g{n}", own_redis.url, feed.url(f"g{n}"), story=story)
+        for n in range(2)
+    ]
+    steady, victim = replicas
+    began = time.time()
+    with steady, victim:
+        async with feed.serving():
+            await until(lambda: feed.position("g0") > len(data) // 5, 60, "a fifth of the feed")
+            victim.kill()
+            killed = time.time()
+            await until(lambda: time.time() - killed > 3 * UNIT, 10, "three seconds")
+            victim.start()
+            await until(lambda: feed.position("g0") > len(data) // 2, 60, "half the feed")
+            assert not feed.finished("g0"), "the outage must land mid-run"
+        down = time.time()  # the feed's server is gone: both replicas lose it
+        await until(lambda: time.time() - down > OUTAGE_SECONDS * UNIT, 20, "the outage")
+        async with feed.serving():
+            up = time.time()
+            await until(lambda: feed.finished("g0") and feed.finished("g1"), 60, "both done")
+            await exact(steady.http_port, sale)
+            finished = time.time()
+            async with Redis.from_url(own_redis.url) as redis:
+                gaps = await read_gaps(redis, stream, began, finished, open_end=False)
+            base = f"http://127.0.0.1:{steady.http_port}/streams"
+            status, kind, body = get(f"{base}/{stream}/report?format=json")
+            assert status == 200
+            assert kind.startswith("application/json")
+            report = orjson.loads(body)
+            assert report["headline"]["orders"] == sum(sale.expected.orders.values())
+            status, kind, body = get(f"{base}/{stream}/report")
+            assert status == 200
+            assert kind.startswith("text/html")
+            assert b"Feed gaps" in body
+            assert get(f"{base}/no-such-stream/report")[0] == 404
+            assert get(f"{base}/{stream}/report?format=pdf")[0] == 400
+            assert get(f"{base}/{stream}/report?session=x")[0] == 400
+    (gap,) = gaps  # the outage, not the kill: the other replica received meanwhile
+    assert gap.source == "feed"
+    assert gap.state in ("disconnected", "reconnecting")
+    assert down - 2 <= gap.start <= down + 2
+    assert up - 1 <= gap.end <= up + 3
+    assert [(g["start"], g["end"]) for g in report["gaps"]] == [(gap.start, gap.end)]
