@@ -22,12 +22,15 @@ slot and one script can update all of it atomically. Keys of a stream ``s``::
     li:{s}:buyers          HLL     unique buyers
     li:{s}:dead            stream  rejected inputs, capped with MAXLEN ~; only for a stream the
                                    registry has admitted
-    li:{s}:timeline:<day>  hash    the stream's per-minute buckets of one UTC day (day = epoch
-                                   days of the event time), "<minute of day>|<field>" ->
-                                   integer (TL_* below); written by the commit script, by
-                                   event time; expires the timeline retention (default 30
-                                   days) after the end of its day or its last write, whichever
-                                   is later (longer than the dedup memory: the story of a
+    li:{s}:timeline:<n>    hash    the stream's per-minute buckets of ten minutes (n = epoch
+                                   minutes of the event time // TIMELINE_SPAN_MINUTES),
+                                   "<minute within>|<field>" -> integer (TL_* below): about a
+                                   hundred fields, so Redis keeps it a compact listpack (up to
+                                   128 fields; a busier one becomes a hash table, still
+                                   right); written by the commit script, by event time;
+                                   expires the timeline retention (default 30 days) after the
+                                   end of its ten minutes or its last write, whichever is
+                                   later (longer than the dedup memory: the story of a
                                    sale outlives its ids; a replayed old sale keeps its story)
     li:{s}:session         hash    the stream's current (or last) session: n, open ("1"/"0"),
                                    start and last (seconds, the commit clock: "last" is when
@@ -146,11 +149,11 @@ class StreamKeys:
 
     @property
     def timeline_prefix(self) -> str:
-        """Not a key: the script appends "<day>" (epoch days, UTC)."""
+        """Not a key: the script appends "<n>" (epoch minutes // TIMELINE_SPAN_MINUTES)."""
         return f"{self.tag}:timeline:"
 
-    def timeline(self, day: int) -> str:
-        return f"{self.timeline_prefix}{day}"
+    def timeline(self, n: int) -> str:
+        return f"{self.timeline_prefix}{n}"
 
     @property
     def session(self) -> str:
@@ -159,9 +162,6 @@ class StreamKeys:
     @property
     def sessions(self) -> str:
         return f"{self.tag}:sessions"
-
-    def feed(self, day: int) -> str:
-        return f"{self.tag}:feed:{day}"
 
     def script_keys(self) -> list[str]:
         return [
@@ -222,7 +222,9 @@ OTHER_SKU: Final = "other"
 DAY_SECONDS: Final = 86400
 MINUTES_PER_DAY: Final = 1440
 TIMELINE_RETENTION_SECONDS: Final = 30 * 86400
-"""Default: how long a day's buckets live after the day ends."""
+"""Default: how long a timeline hash lives after its last minute."""
+TIMELINE_SPAN_MINUTES: Final = 10
+"""Minutes per timeline hash. Fixed: changing it would orphan what was written."""
 TL_ORDERS: Final = "o"
 TL_GRAMS: Final = "g"
 TL_VALUE: Final = "v"  # |<currency>, minor units
@@ -275,9 +277,10 @@ so HINCRBY never overflows."""
 # exactly, as two limbs of base 1e9.
 # Viewer counts and times are plain integers, below 2^53.
 # ARGV 8, the timeline: a MessagePack array [retention seconds, [minute, ...], session idle
-# seconds], the minutes each record's event time in epoch minutes, in the order of the records.
+# seconds, minutes per timeline hash], the minutes each record's event time in epoch minutes, in
+# the order of the records.
 # KEYS[9] is the timeline's prefix, KEYS[10] and KEYS[11] the session keys.
-# A day's hash expires the retention after the end of the day or now, whichever is later.
+# A timeline hash expires the retention after its last minute or now, whichever is later.
 # ARGV 9-11, with the registry only: the stream, max_streams, and the idle seconds after which a
 # stream leaves the registry (the dedup retention). A stream active within that time is admitted;
 # another one only while fewer than max_streams are, else the whole batch is refused.
@@ -518,19 +521,21 @@ local function expire_once(key)
   end
 end
 
--- Timeline (2 of 3): per-minute buckets by event time, in li:{s}:timeline:<day>, fields
--- "<minute of day>|<name>[|<label>]" (keys.TL_*). Summed here, written once per field at the end;
--- each bucket is part of a total that fits the limit, so no HINCRBY can fail.
+-- Timeline (2 of 3): per-minute buckets by event time, in li:{s}:timeline:<n> (n: ten minutes),
+-- fields "<minute within>|<name>[|<label>]" (keys.TL_*). Summed here, written once per field at
+-- the end; each bucket is part of a total that fits the limit, so no HINCRBY can fail.
 local timeline_prefix, timeline_keep = KEYS[9], tonumber(timeline_arg[1])
+local timeline_span = tonumber(timeline_arg[4])
 local timeline_sums, timeline_peaks, timeline_order = {}, {}, {}
 local function timeline_field(minute, name)
-  local day = math.floor(minute / 1440)
-  local key = timeline_prefix .. day
+  local n = math.floor(minute / timeline_span)
+  local key = timeline_prefix .. n
   if not timeline_sums[key] then
     timeline_sums[key], timeline_peaks[key] = {}, {}
-    timeline_order[#timeline_order + 1] = {key, math.max((day + 1) * 86400, now) + timeline_keep}
+    timeline_order[#timeline_order + 1] =
+      {key, math.max((n + 1) * timeline_span * 60, now) + timeline_keep}
   end
-  return key, (minute - day * 1440) .. '|' .. name
+  return key, (minute - n * timeline_span) .. '|' .. name
 end
 local function timeline_add(minute, name, amount)
   local key, field = timeline_field(minute, name)

@@ -47,7 +47,7 @@ class StoreSettings:
     now_override: int | None = None
     """Seconds since the epoch used instead of the clock for dedup generations (tests only)."""
     timeline_retention_seconds: int = keys.TIMELINE_RETENTION_SECONDS
-    """How long a day of the timeline is kept after the day ends."""
+    """How long a timeline hash is kept after its last minute."""
     session_idle_seconds: int = 30 * 60
     """A session without a counted event this long has ended."""
     read_concurrency: int = 64
@@ -221,7 +221,14 @@ def _minutes(events: Sequence[Event]) -> list[int]:
 def _timeline_arg(events: Sequence[Event], settings: StoreSettings) -> bytes:
     """The commit script's ARGV 8 (see ``keys.COMMIT_SCRIPT``)."""
     minutes = _minutes(events)
-    return _pack([settings.timeline_retention_seconds, minutes, settings.session_idle_seconds])
+    return _pack(
+        [
+            settings.timeline_retention_seconds,
+            minutes,
+            settings.session_idle_seconds,
+            keys.TIMELINE_SPAN_MINUTES,
+        ]
+    )
 
 
 _Batch = tuple[list[Event], list[str]]
@@ -441,9 +448,9 @@ class Store:
             records = _pack(_records(events, spaces, legacy, shards, self.weigh))
             timeline = _timeline_arg(events, self.settings)
             orders = any(isinstance(event, Order) for event in events)
-            days = {m // keys.MINUTES_PER_DAY for m in _minutes(events)}
+            spans = {m // keys.TIMELINE_SPAN_MINUTES for m in _minutes(events)}
             declared = self._declared(stream, shards, orders, legacy, now)
-            declared += [StreamKeys(stream).timeline(day) for day in sorted(days)]
+            declared += [StreamKeys(stream).timeline(n) for n in sorted(spans)]
             async with calls:
                 return await self._script(
                     keys=declared,

@@ -14,6 +14,8 @@ from workers.keys import StreamKeys
 
 MAX_DAYS = 62
 """Most days one read covers: a session longer than that is cut (bounded reads)."""
+READ_CHUNK = 144
+"""Timeline hashes per round trip (a day's)."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -43,15 +45,15 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def parse_day(day: int, fields: Mapping[Any, Any]) -> dict[int, Minute]:
-    """The minutes of one day's hash; unknown fields are ignored (a newer version's)."""
+def parse_span(n: int, fields: Mapping[Any, Any]) -> dict[int, Minute]:
+    """The minutes of timeline hash ``n``; unknown fields are ignored (a newer version's)."""
     minutes: dict[int, Minute] = {}
     for raw_field, raw_value in fields.items():
         offset, _, rest = _text(raw_field).partition(keys.SEP)
         name, _, label = rest.partition(keys.SEP)
         if not offset.isdigit():
             continue
-        minute = day * keys.MINUTES_PER_DAY + int(offset)
+        minute = n * keys.TIMELINE_SPAN_MINUTES + int(offset)
         m = minutes.get(minute)
         if m is None:
             m = minutes[minute] = Minute(minute)
@@ -75,11 +77,13 @@ def parse_day(day: int, fields: Mapping[Any, Any]) -> dict[int, Minute]:
     return minutes
 
 
-def days_between(start_minute: int, end_minute: int) -> range:
-    """The days of the minutes [start, end], at most ``MAX_DAYS`` (the last ones)."""
-    first = start_minute // keys.MINUTES_PER_DAY
-    last = end_minute // keys.MINUTES_PER_DAY
-    return range(max(first, last - MAX_DAYS + 1), last + 1)
+def spans_between(start_minute: int, end_minute: int) -> range:
+    """The timeline hashes of the minutes [start, end], at most ``MAX_DAYS`` of them (the
+    last ones)."""
+    span = keys.TIMELINE_SPAN_MINUTES
+    first, last = start_minute // span, end_minute // span
+    most = MAX_DAYS * keys.MINUTES_PER_DAY // span
+    return range(max(first, last - most + 1), last + 1)
 
 
 async def read_timeline(
@@ -87,10 +91,16 @@ async def read_timeline(
 ) -> list[Minute]:
     """The stream's minutes in [start, end] that saw anything, in time order."""
     k = StreamKeys(stream)
-    days = days_between(start_minute, end_minute)
+    spans = spans_between(start_minute, end_minute)
     result: dict[int, Minute] = {}
-    for day in days:  # one small hash per day; a cluster client cannot pipeline across nodes
-        result.update(parse_day(day, await redis.hgetall(k.timeline(day))))
+    for chunk in range(spans.start, spans.stop, READ_CHUNK):
+        numbers = range(chunk, min(chunk + READ_CHUNK, spans.stop))
+        async with redis.pipeline(transaction=False) as pipe:  # one slot: the stream's
+            for n in numbers:
+                pipe.hgetall(k.timeline(n))
+            replies = await pipe.execute()
+        for n, fields in zip(numbers, replies, strict=True):
+            result.update(parse_span(n, fields))
     return [result[m] for m in sorted(result) if start_minute <= m <= end_minute]
 
 

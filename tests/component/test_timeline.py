@@ -129,13 +129,17 @@ async def test_buckets_hold_each_event_once_in_its_minute(redis: Redis, stream: 
     assert by_minute[first + 3].cancelled == 1  # o0, cancelled at minute 3
     assert by_minute[first + 3].cancelled_grams == 500
     assert by_minute[first + 3].cancelled_value == {"USD": 10_000}
-    # the sale crosses midnight: two day hashes, each expiring after the retention
-    day = START_MS // 86_400_000
-    for d in (day, day + 1):
-        ttl = await redis.ttl(StreamKeys(stream).timeline(d))
-        end = max((d + 1) * 86_400, time.time())
-        expected = end + keys.TIMELINE_RETENTION_SECONDS - time.time()
-        assert abs(ttl - expected) < 60
+    # ten-minute hashes (the sale crosses midnight), each expiring after the retention
+    span = keys.TIMELINE_SPAN_MINUTES
+    found = redis.scan_iter(match=f"{StreamKeys(stream).timeline_prefix}*")
+    numbers = sorted([int(key.rsplit(b":", 1)[1]) async for key in found])
+    last = max(e.ts_ms for e in events) // MINUTE
+    assert numbers == list(range(first // span, last // span + 1))
+    for n in numbers:
+        ttl = await redis.ttl(StreamKeys(stream).timeline(n))
+        end = max((n + 1) * span * 60, time.time())
+        assert abs(ttl - (end + keys.TIMELINE_RETENTION_SECONDS - time.time())) < 60
+        assert await redis.object("encoding", StreamKeys(stream).timeline(n)) == b"listpack"
 
 
 @pytest.mark.asyncio
