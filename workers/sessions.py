@@ -107,7 +107,8 @@ class Sessions:
 
     async def _run(self, stream: str, action: str) -> int:
         k = StreamKeys(stream)
-        now = int(self.clock())
+        # With the default clock, Redis' own (as the commit script's on a single Redis).
+        now: int | str = "" if self.clock is time.time else int(self.clock())
         reply = await self._script(
             keys=[k.session, k.sessions], args=[action, now, self.idle_seconds]
         )

@@ -24,7 +24,6 @@ from tests.servers import RedisServer
 from tests.waiting import UNIT
 from workers.demo.sale import PLATFORMS, Sale, frames, lychee_sale
 from workers.feeds import FeedRecorder
-from workers.sessions import Sessions
 from workers.store import Store, StoreSettings
 
 HOURS = 6
@@ -113,13 +112,16 @@ async def test_report_of_a_demo_sale_in_a_browser_without_network(
     async with Redis.from_url(own_redis.url) as redis:
         await commit_sale(redis, sale)
         await record_feed(redis, start)
-        assert await Sessions(redis).end(stream) == 1  # the sale is over
     where = ["--redis-url", own_redis.url, "--stream", stream]
+    ended = cli("session", "end", *where)  # the sale is over
+    assert ended.stdout.decode() == f"{stream}: session 1 ended\n", ended.stderr
+    assert cli("session", "end", *where).stdout.decode() == f"{stream}: none open\n"
     page_file = tmp_path / "report.html"
     result = cli("report", *where, "--out", str(page_file))
     assert result.returncode == 0, result.stderr
     assert result.stdout.decode().strip() == str(page_file)
     data = orjson.loads(cli("report", *where, "--format", "json").stdout)
+    assert (data["session"]["n"], data["session"]["how"]) == (1, "ended")
     want = sale.expected
     headline = data["headline"]
     assert headline["grams_gross"] == sum(want.grams.values())
