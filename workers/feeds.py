@@ -152,8 +152,8 @@ class FeedRecorder:
     def receiving(self, s: _Source, now: float) -> bool:
         return s.up is not False and s.since > 0 and now - s.since < self.silent_seconds
 
-    def tick_commands(self, now: float) -> tuple[list[tuple[str, Any]], list[tuple[str, State]]]:
-        """What this tick writes: (command, args) pairs, and the state changes they log.
+    def tick_commands(self, now: float) -> list[tuple[str, Any]]:
+        """What this tick writes: (command, args) pairs, the state changes logged last.
         Marks each receiving source's seconds since its last mark (at most
         ``MARK_BACK_SECONDS``); a source silent for ``silent_seconds`` becomes SILENT."""
         commands: list[tuple[str, Any]] = []
@@ -180,15 +180,14 @@ class FeedRecorder:
             s.marked = second
             if name not in self._known:
                 commands.append(("sadd", (FEEDS, name)))
-        changes = [(source, state) for source, state, _ in self._pending]
         for source, state, at in self._pending:
             fields = {"replica": self.replica, "state": state.value, "at": f"{at:.3f}"}
             commands.append(("xadd", (log_key(source), fields)))
-        return commands, changes
+        return commands
 
     async def tick(self) -> None:
         now = self.clock()
-        commands, _ = self.tick_commands(now)
+        commands = self.tick_commands(now)
         pending = self._pending
         self._pending = []
         if not commands:
