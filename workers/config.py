@@ -290,6 +290,8 @@ class StoryConfig(_Model):
     """How long the per-minute timeline of a day is kept after the day ends."""
     session_idle_minutes: int = Field(30, ge=1, le=7 * 24 * 60)
     """A session with no event for this long has ended (how: "idle")."""
+    report_utc_offset_minutes: int = Field(0, ge=-12 * 60, le=14 * 60)
+    """The time zone of the report's times, as minutes east of UTC (Vietnam: 420)."""
     silent_seconds: int = Field(60, ge=1, le=24 * 3600)
     """A connected source that received no frame for this long is silent: a gap, unless
     another replica's same source received meanwhile."""

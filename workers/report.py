@@ -11,6 +11,7 @@ Grams and money stay integers here; display units are made by the renderers.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -47,6 +48,8 @@ class Report:
     totals: StreamTotals
     sessions: int
     """How many sessions the stream has had."""
+    utc_offset: int = 0
+    """Minutes east of UTC of the times shown (the JSON keeps epoch times)."""
 
     @property
     def first_minute(self) -> int:
@@ -151,6 +154,7 @@ class Report:
             "generated_at": round(self.generated_at, 3),
             "session": session,
             "sessions": self.sessions,
+            "utc_offset_minutes": self.utc_offset,
             "first_minute": self.first_minute,
             "last_minute": self.last_minute,
             "headline": self.headline(),
@@ -184,6 +188,7 @@ async def build(
     *,
     idle_seconds: int = 30 * 60,
     clock: Callable[[], float] = time.time,
+    utc_offset: int = 0,
 ) -> Report:
     """Read the report of ``stream``'s session ``session_n`` (default: the latest)."""
     sessions = Sessions(redis, idle_seconds, clock)
@@ -213,7 +218,7 @@ async def build(
         clock=clock,
         open_end=session.open,
     )
-    return Report(stream, session, clock(), minutes, gaps, totals, len(every))
+    return Report(stream, session, clock(), minutes, gaps, totals, len(every), utc_offset)
 
 
 # -- Markdown -------------------------------------------------------------------------------------
@@ -230,12 +235,36 @@ def tonnes(grams: int) -> str:
     return f"{grams / 1e6:,.3f} t"
 
 
-def clock_text(seconds: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+def zone(offset: int) -> str:
+    """``UTC`` or ``UTC+07:00`` for ``offset`` minutes east of UTC."""
+    if offset == 0:
+        return "UTC"
+    hours, minutes = divmod(abs(offset), 60)
+    return f"UTC{'+' if offset > 0 else '-'}{hours:02d}:{minutes:02d}"
 
 
-def minute_text(minute: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(minute * 60))
+def parse_offset(text: str) -> int:
+    """``+07:00``, ``-05:30``, ``7`` or ``0`` -> minutes east of UTC (ValueError otherwise)."""
+    match = re.fullmatch(r"([+-]?)(\d{1,2})(?::(\d{2}))?", text.strip())
+    if match is None:
+        raise ValueError(f"not a UTC offset: {text[:20]!r} (e.g. +07:00)")
+    sign = -1 if match[1] == "-" else 1
+    minutes = int(match[2]) * 60 + int(match[3] or 0)
+    if minutes > 14 * 60 or int(match[3] or 0) >= 60:
+        raise ValueError(f"not a UTC offset: {text[:20]!r} (e.g. +07:00)")
+    return sign * minutes
+
+
+def local(seconds: float, offset: int) -> time.struct_time:
+    return time.gmtime(seconds + offset * 60)
+
+
+def clock_text(seconds: float, offset: int = 0) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S ", local(seconds, offset)) + zone(offset)
+
+
+def minute_text(minute: int, offset: int = 0) -> str:
+    return time.strftime("%Y-%m-%d %H:%M ", local(minute * 60, offset)) + zone(offset)
 
 
 def duration(seconds: float) -> str:
@@ -254,11 +283,12 @@ ENDINGS = {
 def session_line(report: Report) -> str:
     s = report.session
     how = ENDINGS.get(s.how, s.how)
-    state = "open" if s.open else f"{how} {clock_text(s.end or s.start)}"
+    off = report.utc_offset
+    state = "open" if s.open else f"{how} {clock_text(s.end or s.start, off)}"
     return (
-        f"Session {s.n} of {report.sessions}: started {clock_text(s.start)}, {state}, "
+        f"Session {s.n} of {report.sessions}: started {clock_text(s.start, off)}, {state}, "
         f"ran {duration(s.seconds(report.generated_at))}. Events from "
-        f"{minute_text(report.first_minute)} to {minute_text(report.last_minute)}."
+        f"{minute_text(report.first_minute, off)} to {minute_text(report.last_minute, off)}."
     )
 
 
@@ -301,7 +331,8 @@ def markdown(report: Report) -> str:
         lines += ["| source | from | to | state |", "|---|---|---|---|"]
         for g in report.gaps:
             lines.append(
-                f"| {_cell(g.source)} | {clock_text(g.start)} | {clock_text(g.end)} | {g.state} |"
+                f"| {_cell(g.source)} | {clock_text(g.start, report.utc_offset)} | "
+                f"{clock_text(g.end, report.utc_offset)} | {g.state} |"
             )
     else:
         lines.append("None recorded: every source had a replica receiving throughout.")

@@ -22,10 +22,12 @@ from workers.report import (
     TABLE_ROWS,
     Report,
     clock_text,
+    local,
     markdown,
     money_text,
     session_line,
     tonnes,
+    zone,
 )
 
 WIDE, NARROW = 760, 360
@@ -71,6 +73,7 @@ svg.narrow { display: none; }
 }
 .grid2 { display: grid; grid-template-columns: repeat(auto-fit, minmax(320px, 1fr));
   gap: 0 24px; }
+.grid2 .full { grid-column: 1 / -1; }
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }
 th, td { text-align: left; padding: 6px 10px 6px 0; border-bottom: 1px solid var(--line);
@@ -154,8 +157,11 @@ def _time_step(span_minutes: int, ticks: int) -> int:
 class _Chart:
     """One SVG: a time axis, a left axis, an optional right axis, gap bands."""
 
-    def __init__(self, width: int, series: _Series, gaps: Sequence[Gap], label: str) -> None:
+    def __init__(
+        self, width: int, series: _Series, gaps: Sequence[Gap], label: str, offset: int
+    ) -> None:
         self.width = width
+        self.offset = offset
         self.s = series
         self.left, self.right, self.top, self.bottom = 52, 52, 12, 28
         self.plot_w = width - self.left - self.right
@@ -181,7 +187,7 @@ class _Chart:
             if b <= a:
                 continue
             x0, x1 = self.x(a), max(self.x(b), self.x(a) + 2)
-            title = escape(f"feed gap: {g.source} {g.state}, {clock_text(g.start)}")
+            title = escape(f"feed gap: {g.source} {g.state}, {clock_text(g.start, self.offset)}")
             self.parts.append(
                 f'<rect x="{x0:.1f}" y="{self.top}" width="{x1 - x0:.1f}" height="{self.plot_h}"'
                 f' fill="#d6336c" fill-opacity="0.16"><title>{title}</title></rect>'
@@ -208,12 +214,12 @@ class _Chart:
         span = self.n * self.s.step
         ticks = 7 if self.width == WIDE else 3
         step = _time_step(span, ticks)
-        first = self.s.first
-        start = -(-first // step) * step
+        first, off = self.s.first, self.offset
+        start = -(-(first + off) // step) * step - off  # round times where the reader is
         for minute in range(start, first + span + 1, step):
             i = (minute - first) / self.s.step
             x = self.x(i)
-            label = time.strftime("%H:%M", time.gmtime(minute * 60))
+            label = time.strftime("%H:%M", local(minute * 60, off))
             p.append(
                 f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{self.top + self.plot_h}"'
                 f' y2="{self.top + self.plot_h + 4}" stroke="#9aa3b2"/>'
@@ -290,7 +296,7 @@ def charts(report: Report) -> str:
     t_top = nice_max(max(s.cumulative_net, default=0) / 1e6)
 
     def kg(width: int) -> str:
-        c = _Chart(width, s, gaps, "kilograms sold and cumulative tonnes")
+        c = _Chart(width, s, gaps, "kilograms sold and cumulative tonnes", report.utc_offset)
         c.axes(kg_top, t_top, " t")
         c.bars([g / 1000 for g in s.grams], kg_top, BLUE)
         c.line([g / 1e6 for g in s.cumulative_net], t_top, ORANGE)
@@ -304,7 +310,7 @@ def charts(report: Report) -> str:
     oc_top = nice_max(max([*s.orders, *s.comments], default=0))
 
     def oc(width: int) -> str:
-        c = _Chart(width, s, gaps, "orders and comments")
+        c = _Chart(width, s, gaps, "orders and comments", report.utc_offset)
         c.axes(oc_top, None)
         c.line(s.comments, oc_top, PURPLE)
         c.line(s.orders, oc_top, GREEN)
@@ -318,7 +324,7 @@ def charts(report: Report) -> str:
     v_top = nice_max(max(s.viewers, default=0))
 
     def vw(width: int) -> str:
-        c = _Chart(width, s, gaps, "viewers")
+        c = _Chart(width, s, gaps, "viewers", report.utc_offset)
         c.axes(v_top, None)
         c.line(s.viewers, v_top, VIEW, area=True)
         return c.done()
@@ -337,10 +343,14 @@ def _value(text: str) -> str:
     return f'<div class="value">{text}</div>'
 
 
-def _table(title: str, head: Sequence[str], rows: Sequence[Sequence[str]], numeric: int) -> str:
-    """``numeric``: columns from this index on are right-aligned numbers."""
+def _table(
+    title: str, head: Sequence[str], rows: Sequence[Sequence[str]], numeric: int, full: bool = False
+) -> str:
+    """``numeric``: columns from this index on are right-aligned numbers; ``full``: the whole
+    width of the page's grid."""
+    section = '<section class="full">' if full else "<section>"
     if not rows:
-        return f'<section><h2>{escape(title)}</h2><p class="none">None.</p></section>'
+        return f'{section}<h2>{escape(title)}</h2><p class="none">None.</p></section>'
 
     def cells(tag: str, values: Sequence[str]) -> str:
         return "".join(
@@ -349,7 +359,7 @@ def _table(title: str, head: Sequence[str], rows: Sequence[Sequence[str]], numer
 
     body = "".join(f"<tr>{cells('td', r)}</tr>" for r in rows)
     return (
-        f'<section><h2>{escape(title)}</h2><div class="scroll"><table><thead><tr>'
+        f'{section}<h2>{escape(title)}</h2><div class="scroll"><table><thead><tr>'
         f"{cells('th', [escape(h) for h in head])}</tr></thead><tbody>{body}</tbody>"
         "</table></div></section>"
     )
@@ -394,21 +404,25 @@ def html(report: Report) -> str:
         ]
     )
     if report.gaps:
-        one_day = len(
-            {g.start // 86_400 for g in report.gaps} | {g.end // 86_400 for g in report.gaps}
-        )
+        shift = report.utc_offset * 60
+        one_day = len({(t + shift) // 86_400 for g in report.gaps for t in (g.start, g.end)})
         fmt = "%H:%M:%S" if one_day == 1 else "%m-%d %H:%M"
         gap_rows = [
             [
                 escape(g.source),
                 escape(g.state),
-                time.strftime(fmt, time.gmtime(g.start)),
+                time.strftime(fmt, local(g.start, report.utc_offset)),
                 f"{(g.end - g.start) // 60} min {(g.end - g.start) % 60:02d} s"
                 + (" so far" if g.ongoing else ""),
             ]
             for g in report.gaps
         ]
-        gaps = _table("Feed gaps", ["source", "what", "from (UTC)", "lasted"], gap_rows, 2)
+        gaps = _table(
+            "Feed gaps",
+            ["source", "what", f"from ({zone(report.utc_offset)})", "lasted"],
+            gap_rows,
+            2,
+        )
         gaps += (
             '<p class="note">No replica received from the source then: figures of those '
             "minutes may be low until the platform redelivers.</p>"
@@ -459,7 +473,9 @@ def html(report: Report) -> str:
                 _limited(province_rows, len(provinces) - TABLE_ROWS),
                 1,
             ),
-            _table("Cancellations", ["platform", "orders", "kg", "value"], cancel_rows, 1),
+            _table(
+                "Cancellations", ["platform", "orders", "kg", "value"], cancel_rows, 1, full=True
+            ),
         ]
     )
     title = f"{report.stream}: the sale's story"
@@ -470,11 +486,12 @@ def html(report: Report) -> str:
         f"<h1>{escape(report.stream)}</h1>"
         f'<p class="meta">{escape(session_line(report))}</p>'
         f'<section class="cards">{cards}</section>'
-        f"<h2>Over time (UTC)</h2>{charts(report)}"
+        f"<h2>Over time ({zone(report.utc_offset)})</h2>{charts(report)}"
         f"{gaps}"
         f'<div class="grid2">{tables}</div>'
         '<p class="note">Headline and charts: this session, from the per-minute timeline. '
         "Tables and unique buyers: the stream's whole life, from its totals.</p>"
-        f"<footer>livestream-ingester report, generated {escape(clock_text(report.generated_at))}"
+        "<footer>livestream-ingester report, generated "
+        f"{escape(clock_text(report.generated_at, report.utc_offset))}"
         "</footer></main></body></html>\n"
     )

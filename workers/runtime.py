@@ -965,6 +965,7 @@ class Ingester:
                         stream,
                         int(session) if session is not None else None,
                         idle_seconds=self.config.story.session_idle_minutes * 60,
+                        utc_offset=self.config.story.report_utc_offset_minutes,
                     )
                     body = await asyncio.to_thread(render, report, fmt)
             except ReportError as exc:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisClusterException, RedisError
 
 from workers import config as config_module
-from workers.report import FORMATS, ReportError, build
+from workers.report import FORMATS, ReportError, build, parse_offset
 from workers.report_html import render
 from workers.runtime import redis_client
 from workers.sessions import Sessions
@@ -27,11 +27,15 @@ READ_TIMEOUT = 30.0
 """Seconds a report may take to read, at most."""
 
 
-def _idle_seconds(args: argparse.Namespace) -> int:
+def _story(args: argparse.Namespace) -> config_module.StoryConfig:
+    """``[story]`` of ``-c``, or the defaults."""
     if args.config:
-        config = config_module.load(args.config, require_secrets=False)
-        return config.story.session_idle_minutes * 60
-    return 30 * 60
+        return config_module.load(args.config, require_secrets=False).story
+    return config_module.StoryConfig()
+
+
+def _idle_seconds(args: argparse.Namespace) -> int:
+    return _story(args).session_idle_minutes * 60
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -49,11 +53,20 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 async def _report(args: argparse.Namespace) -> int:
     url, cluster = redis_target(args)
-    idle = _idle_seconds(args)
+    story = _story(args)
+    offset = story.report_utc_offset_minutes
+    if args.utc_offset is not None:
+        offset = parse_offset(args.utc_offset)
     redis = redis_client(url, REDIS_TIMEOUT, cluster)
     try:
         async with asyncio.timeout(READ_TIMEOUT):
-            report = await build(redis, args.stream, args.session, idle_seconds=idle)
+            report = await build(
+                redis,
+                args.stream,
+                args.session,
+                idle_seconds=story.session_idle_minutes * 60,
+                utc_offset=offset,
+            )
     finally:
         await redis.aclose()
     data = render(report, args.format)
@@ -88,7 +101,7 @@ def _run(main: Coroutine[Any, Any, int], label: str) -> int:
     except config_module.ConfigError as exc:
         print(f"invalid configuration: {exc}", file=sys.stderr)
         return 2
-    except ReportError as exc:
+    except (ReportError, ValueError) as exc:
         print(f"{label}: {exc}", file=sys.stderr)
         return 1
     except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
@@ -120,6 +133,12 @@ def add_report(sub: Subcommands) -> None:
     report.add_argument("--session", type=int, default=None, help="number (default: latest)")
     report.add_argument("--format", choices=FORMATS, default="html")
     report.add_argument("--out", default=None, help="file to write (default: standard output)")
+    report.add_argument(
+        "--utc-offset",
+        default=None,
+        metavar="+HH:MM",
+        help="time zone of the times shown (default: [story] report_utc_offset_minutes, or UTC)",
+    )
     report.set_defaults(func=cmd_report)
 
 

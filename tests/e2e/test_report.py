@@ -100,26 +100,8 @@ def cli(*args: str) -> subprocess.CompletedProcess[bytes]:
     )
 
 
-@pytest.mark.asyncio
-async def test_report_of_a_demo_sale_in_a_browser_without_network(
-    tmp_path: Path, own_redis: RedisServer
-) -> None:
-    start = (int(time.time()) // 60 - (HOURS + 1) * 60) * 60
-    stream = "lucngan-report"
-    sale = lychee_sale(
-        seed=2025, stream=stream, hours=HOURS, start=datetime.fromtimestamp(start, UTC)
-    )
-    async with Redis.from_url(own_redis.url) as redis:
-        await commit_sale(redis, sale)
-        await record_feed(redis, start)
-    where = ["--redis-url", own_redis.url, "--stream", stream]
-    ended = cli("session", "end", *where)  # the sale is over
-    assert ended.stdout.decode() == f"{stream}: session 1 ended\n", ended.stderr
-    assert cli("session", "end", *where).stdout.decode() == f"{stream}: none open\n"
-    page_file = tmp_path / "report.html"
-    result = cli("report", *where, "--out", str(page_file))
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.decode().strip() == str(page_file)
+def check_json_and_markdown(where: list[str], sale: Sale, start: int) -> None:
+    """The JSON report carries the sale's figures and the one gap; Markdown its tables."""
     data = orjson.loads(cli("report", *where, "--format", "json").stdout)
     assert (data["session"]["n"], data["session"]["how"]) == (1, "ended")
     want = sale.expected
@@ -143,6 +125,35 @@ async def test_report_of_a_demo_sale_in_a_browser_without_network(
     markdown = cli("report", *where, "--format", "md").stdout.decode()
     assert "| sold, gross | 54.000 t |" in markdown
     assert "## Vietnamese provinces (whole stream)" in markdown
+
+
+@pytest.mark.asyncio
+async def test_report_of_a_demo_sale_in_a_browser_without_network(
+    tmp_path: Path, own_redis: RedisServer
+) -> None:
+    start = (int(time.time()) // 60 - (HOURS + 1) * 60) * 60
+    stream = "lucngan-report"
+    sale = lychee_sale(
+        seed=2025, stream=stream, hours=HOURS, start=datetime.fromtimestamp(start, UTC)
+    )
+    async with Redis.from_url(own_redis.url) as redis:
+        await commit_sale(redis, sale)
+        await record_feed(redis, start)
+    where = ["--redis-url", own_redis.url, "--stream", stream]
+    ended = cli("session", "end", *where)  # the sale is over
+    assert ended.stdout.decode() == f"{stream}: session 1 ended\n", ended.stderr
+    assert cli("session", "end", *where).stdout.decode() == f"{stream}: none open\n"
+    page_file = tmp_path / "report.html"
+    result = cli("report", *where, "--out", str(page_file), "--utc-offset", "+07:00")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().strip() == str(page_file)
+    assert "<h2>Over time (UTC+07:00)</h2>" in page_file.read_text(encoding="utf-8")
+    refused = cli("report", *where, "--utc-offset", "7 hours")
+    assert (refused.returncode, refused.stderr) == (
+        1,
+        b"report: not a UTC offset: '7 hours' (e.g. +07:00)\n",
+    )
+    check_json_and_markdown(where, sale, start)
 
     out = artifacts(tmp_path)
     url = page_file.resolve().as_uri()

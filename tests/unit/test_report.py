@@ -6,9 +6,10 @@ from __future__ import annotations
 import re
 
 import orjson
+import pytest
 
 from workers.feeds import Gap
-from workers.report import Report, markdown
+from workers.report import Report, clock_text, markdown, parse_offset, zone
 from workers.report_html import MAX_BARS, _series, html, nice_max, render
 from workers.sessions import Session
 from workers.store import StreamTotals
@@ -96,3 +97,27 @@ def test_axis_tops_are_round() -> None:
         800.0,
         40_000.0,
     ]
+
+
+def test_utc_offsets() -> None:
+    assert [parse_offset(t) for t in ("+07:00", "-05:30", "7", "0", "+14:00")] == [
+        420,
+        -330,
+        420,
+        0,
+        840,
+    ]
+    for bad in ("7h", "+15:00", "+07:60", ""):
+        with pytest.raises(ValueError, match="not a UTC offset"):
+            parse_offset(bad)
+    assert [zone(0), zone(420), zone(-330)] == ["UTC", "UTC+07:00", "UTC-05:30"]
+    assert clock_text(0, 420) == "1970-01-01 07:00:00 UTC+07:00"
+
+
+def test_the_time_axis_is_in_the_readers_time_zone() -> None:
+    r = report()
+    r.utc_offset = 420
+    page = html(r)
+    assert "<h2>Over time (UTC+07:00)</h2>" in page
+    local_hour = (T0 // 60 + 7) % 24
+    assert f">{local_hour:02d}:" in page

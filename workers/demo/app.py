@@ -271,7 +271,12 @@ async def _write_report(ingester: Ingester, stream: str, option: str | None) -> 
     try:
         async with asyncio.timeout(REPORT_SECONDS):
             await Sessions(ingester.redis, idle).end(stream)  # the sale is over
-            report = await build(ingester.redis, stream, idle_seconds=idle)
+            report = await build(
+                ingester.redis,
+                stream,
+                idle_seconds=idle,
+                utc_offset=ingester.config.story.report_utc_offset_minutes,
+            )
         write_atomically(path, render(report, "html"))
     except (ReportError, RedisError, OSError, TimeoutError) as exc:
         print(f"report not written: {type(exc).__name__}: {exc}", file=sys.stderr)
