@@ -217,7 +217,7 @@ COMMENTS: Final = "comments"
 REGION_ORDERS: Final = "region"
 OTHER_SKU: Final = "other"
 
-# The timeline (li:{s}:timeline:<day>): fields "<minute of day>|<name>", "<minute>|<name>|<label>"
+# The timeline (li:{s}:timeline:<n>): fields "<minute within>|<name>", "<minute>|<name>|<label>"
 # for those with a label. Short names: a busy minute holds a dozen fields.
 DAY_SECONDS: Final = 86400
 MINUTES_PER_DAY: Final = 1440
@@ -276,9 +276,9 @@ so HINCRBY never overflows."""
 # their size (a Lua number is a double); the checks against the total limit add and compare them
 # exactly, as two limbs of base 1e9.
 # Viewer counts and times are plain integers, below 2^53.
-# ARGV 8, the timeline: a MessagePack array [retention seconds, [minute, ...], session idle
-# seconds, minutes per timeline hash], the minutes each record's event time in epoch minutes, in
-# the order of the records.
+# ARGV 8, the timeline and session: a MessagePack array [retention seconds, [minute, ...],
+# session idle seconds, minutes per timeline hash], with each record's event time in epoch
+# minutes, in the order of the records.
 # KEYS[9] is the timeline's prefix, KEYS[10] and KEYS[11] the session keys.
 # A timeline hash expires the retention after its last minute or now, whichever is later.
 # ARGV 9-11, with the registry only: the stream, max_streams, and the idle seconds after which a
