@@ -95,8 +95,9 @@ PROBES = frozenset({"/healthz", "/readyz"})
 """Open unless ``[http] protect_probes``: orchestrators' probes usually send no credentials."""
 REPORTS = "/streams/"
 """Reports are served under it: ``/streams/{stream}/report``, with the credentials of /metrics."""
-REPORTS_AT_ONCE = 2
-"""Reports read and rendered at once; another request meanwhile is answered 429."""
+REPORTS_AT_ONCE = 1
+"""Reports read and rendered at once; another request meanwhile is answered 429. One: reports
+read through the scrape connections (at least two), so one stays free for /metrics."""
 REPORT_TIMEOUT = 10.0
 """Seconds a report may take to read and render."""
 STREAM_NAME = re.compile(STREAM_PATTERN)
