@@ -526,21 +526,33 @@ end
 -- the end; each bucket is part of a total that fits the limit, so no HINCRBY can fail.
 local timeline_prefix, timeline_keep = KEYS[9], tonumber(timeline_arg[1])
 local timeline_span = tonumber(timeline_arg[4])
-local timeline_sums, timeline_peaks, timeline_order = {}, {}, {}
+local timeline_sums, timeline_counts, timeline_peaks = {}, {}, {}
+local timeline_order, timeline_minutes = {}, {}
 local function timeline_field(minute, name)
-  local n = math.floor(minute / timeline_span)
-  local key = timeline_prefix .. n
-  if not timeline_sums[key] then
-    timeline_sums[key], timeline_peaks[key] = {}, {}
-    timeline_order[#timeline_order + 1] =
-      {key, math.max((n + 1) * timeline_span * 60, now) + timeline_keep}
+  local at = timeline_minutes[minute]  -- {key, "<minute within>|"}, once per minute
+  if not at then
+    local n = math.floor(minute / timeline_span)
+    local key = timeline_prefix .. n
+    if not timeline_sums[key] then
+      timeline_sums[key], timeline_counts[key], timeline_peaks[key] = {}, {}, {}
+      timeline_order[#timeline_order + 1] =
+        {key, math.max((n + 1) * timeline_span * 60, now) + timeline_keep}
+    end
+    at = {key, (minute - n * timeline_span) .. '|'}
+    timeline_minutes[minute] = at
   end
-  return key, (minute - n * timeline_span) .. '|' .. name
+  return at[1], at[2] .. name
 end
+-- Grams and money (decimal strings, summed exactly as limbs), and counts (plain numbers).
 local function timeline_add(minute, name, amount)
   local key, field = timeline_field(minute, name)
   local sums = timeline_sums[key]
   sums[field] = add(sums[field] or {0, 0}, big(amount))
+end
+local function timeline_count(minute, name)
+  local key, field = timeline_field(minute, name)
+  local counts = timeline_counts[key]
+  counts[field] = (counts[field] or 0) + 1
 end
 local function timeline_peak(minute, name, count)
   local key, field = timeline_field(minute, name)
@@ -548,7 +560,7 @@ local function timeline_peak(minute, name, count)
   if not peaks[field] or count > peaks[field] then peaks[field] = count end
 end
 local function timeline_cancel(minute, o)
-  timeline_add(minute, 'x', 1)
+  timeline_count(minute, 'x')
   timeline_add(minute, 'xg', o.grams)
   if o.currency then timeline_add(minute, 'xv|' .. o.currency, o.minor) end
 end
@@ -559,6 +571,9 @@ local function timeline_write()
       local text = sum[1] == 0 and string.format('%d', sum[2])
         or string.format('%d%09d', sum[1], sum[2])
       redis.call('HINCRBY', key, field, text)
+    end
+    for field, count in pairs(timeline_counts[key]) do
+      redis.call('HINCRBY', key, field, string.format('%d', count))
     end
     for field, count in pairs(timeline_peaks[key]) do
       local last = tonumber(redis.call('HGET', key, field))
@@ -599,11 +614,11 @@ for _, r in ipairs(records) do
   -- Timeline (3 of 3): this event's part of its minute. A cancellation that came before its
   -- order is counted with the order, in the order's minute.
   if tag == 'c' then
-    timeline_add(r.minute, 'c', 1)
+    timeline_count(r.minute, 'c')
   elseif tag == 'v' then
     timeline_peak(r.minute, 'w|' .. r[4], r[5])
   elseif tag == 'o' then
-    timeline_add(r.minute, 'o', 1)
+    timeline_count(r.minute, 'o')
     timeline_add(r.minute, 'g', r[11])
     timeline_add(r.minute, 'v|' .. r[9], r[10])
     if r.settle then timeline_cancel(r.minute, parse_state(r.state)) end
