@@ -1,4 +1,4 @@
-"""``livestream-ingester``: run, check-config, demo, top, rules."""
+"""``livestream-ingester``: run, check-config, demo, top, rules, report, session."""
 
 from __future__ import annotations
 
@@ -126,6 +126,10 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_run, _add_check_config, _add_demo, _add_top, _add_rules):
         add(sub)
+    from workers.story_cli import add_report, add_session
+
+    add_report(sub)
+    add_session(sub)
     return top
 
 
@@ -197,6 +201,13 @@ def _add_demo(sub: Subcommands) -> None:
         default=None,
         help="publish the orders at QoS 1 to this MQTT broker (default %(const)s) and consume "
         "them with the MQTT source; comments and viewers stay on the websocket feed",
+    )
+    demo.add_argument(
+        "--report",
+        metavar="FILE",
+        default=None,
+        help="where to write the sale's HTML report at the end (default: <temporary folder>/"
+        "livestream-reports/<stream>.html); its path is printed",
     )
     demo.add_argument("--plain", action="store_true", help="print lines instead of a live view")
     demo.add_argument("--quiet-logs", action="store_true", help="log warnings and errors only")

@@ -285,6 +285,20 @@ class DedupConfig(_Model):
         return Legacy(identities=self.legacy_identities, orders=self.legacy_orders)
 
 
+class StoryConfig(_Model):
+    """The sale's story (``[story]``): timeline, sessions, feed gaps and the report."""
+
+    timeline_retention_days: int = Field(30, ge=1, le=3660)
+    """How long the per-minute timeline of a day is kept after the day ends."""
+    session_idle_minutes: int = Field(30, ge=1, le=7 * 24 * 60)
+    """A session with no event for this long has ended (how: "idle")."""
+    report_utc_offset_minutes: int = Field(0, ge=-12 * 60, le=14 * 60)
+    """The time zone of the report's times, as minutes east of UTC (Vietnam: 420)."""
+    silent_seconds: int = Field(60, ge=1, le=24 * 3600)
+    """A connected source that received no frame for this long is silent: a gap, unless
+    another replica's same source received meanwhile."""
+
+
 class BatchConfig(_Model):
     max_events: int = Field(1000, ge=1, le=20_000)
     max_delay_ms: float = Field(5.0, ge=0, le=1000)
@@ -685,6 +699,7 @@ class Config(_Model):
     http: HttpConfig = HttpConfig()
     dedup: DedupConfig = DedupConfig()
     batch: BatchConfig = BatchConfig()
+    story: StoryConfig = StoryConfig()
     labels: LabelsConfig = LabelsConfig()
     dead_letters: DeadLetterConfig = DeadLetterConfig()
     log: LogConfig = LogConfig()

@@ -22,6 +22,23 @@ slot and one script can update all of it atomically. Keys of a stream ``s``::
     li:{s}:buyers          HLL     unique buyers
     li:{s}:dead            stream  rejected inputs, capped with MAXLEN ~; only for a stream the
                                    registry has admitted
+    li:{s}:timeline:<n>    hash    the stream's per-minute buckets of ten minutes (n = epoch
+                                   minutes of the event time // TIMELINE_SPAN_MINUTES),
+                                   "<minute within>|<field>" -> integer (TL_* below): about a
+                                   hundred fields, so Redis keeps it a compact listpack (up to
+                                   128 fields; a busier one becomes a hash table, still
+                                   right); written by the commit script, by event time;
+                                   expires the timeline retention (default 30 days) after the
+                                   end of its ten minutes or its last write, whichever is
+                                   later (longer than the dedup memory: the story of a
+                                   sale outlives its ids; a replayed old sale keeps its story)
+    li:{s}:session         hash    the stream's current (or last) session: n, open ("1"/"0"),
+                                   start and last (seconds, the commit clock: "last" is when
+                                   it last counted an event), first and last_minute (the event
+                                   minutes it covered); the commit script opens one with the
+                                   first counted event; no TTL, one small hash
+    li:{s}:sessions        hash    ended sessions, "<n>" -> "start|end|how|first|last minute"
+                                   (how: "ended", "idle", "replaced"); no TTL, a few a day
 
 and outside any stream: ``li:streams``, ``li:dead`` and ``li:legacy-until``::
 
@@ -130,6 +147,22 @@ class StreamKeys:
     def dead(self) -> str:
         return f"{self.tag}:dead"
 
+    @property
+    def timeline_prefix(self) -> str:
+        """Not a key: the script appends "<n>" (epoch minutes // TIMELINE_SPAN_MINUTES)."""
+        return f"{self.tag}:timeline:"
+
+    def timeline(self, n: int) -> str:
+        return f"{self.timeline_prefix}{n}"
+
+    @property
+    def session(self) -> str:
+        return f"{self.tag}:session"
+
+    @property
+    def sessions(self) -> str:
+        return f"{self.tag}:sessions"
+
     def script_keys(self) -> list[str]:
         return [
             self.totals,
@@ -140,6 +173,9 @@ class StreamKeys:
             self.buyers,
             self.seen_prefix,
             self.legacy_orders_prefix,
+            self.timeline_prefix,
+            self.session,
+            self.sessions,
         ]
 
 
@@ -183,6 +219,23 @@ PAID_VALUE_MICROS: Final = "paid_value_micros"
 REGION_ORDERS: Final = "region"
 OTHER_SKU: Final = "other"
 
+# The timeline (li:{s}:timeline:<n>): fields "<minute within>|<name>", "<minute>|<name>|<label>"
+# for those with a label. Short names: a busy minute holds a dozen fields.
+DAY_SECONDS: Final = 86400
+MINUTES_PER_DAY: Final = 1440
+TIMELINE_RETENTION_SECONDS: Final = 30 * 86400
+"""Default: how long a timeline hash lives after its last minute."""
+TIMELINE_SPAN_MINUTES: Final = 10
+"""Minutes per timeline hash. Fixed: changing it would orphan what was written."""
+TL_ORDERS: Final = "o"
+TL_GRAMS: Final = "g"
+TL_VALUE: Final = "v"  # |<currency>, minor units
+TL_CANCELLED: Final = "x"
+TL_CANCELLED_GRAMS: Final = "xg"
+TL_CANCELLED_VALUE: Final = "xv"  # |<currency>
+TL_COMMENTS: Final = "c"
+TL_VIEWERS: Final = "w"  # |<platform>: the largest count of the minute (by event time)
+
 TOTAL_LIMIT: Final = 9 * 10**18
 """Largest value a total may reach, checked in exact integer arithmetic: below int64's 9.22e18,
 so HINCRBY never overflows."""
@@ -199,7 +252,7 @@ so HINCRBY never overflows."""
 # KEYS: the stream's keys (StreamKeys.script_keys(), then, on a cluster, every seen set and order
 # state key it may touch, the legacy ones in the upgrade window too), and on a single Redis last
 # the registry li:streams: then the script also admits the stream, atomically with the commit
-# (ARGV 8-10).
+# (ARGV 9-11).
 #
 # ARGV: now (seconds; "" = Redis TIME), generation span, lookback generations, generations
 # ahead (1 on a cluster, where the clock is the ingesters': a replica whose clock runs ahead may
@@ -228,7 +281,12 @@ so HINCRBY never overflows."""
 # their size (a Lua number is a double); the checks against the total limit add and compare them
 # exactly, as two limbs of base 1e9.
 # Viewer counts and times are plain integers, below 2^53.
-# ARGV 8-10, with the registry only: the stream, max_streams, and the idle seconds after which a
+# ARGV 8, the timeline and session: a MessagePack array [retention seconds, [minute, ...],
+# session idle seconds, minutes per timeline hash], with each record's event time in epoch
+# minutes, in the order of the records.
+# KEYS[9] is the timeline's prefix, KEYS[10] and KEYS[11] the session keys.
+# A timeline hash expires the retention after its last minute or now, whichever is later.
+# ARGV 9-11, with the registry only: the stream, max_streams, and the idle seconds after which a
 # stream leaves the registry (the dedup retention). A stream active within that time is admitted;
 # another one only while fewer than max_streams are, else the whole batch is refused.
 # Returns one character per event: "1" counted, "0" duplicate, "2" refused (a total would
@@ -244,10 +302,10 @@ local gen = math.floor(now / span)
 local expire_at = (gen + lookback + 1) * span
 
 -- Phase 1: reads only.
-local registry, stream, idle_before = KEYS[#KEYS], ARGV[8], nil
+local registry, stream, idle_before = KEYS[#KEYS], ARGV[9], nil
 if stream then
-  local max_streams = tonumber(ARGV[9])
-  idle_before = now - tonumber(ARGV[10])
+  local max_streams = tonumber(ARGV[10])
+  idle_before = now - tonumber(ARGV[11])
   local last = tonumber(redis.call('ZSCORE', registry, stream))
   if not (last and last > idle_before)
     and redis.call('ZCOUNT', registry, '(' .. idle_before, '+inf') >= max_streams then
@@ -398,7 +456,12 @@ local function settle(r, view)
   order_view[view.key] = {}
 end
 
-for _, r in ipairs(cmsgpack.unpack(ARGV[7])) do
+-- Timeline (1 of 3): each record's minute (see "Timeline" below).
+local batch = cmsgpack.unpack(ARGV[7])
+local timeline_arg = cmsgpack.unpack(ARGV[8])
+for i, r in ipairs(batch) do r.minute = timeline_arg[2][i] end
+
+for _, r in ipairs(batch) do
   local tag = r[1]
   if not arity[tag] then return redis.error_reply('unknown record tag ' .. tostring(tag)) end
   r.aliases, r.legacy = r[arity[tag] + 1], r[arity[tag] + 2]
@@ -467,6 +530,68 @@ local function expire_once(key)
   end
 end
 
+-- Timeline (2 of 3): per-minute buckets by event time, in li:{s}:timeline:<n> (n: ten minutes),
+-- fields "<minute within>|<name>[|<label>]" (keys.TL_*). Summed here, written once per field at
+-- the end; each bucket is part of a total that fits the limit, so no HINCRBY can fail.
+local timeline_prefix, timeline_keep = KEYS[9], tonumber(timeline_arg[1])
+local timeline_span = tonumber(timeline_arg[4])
+local timeline_sums, timeline_counts, timeline_peaks = {}, {}, {}
+local timeline_order, timeline_minutes = {}, {}
+local function timeline_field(minute, name)
+  local at = timeline_minutes[minute]  -- {key, "<minute within>|"}, once per minute
+  if not at then
+    local n = math.floor(minute / timeline_span)
+    local key = timeline_prefix .. n
+    if not timeline_sums[key] then
+      timeline_sums[key], timeline_counts[key], timeline_peaks[key] = {}, {}, {}
+      timeline_order[#timeline_order + 1] =
+        {key, math.max((n + 1) * timeline_span * 60, now) + timeline_keep}
+    end
+    at = {key, (minute - n * timeline_span) .. '|'}
+    timeline_minutes[minute] = at
+  end
+  return at[1], at[2] .. name
+end
+-- Grams and money (decimal strings, summed exactly as limbs), and counts (plain numbers).
+local function timeline_add(minute, name, amount)
+  local key, field = timeline_field(minute, name)
+  local sums = timeline_sums[key]
+  sums[field] = add(sums[field] or {0, 0}, big(amount))
+end
+local function timeline_count(minute, name)
+  local key, field = timeline_field(minute, name)
+  local counts = timeline_counts[key]
+  counts[field] = (counts[field] or 0) + 1
+end
+local function timeline_peak(minute, name, count)
+  local key, field = timeline_field(minute, name)
+  local peaks = timeline_peaks[key]
+  if not peaks[field] or count > peaks[field] then peaks[field] = count end
+end
+local function timeline_cancel(minute, o)
+  timeline_count(minute, 'x')
+  timeline_add(minute, 'xg', o.grams)
+  if o.currency then timeline_add(minute, 'xv|' .. o.currency, o.minor) end
+end
+local function timeline_write()
+  for _, entry in ipairs(timeline_order) do
+    local key = entry[1]
+    for field, sum in pairs(timeline_sums[key]) do
+      local text = sum[1] == 0 and string.format('%d', sum[2])
+        or string.format('%d%09d', sum[1], sum[2])
+      redis.call('HINCRBY', key, field, text)
+    end
+    for field, count in pairs(timeline_counts[key]) do
+      redis.call('HINCRBY', key, field, string.format('%d', count))
+    end
+    for field, count in pairs(timeline_peaks[key]) do
+      local last = tonumber(redis.call('HGET', key, field))
+      if not last or count > last then redis.call('HSET', key, field, count) end
+    end
+    redis.call('EXPIREAT', key, entry[2])
+  end
+end
+
 -- Each cancelled total is at most its created total (it counts part of what that counted), so
 -- none can pass the limit.
 local function count_cancel(o)
@@ -495,6 +620,20 @@ for _, r in ipairs(records) do
     for _, a in ipairs(r.aliases) do mark(a[1], a[2]) end
   end
   local tag = r[1]
+  -- Timeline (3 of 3): this event's part of its minute. A cancellation that came before its
+  -- order is counted with the order, in the order's minute.
+  if tag == 'c' or tag == 'p' then  -- a paid comment is a comment of its minute too
+    timeline_count(r.minute, 'c')
+  elseif tag == 'v' then
+    timeline_peak(r.minute, 'w|' .. r[4], r[5])
+  elseif tag == 'o' then
+    timeline_count(r.minute, 'o')
+    timeline_add(r.minute, 'g', r[11])
+    timeline_add(r.minute, 'v|' .. r[9], r[10])
+    if r.settle then timeline_cancel(r.minute, parse_state(r.state)) end
+  elseif tag == 'x' and r.settle then
+    timeline_cancel(r.minute, r.cancel)
+  end
   if tag == 'c' then
     redis.call('HINCRBY', totals, 'comments|' .. r[4], 1)
     if r[5] ~= '' then users[#users + 1] = r[5] end
@@ -545,6 +684,36 @@ for _, r in ipairs(records) do
   end
 end
 
+timeline_write()
+
+-- Sessions (issue 15): a batch that counts anything opens a session if none is open, or if the
+-- open one has been idle longer than the idle time (which then ends "idle" at its last event).
+-- SESSION_SCRIPT below shares the rule.
+local function session_touch(session, ended)
+  local s = redis.call('HMGET', session, 'n', 'open', 'start', 'last', 'first', 'last_minute')
+  local n, open, last = tonumber(s[1]) or 0, s[2] == '1', tonumber(s[4])
+  local idle = tonumber(timeline_arg[3])
+  if open and last and now - last > idle then
+    redis.call('HSET', ended, n, table.concat({s[3], s[4], 'idle', s[5] or '', s[6] or ''}, '|'))
+    open = false
+  end
+  local low, high = nil, nil
+  for _, r in ipairs(records) do
+    if not low or r.minute < low then low = r.minute end
+    if not high or r.minute > high then high = r.minute end
+  end
+  if not open then
+    redis.call('HSET', session, 'n', n + 1, 'open', 1, 'start', now, 'last', now,
+      'first', low, 'last_minute', high)
+    return
+  end
+  local first, last_minute = tonumber(s[5]), tonumber(s[6])
+  redis.call('HSET', session, 'last', math.max(now, last or now),
+    'first', (first and first < low) and first or low,
+    'last_minute', (last_minute and last_minute > high) and last_minute or high)
+end
+if #records > 0 then session_touch(KEYS[10], KEYS[11]) end
+
 for j = 1, #users, 500 do
   redis.call('PFADD', commenters, unpack(users, j, math.min(j + 499, #users)))
 end
@@ -552,6 +721,31 @@ for j = 1, #buyer_ids, 500 do
   redis.call('PFADD', buyers, unpack(buyer_ids, j, math.min(j + 499, #buyer_ids)))
 end
 return table.concat(outcome)
+"""
+
+# Explicit session commands, on li:{s}:session and li:{s}:sessions (KEYS 1, 2). ARGV: "start"
+# or "end", now (seconds; "" = Redis TIME), idle seconds. "start" ends the open session
+# ("replaced"; "idle" if it was) and opens the next, empty until an event counts; "end" ends the
+# open one ("ended", or "idle" at its last event if it had been idle longer). Returns the
+# number of the session opened or ended, 0 if "end" found none open.
+SESSION_SCRIPT: Final = """
+local session, ended = KEYS[1], KEYS[2]
+local action, now, idle = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+if not now then now = tonumber(redis.call('TIME')[1]) end
+local s = redis.call('HMGET', session, 'n', 'open', 'start', 'last', 'first', 'last_minute')
+local n, open, last = tonumber(s[1]) or 0, s[2] == '1', tonumber(s[4]) or now
+if open then
+  local how, at = (action == 'start') and 'replaced' or 'ended', now
+  if now - last > idle then how, at = 'idle', last end
+  redis.call('HSET', ended, n, table.concat({s[3], at, how, s[5] or '', s[6] or ''}, '|'))
+  redis.call('HSET', session, 'open', 0)
+end
+if action == 'start' then
+  redis.call('HDEL', session, 'first', 'last_minute')
+  redis.call('HSET', session, 'n', n + 1, 'open', 1, 'start', now, 'last', now)
+  return n + 1
+end
+return open and n or 0
 """
 
 # The registry on a Redis Cluster, where li:streams lives in a slot of its own: admit (or touch)

@@ -14,6 +14,7 @@ import functools
 import gc
 import math
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
@@ -32,7 +33,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from ingest.adapter import FormatOptions
 from ingest.catalog import Catalog
 from ingest.facebook import ERROR_REASONS, FacebookLiveFormat
-from ingest.native import NativeFormat
+from ingest.native import STREAM_PATTERN, NativeFormat
 from ingest.shopify import ShopifyFormat
 from ingest.socialstream import SocialStreamFormat
 from ingest.sources.admission import CLIENT, LISTENER, SCOPES
@@ -89,9 +90,12 @@ from workers.config import (
     YouTubeConfig,
     split_listen,
 )
+from workers.feeds import FeedRecorder
 from workers.logs import Throttle
 from workers.metrics import HealthMetrics, business_exposition, catalog_exposition
 from workers.redis_policy import PolicyWatch, UnsafeEvictionPolicy
+from workers.report import FORMATS, ReportError, build
+from workers.report_html import REPORT_TYPES, render
 from workers.scrape import SharedRead
 from workers.store import RawTotals, Store, StoreSettings, parse_totals
 
@@ -102,6 +106,14 @@ CAP_REASONS = {LISTENER: "max_connections", CLIENT: "max_connections_per_client"
 """The ``listener`` label of the metrics endpoint (``[http] listen``)."""
 PROBES = frozenset({"/healthz", "/readyz"})
 """Open unless ``[http] protect_probes``: orchestrators' probes usually send no credentials."""
+REPORTS = "/streams/"
+"""Reports are served under it: ``/streams/{stream}/report``, with the credentials of /metrics."""
+REPORTS_AT_ONCE = 1
+"""Reports read and rendered at once; another request meanwhile is answered 429. One: reports
+read through the scrape connections (at least two), so one stays free for /metrics."""
+REPORT_TIMEOUT = 10.0
+"""Seconds a report may take to read and render."""
+STREAM_NAME = re.compile(STREAM_PATTERN)
 SCRAPE_TIMEOUT = 5.0
 """Seconds a scrape waits for Redis; then it answers with health metrics only."""
 
@@ -189,12 +201,16 @@ class SourceHealth:
         self._refusals = Throttle(log_interval)
         self._up: dict[str, asyncio.Event] = {}
         self._last_event: dict[str, float] = {}
+        self.feeds: FeedRecorder | None = None
+        """Where the sources' states go for feed gaps (workers/feeds.py), if anywhere."""
 
     def _event(self, source: str) -> asyncio.Event:
         return self._up.setdefault(source, asyncio.Event())
 
     def connected(self, source: str, up: bool) -> None:
         event = self._event(source)
+        if self.feeds is not None:
+            self.feeds.connected(source, up)
         if up:
             log.info("source connected", source=source)
             event.set()
@@ -209,6 +225,8 @@ class SourceHealth:
 
     def reconnecting(self, source: str, reason: str, delay: float) -> None:
         self.metrics.reconnects.labels(source).inc()
+        if self.feeds is not None:
+            self.feeds.reconnecting(source)
         log.info("source reconnecting", source=source, reason=reason, delay=round(delay, 3))
 
     def ignored(self, source: str, what: str) -> None:
@@ -292,6 +310,8 @@ class SourceHealth:
         if source not in self._last_event:
             self.metrics.last_event.labels(source).set_function(lambda: self._last_event[source])
         self._last_event[source] = self.clock()
+        if self.feeds is not None:
+            self.feeds.received(source)
 
 
 def redis_client(
@@ -751,6 +771,8 @@ def store_settings(config: Config, now_override: int | None = None) -> StoreSett
         max_streams=config.labels.max_streams,
         dead_letter_max=config.dead_letters.max_per_stream,
         now_override=now_override,
+        timeline_retention_seconds=config.story.timeline_retention_days * 86_400,
+        session_idle_seconds=config.story.session_idle_minutes * 60,
     )
 
 
@@ -810,6 +832,13 @@ class Ingester:
             namespaces={source.name: source.identity_namespace for source in config.sources},
         )
         self.health = SourceHealth(self.metrics, log_interval=config.log.rejection_interval_seconds)
+        self.feeds = FeedRecorder(
+            self.redis,
+            config.story.silent_seconds,
+            config.story.timeline_retention_days * 86_400,
+        )
+        self.health.feeds = self.feeds
+        self._reports = asyncio.Semaphore(REPORTS_AT_ONCE)
         self.tls: dict[str, ServerTls] = {}
         """Each TLS listener's certificate, by listener (``http``, a source's name)."""
         http_tls = server_tls(HTTP_LISTENER, config.http.tls, self.health)
@@ -889,6 +918,7 @@ class Ingester:
                 ]
                 catalogs = self._watch_catalogs(group)
                 committing = group.create_task(self.committer.run(), name="committer")
+                watching.append(group.create_task(self.feeds.run(stop), name="feeds.record"))
                 reading = [
                     group.create_task(_read(source), name=f"source[{source.name}].receive")
                     for source in self.sources
@@ -972,11 +1002,14 @@ class Ingester:
         if credentials is not None:
             paths = {"/metrics"} | (PROBES if self.config.http.protect_probes else set())
             unauthorized = functools.partial(self.health.unauthorized, HTTP_LISTENER)
-            middlewares.append(credentials.middleware(frozenset(paths), unauthorized))
+            middlewares.append(
+                credentials.middleware(frozenset(paths), unauthorized, prefixes=(REPORTS,))
+            )
         app = web.Application(middlewares=middlewares)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        app.router.add_get(REPORTS + "{stream}/report", self._report)
         runner = web.AppRunner(
             app,
             access_log=None,
@@ -1060,6 +1093,36 @@ class Ingester:
         await response.write(health)
         await response.write_eof()
         return response
+
+    async def _report(self, request: web.Request) -> web.Response:
+        """``/streams/{stream}/report[?session=N&format=html|json|md]``: the report, read
+        through the scrape connections, at most ``REPORTS_AT_ONCE`` at a time, within
+        ``REPORT_TIMEOUT``."""
+        stream = request.match_info["stream"]
+        fmt = request.query.get("format", "html")
+        session = request.query.get("session")
+        if not STREAM_NAME.fullmatch(stream) or fmt not in FORMATS:
+            return web.Response(status=400, text="bad stream or format\n")
+        if session is not None and not (session.isdigit() and len(session) < 10):
+            return web.Response(status=400, text="bad session\n")
+        if self._reports.locked():
+            return web.Response(status=429, text="reports busy, retry\n")
+        async with self._reports:
+            try:
+                async with asyncio.timeout(REPORT_TIMEOUT):
+                    report = await build(
+                        self.scrape_redis,
+                        stream,
+                        int(session) if session is not None else None,
+                        idle_seconds=self.config.story.session_idle_minutes * 60,
+                        utc_offset=self.config.story.report_utc_offset_minutes,
+                    )
+                    body = await asyncio.to_thread(render, report, fmt)
+            except ReportError as exc:
+                return web.Response(status=404, text=f"{exc}\n")
+            except (*READ_ERRORS, TimeoutError):
+                return web.Response(status=503, text="redis unreachable\n")
+        return web.Response(body=body, content_type=REPORT_TYPES[fmt], charset="utf-8")
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")

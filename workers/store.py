@@ -46,6 +46,10 @@ class StoreSettings:
     dead_letter_max: int = 10_000
     now_override: int | None = None
     """Seconds since the epoch used instead of the clock for dedup generations (tests only)."""
+    timeline_retention_seconds: int = keys.TIMELINE_RETENTION_SECONDS
+    """How long a timeline hash is kept after its last minute."""
+    session_idle_seconds: int = 30 * 60
+    """A session without a counted event this long has ended."""
     read_concurrency: int = 64
     """Cluster mode: calls in flight at once when reading totals (at most the client's
     connections per node)."""
@@ -217,6 +221,24 @@ def _extras(event: Event, ident: str, legacy: Legacy, shards: set[int] | None) -
     if shards is not None:
         shards.update(pair[0] for pair in aliases)
     return tail
+
+
+def _minutes(events: Sequence[Event]) -> list[int]:
+    """Each event's minute (epoch minutes, by event time): its timeline bucket."""
+    return [event.ts_ms // 60_000 for event in events]
+
+
+def _timeline_arg(events: Sequence[Event], settings: StoreSettings) -> bytes:
+    """The commit script's ARGV 8 (see ``keys.COMMIT_SCRIPT``)."""
+    minutes = _minutes(events)
+    return _pack(
+        [
+            settings.timeline_retention_seconds,
+            minutes,
+            settings.session_idle_seconds,
+            keys.TIMELINE_SPAN_MINUTES,
+        ]
+    )
 
 
 _Batch = tuple[list[Event], list[str]]
@@ -404,9 +426,10 @@ class Store:
         async with self.redis.pipeline(transaction=False) as pipe:
             for stream, (batch, spaces) in batches.items():
                 records = _pack(_records(batch, spaces, legacy, weigh=self.weigh))
+                timeline = _timeline_arg(batch, self.settings)
                 await self._script(
                     keys=[*StreamKeys(stream).script_keys(), keys.STREAMS],
-                    args=[*head, records, stream, *self._admission],
+                    args=[*head, records, timeline, stream, *self._admission],
                     client=pipe,
                 )
             for letter in dead:  # after the commits: they may admit the letters' streams
@@ -433,11 +456,15 @@ class Store:
             events, spaces = batch
             shards: set[int] = set()
             records = _pack(_records(events, spaces, legacy, shards, self.weigh))
+            timeline = _timeline_arg(events, self.settings)
             orders = any(isinstance(event, Order) for event in events)
+            spans = {m // keys.TIMELINE_SPAN_MINUTES for m in _minutes(events)}
+            declared = self._declared(stream, shards, orders, legacy, now)
+            declared += [StreamKeys(stream).timeline(n) for n in sorted(spans)]
             async with calls:
                 return await self._script(
-                    keys=self._declared(stream, shards, orders, legacy, now),
-                    args=[*head, records],
+                    keys=declared,
+                    args=[*head, records, timeline],
                     client=self.redis,
                 )
 

@@ -40,6 +40,8 @@ from workers.display import (
     top_skus,
     viewers,
 )
+from workers.report import duration
+from workers.sessions import Session, Sessions
 from workers.store import Store, StoreSettings, StreamTotals
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
@@ -134,6 +136,21 @@ class StreamView:
     totals: StreamTotals
     values: dict[str, int]
     rates: dict[str, float]
+    session: Session | None = None
+    """Its current session (only for the first ``SESSION_STREAMS`` streams)."""
+
+
+SESSION_STREAMS = 50
+"""Streams whose session clock a refresh reads (one small read each)."""
+
+
+def session_clock(session: Session | None, now: float) -> str:
+    """``session 2 live 1:02:03`` or ``session 2 idle since 12:00:00 UTC``; "" if none."""
+    if session is None:
+        return ""
+    if session.open:
+        return f"session {session.n} live {duration(session.seconds(now))}"
+    return f"session {session.n} ended ({session.how}) after {duration(session.seconds(now))}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +175,8 @@ class Reader:
         metrics: Sequence[str],
         clock: Callable[[], float] = time.monotonic,
         cluster: bool = False,
+        *,
+        idle_seconds: int = 30 * 60,
     ) -> None:
         self.redis_url = redis_url
         self.stream = stream
@@ -173,6 +192,7 @@ class Reader:
             )
         )
         self.store = Store(self.redis, StoreSettings())
+        self.sessions = Sessions(self.redis, idle_seconds)
         self._rates: dict[str, Rates] = {}
         self._http: aiohttp.ClientSession | None = None
         self._last: tuple[StreamView, ...] = ()
@@ -198,12 +218,16 @@ class Reader:
             stale = None if self._last_read is None else self.clock() - self._last_read
             return Snapshot(self.redis_url, self._last, tuple(health), error, stale)
         views = []
-        for stream in totals:
+        for n, stream in enumerate(totals):
             values = summary(stream)
             rates = self._rates.setdefault(
                 stream.stream, Rates(window=TOP_RATE_WINDOW, clock=self.clock)
             )
-            views.append(StreamView(stream, values, rates.add(values)))
+            session = None
+            if n < SESSION_STREAMS:
+                with contextlib.suppress(RedisError, RedisClusterException, OSError):
+                    session = await self.sessions.current(stream.stream)
+            views.append(StreamView(stream, values, rates.add(values), session))
         self._last, self._last_read = tuple(views), self.clock()
         return Snapshot(self.redis_url, self._last, tuple(health))
 
@@ -266,7 +290,9 @@ def plain(snapshot: Snapshot) -> str:
             f"({values['grams'] / 1e6:,.3f} t)  orders {values['orders']:,} "
             f"({rates['orders']:,.1f}/min)  kg/min {rates['grams'] / 1000:,.1f}  "
             f"comments {values['comments']:,} ({rates['comments']:,.1f}/min)  "
-            f"cancelled {values['cancelled']:,}" + ("  [STALE]" if stale else ""),
+            f"cancelled {values['cancelled']:,}"
+            + (f"  {session_clock(view.session, time.time())}" if view.session else "")
+            + ("  [STALE]" if stale else ""),
             f"  revenue: {_revenue(totals)}",
             f"  top countries: {_weights(top_countries(totals, TOP_N))}",
             f"  top SKUs: {_weights(top_skus(totals, TOP_N))}",
@@ -302,8 +328,15 @@ def _health_table(health: Sequence[ProcessHealth]) -> Table:
 
 def rich_view(snapshot: Snapshot) -> Group:
     mark = " [STALE]" if snapshot.error is not None and snapshot.stale_for is not None else ""
+    now = time.time()
     parts: list[Table | str] = [
-        stream_table(view.totals, view.values, view.rates, f"stream {view.totals.stream}{mark}")
+        stream_table(
+            view.totals,
+            view.values,
+            view.rates,
+            f"stream {view.totals.stream}{mark}"
+            + (f"  {session_clock(view.session, now)}" if view.session else ""),
+        )
         for view in snapshot.streams
     ]
     if snapshot.error or not snapshot.streams:

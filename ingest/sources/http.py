@@ -321,14 +321,18 @@ class Credentials:
         return None if good_user & good_password else "credentials"
 
     def middleware(
-        self, paths: frozenset[str], on_unauthorized: Callable[[str], None]
+        self,
+        paths: frozenset[str],
+        on_unauthorized: Callable[[str], None],
+        prefixes: tuple[str, ...] = (),
     ) -> Middleware:
-        """An aiohttp middleware requiring these credentials on ``paths`` (401 otherwise, with
-        the reason handed to ``on_unauthorized``); other paths pass."""
+        """An aiohttp middleware requiring these credentials on ``paths`` and on every path
+        under ``prefixes`` (401 otherwise, with the reason handed to ``on_unauthorized``); other
+        paths pass."""
 
         @web.middleware
         async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-            if request.path in paths:
+            if request.path in paths or request.path.startswith(prefixes):
                 reason = self.refusal(request.headers.getall("Authorization", []))
                 if reason is not None:
                     on_unauthorized(reason)

@@ -10,6 +10,7 @@ from ingest.model import Comment, PaidComment
 from workers import keys
 from workers.keys import StreamKeys
 from workers.store import Outcome, Store, StoreSettings
+from workers.timeline import read_timeline
 
 NOW = 40_000 * keys.GENERATION_SECONDS
 
@@ -44,6 +45,9 @@ async def test_a_paid_comment_counts_once_as_a_comment_and_a_paid_comment(
     }
     assert totals.by(keys.ORDERS) == {}
     assert totals.unique_commenters == 3
+    minute = 1_750_000_000_000 // 60_000  # a paid comment is a comment of its minute too
+    (bucket,) = await read_timeline(redis, stream, minute, minute)
+    assert (bucket.minute, bucket.comments) == (minute, 3)
 
 
 @pytest.mark.asyncio

@@ -99,6 +99,7 @@ def write_config(
     sources: str,
     cluster: bool = False,
     buffer_events: int = 50_000,
+    story: str = "",
 ) -> Path:
     path.write_text(
         f"""
@@ -120,6 +121,7 @@ buffer_events = {buffer_events}
 rejection_interval_seconds = 0
 
 {sources}
+{story}
 """,
         encoding="utf-8",
     )

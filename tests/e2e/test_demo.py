@@ -16,11 +16,14 @@ from tests.waiting import UNIT
 DEMO_TO_THE_END = ["demo", "--speed", "0", "--exit-when-done", "--plain"]
 
 
-def run_demo(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """``command`` is the program, optionally followed by demo options after a "--mqtt"."""
+def run_demo(
+    command: list[str], env: dict[str, str], extra: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """``command`` is the program, optionally followed by demo options after a "--mqtt";
+    ``extra``: more demo options."""
     program, options = (command[:3], command[3:]) if "--mqtt" in command else (command, [])
     return subprocess.run(
-        [*program, *DEMO_TO_THE_END, *options, "--http", f"127.0.0.1:{free_port()}"],
+        [*program, *DEMO_TO_THE_END, *options, *extra, "--http", f"127.0.0.1:{free_port()}"],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -35,14 +38,19 @@ def unanswered_redis_url() -> str:
     return dead.url
 
 
-def test_demo_counts_the_whole_sale_exactly(redis_url: str) -> None:
+def test_demo_counts_the_whole_sale_exactly(redis_url: str, tmp_path: Path) -> None:
     script = shutil.which("livestream-ingester", path=str(Path(sys.executable).parent))
     assert script, "the console script is installed with the package"
-    result = run_demo([script], {"REDIS_URL": redis_url})
+    report = tmp_path / "sale.html"
+    result = run_demo([script], {"REDIS_URL": redis_url}, ("--report", str(report)))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "totals equal the expected ones" in result.stdout
     assert "source reconnecting" in result.stderr  # the mid-stream disconnect happened
     assert "t  orders" in result.stdout  # the plain summary lines were shown
+    assert f"report of the sale: {report}\n" in result.stdout  # written at the end
+    page = report.read_text(encoding="utf-8")
+    assert "ended by command" in page  # the demo ended its session
+    assert "54.000 t" in page  # the whole sale, gross
 
 
 def test_demo_starts_a_private_redis_when_none_answers() -> None:

@@ -128,12 +128,15 @@ async def test_metrics_need_the_token_over_tls_and_the_probes_stay_open(
     assert status(Scraper(tls), port, "/healthz") == (200, "")
     assert status(Scraper(tls), port, "/readyz") == (200, "")
     assert status(secured.scraper, port, "/metrics") == (200, "")
+    # reports carry what /metrics does: the same credentials (404: no such stream here)
+    assert status(Scraper(tls), port, "/streams/s1/report")[0] == 401
+    assert status(secured.scraper, port, "/streams/s1/report")[0] == 404
     for name, listener in secured.ports.items():
         for payload in (PLAIN, GARBAGE):
             await plain_attempt(listener, payload)
         assert await peer_serial(listener, tls) == secured.certificates.served.serial_number, name
     assert secured.counted("livestream_ingest_unauthorized_requests_total", source="http") == {
-        (): 3
+        (): 4
     }
     log = secured.process.log.read_bytes()[offset:].decode(errors="replace")
     assert "Traceback" not in log, log

@@ -14,6 +14,7 @@ import dataclasses
 import os
 import socket
 import sys
+import tempfile
 import time
 import tomllib
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 
 import orjson
 import structlog
+from redis.exceptions import RedisError
 
 from ingest.sources.mqtt import Publisher
 from workers import config as config_module
@@ -31,8 +33,12 @@ from workers.demo.feed import FeedServer
 from workers.demo.private_redis import NoRedisServer, RedisServer, ping
 from workers.demo.sale import Expected, Sale, lychee_sale
 from workers.demo.view import View
+from workers.report import ReportError, build
+from workers.report_html import render
 from workers.runtime import Ingester
+from workers.sessions import Sessions
 from workers.store import StreamTotals
+from workers.story_cli import write_atomically
 
 log = structlog.get_logger("demo")
 
@@ -233,6 +239,7 @@ async def demo(args: argparse.Namespace, stop: asyncio.Event) -> int:
                 view.announce(url, f"http://{host}:{ingester.http_port}/metrics")
                 progress = Progress(feed, mqtt)
                 problems = await _watch(ingester, progress, view, stop, args.exit_when_done)
+                await _write_report(ingester, stream, args.report)
             finally:
                 if publishing is not None:
                     publishing.cancel()
@@ -244,6 +251,37 @@ async def demo(args: argparse.Namespace, stop: asyncio.Event) -> int:
         print("MISMATCH:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
     return 0
+
+
+REPORT_SECONDS = 30.0
+
+
+def report_path(option: str | None, stream: str) -> Path:
+    """Where the demo writes its sale's report: ``option``, else a file named after the stream
+    in the system's temporary folder."""
+    if option:
+        return Path(option)
+    return Path(tempfile.gettempdir()) / "livestream-reports" / f"{stream}.html"
+
+
+async def _write_report(ingester: Ingester, stream: str, option: str | None) -> None:
+    """Write the HTML report of the sale and print its path (a failure is told, not fatal)."""
+    path = report_path(option, stream)
+    idle = ingester.config.story.session_idle_minutes * 60
+    try:
+        async with asyncio.timeout(REPORT_SECONDS):
+            await Sessions(ingester.redis, idle).end(stream)  # the sale is over
+            report = await build(
+                ingester.redis,
+                stream,
+                idle_seconds=idle,
+                utc_offset=ingester.config.story.report_utc_offset_minutes,
+            )
+        write_atomically(path, render(report, "html"))
+    except (ReportError, RedisError, OSError, TimeoutError) as exc:
+        print(f"report not written: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return
+    print(f"report of the sale: {path}", flush=True)
 
 
 async def _until_receiving(ingester: Ingester, source: str) -> None:
