@@ -14,6 +14,15 @@ from pathlib import Path
 import structlog
 
 from ingest.catalog import MAX_FILE_BYTES, Catalog, CatalogError, load
+from ingest.comment_orders import (
+    Ambiguous,
+    AmbiguousReason,
+    CommentParser,
+    OrderIntent,
+    ParsedComment,
+    Withdrawal,
+)
+from workers.store import CommentIntent, CommentReading
 
 log = structlog.get_logger("catalogs")
 
@@ -54,6 +63,31 @@ def read(file: CatalogFile) -> Catalog:
     return catalog
 
 
+def comment_intents(parsed: ParsedComment, catalog: Catalog) -> CommentReading:
+    """A parsed comment as the commit script takes it: each order with its grams (units × the
+    unit's grams; a per-kg product's quantity is its grams), an unknown code apart from the
+    other ambiguous intents."""
+    intents: list[CommentIntent] = []
+    for intent in parsed.intents:
+        match intent:
+            case OrderIntent(sku, quantity):
+                product = catalog.get(sku)
+                if product is None:  # the parser names only the catalog's products
+                    intents.append(("a", "", 0, "0"))
+                    continue
+                unit = product.unit_grams
+                grams = quantity if unit is None else quantity * unit
+                intents.append(("o", product.sku, quantity, str(grams)))
+            case Withdrawal(sku):
+                product = catalog.get(sku) if sku is not None else None
+                intents.append(("w", product.sku if product else "", 0, "0"))
+            case Ambiguous(AmbiguousReason.UNKNOWN_CODE):
+                intents.append(("u", "", 0, "0"))
+            case Ambiguous():
+                intents.append(("a", "", 0, "0"))
+    return CommentReading(tuple(intents), parsed.has_phone)
+
+
 def _signature(path: Path) -> Signature:
     try:
         stat = path.stat()
@@ -83,6 +117,7 @@ class Catalogs:
         self._on_failed = on_failed
         self._loaded: dict[str, Loaded] = {}
         self._by_stream: dict[str, Catalog] = {}
+        self._parsers: dict[str, CommentParser] = {}
         self._seen: dict[str, Signature] = {}
         self.failures = 0
         """Reloads refused since start."""
@@ -103,6 +138,7 @@ class Catalogs:
         before = self._loaded.get(stream)
         loaded = self._loaded[stream] = Loaded(catalog, self.clock())
         self._by_stream = {s: entry.catalog for s, entry in self._loaded.items()}
+        self._parsers = {**self._parsers, stream: CommentParser(catalog)}
         if self._on_loaded is not None:
             self._on_loaded(stream, loaded, before)
 
@@ -161,3 +197,11 @@ class Catalogs:
             return None
         product = catalog.get(sku)
         return None if product is None else product.line_grams(quantity)
+
+    def read_comment(self, stream: str, text: str) -> CommentReading | None:
+        """What a comment of ``stream`` orders in its catalog; None if the stream has none."""
+        catalog = self._by_stream.get(stream)
+        parser = self._parsers.get(stream)
+        if catalog is None or parser is None:
+            return None
+        return comment_intents(parser.parse(text), catalog)

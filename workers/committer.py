@@ -43,12 +43,18 @@ REJECTION_BYTES = 256
 detail."""
 
 
+TEXT_CHAR_BYTES = 4
+"""A comment's text is counted as 4 bytes a character (the most a str takes per character)."""
+
+
 def held_bytes(items: Sequence[Decoded]) -> int:
     """What the buffer counts a frame's items as holding (see :data:`EVENT_BYTES`)."""
     size = EVENT_BYTES * len(items)
     for item in items:
         if isinstance(item, Rejection):
             size += REJECTION_BYTES - EVENT_BYTES + len(item.raw) + len(item.detail)
+        elif isinstance(item, Comment) and item.text:
+            size += TEXT_CHAR_BYTES * len(item.text)
     return size
 
 
@@ -320,9 +326,10 @@ class Committer:
 
 def _anonymous(event: Event) -> Event:
     """``event`` without who wrote or bought it (a user or buyer may be a name or a phone
-    number): what a dead letter of a refused event keeps."""
+    number) or what a comment says (it may hold one): what a dead letter of a refused event
+    keeps."""
     if isinstance(event, Order):
         return msgspec.structs.replace(event, buyer=None)
     if isinstance(event, Comment):
-        return msgspec.structs.replace(event, user=None)
+        return msgspec.structs.replace(event, user=None, text="")
     return event

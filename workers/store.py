@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import hashlib
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from ingest.model import Comment, Event, Order, Rejection, Viewers
+from ingest.model import AuthorRole, Comment, Event, Order, Rejection, Viewers
 from workers import keys
 from workers.keys import StreamKeys, fingerprint
 
@@ -86,11 +87,14 @@ class StreamTotals:
     def by(self, metric: str) -> dict[tuple[str, ...], int]:
         """Counter values of one metric, keyed by their label values."""
         prefix = metric + keys.SEP
-        return {
+        found = {
             tuple(field[len(prefix) :].split(keys.SEP)): value
             for field, value in self.counters.items()
             if field.startswith(prefix)
         }
+        if metric in self.counters:  # a metric without labels: the field is its name
+            found[()] = self.counters[metric]
+        return found
 
     def total(self, metric: str) -> int:
         return sum(self.by(metric).values())
@@ -128,6 +132,61 @@ def _items(order: Order, weigh: Weigh) -> tuple[str, list[tuple[str, str]]]:
 Record = tuple[object, ...]
 
 
+CommentIntent = tuple[str, str, int, str]
+"""One intent of a comment as the commit script takes it: (kind, sku, quantity, grams); kind "o"
+an order (quantity: units, or grams of a per-kg product; grams: its weight, a decimal string),
+"w" a withdrawal (sku "" if it names none), "a" ambiguous, "u" an unknown code."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CommentReading:
+    """What a comment orders, as its stream's catalog reads it."""
+
+    intents: tuple[CommentIntent, ...]
+    has_phone: bool
+    """Whether the comment carried a valid Vietnamese mobile number (never the number)."""
+
+
+ReadComment = Callable[[str, str], CommentReading | None]
+"""(stream, text) -> what the comment orders in the stream's catalog; None without a catalog."""
+
+
+def _no_comment_orders(stream: str, text: str) -> CommentReading | None:
+    return None
+
+
+BUYER_DIGEST_BYTES = 12
+"""A comment buyer's digest: 96 bits, so two buyers of one stream collide with probability
+~n²/2^97 (1e-17 for a million buyers)."""
+
+
+def buyer_digest(platform: str, user: str) -> str:
+    """What Redis keeps of a comment's buyer: a hash of (platform, user id), never the id (it may
+    be a name). A pseudonym, not a secret: whoever knows an id can compute its digest."""
+    data = f"{platform}\x1f{user}".encode(keys.TEXT_ENCODING)
+    return hashlib.blake2b(data, digest_size=BUYER_DIGEST_BYTES, person=b"li-buyer").hexdigest()
+
+
+AMBIGUOUS: Final = ("a", "", 0, "0")
+
+
+def comment_orders(comment: Comment, read: ReadComment) -> list[object]:
+    """The ``orders`` part of a comment's record (see ``keys.COMMENT_SCRIPT``): [] when it orders
+    nothing (no text, no catalog, no intent, or written by the host or a moderator), else
+    [buyer digest, phone (0/1), intents]. A comment without a user id is nobody's order: each
+    of its intents is ambiguous."""
+    if not comment.text or comment.author_role is not AuthorRole.VIEWER:
+        return []
+    reading = read(comment.stream, comment.text)
+    if reading is None or not reading.intents:
+        return []
+    intents: Sequence[CommentIntent] = reading.intents
+    if not comment.user:
+        intents = [AMBIGUOUS] * len(intents)
+    buyer = buyer_digest(comment.platform, comment.user or "")
+    return [buyer, int(reading.has_phone), [list(intent) for intent in intents]]
+
+
 def _pair(identity: str) -> tuple[int, str]:
     shard, member = fingerprint(identity)
     return shard, str(member)
@@ -148,11 +207,13 @@ def _records(
     legacy: Legacy = NO_LEGACY,
     shards: set[int] | None = None,
     weigh: Weigh = _no_catalog,
+    *,
+    read: ReadComment = _no_comment_orders,
 ) -> list[Record]:
     """The commit script's records (see ``keys.COMMIT_SCRIPT``): each event's identities in its
     namespace (``namespaces[i]`` is that of ``events[i]``). ``shards`` collects every dedup shard
     they name (a cluster declares their sets). Items without grams take ``weigh``'s, decided
-    here, before the commit."""
+    here, before the commit; comments' texts are read by ``read``."""
     records: list[Record] = []
     append = records.append
     prefixes: dict[str, tuple[str, str]] = {}
@@ -165,7 +226,8 @@ def _records(
         record: Record
         match event:
             case Comment():
-                record = ("c", shard, str(member), event.platform, event.user or "")
+                orders = comment_orders(event, read)
+                record = ("c", shard, str(member), event.platform, event.user or "", orders)
             case Viewers():
                 record = ("v", shard, str(member), event.platform, event.count, event.ts_ms)
             case Order(cancelled=True):
@@ -257,11 +319,14 @@ class Store:
         clock: Callable[[], float] = time.time,
         legacy: Legacy = UPGRADE_WINDOW,
         weigh: Weigh = _no_catalog,
+        *,
+        read_comment: ReadComment = _no_comment_orders,
     ) -> None:
         self.redis = redis
         self.settings = settings
         self.clock = clock
         self.weigh = weigh
+        self.read_comment = read_comment
         self.cluster = isinstance(redis, RedisCluster)
         self._script = redis.register_script(keys.COMMIT_SCRIPT)
         self._admit = redis.register_script(keys.ADMIT_SCRIPT)
@@ -323,11 +388,18 @@ class Store:
         return int(await self.redis.get(keys.LEGACY_UNTIL) or end)
 
     def _declared(
-        self, stream: str, shards: set[int], orders: bool, legacy: Legacy, now: int
+        self,
+        stream: str,
+        shards: set[int],
+        orders: bool,
+        legacy: Legacy,
+        now: int,
+        *,
+        comments: bool = False,
     ) -> list[str]:
         """Every key the script may touch for a batch (cluster mode): the seen sets of
-        ``shards``, and with ``orders`` the order state (and, in the window, an older
-        version's)."""
+        ``shards``, with ``orders`` the order state (and, in the window, an older
+        version's), with ``comments`` the buyers' comment-order state."""
         k = StreamKeys(stream)
         generations = self._generations(now)
         declared = k.script_keys()
@@ -336,6 +408,8 @@ class Store:
             declared += [f"{k.orders_prefix}{g}" for g in generations]
             if legacy.orders:
                 declared += [f"{k.legacy_orders_prefix}{g}" for g in generations]
+        if comments:
+            declared += [f"{k.comment_orders_prefix}{g}" for g in generations]
         return declared
 
     async def commit(
@@ -393,7 +467,9 @@ class Store:
         assert isinstance(self.redis, Redis)
         async with self.redis.pipeline(transaction=False) as pipe:
             for stream, (batch, spaces) in batches.items():
-                records = _pack(_records(batch, spaces, legacy, weigh=self.weigh))
+                records = _pack(
+                    _records(batch, spaces, legacy, weigh=self.weigh, read=self.read_comment)
+                )
                 await self._script(
                     keys=[*StreamKeys(stream).script_keys(), keys.STREAMS],
                     args=[*head, records, stream, *self._admission],
@@ -422,11 +498,14 @@ class Store:
         async def commit_one(stream: str, batch: _Batch) -> Any:
             events, spaces = batch
             shards: set[int] = set()
-            records = _pack(_records(events, spaces, legacy, shards, self.weigh))
+            records = _pack(
+                _records(events, spaces, legacy, shards, self.weigh, read=self.read_comment)
+            )
             orders = any(isinstance(event, Order) for event in events)
+            comments = any(isinstance(event, Comment) and event.text for event in events)
             async with calls:
                 return await self._script(
-                    keys=self._declared(stream, shards, orders, legacy, now),
+                    keys=self._declared(stream, shards, orders, legacy, now, comments=comments),
                     args=[*head, records],
                     client=self.redis,
                 )
