@@ -278,7 +278,8 @@ async def test_redis_keeps_only_a_digest_of_the_buyer_never_the_id_text_or_phone
     async for key in redis.scan_iter(match=f"{k.tag}:*"):
         everything += key
         if await redis.type(key) == b"hash":
-            for field, value in (await redis.hgetall(key)).items():
+            pairs: dict[bytes, bytes] = await redis.hgetall(key)
+            for field, value in pairs.items():
                 everything += field + b"=" + value
     assert "Nguyễn".encode() not in everything
     assert b"lan99" not in everything
