@@ -14,7 +14,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from tests.e2e.support import ReplayFeed, client_source, scrape, select
+from tests.e2e.support import IngesterProcess, ReplayFeed, client_source, scrape, select
 from tests.e2e.test_catalog import catalog_ingester
 from tests.waiting import until
 
@@ -172,6 +172,15 @@ METRICS = {
 }
 
 
+def in_order(process: IngesterProcess) -> IngesterProcess:
+    """One commit in flight: a replica commits its source's comments in the feed's order, so
+    the rules' "first committed" is the feed's first, which the model assumes. (With two in
+    flight, two batches may commit in either order: see README "Comment orders".)"""
+    text = process.config.read_text(encoding="utf-8")
+    process.config.write_text(text.replace("[batch]\n", "[batch]\nmax_in_flight = 1\n", 1))
+    return process
+
+
 def observed(port: int, stream: str) -> dict[str, dict[tuple[str, ...], float]]:
     samples = scrape(port)
     return {key: select(samples, name, stream=stream) for key, name in METRICS.items()}
@@ -191,24 +200,30 @@ async def test_two_replicas_count_comment_orders_exactly_through_duplicates_and_
     assert all(want[key] for key in METRICS), want  # the sale exercises every rule
     feed = ReplayFeed(frames, cut_after=len(frames) // 3, replay=50)
     processes = [
-        catalog_ingester(
-            tmp_path,
-            f"r{n}",
-            redis_url,
-            client_source("feed", feed.url(f"r{n}")),
-            stream,
-            interval=0,
+        in_order(
+            catalog_ingester(
+                tmp_path,
+                f"r{n}",
+                redis_url,
+                client_source("feed", feed.url(f"r{n}")),
+                stream,
+                interval=0,
+            )
         )
         for n in range(2)
     ]
     async with feed.serving():
         with processes[0], processes[1]:
             for process in processes:
-                await until(
-                    lambda p=process: observed(p.http_port, stream) == want,
-                    60,
-                    "exact comment order counters",
-                )
+                try:
+                    await until(
+                        lambda p=process: observed(p.http_port, stream) == want,
+                        60,
+                        "exact comment order counters",
+                    )
+                except AssertionError:  # show what differs
+                    assert observed(process.http_port, stream) == want
+                    raise
     redis = Redis.from_url(redis_url)
     try:
         dump = ""
