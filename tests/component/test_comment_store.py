@@ -12,10 +12,12 @@ from redis.asyncio import Redis
 from ingest.catalog import Catalog, Product
 from ingest.comment_orders import CommentParser
 from ingest.model import AuthorRole, Comment
+from tests.clusters import Cluster
 from tests.component.test_store import NOW, flags
 from workers import keys
 from workers.catalogs import comment_intents
 from workers.keys import StreamKeys
+from workers.runtime import redis_client
 from workers.store import CommentReading, Outcome, Store, StoreSettings, buyer_digest
 
 CATALOG = Catalog(
@@ -311,3 +313,37 @@ async def test_a_buyers_state_lives_the_retention_after_their_last_change(
     }
     moved = f"{k.comment_orders_prefix}{(NOW + retention) // day}"
     assert await redis.expiretime(moved) == NOW + retention + 3 * day  # + lookback + 1
+
+
+@pytest.mark.asyncio
+async def test_on_a_cluster_the_buyers_state_keys_are_declared_and_the_rules_hold(
+    stream: str,
+) -> None:
+    """On a cluster the generations come from the process's clock and lookups read one ahead;
+    the state keys of every generation a lookup reads are declared (a slot mid-migration
+    refuses an undeclared one), so a commit never touches a key it did not name."""
+    cluster = Cluster()
+    cluster.start()
+    try:
+        client = redis_client(cluster.url, socket_timeout=5.0, cluster=True)
+        try:
+            s = Store(client, StoreSettings(now_override=NOW), read_comment=read)
+            say = Chat(stream)
+            await s.commit([say("VT05 x2"), say("VT05 x3")])
+            await s.commit([say("hủy đơn"), say("VT05")])
+            k = StreamKeys(stream)
+            gen = NOW // keys.GENERATION_SECONDS
+            declared = s._declared(stream, set(), False, s._legacy, NOW, comments=True)
+            state = [f"{k.comment_orders_prefix}{g}" for g in range(gen - 2, gen + 2)]
+            assert set(state) <= set(declared)
+            assert not set(state) & set(s._declared(stream, set(), False, s._legacy, NOW))
+            assert await comment_totals(s, stream) == {
+                "comment_orders|tiktok|VT05": 2,
+                "comment_order_grams|VT05": 15_000,
+                "comment_changes|tiktok": 1,
+                "comment_withdrawals|tiktok|VT05": 1,
+            }
+        finally:
+            await client.aclose()
+    finally:
+        cluster.close()
