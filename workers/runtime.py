@@ -655,6 +655,7 @@ class Ingester:
             legacy=config.dedup.legacy(),
             weigh=self.catalogs.weigh,
             read_comment=self.catalogs.read_comment,
+            reads_comments=bool(self.catalogs.files),
         )
         self._scrape_path(settings)
         self.committer = Committer(

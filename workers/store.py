@@ -321,12 +321,15 @@ class Store:
         weigh: Weigh = _no_catalog,
         *,
         read_comment: ReadComment = _no_comment_orders,
+        reads_comments: bool = True,
     ) -> None:
         self.redis = redis
         self.settings = settings
         self.clock = clock
         self.weigh = weigh
         self.read_comment = read_comment
+        self.reads_comments = reads_comments and read_comment is not _no_comment_orders
+        """Whether any stream may have comment orders (some stream has a catalog)."""
         self.cluster = isinstance(redis, RedisCluster)
         self._script = redis.register_script(keys.COMMIT_SCRIPT)
         self._admit = redis.register_script(keys.ADMIT_SCRIPT)
@@ -349,6 +352,13 @@ class Store:
         """End of the upgrade window (``keys.LEGACY_UNTIL``), read at the first commit."""
         self._legacy = NO_LEGACY if legacy == NO_LEGACY else legacy
         """What commits look up in the upgrade window."""
+
+    def orders_from_comments(self, events: Sequence[Event]) -> bool:
+        """Whether committing ``events`` may decide comment orders: then their commit must not
+        overtake an earlier one (a buyer's "first" is the first committed)."""
+        return self.reads_comments and any(
+            isinstance(event, Comment) and event.text for event in events
+        )
 
     def _now(self) -> int | None:
         if self.settings.now_override is not None:
