@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -43,6 +44,10 @@ def test_demo_counts_the_whole_sale_exactly(redis_url: str) -> None:
     assert "totals equal the expected ones" in result.stdout
     assert "source reconnecting" in result.stderr  # the mid-stream disconnect happened
     assert "t  orders" in result.stdout  # the plain summary lines were shown
+    # Comment orders from the catalog's aliases, and the target, in the live view; the exact
+    # check above covered the comment-order counters and the order lines without grams.
+    assert "comment orders " in result.stdout
+    assert re.search(r"target \d+\.\d% of 54,000\.000 kg", result.stdout)
 
 
 def test_demo_starts_a_private_redis_when_none_answers() -> None:
