@@ -138,6 +138,7 @@ _VN_TEXTS = tuple(
         "lấy {sku} {n} hộp nha shop, {phone}",
         "hủy {sku} nha shop",
         "hủy đơn giúp em",
+        "chốt VT03 {n} hộp",
         "{sku} {kg}kg",
         "em lấy {sku} {n} hộp nhé",
         "còn {sku} không shop?",
