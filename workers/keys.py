@@ -233,9 +233,9 @@ so HINCRBY never overflows."""
 # have written to the next generation), sku limit, total limit, then every event's record in one
 # MessagePack array (one argument,
 # not seven per event: packing arguments is the client's main cost), each an array:
-#   ["c", shard, member, platform, user, orders]              comment; orders: {} if it
+#   ["c", shard, member, platform, user, orders]              comment; orders: [] if it
 #                                                             orders nothing, else its comment
-#                                                             orders (see the block below)
+#                                                             orders (see below)
 #   ["v", shard, member, platform, count, ts_ms]              viewers
 #   ["o", shard, member, order, platform, country, region, buyer, currency, minor, grams,
 #    [[sku, grams], ...]]                                     order created (an item's grams
@@ -457,7 +457,6 @@ local function buyer_state(digest)
 end
 
 -- Decide a new comment's orders; false if a total would pass the limit (nothing is decided).
-local ONE = {0, 1}
 local function decide_comment(r)
   local platform, buyer, phone = r[4], r[6][1], r[6][2]
   local view = buyer_state(buyer)
