@@ -440,6 +440,7 @@ class Store:
         """
         await self._ensure_registry()
         legacy = await self._window()
+        read = await self._read_comments(events)
         by_stream: dict[str, list[int]] = defaultdict(list)
         for index, event in enumerate(events):
             by_stream[event.stream].append(index)
@@ -454,10 +455,10 @@ class Store:
                 for stream in await self._refused_streams(list(by_stream), now):
                     del by_stream[stream]
                 batches = _batches(events, namespaces, by_stream)
-                replies = await self._commit_cluster(batches, dead, head, now, legacy)
+                replies = await self._commit_cluster(batches, dead, head, now, legacy, read=read)
             else:
                 batches = _batches(events, namespaces, by_stream)
-                replies = await self._commit_single(batches, dead, head, legacy)
+                replies = await self._commit_single(batches, dead, head, legacy, read=read)
         except ResponseError as exc:
             if "WRONGTYPE" in str(exc):  # li:streams was recreated by an older version
                 self._registry_ready = False
@@ -467,19 +468,39 @@ class Store:
                 outcomes[index] = _OUTCOMES[code]
         return outcomes
 
+    async def _read_comments(self, events: Sequence[Event]) -> ReadComment:
+        """What each comment of ``events`` that may order orders, read in a worker thread (the
+        parser takes a few hundred microseconds a comment: a batch must not hold up the event
+        loop); each distinct text of a stream once."""
+        if not self.orders_from_comments(events):
+            return _no_comment_orders
+        texts = {
+            (event.stream, event.text)
+            for event in events
+            if isinstance(event, Comment) and event.text
+            if event.author_role is AuthorRole.VIEWER
+        }
+        read = self.read_comment
+
+        def read_all() -> dict[tuple[str, str], CommentReading | None]:
+            return {key: read(*key) for key in texts}
+
+        found = await asyncio.to_thread(read_all)
+        return lambda stream, text: found.get((stream, text))
+
     async def _commit_single(
         self,
         batches: dict[str, _Batch],
         dead: Sequence[DeadLetter],
         head: list[str | int],
         legacy: Legacy,
+        *,
+        read: ReadComment,
     ) -> list[Any]:
         assert isinstance(self.redis, Redis)
         async with self.redis.pipeline(transaction=False) as pipe:
             for stream, (batch, spaces) in batches.items():
-                records = _pack(
-                    _records(batch, spaces, legacy, weigh=self.weigh, read=self.read_comment)
-                )
+                records = _pack(_records(batch, spaces, legacy, weigh=self.weigh, read=read))
                 await self._script(
                     keys=[*StreamKeys(stream).script_keys(), keys.STREAMS],
                     args=[*head, records, stream, *self._admission],
@@ -497,6 +518,8 @@ class Store:
         head: list[str | int],
         now: int,
         legacy: Legacy,
+        *,
+        read: ReadComment,
     ) -> list[Any]:
         if dead:
             async with self.redis.pipeline() as pipe:  # other slots than the streams' own
@@ -508,9 +531,7 @@ class Store:
         async def commit_one(stream: str, batch: _Batch) -> Any:
             events, spaces = batch
             shards: set[int] = set()
-            records = _pack(
-                _records(events, spaces, legacy, shards, self.weigh, read=self.read_comment)
-            )
+            records = _pack(_records(events, spaces, legacy, shards, self.weigh, read=read))
             orders = any(isinstance(event, Order) for event in events)
             comments = any(isinstance(event, Comment) and event.text for event in events)
             async with calls:

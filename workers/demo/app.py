@@ -292,7 +292,12 @@ async def _run(
                 view.announce(url, f"http://{host}:{ingester.http_port}/metrics")
                 progress = Progress(feed, mqtt)
                 problems = await _watch(
-                    ingester, progress, view, stop, args.exit_when_done, comment_orders
+                    ingester,
+                    progress,
+                    view,
+                    stop,
+                    args.exit_when_done,
+                    comment_orders=comment_orders,
                 )
             finally:
                 if publishing is not None:
@@ -313,12 +318,13 @@ async def _until_receiving(ingester: Ingester, source: str) -> None:
         await ingester.health.wait_connected(source)
 
 
-async def _watch(  # noqa: PLR0917
+async def _watch(
     ingester: Ingester,
     progress: Progress,
     view: View,
     stop: asyncio.Event,
     exit_when_done: bool,
+    *,
     comment_orders: asyncio.Task[dict[str, int]],
 ) -> list[str]:
     """Refresh the view until stopped (or, with exit_when_done, until the sale is counted).
