@@ -35,7 +35,9 @@ from collections.abc import Iterable, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Final, Protocol
 
-MAX_CHARS: Final = 1000
+from ingest.model import TEXT_CHARS
+
+MAX_CHARS: Final = TEXT_CHARS
 """Only the start of a longer comment is read: an order is short, and every rule is linear."""
 MAX_TOKENS: Final = 64
 """Words and signs read from one comment (an emoji is one; the longest labelled comment has 16):

@@ -58,6 +58,11 @@ class AuthorRole(enum.StrEnum):
     VIEWER = "viewer"
 
 
+TEXT_CHARS: Final = 1000
+"""Characters of a comment's text kept: what the comment-order parser reads
+(``ingest.comment_orders.MAX_CHARS``)."""
+
+
 class Comment(msgspec.Struct, frozen=True, gc=False):
     stream: str
     platform: str
@@ -68,6 +73,10 @@ class Comment(msgspec.Struct, frozen=True, gc=False):
     """More identities of the same event (see :attr:`identities`)."""
     author_role: AuthorRole = AuthorRole.VIEWER
     """As the event gives it; a viewer when it does not."""
+    text: str = ""
+    """What the comment says, its first :data:`TEXT_CHARS` characters, where the format carries
+    it. In-process only: the committer reads comment orders from it and sends Redis only what
+    it found (never the text, which may hold a phone number)."""
 
     kind: ClassVar[Kind] = Kind.COMMENT
 

@@ -18,6 +18,7 @@ import orjson
 
 from ingest.adapter import Adapter, FormatOptions, as_bytes
 from ingest.model import (
+    TEXT_CHARS,
     UNKNOWN_KIND,
     AuthorRole,
     Comment,
@@ -196,7 +197,10 @@ class NativeFormat(Adapter):
         match wire:
             case CommentWire():
                 role = wire.author_role or AuthorRole.VIEWER
-                return Comment(stream, platform, wire.id, ts_ms, wire.user, author_role=role)
+                text = wire.text[:TEXT_CHARS]
+                return Comment(
+                    stream, platform, wire.id, ts_ms, wire.user, author_role=role, text=text
+                )
             case ViewersWire():
                 return Viewers(stream, platform, wire.id, ts_ms, wire.count)
             case OrderWire(status="cancelled"):

@@ -106,6 +106,13 @@ def business_labels() -> dict[str, frozenset[str]]:
         f"{keys.CANCELLED_VALUE}|p|VND": 1,
         f"{keys.CANCELLED_SKU_GRAMS}|sku": 1,
         f"{keys.UNWEIGHED}|p|sku": 1,
+        f"{keys.COMMENT_ORDERS}|p|sku": 1,
+        f"{keys.COMMENT_ORDER_GRAMS}|sku": 1,
+        f"{keys.COMMENT_WITHDRAWALS}|p|sku": 1,
+        f"{keys.COMMENT_WITH_PHONE}|p": 1,
+        f"{keys.COMMENT_CHANGES}|p": 1,
+        keys.COMMENT_AMBIGUOUS: 1,
+        f"{keys.COMMENT_UNKNOWN_CODES}|p": 1,
     }
     totals = StreamTotals("s", counters, {"p": 1}, 1, 1)
     catalog = Catalog((Product("SKU", "name", (), 1, {}, 1),))

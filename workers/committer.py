@@ -5,8 +5,11 @@ wait uncommitted, ``submit`` waits (backpressure). A frame is taken whenever the
 both bounds, so one frame larger than a bound still passes an empty buffer. ``max_in_flight``
 workers each take a batch of whole frames and commit it in one Redis round trip. A worker
 commits at once when nothing else is in flight (low latency at low rates); otherwise it waits up
-to ``max_delay`` for a fuller batch. A failed commit is retried with
-backoff until it succeeds — the commit is idempotent — while the buffer fills and sources wait.
+to ``max_delay`` for a fuller batch. Batches that may decide comment orders (comments with text,
+where streams have catalogs) commit one at a time, in the order they were taken: a buyer's
+"first" comment order is the first committed, so a later comment must not overtake it. A failed
+commit is retried with backoff until it succeeds — the commit is idempotent — while the buffer
+fills and sources wait.
 
 Each frame is committed in the identity namespace of the source that submitted it (its name,
 unless ``namespaces`` maps it to a shared one): the source, never the frame, decides it.
@@ -43,12 +46,18 @@ REJECTION_BYTES = 256
 detail."""
 
 
+TEXT_CHAR_BYTES = 4
+"""A comment's text is counted as 4 bytes a character (the most a str takes per character)."""
+
+
 def held_bytes(items: Sequence[Decoded]) -> int:
     """What the buffer counts a frame's items as holding (see :data:`EVENT_BYTES`)."""
     size = EVENT_BYTES * len(items)
     for item in items:
         if isinstance(item, Rejection):
             size += REJECTION_BYTES - EVENT_BYTES + len(item.raw) + len(item.detail)
+        elif isinstance(item, Comment) and item.text:
+            size += TEXT_CHAR_BYTES * len(item.text)
     return size
 
 
@@ -104,6 +113,10 @@ class Committer:
         self._empty = asyncio.Event()
         self._empty.set()
         self._throttle = Throttle(log_interval, monotonic)
+        self._in_order = asyncio.Lock()
+        """Held by a batch that may decide comment orders, until it is committed: such batches
+        commit one at a time, in the order workers took them (the lock is fair, and a worker
+        asks for it before another can take the next batch)."""
         health.buffered.set_function(lambda: self._buffered)
         health.buffered_bytes.set_function(lambda: self._buffered_bytes)
         self._outcomes: dict[tuple[str, str, str], int] = collections.Counter()
@@ -210,7 +223,7 @@ class Committer:
                     sources.append(source)
                     spaces.append(namespace)
         try:
-            outcomes = await self._commit_with_retry(events, dead, spaces)
+            outcomes = await self._commit_in_turn(events, dead, spaces)
             refused = self._refused(events, sources, outcomes)
             if refused:  # rare: a total at its limit, or too many streams
                 await self._commit_with_retry([], refused)
@@ -230,6 +243,15 @@ class Committer:
         for frame in batch:
             if not frame.future.done():
                 frame.future.set_result(None)
+
+    async def _commit_in_turn(
+        self, events: list[Event], dead: list[DeadLetter], spaces: list[str]
+    ) -> list[Outcome]:
+        """Commit; a batch that may decide comment orders waits for the earlier ones."""
+        if not self.store.orders_from_comments(events):
+            return await self._commit_with_retry(events, dead, spaces)
+        async with self._in_order:  # asked for before any other worker takes its next batch
+            return await self._commit_with_retry(events, dead, spaces)
 
     @staticmethod
     def _refused(
@@ -320,9 +342,10 @@ class Committer:
 
 def _anonymous(event: Event) -> Event:
     """``event`` without who wrote or bought it (a user or buyer may be a name or a phone
-    number): what a dead letter of a refused event keeps."""
+    number) or what a comment says (it may hold one): what a dead letter of a refused event
+    keeps."""
     if isinstance(event, Order):
         return msgspec.structs.replace(event, buyer=None)
     if isinstance(event, Comment):
-        return msgspec.structs.replace(event, user=None)
+        return msgspec.structs.replace(event, user=None, text="")
     return event

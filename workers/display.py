@@ -5,6 +5,7 @@ figures an operator reads (weights exact to the gram, money in major units) and 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -46,6 +47,7 @@ def summary(totals: StreamTotals) -> dict[str, int]:
         "orders": totals.total(keys.ORDERS),
         "comments": totals.total(keys.COMMENTS),
         "cancelled": totals.total(keys.CANCELLED),
+        "comment_orders": totals.total(keys.COMMENT_ORDERS),
     }
 
 
@@ -84,6 +86,8 @@ def money(minor: int, currency: str) -> str:
 
 def kilograms(grams: int) -> str:
     """Exact to the gram: 7250 -> ``7.250``, 54012345678 -> ``54,012,345.678``."""
+    if grams < 0:  # stock sold beyond what there was
+        return f"-{kilograms(-grams)}"
     return f"{grams // 1000:,}.{grams % 1000:03d}"
 
 
@@ -91,10 +95,53 @@ def viewers(totals: StreamTotals) -> str:
     return ", ".join(f"{p} {n:,}" for p, n in sorted(totals.viewers.items())) or "-"
 
 
+def comment_orders(totals: StreamTotals) -> str:
+    """Comment orders ("chốt đơn"): counted, withdrawn, with a phone number, to look at."""
+    return (
+        f"{totals.total(keys.COMMENT_ORDERS):,}, withdrawn "
+        f"{totals.total(keys.COMMENT_WITHDRAWALS):,}, with phone "
+        f"{totals.total(keys.COMMENT_WITH_PHONE):,}, changed "
+        f"{totals.total(keys.COMMENT_CHANGES):,}, ambiguous "
+        f"{totals.total(keys.COMMENT_AMBIGUOUS):,}, unknown codes "
+        f"{totals.total(keys.COMMENT_UNKNOWN_CODES):,}"
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Plan:
+    """What a stream means to sell: its target and each SKU's stock at the start (grams)."""
+
+    target_grams: int | None = None
+    stock_grams: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+def progress(totals: StreamTotals, plan: Plan) -> str:
+    """Net grams sold (sold − cancelled) as a share of the target."""
+    if not plan.target_grams:
+        return "-"
+    net = totals.total(keys.GRAMS) - totals.total(keys.CANCELLED_GRAMS)
+    return f"{net / plan.target_grams:.1%} of {kilograms(plan.target_grams)} kg"
+
+
+def stock_left(totals: StreamTotals, plan: Plan) -> list[tuple[str, int]]:
+    """Each SKU's stock left in grams (stock − sold + cancelled), fewest first."""
+    sold = {sku: grams for (sku,), grams in totals.by(keys.SKU_GRAMS).items()}
+    back = {sku: grams for (sku,), grams in totals.by(keys.CANCELLED_SKU_GRAMS).items()}
+    left = {
+        sku: stock - sold.get(sku, 0) + back.get(sku, 0) for sku, stock in plan.stock_grams.items()
+    }
+    return sorted(left.items(), key=lambda pair: (pair[1], pair[0]))
+
+
 def stream_table(
-    totals: StreamTotals, values: dict[str, int], rates: dict[str, float], title: str
+    totals: StreamTotals,
+    values: dict[str, int],
+    rates: dict[str, float],
+    title: str,
+    plan: Plan | None = None,
 ) -> Table:
-    """One stream's figures as a table (``top``'s and the demo's live view)."""
+    """One stream's figures as a table (``top``'s and the demo's live view); with ``plan``,
+    the target progress and the stock left."""
     table = Table(title=title, show_header=False, min_width=60)
     table.add_column("what", style="bold")
     table.add_column("value", justify="right")
@@ -103,6 +150,11 @@ def stream_table(
     table.add_row("kg per minute", f"{rates['grams'] / 1000:,.1f}")
     table.add_row("comments", f"{values['comments']:,}  ({rates['comments']:,.1f}/min)")
     table.add_row("cancelled", f"{values['cancelled']:,}")
+    table.add_row("comment orders", comment_orders(totals))
+    if plan is not None:
+        table.add_row("target", progress(totals, plan))
+        for rank, (sku, grams) in enumerate(stock_left(totals, plan)):
+            table.add_row("stock left" if rank == 0 else "", f"{sku} {kilograms(grams)} kg")
     for currency, minor in revenue(totals).items():
         table.add_row(f"revenue {currency}", money(minor, currency))
     for rank, (country, grams) in enumerate(top_countries(totals, TOP_N)):

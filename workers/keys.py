@@ -16,6 +16,14 @@ slot and one script can update all of it atomically. Keys of a stream ``s``::
                                    namespaces wrote it: only read (and settled, cancelled
                                    without a value) within the upgrade window, never written;
                                    expires as it always did
+    li:{s}:commentorders:<gen>  hash  comment orders ("chốt đơn") per buyer: "<buyer digest>" ->
+                                   "<sku>:<quantity>,..." (the SKUs of the buyer's counted and
+                                   not withdrawn comment orders, at most one entry per catalog
+                                   product); the digest is BLAKE2b of (platform, user id), never
+                                   the id, the text or a phone number. Written to the current
+                                   generation on every change (and deleted from an older one):
+                                   expires with the seen sets of that generation, so a buyer's
+                                   state lives the dedup retention after their last change
     li:{s}:skus            set     SKUs that have their own label (at most ``sku_limit``); no TTL
     li:{s}:viewers         hash    platform -> latest count, "platform|ts" -> its event time (ms)
     li:{s}:commenters      HLL     unique commenters
@@ -127,6 +135,11 @@ class StreamKeys:
         return f"{self.tag}:skus"
 
     @property
+    def comment_orders_prefix(self) -> str:
+        """Not a key: the script appends "<gen>". Fields: buyer digests (comment orders)."""
+        return f"{self.tag}:commentorders:"
+
+    @property
     def viewers(self) -> str:
         return f"{self.tag}:viewers"
 
@@ -176,6 +189,7 @@ class StreamKeys:
             self.timeline_prefix,
             self.session,
             self.sessions,
+            self.comment_orders_prefix,
         ]
 
 
@@ -218,6 +232,21 @@ PAID_COMMENTS: Final = "paid_comments"
 PAID_VALUE_MICROS: Final = "paid_value_micros"
 REGION_ORDERS: Final = "region"
 OTHER_SKU: Final = "other"
+# Comment orders ("chốt đơn"), counted by the commit script's comment-order block.
+COMMENT_ORDERS: Final = "comment_orders"
+"""platform|sku: buyers' first order of a SKU (again after a withdrawal)."""
+COMMENT_ORDER_GRAMS: Final = "comment_order_grams"
+"""sku: grams of those orders (units × the catalog's unit grams; per-kg products their grams)."""
+COMMENT_WITHDRAWALS: Final = "comment_withdrawals"
+"""platform|sku: withdrawals of a counted comment order."""
+COMMENT_WITH_PHONE: Final = "comment_with_phone"
+"""platform: counted comment orders whose own comment carried a Vietnamese mobile number."""
+COMMENT_CHANGES: Final = "comment_changes"
+"""platform: a counted order written again with another quantity (the counters stay)."""
+COMMENT_AMBIGUOUS: Final = "comment_ambiguous"
+"""No labels (the field is the name alone): comments the team must look at."""
+COMMENT_UNKNOWN_CODES: Final = "comment_unknown_codes"
+"""platform: orders of a code shaped like the catalog's that names no product (no SKU label)."""
 
 # The timeline (li:{s}:timeline:<n>): fields "<minute within>|<name>", "<minute>|<name>|<label>"
 # for those with a label. Short names: a busy minute holds a dozen fields.
@@ -259,7 +288,9 @@ so HINCRBY never overflows."""
 # have written to the next generation), sku limit, total limit, then every event's record in one
 # MessagePack array (one argument,
 # not seven per event: packing arguments is the client's main cost), each an array:
-#   ["c", shard, member, platform, user]                      comment
+#   ["c", shard, member, platform, user, orders]              comment; orders: [] if it
+#                                                             orders nothing, else its comment
+#                                                             orders (see below)
 #   ["v", shard, member, platform, count, ts_ms]              viewers
 #   ["o", shard, member, order, platform, country, region, buyer, currency, minor, grams,
 #    [[sku, grams], ...]]                                     order created (an item's grams
@@ -284,16 +315,27 @@ so HINCRBY never overflows."""
 # ARGV 8, the timeline and session: a MessagePack array [retention seconds, [minute, ...],
 # session idle seconds, minutes per timeline hash], with each record's event time in epoch
 # minutes, in the order of the records.
-# KEYS[9] is the timeline's prefix, KEYS[10] and KEYS[11] the session keys.
+# KEYS[9] is the timeline's prefix, KEYS[10] and KEYS[11] the session keys, KEYS[12] the prefix
+# of the buyers' comment-order state (li:{s}:commentorders:<gen>).
 # A timeline hash expires the retention after its last minute or now, whichever is later.
 # ARGV 9-11, with the registry only: the stream, max_streams, and the idle seconds after which a
 # stream leaves the registry (the dedup retention). A stream active within that time is admitted;
 # another one only while fewer than max_streams are, else the whole batch is refused.
+# Comment orders (issue 14), a comment record's `orders`: [buyer, phone, intents], the buyer's
+# digest (platform and user id, hashed), 1 if the comment carried a mobile number else 0, and
+# its intents in the order written, each [kind, sku, quantity, grams]: "o" an order of `sku`
+# (quantity: units, or grams of a per-kg product; grams: a decimal string), "w" a withdrawal
+# (sku "" when it names none), "a" ambiguous, "u" a code no product has. Decided against the
+# buyer's state in li:{s}:commentorders:<gen>, as this batch leaves it: an order counts if the
+# buyer has no counted order of that SKU, else it is the same order (another quantity: a
+# change); a withdrawal counts if the buyer has one (a "w" without SKU: if they have exactly
+# one, else it is ambiguous), and the SKU may be ordered again.
 # Returns one character per event: "1" counted, "0" duplicate, "2" refused (a total would
 # overflow), "s" refused (the stream is not admitted: max_streams).
 COMMIT_SCRIPT: Final = """
 local totals, orders, skus, viewers = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local commenters, buyers, seen, legacy_orders = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local comment_orders = KEYS[12]
 local now = tonumber(ARGV[1])
 if not now then now = tonumber(redis.call('TIME')[1]) end
 local span, lookback, ahead = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -316,7 +358,7 @@ local records, outcome = {}, {}
 local batch_ids, projected, sku_label, new_skus = {}, {}, {}, {}
 local sku_count = nil
 
-local arity = {c = 5, v = 6, o = 12, x = 4, p = 7}
+local arity = {c = 6, v = 6, o = 12, x = 4, p = 7}
 
 local function seen_one(shard, member)
   if batch_ids[shard .. ':' .. member] then return true end
@@ -456,6 +498,74 @@ local function settle(r, view)
   order_view[view.key] = {}
 end
 
+-- Comment orders ("chốt đơn"), phase 1 ---------------------------------------------------------
+-- A buyer's state as this batch leaves it, read once: {items = {sku -> quantity}, n, where}.
+local buyer_view = {}
+local function buyer_state(digest)
+  local view = buyer_view[digest]
+  if view then return view end
+  view = {items = {}, n = 0}
+  for g = gen + ahead, gen - lookback, -1 do
+    local text = redis.call('HGET', comment_orders .. g, digest)
+    if text then
+      view.where = comment_orders .. g
+      for sku, quantity in string.gmatch(text, '([^:,]+):(%d+)') do
+        view.items[sku] = quantity
+        view.n = view.n + 1
+      end
+      break
+    end
+  end
+  buyer_view[digest] = view
+  return view
+end
+
+-- Decide a new comment's orders; false if a total would pass the limit (nothing is decided).
+local function decide_comment(r)
+  local platform, buyer, phone = r[4], r[6][1], r[6][2]
+  local view = buyer_state(buyer)
+  local items, n, changed = {}, view.n, false
+  for sku, quantity in pairs(view.items) do items[sku] = quantity end
+  local inc, writes, claims = {}, {}, {skus = {}, n = 0}
+  local function count(field, amount)
+    inc[field] = add(inc[field] or {0, 0}, big(amount))
+    writes[#writes + 1] = {field, amount}
+  end
+  for _, intent in ipairs(r[6][3]) do
+    local kind, sku, quantity = intent[1], intent[2], tostring(intent[3])
+    if kind == 'w' and sku == '' then
+      if n == 1 then sku = next(items) else kind = 'a' end  -- "hủy đơn": which order?
+    end
+    if kind == 'o' then
+      if not items[sku] then
+        local label = label_for(sku, claims)
+        count('comment_orders|' .. platform .. '|' .. label, 1)
+        count('comment_order_grams|' .. label, intent[4])
+        if phone == 1 then count('comment_with_phone|' .. platform, 1) end
+        items[sku], n, changed = quantity, n + 1, true
+      elseif items[sku] ~= quantity then
+        count('comment_changes|' .. platform, 1)
+        items[sku], changed = quantity, true
+      end
+    elseif kind == 'w' then
+      if items[sku] then  -- else nothing to withdraw: not counted
+        count('comment_withdrawals|' .. platform .. '|' .. label_for(sku, claims), 1)
+        items[sku], n, changed = nil, n - 1, true
+      end
+    elseif kind == 'a' then
+      count('comment_ambiguous', 1)
+    elseif kind == 'u' then
+      count('comment_unknown_codes|' .. platform, 1)
+    end
+  end
+  if not fits(inc) then return false end
+  take(claims)
+  r.comment_writes = writes
+  if changed then view.items, view.n, view.dirty = items, n, true end
+  return true
+end
+-- (end of comment orders, phase 1) -------------------------------------------------------------
+
 -- Timeline (1 of 3): each record's minute (see "Timeline" below).
 local batch = cmsgpack.unpack(ARGV[7])
 local timeline_arg = cmsgpack.unpack(ARGV[8])
@@ -496,6 +606,8 @@ for _, r in ipairs(batch) do
           key = 'n' .. r[4]}
       end
     end
+  elseif tag == 'c' and state == '1' and r[6][1] then
+    if not decide_comment(r) then state = '2' end
   elseif tag == 'p' and state == '1' then  -- a paid comment: its amount must fit
     local inc = {}
     inc['paid_value_micros|' .. r[4] .. '|' .. r[6]] = big(r[7])
@@ -637,6 +749,9 @@ for _, r in ipairs(records) do
   if tag == 'c' then
     redis.call('HINCRBY', totals, 'comments|' .. r[4], 1)
     if r[5] ~= '' then users[#users + 1] = r[5] end
+    if r.comment_writes then  -- comment orders
+      for _, w in ipairs(r.comment_writes) do redis.call('HINCRBY', totals, w[1], w[2]) end
+    end
   elseif tag == 'p' then  -- a paid comment is a comment too
     local paid = r[4] .. '|' .. r[6]
     redis.call('HINCRBY', totals, 'comments|' .. r[4], 1)
@@ -683,6 +798,24 @@ for _, r in ipairs(records) do
     end
   end
 end
+
+-- Comment orders, phase 2: each changed buyer's state, in the current generation.
+for digest, view in pairs(buyer_view) do
+  if view.dirty then
+    local key = comment_orders .. gen
+    if view.where and view.where ~= key then redis.call('HDEL', view.where, digest) end
+    local parts = {}
+    for sku, quantity in pairs(view.items) do parts[#parts + 1] = sku .. ':' .. quantity end
+    if #parts > 0 then
+      table.sort(parts)
+      redis.call('HSET', key, digest, table.concat(parts, ','))
+      expire_once(key)
+    elseif view.where == key then
+      redis.call('HDEL', key, digest)
+    end
+  end
+end
+-- (end of comment orders, phase 2)
 
 timeline_write()
 

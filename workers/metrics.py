@@ -442,6 +442,49 @@ _COUNTERS = (
     _Family(
         keys.REGION_ORDERS, "livestream_region_orders", "Orders by region.", ("country", "region")
     ),
+    # Comment orders ("chốt đơn")
+    _Family(
+        keys.COMMENT_ORDERS,
+        "livestream_comment_orders",
+        "Comment orders: a buyer's first order of a SKU (again after a withdrawal).",
+        ("platform", "sku"),
+    ),
+    _Family(
+        keys.COMMENT_ORDER_GRAMS,
+        "livestream_comment_order_grams",
+        "Grams of comment orders (units × the catalog's unit grams).",
+        ("sku",),
+    ),
+    _Family(
+        keys.COMMENT_WITHDRAWALS,
+        "livestream_comment_order_withdrawals",
+        "Withdrawals of counted comment orders (net = orders − withdrawals).",
+        ("platform", "sku"),
+    ),
+    _Family(
+        keys.COMMENT_WITH_PHONE,
+        "livestream_comment_orders_with_phone",
+        "Comment orders whose own comment carried a Vietnamese mobile number.",
+        ("platform",),
+    ),
+    _Family(
+        keys.COMMENT_CHANGES,
+        "livestream_comment_order_changes",
+        "Comment orders written again with another quantity (the order counters stay).",
+        ("platform",),
+    ),
+    _Family(
+        keys.COMMENT_AMBIGUOUS,
+        "livestream_comment_ambiguous",
+        "Comments that look like an order but are not one the team can take as written.",
+        (),
+    ),
+    _Family(
+        keys.COMMENT_UNKNOWN_CODES,
+        "livestream_comment_unknown_codes",
+        "Comment orders of a code no product of the catalog has.",
+        ("platform",),
+    ),
 )
 """The counter families of the metrics contract, in exposition order."""
 
@@ -556,8 +599,9 @@ def _by_metric(counters: dict[str, int]) -> dict[str, list[tuple[tuple[str, ...]
     """A stream's counter fields grouped by metric, each sorted by its label values."""
     grouped: dict[str, list[tuple[tuple[str, ...], int]]] = {}
     for field, value in counters.items():
-        metric, _, rest = field.partition(keys.SEP)
-        grouped.setdefault(metric, []).append((tuple(rest.split(keys.SEP)), value))
+        metric, sep, rest = field.partition(keys.SEP)
+        labels = tuple(rest.split(keys.SEP)) if sep else ()
+        grouped.setdefault(metric, []).append((labels, value))
     for items in grouped.values():
         items.sort()
     return grouped

@@ -821,7 +821,12 @@ class Ingester:
         self.catalogs.load()
         settings = store_settings(config, now_override)
         self.store = Store(
-            self.redis, settings, legacy=config.dedup.legacy(), weigh=self.catalogs.weigh
+            self.redis,
+            settings,
+            legacy=config.dedup.legacy(),
+            weigh=self.catalogs.weigh,
+            read_comment=self.catalogs.read_comment,
+            reads_comments=bool(self.catalogs.files),
         )
         self._scrape_path(settings)
         self.committer = Committer(

@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import hashlib
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from ingest.model import Comment, Event, Order, PaidComment, Rejection, Viewers
+from ingest.model import AuthorRole, Comment, Event, Order, PaidComment, Rejection, Viewers
 from workers import keys
 from workers.keys import StreamKeys, fingerprint
 
@@ -90,11 +91,14 @@ class StreamTotals:
     def by(self, metric: str) -> dict[tuple[str, ...], int]:
         """Counter values of one metric, keyed by their label values."""
         prefix = metric + keys.SEP
-        return {
+        found = {
             tuple(field[len(prefix) :].split(keys.SEP)): value
             for field, value in self.counters.items()
             if field.startswith(prefix)
         }
+        if metric in self.counters:  # a metric without labels: the field is its name
+            found[()] = self.counters[metric]
+        return found
 
     def total(self, metric: str) -> int:
         return sum(self.by(metric).values())
@@ -132,6 +136,61 @@ def _items(order: Order, weigh: Weigh) -> tuple[str, list[tuple[str, str]]]:
 Record = tuple[object, ...]
 
 
+CommentIntent = tuple[str, str, int, str]
+"""One intent of a comment as the commit script takes it: (kind, sku, quantity, grams); kind "o"
+an order (quantity: units, or grams of a per-kg product; grams: its weight, a decimal string),
+"w" a withdrawal (sku "" if it names none), "a" ambiguous, "u" an unknown code."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CommentReading:
+    """What a comment orders, as its stream's catalog reads it."""
+
+    intents: tuple[CommentIntent, ...]
+    has_phone: bool
+    """Whether the comment carried a valid Vietnamese mobile number (never the number)."""
+
+
+ReadComment = Callable[[str, str], CommentReading | None]
+"""(stream, text) -> what the comment orders in the stream's catalog; None without a catalog."""
+
+
+def _no_comment_orders(stream: str, text: str) -> CommentReading | None:
+    return None
+
+
+BUYER_DIGEST_BYTES = 12
+"""A comment buyer's digest: 96 bits, so two buyers of one stream collide with probability
+~n²/2^97 (1e-17 for a million buyers)."""
+
+
+def buyer_digest(platform: str, user: str) -> str:
+    """What Redis keeps of a comment's buyer: a hash of (platform, user id), never the id (it may
+    be a name). A pseudonym, not a secret: whoever knows an id can compute its digest."""
+    data = f"{platform}\x1f{user}".encode(keys.TEXT_ENCODING)
+    return hashlib.blake2b(data, digest_size=BUYER_DIGEST_BYTES, person=b"li-buyer").hexdigest()
+
+
+AMBIGUOUS: Final = ("a", "", 0, "0")
+
+
+def comment_orders(comment: Comment, read: ReadComment) -> list[object]:
+    """The ``orders`` part of a comment's record (see ``keys.COMMENT_SCRIPT``): [] when it orders
+    nothing (no text, no catalog, no intent, or written by the host or a moderator), else
+    [buyer digest, phone (0/1), intents]. A comment without a user id is nobody's order: each
+    of its intents is ambiguous."""
+    if not comment.text or comment.author_role is not AuthorRole.VIEWER:
+        return []
+    reading = read(comment.stream, comment.text)
+    if reading is None or not reading.intents:
+        return []
+    intents: Sequence[CommentIntent] = reading.intents
+    if not comment.user:
+        intents = [AMBIGUOUS] * len(intents)
+    buyer = buyer_digest(comment.platform, comment.user or "")
+    return [buyer, int(reading.has_phone), [list(intent) for intent in intents]]
+
+
 def _pair(identity: str) -> tuple[int, str]:
     shard, member = fingerprint(identity)
     return shard, str(member)
@@ -152,11 +211,13 @@ def _records(
     legacy: Legacy = NO_LEGACY,
     shards: set[int] | None = None,
     weigh: Weigh = _no_catalog,
+    *,
+    read: ReadComment = _no_comment_orders,
 ) -> list[Record]:
     """The commit script's records (see ``keys.COMMIT_SCRIPT``): each event's identities in its
     namespace (``namespaces[i]`` is that of ``events[i]``). ``shards`` collects every dedup shard
     they name (a cluster declares their sets). Items without grams take ``weigh``'s, decided
-    here, before the commit."""
+    here, before the commit; comments' texts are read by ``read``."""
     records: list[Record] = []
     append = records.append
     prefixes: dict[str, tuple[str, str]] = {}
@@ -179,7 +240,8 @@ def _records(
                     str(event.amount_micros),
                 )
             case Comment():
-                record = ("c", shard, str(member), event.platform, event.user or "")
+                orders = comment_orders(event, read)
+                record = ("c", shard, str(member), event.platform, event.user or "", orders)
             case Viewers():
                 record = ("v", shard, str(member), event.platform, event.count, event.ts_ms)
             case Order(cancelled=True):
@@ -289,11 +351,17 @@ class Store:
         clock: Callable[[], float] = time.time,
         legacy: Legacy = UPGRADE_WINDOW,
         weigh: Weigh = _no_catalog,
+        *,
+        read_comment: ReadComment = _no_comment_orders,
+        reads_comments: bool = True,
     ) -> None:
         self.redis = redis
         self.settings = settings
         self.clock = clock
         self.weigh = weigh
+        self.read_comment = read_comment
+        self.reads_comments = reads_comments and read_comment is not _no_comment_orders
+        """Whether any stream may have comment orders (some stream has a catalog)."""
         self.cluster = isinstance(redis, RedisCluster)
         self._script = redis.register_script(keys.COMMIT_SCRIPT)
         self._admit = redis.register_script(keys.ADMIT_SCRIPT)
@@ -316,6 +384,13 @@ class Store:
         """End of the upgrade window (``keys.LEGACY_UNTIL``), read at the first commit."""
         self._legacy = NO_LEGACY if legacy == NO_LEGACY else legacy
         """What commits look up in the upgrade window."""
+
+    def orders_from_comments(self, events: Sequence[Event]) -> bool:
+        """Whether committing ``events`` may decide comment orders: then their commit must not
+        overtake an earlier one (a buyer's "first" is the first committed)."""
+        return self.reads_comments and any(
+            isinstance(event, Comment) and event.text for event in events
+        )
 
     def _now(self) -> int | None:
         if self.settings.now_override is not None:
@@ -355,11 +430,18 @@ class Store:
         return int(await self.redis.get(keys.LEGACY_UNTIL) or end)
 
     def _declared(
-        self, stream: str, shards: set[int], orders: bool, legacy: Legacy, now: int
+        self,
+        stream: str,
+        shards: set[int],
+        orders: bool,
+        legacy: Legacy,
+        now: int,
+        *,
+        comments: bool = False,
     ) -> list[str]:
         """Every key the script may touch for a batch (cluster mode): the seen sets of
-        ``shards``, and with ``orders`` the order state (and, in the window, an older
-        version's)."""
+        ``shards``, with ``orders`` the order state (and, in the window, an older
+        version's), with ``comments`` the buyers' comment-order state."""
         k = StreamKeys(stream)
         generations = self._generations(now)
         declared = k.script_keys()
@@ -368,6 +450,8 @@ class Store:
             declared += [f"{k.orders_prefix}{g}" for g in generations]
             if legacy.orders:
                 declared += [f"{k.legacy_orders_prefix}{g}" for g in generations]
+        if comments:
+            declared += [f"{k.comment_orders_prefix}{g}" for g in generations]
         return declared
 
     async def commit(
@@ -388,6 +472,7 @@ class Store:
         """
         await self._ensure_registry()
         legacy = await self._window()
+        read = await self._read_comments(events)
         by_stream: dict[str, list[int]] = defaultdict(list)
         for index, event in enumerate(events):
             by_stream[event.stream].append(index)
@@ -402,10 +487,10 @@ class Store:
                 for stream in await self._refused_streams(list(by_stream), now):
                     del by_stream[stream]
                 batches = _batches(events, namespaces, by_stream)
-                replies = await self._commit_cluster(batches, dead, head, now, legacy)
+                replies = await self._commit_cluster(batches, dead, head, now, legacy, read=read)
             else:
                 batches = _batches(events, namespaces, by_stream)
-                replies = await self._commit_single(batches, dead, head, legacy)
+                replies = await self._commit_single(batches, dead, head, legacy, read=read)
         except ResponseError as exc:
             if "WRONGTYPE" in str(exc):  # li:streams was recreated by an older version
                 self._registry_ready = False
@@ -415,17 +500,39 @@ class Store:
                 outcomes[index] = _OUTCOMES[code]
         return outcomes
 
+    async def _read_comments(self, events: Sequence[Event]) -> ReadComment:
+        """What each comment of ``events`` that may order orders, read in a worker thread (the
+        parser takes a few hundred microseconds a comment: a batch must not hold up the event
+        loop); each distinct text of a stream once."""
+        if not self.orders_from_comments(events):
+            return _no_comment_orders
+        texts = {
+            (event.stream, event.text)
+            for event in events
+            if isinstance(event, Comment) and event.text
+            if event.author_role is AuthorRole.VIEWER
+        }
+        read = self.read_comment
+
+        def read_all() -> dict[tuple[str, str], CommentReading | None]:
+            return {key: read(*key) for key in texts}
+
+        found = await asyncio.to_thread(read_all)
+        return lambda stream, text: found.get((stream, text))
+
     async def _commit_single(
         self,
         batches: dict[str, _Batch],
         dead: Sequence[DeadLetter],
         head: list[str | int],
         legacy: Legacy,
+        *,
+        read: ReadComment,
     ) -> list[Any]:
         assert isinstance(self.redis, Redis)
         async with self.redis.pipeline(transaction=False) as pipe:
             for stream, (batch, spaces) in batches.items():
-                records = _pack(_records(batch, spaces, legacy, weigh=self.weigh))
+                records = _pack(_records(batch, spaces, legacy, weigh=self.weigh, read=read))
                 timeline = _timeline_arg(batch, self.settings)
                 await self._script(
                     keys=[*StreamKeys(stream).script_keys(), keys.STREAMS],
@@ -444,6 +551,8 @@ class Store:
         head: list[str | int],
         now: int,
         legacy: Legacy,
+        *,
+        read: ReadComment,
     ) -> list[Any]:
         if dead:
             async with self.redis.pipeline() as pipe:  # other slots than the streams' own
@@ -455,11 +564,12 @@ class Store:
         async def commit_one(stream: str, batch: _Batch) -> Any:
             events, spaces = batch
             shards: set[int] = set()
-            records = _pack(_records(events, spaces, legacy, shards, self.weigh))
+            records = _pack(_records(events, spaces, legacy, shards, self.weigh, read=read))
             timeline = _timeline_arg(events, self.settings)
             orders = any(isinstance(event, Order) for event in events)
+            comments = any(isinstance(event, Comment) and event.text for event in events)
             spans = {m // keys.TIMELINE_SPAN_MINUTES for m in _minutes(events)}
-            declared = self._declared(stream, shards, orders, legacy, now)
+            declared = self._declared(stream, shards, orders, legacy, now, comments=comments)
             declared += [StreamKeys(stream).timeline(n) for n in sorted(spans)]
             async with calls:
                 return await self._script(

@@ -30,10 +30,14 @@ from rich.table import Table
 from workers import config as config_module
 from workers.display import (
     TOP_N,
+    Plan,
     Rates,
+    comment_orders,
     kilograms,
     money,
+    progress,
     revenue,
+    stock_left,
     stream_table,
     summary,
     top_countries,
@@ -72,6 +76,8 @@ class ProcessHealth:
     redis_up: bool | None = None
     buffered: float | None = None
     sources: tuple[SourceStatus, ...] = ()
+    plans: dict[str, Plan] = dataclasses.field(default_factory=dict)
+    """Stream -> its target and stock at the start, as the ingester's catalogs give them."""
 
 
 def parse_health(url: str, text: str, now: float) -> ProcessHealth:
@@ -82,6 +88,8 @@ def parse_health(url: str, text: str, now: float) -> ProcessHealth:
     outcomes: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     redis_up: bool | None = None
     buffered: float | None = None
+    targets: dict[str, int] = {}
+    stock: dict[str, dict[str, int]] = defaultdict(dict)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             name, labels, value = sample.name, sample.labels, sample.value
@@ -97,6 +105,10 @@ def parse_health(url: str, text: str, now: float) -> ProcessHealth:
                 redis_up = value == 1
             elif name == "livestream_ingest_buffered_events":
                 buffered = value
+            elif name == "livestream_target_grams":
+                targets[labels["stream"]] = int(value)
+            elif name == "livestream_sku_stock_grams":
+                stock[labels["stream"]][labels["sku"]] = int(value)
     sources = tuple(
         SourceStatus(
             source=source,
@@ -107,7 +119,11 @@ def parse_health(url: str, text: str, now: float) -> ProcessHealth:
         )
         for source in sorted(set(connected) | set(last) | set(outcomes))
     )
-    return ProcessHealth(url, redis_up=redis_up, buffered=buffered, sources=sources)
+    plans = {
+        stream: Plan(targets.get(stream), dict(stock.get(stream, {})))
+        for stream in set(targets) | set(stock)
+    }
+    return ProcessHealth(url, redis_up=redis_up, buffered=buffered, sources=sources, plans=plans)
 
 
 def metrics_url(value: str) -> str:
@@ -138,6 +154,8 @@ class StreamView:
     rates: dict[str, float]
     session: Session | None = None
     """Its current session (only for the first ``SESSION_STREAMS`` streams)."""
+    plan: Plan | None = None
+    """The stream's target and stock, if an ingester read for health has its catalog."""
 
 
 SESSION_STREAMS = 50
@@ -227,7 +245,8 @@ class Reader:
             if n < SESSION_STREAMS:
                 with contextlib.suppress(RedisError, RedisClusterException, OSError):
                     session = await self.sessions.current(stream.stream)
-            views.append(StreamView(stream, values, rates.add(values), session))
+            plan = next((h.plans[stream.stream] for h in health if stream.stream in h.plans), None)
+            views.append(StreamView(stream, values, rates.add(values), session, plan))
         self._last, self._last_read = tuple(views), self.clock()
         return Snapshot(self.redis_url, self._last, tuple(health))
 
@@ -298,7 +317,13 @@ def plain(snapshot: Snapshot) -> str:
             f"  top SKUs: {_weights(top_skus(totals, TOP_N))}",
             f"  unique buyers {totals.unique_buyers:,}, unique commenters "
             f"{totals.unique_commenters:,}, viewers: {viewers(totals)}",
+            f"  comment orders: {comment_orders(totals)}",
         ]
+        if view.plan is not None:
+            lines.append(
+                f"  target: {progress(totals, view.plan)}; stock left: "
+                f"{_weights(stock_left(totals, view.plan))}"
+            )
     for process in snapshot.health:
         lines.append(_process_line(process))
         lines += [_source_line(source) for source in process.sources]
@@ -336,6 +361,7 @@ def rich_view(snapshot: Snapshot) -> Group:
             view.rates,
             f"stream {view.totals.stream}{mark}"
             + (f"  {session_clock(view.session, now)}" if view.session else ""),
+            view.plan,
         )
         for view in snapshot.streams
     ]

@@ -12,15 +12,19 @@ import pytest
 from redis.asyncio import Redis
 
 from ingest.adapter import FormatOptions
+from ingest.catalog import Catalog, Product
+from ingest.comment_orders import parse_comment
 from ingest.model import Comment, Reason, Rejection
 from ingest.native import NativeFormat
 from tests.clusters import Cluster
 from tests.servers import RedisServer
 from tests.waiting import UNIT, until
+from workers import keys
+from workers.catalogs import comment_intents
 from workers.committer import BatchSettings, Committer
 from workers.metrics import HealthMetrics
 from workers.runtime import redis_client
-from workers.store import Store, StoreSettings
+from workers.store import CommentReading, Store, StoreSettings
 
 
 def comments(stream: str, start: int, n: int) -> list[Comment]:
@@ -214,3 +218,46 @@ async def test_one_frame_larger_than_the_byte_bound_still_passes(
             await (await c.submit("src", letters))
             await (await c.submit("src", letters))
         assert c.buffered_bytes == 0
+
+
+@pytest.mark.asyncio
+async def test_batches_that_may_decide_comment_orders_commit_in_the_order_taken(
+    redis_url: str, stream: str
+) -> None:
+    """Each buyer orders, withdraws and orders again in consecutive small batches, two in
+    flight: were a later batch to commit first, a withdrawal would find no order, and the
+    counters would differ from the comments' order."""
+    catalog = Catalog((Product("VT05", "Vải thiều thùng 5 kg", (), 5000),))
+
+    def read(stream: str, text: str) -> CommentReading:
+        return comment_intents(parse_comment(text, catalog), catalog)
+
+    client = redis_client(redis_url, socket_timeout=5.0)
+    store = Store(client, StoreSettings(), read_comment=read)
+    c = Committer(store, HealthMetrics(), BatchSettings(max_events=3, max_in_flight=2))
+    task = asyncio.create_task(c.run(), name="test.committer")
+    buyers = 40
+    texts = ["VT05", "hủy VT05", "VT05 x2", "hủy đơn", "VT05 x3"]
+    try:
+        pending = [
+            await c.submit(
+                "src",
+                [
+                    Comment(stream, "tiktok", f"{b}-{n}", 1_750_000_000_000, f"u{b}", text=text)
+                    for b in range(buyers)
+                ],
+            )
+            for n, text in enumerate(texts)
+        ]
+        async with asyncio.timeout(30 * UNIT):
+            await asyncio.gather(*pending)
+        (totals,) = await store.totals([stream])
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await client.aclose()
+    assert totals.by(keys.COMMENT_ORDERS) == {("tiktok", "VT05"): 3 * buyers}
+    assert totals.by(keys.COMMENT_WITHDRAWALS) == {("tiktok", "VT05"): 2 * buyers}
+    assert totals.by(keys.COMMENT_ORDER_GRAMS) == {("VT05",): (1 + 2 + 3) * 5000 * buyers}
+    assert totals.by(keys.COMMENT_CHANGES) == {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -51,6 +52,10 @@ def test_demo_counts_the_whole_sale_exactly(redis_url: str, tmp_path: Path) -> N
     page = report.read_text(encoding="utf-8")
     assert "ended by command" in page  # the demo ended its session
     assert "54.000 t" in page  # the whole sale, gross
+    # Comment orders from the catalog's aliases, and the target, in the live view; the exact
+    # check above covered the comment-order counters and the order lines without grams.
+    assert "comment orders " in result.stdout
+    assert re.search(r"target \d+\.\d% of 54,000\.000 kg", result.stdout)
 
 
 def test_demo_starts_a_private_redis_when_none_answers() -> None:

@@ -17,16 +17,19 @@ from redis.asyncio import Redis
 from rich.console import Console
 
 from ingest.adapter import FormatOptions
+from ingest.catalog import Catalog, Product
+from ingest.comment_orders import parse_comment
 from ingest.model import Event, Rejection
 from ingest.native import NativeFormat
 from tests.clusters import Cluster, streams_on_every_node
 from tests.e2e.support import feed_ingester
 from tests.servers import RedisServer, free_port
 from tests.waiting import UNIT
+from workers.catalogs import comment_intents
 from workers.config import DEFAULT_PLATFORMS
 from workers.metrics import HealthMetrics, exposition
 from workers.runtime import redis_client
-from workers.store import Store, StoreSettings
+from workers.store import CommentReading, Store, StoreSettings
 from workers.top import Reader, plain, rich_view
 
 TS = "2025-06-14T09:05:08+07:00"
@@ -142,7 +145,10 @@ async def test_top_shows_the_exact_totals_of_a_stream(
     assert lines[2] == "  top countries: VN 6.000 kg, US 1.250 kg"
     assert lines[3] == "  top SKUs: VT01 3.000 kg, VTQ 3.000 kg, VT05 1.250 kg"
     assert lines[4] == "  unique buyers 3, unique commenters 2, viewers: tiktok 1,234"
-    assert len(lines) == 5
+    assert lines[5] == (  # this store has no catalog: no comment orders
+        "  comment orders: 0, withdrawn 0, with phone 0, changed 0, ambiguous 0, unknown codes 0"
+    )
+    assert len(lines) == 6
 
 
 async def serve_metrics(text: bytes) -> tuple[web.AppRunner, int]:
@@ -162,7 +168,12 @@ async def serve_metrics(text: bytes) -> tuple[web.AppRunner, int]:
 async def test_top_reads_redis_from_the_config_and_health_from_each_ingester(
     redis: Redis, redis_url: str, stream: str, tmp_path: Path
 ) -> None:
-    await Store(redis, StoreSettings()).commit(known_events(stream))
+    catalog = Catalog((Product("VT01", "Vải thiều hộp 1 kg", (), 1000),))
+
+    def read(stream: str, text: str) -> CommentReading:
+        return comment_intents(parse_comment(text, catalog), catalog)
+
+    await Store(redis, StoreSettings(), read_comment=read).commit(known_events(stream))
     health = HealthMetrics()
     health.add_source("relay")
     health.connected.labels("relay").set(1)
@@ -170,7 +181,13 @@ async def test_top_reads_redis_from_the_config_and_health_from_each_ingester(
     health.events.labels("relay", "order", "duplicate").inc(2)
     health.reconnects.labels("relay").inc()
     health.redis_up.set(1)
-    runner, port = await serve_metrics(exposition(health, None))
+    plan = (  # what an ingester with the stream's catalog and target also exposes
+        f"# TYPE livestream_target_grams gauge\n"
+        f'livestream_target_grams{{stream="{stream}"}} 10000.0\n'
+        f"# TYPE livestream_sku_stock_grams gauge\n"
+        f'livestream_sku_stock_grams{{sku="VT01",stream="{stream}"}} 10000.0\n'
+    )
+    runner, port = await serve_metrics(exposition(health, None) + plan.encode())
     config = str(write_config(tmp_path / "top.toml", redis_url))
     try:
         unreachable = f"127.0.0.1:{free_port()}"
@@ -185,11 +202,16 @@ async def test_top_reads_redis_from_the_config_and_health_from_each_ingester(
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"stream {stream}  sold 7.250 kg")
-    assert lines[5] == f"ingester http://127.0.0.1:{port}/metrics: redis up, 0 buffered"
-    assert lines[6] == (
+    assert lines[5] == (  # two buyers commented "chốt VT01"
+        "  comment orders: 2, withdrawn 0, with phone 0, changed 0, ambiguous 0, unknown codes 0"
+    )
+    # Net 7.250 − 4.000 kg cancelled of the 10 kg target; VT01: 10 − 3 sold + 1 cancelled.
+    assert lines[6] == "  target: 32.5% of 10.000 kg; stock left: VT01 8.000 kg"
+    assert lines[7] == f"ingester http://127.0.0.1:{port}/metrics: redis up, 0 buffered"
+    assert lines[8] == (
         "  source relay: connected, no input yet, 3 accepted, 2 duplicate, 0 rejected, 1 reconnects"
     )
-    assert lines[7].startswith(f"ingester http://{unreachable}/metrics: UNREACHABLE (")
+    assert lines[9].startswith(f"ingester http://{unreachable}/metrics: UNREACHABLE (")
 
 
 def test_top_says_when_redis_does_not_answer() -> None:

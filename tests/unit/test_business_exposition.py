@@ -34,6 +34,14 @@ def totals() -> list[StreamTotals]:
                 f"{keys.COMMENTS}|tiktok": 42,
                 f"{keys.REGION_ORDERS}|VN|{odd}": 2,
                 f"{keys.REGION_ORDERS}|VN|Bắc Ninh": 1,
+                f"{keys.COMMENT_ORDERS}|tiktok|VT05": 12,
+                f"{keys.COMMENT_ORDERS}|facebook|{odd}": 1,
+                f"{keys.COMMENT_ORDER_GRAMS}|VT05": 60_000,
+                f"{keys.COMMENT_WITHDRAWALS}|tiktok|VT05": 2,
+                f"{keys.COMMENT_WITH_PHONE}|tiktok": 9,
+                f"{keys.COMMENT_CHANGES}|tiktok": 3,
+                keys.COMMENT_AMBIGUOUS: 4,
+                f"{keys.COMMENT_UNKNOWN_CODES}|tiktok": 5,
             },
             {"tiktok": 1500, "facebook": 0},
             7,
@@ -63,3 +71,20 @@ def test_cancelled_value_is_in_major_units_and_unweighed_items_per_sku() -> None
         'livestream_unweighed_items_total{platform="tiktok",sku="VT09",stream="lucngan-2025"} 4.0'
     ) in text
     assert "newer_version" not in text
+
+
+def test_comment_order_families_and_the_one_without_labels() -> None:
+    text = business_exposition(totals()).decode()
+    for line in [
+        'livestream_comment_orders_total{platform="tiktok",sku="VT05",stream="lucngan-2025"} 12.0',
+        'livestream_comment_order_grams_total{sku="VT05",stream="lucngan-2025"} 60000.0',
+        'livestream_comment_order_withdrawals_total{platform="tiktok",sku="VT05",'
+        'stream="lucngan-2025"} 2.0',
+        'livestream_comment_orders_with_phone_total{platform="tiktok",stream="lucngan-2025"} 9.0',
+        'livestream_comment_order_changes_total{platform="tiktok",stream="lucngan-2025"} 3.0',
+        'livestream_comment_ambiguous_total{stream="lucngan-2025"} 4.0',
+        'livestream_comment_unknown_codes_total{platform="tiktok",stream="lucngan-2025"} 5.0',
+    ]:
+        assert line + "\n" in text
+    assert totals()[0].by(keys.COMMENT_AMBIGUOUS) == {(): 4}
+    assert totals()[1].by(keys.COMMENT_AMBIGUOUS) == {}

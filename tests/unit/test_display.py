@@ -3,7 +3,19 @@
 from __future__ import annotations
 
 from workers import keys
-from workers.display import Rates, kilograms, money, revenue, summary, top_countries, top_skus
+from workers.display import (
+    Plan,
+    Rates,
+    comment_orders,
+    kilograms,
+    money,
+    progress,
+    revenue,
+    stock_left,
+    summary,
+    top_countries,
+    top_skus,
+)
 from workers.metrics import HealthMetrics, exposition
 from workers.store import StreamTotals
 from workers.top import metrics_url, parse_health
@@ -29,6 +41,7 @@ def test_figures_are_exact() -> None:
     assert kilograms(7_250) == "7.250"
     assert kilograms(54_012_345_678) == "54,012,345.678"
     assert kilograms(5) == "0.005"
+    assert kilograms(-1_005) == "-1.005"  # stock sold beyond what there was
     assert money(1_250, "USD") == "12.50"
     assert money(5_592_510_000, "VND") == "5,592,510,000"
     assert money(1_234_567_891, "KWD") == "1,234,567.891"
@@ -36,7 +49,13 @@ def test_figures_are_exact() -> None:
 
 def test_totals_are_summed_over_platforms() -> None:
     stream = totals()
-    assert summary(stream) == {"grams": 8_501, "orders": 3, "comments": 9, "cancelled": 0}
+    assert summary(stream) == {
+        "grams": 8_501,
+        "orders": 3,
+        "comments": 9,
+        "cancelled": 0,
+        "comment_orders": 0,
+    }
     assert top_countries(stream, 5) == [("VN", 6_001), ("US", 2_500)]
     assert top_countries(stream, 1) == [("VN", 6_001)]
     assert top_skus(stream, 5) == [("VT01", 6_001), ("VT05", 2_500)]
@@ -78,3 +97,29 @@ def test_health_comes_from_the_exposition() -> None:
     assert relay.outcomes == {"accepted": 7.0, "duplicate": 1.0}
     assert (push.source, push.connected, push.since_last_input) == ("push", False, None)
     assert push.reconnects == 3.0
+
+
+def test_target_progress_and_stock_left_from_a_plan() -> None:
+    stream = StreamTotals(
+        "s",
+        {
+            "grams|tiktok|VN": 7_000,
+            "cancelled_grams|tiktok|VN": 1_000,
+            "sku_grams|VT01": 6_000,
+            "sku_grams|VT05": 1_000,
+            "cancelled_sku_grams|VT01": 1_000,
+            "comment_orders|tiktok|VT01": 3,
+            "comment_withdrawals|tiktok|VT01": 1,
+            "comment_ambiguous": 2,
+        },
+        {},
+        0,
+        0,
+    )
+    plan = Plan(12_000, {"VT01": 5_000, "VT05": 10_000, "VTQ": 3_000})
+    assert progress(stream, plan) == "50.0% of 12.000 kg"  # net 6 kg
+    assert progress(stream, Plan()) == "-"
+    assert stock_left(stream, plan) == [("VT01", 0), ("VTQ", 3_000), ("VT05", 9_000)]
+    assert comment_orders(stream) == (
+        "3, withdrawn 1, with phone 0, changed 0, ambiguous 2, unknown codes 0"
+    )

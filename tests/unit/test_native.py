@@ -15,6 +15,7 @@ import ingest.model
 import ingest.native
 from ingest.adapter import FormatOptions
 from ingest.model import (
+    TEXT_CHARS,
     UNKNOWN_KIND,
     AuthorRole,
     Comment,
@@ -137,8 +138,19 @@ def reject(frame: bytes | str, fmt: NativeFormat | None = None) -> Rejection:
 
 def test_comment() -> None:
     assert decode_event(comment(stream="other-stream")) == Comment(
-        stream="other-stream", platform="tiktok", id="c-1", ts_ms=TS_MS, user="u-1"
+        stream="other-stream",
+        platform="tiktok",
+        id="c-1",
+        ts_ms=TS_MS,
+        user="u-1",
+        text="còn hàng không shop?",
     )
+
+
+def test_a_comment_keeps_the_start_of_its_text_for_the_comment_order_parser() -> None:
+    decoded = decode_event(comment(text="VT05 x2 " * 500))
+    assert isinstance(decoded, Comment)
+    assert decoded.text == ("VT05 x2 " * 500)[:TEXT_CHARS]
 
 
 @pytest.mark.parametrize(
@@ -154,7 +166,7 @@ def test_comment_author_role(role: str | None, expected: AuthorRole) -> None:
     decoded = decode_event(comment(author_role=role))
     assert isinstance(decoded, Comment)
     assert decoded.author_role is expected
-    assert decode_event(without(comment(), "author_role")) == Comment(
+    assert decode_event(without(comment(), "author_role", "text")) == Comment(
         stream=DEFAULT, platform="tiktok", id="c-1", ts_ms=TS_MS, user="u-1"
     )
     assert Comment(DEFAULT, "tiktok", "c-1", TS_MS, "u-1").author_role is AuthorRole.VIEWER

@@ -27,12 +27,15 @@ import orjson
 import structlog
 from redis.exceptions import RedisError
 
+from ingest.catalog import Catalog
+from ingest.catalog import load as load_catalog
 from ingest.sources.mqtt import Publisher
 from workers import config as config_module
 from workers.demo.feed import FeedServer
 from workers.demo.private_redis import NoRedisServer, RedisServer, ping
-from workers.demo.sale import Expected, Sale, lychee_sale
+from workers.demo.sale import Expected, Sale, comment_order_totals, lychee_sale
 from workers.demo.view import View
+from workers.display import Plan
 from workers.report import ReportError, build
 from workers.report_html import render
 from workers.runtime import Ingester
@@ -47,6 +50,11 @@ SETTLE_SECONDS = 10.0
 # Package data, read with importlib.resources: it ships in the wheel (a path relative to a checkout
 # does not exist in site-packages).
 DEMO_CONFIG = resources.files("workers.demo") / "demo.toml"
+DEMO_CATALOG = resources.files("workers.demo") / "catalog.csv"
+"""The demo stream's catalog: its SKUs, weights, stock and the aliases buyers comment."""
+UNWEIGHED_SHARE = 0.15
+"""Order lines the demo sends without grams: the ingester takes its catalog's."""
+TARGET_GRAMS = 54_000_000
 NO_REDIS = (
     "No Redis answers at {url} and there is no redis-server on PATH to start one: "
     "install Redis (Debian: apt-get install redis-server) or set REDIS_URL to a running one."
@@ -72,8 +80,11 @@ def redis_url() -> Iterator[str]:
         server.close()
 
 
-def mismatches(expected: Expected, totals: StreamTotals) -> list[str]:
-    """Where counted totals differ from the sale's ground truth (HLL counts within 2%)."""
+def mismatches(
+    expected: Expected, totals: StreamTotals, comment_orders: dict[str, int] | None = None
+) -> list[str]:
+    """Where counted totals differ from the sale's ground truth (HLL counts within 2%), and
+    with ``comment_orders`` (``comment_order_totals``) the comment-order counters."""
 
     def flat(metric: str) -> dict[str, int]:
         return {"|".join(k): v for k, v in totals.by(metric).items()}
@@ -92,6 +103,9 @@ def mismatches(expected: Expected, totals: StreamTotals) -> list[str]:
         "region": (keyed(expected.region_orders), flat("region")),
         "viewers": (dict(expected.viewers), dict(totals.viewers)),
     }
+    if comment_orders is not None:
+        counted = {f: v for f, v in totals.counters.items() if f.startswith("comment_")}
+        checks["comment orders"] = (comment_orders, counted)
     problems = [
         f"{name}: expected {want}, counted {got}"
         for name, (want, got) in checks.items()
@@ -112,9 +126,12 @@ def demo_config(
     redis: str,
     http: str,
     mqtt: MqttOrders | None,
+    *,
+    stream: tuple[str, Path] | None = None,
 ) -> config_module.Config:
     """The demo's ``demo.toml`` (or ``--config``) pointed at this run's feed, Redis and port
-    (and broker)."""
+    (and broker); with ``stream`` (its name and catalog file), the stream's catalog and
+    target."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -124,6 +141,12 @@ def demo_config(
     data["sources"][0]["url"] = feed_url
     if mqtt is not None:
         data["sources"].append(mqtt.source())
+    if stream is not None:
+        name, catalog = stream
+        data.setdefault("streams", {})[name] = {
+            "catalog": str(catalog),
+            "target_grams": TARGET_GRAMS,
+        }
     # The demo already chose the Redis (REDIS_URL or a private one): the variable must not
     # override that choice again.
     environ = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
@@ -212,7 +235,41 @@ async def demo(args: argparse.Namespace, stop: asyncio.Event) -> int:
     if args.feed_only:
         return await feed_only(args.feed_only, args.speed, args.seed, stop)
     stream = f"lucngan-{time.strftime('%Y%m%d-%H%M%S')}"
-    sale = lychee_sale(seed=args.seed, stream=stream)
+    sale = lychee_sale(
+        seed=args.seed, stream=stream, target_grams=TARGET_GRAMS, unweighed_share=UNWEIGHED_SHARE
+    )
+    with resources.as_file(DEMO_CATALOG) as catalog_path:
+        return await _demo(args, stop, sale, catalog_path)
+
+
+def _plan(catalog: Catalog) -> Plan:
+    stock = {p.sku: p.stock_grams for p in catalog if p.stock_grams is not None}
+    return Plan(TARGET_GRAMS, stock)
+
+
+async def _demo(args: argparse.Namespace, stop: asyncio.Event, sale: Sale, catalog: Path) -> int:
+    products = load_catalog(DEMO_CATALOG.read_bytes(), str(catalog))
+    # The comment orders the sale must give, worked out beside the ingester (seconds of CPU).
+    comment_orders = asyncio.create_task(
+        asyncio.to_thread(comment_order_totals, sale.deliveries, products),
+        name="demo.comment-orders",
+    )
+    try:
+        return await _run(args, stop, sale, (catalog, products), comment_orders)
+    finally:
+        comment_orders.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await comment_orders
+
+
+async def _run(
+    args: argparse.Namespace,
+    stop: asyncio.Event,
+    sale: Sale,
+    catalog: tuple[Path, Catalog],
+    comment_orders: asyncio.Task[dict[str, int]],
+) -> int:
+    stream = sale.stream
     mqtt = MqttOrders(args.mqtt, sale, args.speed) if args.mqtt else None
     if mqtt is not None and not mqtt.reachable():
         print(f"No MQTT broker answers at {args.mqtt}: start one or drop --mqtt.", file=sys.stderr)
@@ -221,7 +278,9 @@ async def demo(args: argparse.Namespace, stop: asyncio.Event) -> int:
         async with FeedServer(mqtt.rest if mqtt else sale, speed=args.speed, retime=True) as feed:
             path = Path(args.config) if args.config else DEMO_CONFIG
             try:
-                config = demo_config(path, feed.url, url, args.http, mqtt)
+                config = demo_config(
+                    path, feed.url, url, args.http, mqtt, stream=(stream, catalog[0])
+                )
             except config_module.ConfigError as exc:
                 print(f"invalid configuration: {exc}", file=sys.stderr)
                 return 2
@@ -229,7 +288,7 @@ async def demo(args: argparse.Namespace, stop: asyncio.Event) -> int:
             ingester_stop = asyncio.Event()
             running = asyncio.create_task(ingester.run(ingester_stop), name="demo.ingester")
             publishing: asyncio.Task[None] | None = None
-            view = View(sale, plain=args.plain or not sys.stdout.isatty())
+            view = View(sale, plain=args.plain or not sys.stdout.isatty(), plan=_plan(catalog[1]))
             try:
                 await ingester.started.wait()
                 if mqtt is not None:
@@ -238,7 +297,14 @@ async def demo(args: argparse.Namespace, stop: asyncio.Event) -> int:
                 host, _ = config_module.split_listen(args.http)
                 view.announce(url, f"http://{host}:{ingester.http_port}/metrics")
                 progress = Progress(feed, mqtt)
-                problems = await _watch(ingester, progress, view, stop, args.exit_when_done)
+                problems = await _watch(
+                    ingester,
+                    progress,
+                    view,
+                    stop,
+                    args.exit_when_done,
+                    comment_orders=comment_orders,
+                )
                 await _write_report(ingester, stream, args.report)
             finally:
                 if publishing is not None:
@@ -291,7 +357,13 @@ async def _until_receiving(ingester: Ingester, source: str) -> None:
 
 
 async def _watch(
-    ingester: Ingester, progress: Progress, view: View, stop: asyncio.Event, exit_when_done: bool
+    ingester: Ingester,
+    progress: Progress,
+    view: View,
+    stop: asyncio.Event,
+    exit_when_done: bool,
+    *,
+    comment_orders: asyncio.Task[dict[str, int]],
 ) -> list[str]:
     """Refresh the view until stopped (or, with exit_when_done, until the sale is counted).
 
@@ -305,7 +377,7 @@ async def _watch(
             (totals,) = await ingester.store.totals([stream])
             view.update(totals, progress.sent, progress.total)
             if progress.done and ingester.committer.buffered == 0:
-                problems = mismatches(view.sale.expected, totals)
+                problems = mismatches(view.sale.expected, totals, await comment_orders)
                 if not problems:
                     view.finished()
                     if exit_when_done:

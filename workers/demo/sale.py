@@ -20,6 +20,10 @@ from typing import Generic, TypeVar
 
 import orjson
 
+from ingest.catalog import Catalog
+from ingest.comment_orders import CommentParser
+from workers.catalogs import comment_intents
+
 __all__ = [
     "CURRENCY_DECIMALS",
     "DEFAULT_START",
@@ -28,6 +32,7 @@ __all__ = [
     "Delivery",
     "Expected",
     "Sale",
+    "comment_order_totals",
     "expected_from",
     "frames",
     "lychee_sale",
@@ -128,6 +133,12 @@ _VN_TEXTS = tuple(
     for text in (
         "chốt {sku} {n} thùng",
         "chốt {sku} {n} hộp",
+        "chốt {sku} {n} hộp sđt {phone}",
+        "{sku} x{n} {phone}",
+        "lấy {sku} {n} hộp nha shop, {phone}",
+        "hủy {sku} nha shop",
+        "hủy đơn giúp em",
+        "chốt VT03 {n} hộp",
         "{sku} {kg}kg",
         "em lấy {sku} {n} hộp nhé",
         "còn {sku} không shop?",
@@ -317,9 +328,16 @@ def _draft_order(rng: random.Random) -> _Order:
 
 
 def _order_events(
-    rng: random.Random, stream: str, seconds: float, target_grams: int, clock: _Clock
+    rng: random.Random,
+    stream: str,
+    seconds: float,
+    target_grams: int,
+    clock: _Clock,
+    *,
+    unweighed_share: float = 0.0,
 ) -> tuple[list[tuple[float, Event]], list[tuple[float, Event]]]:
-    """Created orders until ``target_grams`` is reached, and about 2% cancellations."""
+    """Created orders until ``target_grams`` is reached, and about 2% cancellations; a line
+    item leaves out its grams with probability ``unweighed_share`` (the catalog knows them)."""
     drafts: list[_Order] = []
     total = 0
     while total < target_grams:
@@ -343,9 +361,10 @@ def _order_events(
             sku = _SKUS[code]
             price = sku.price_minor[currency]
             amount += price * qty
-            items.append(
-                {"sku": code, "qty": qty, "grams": sku.grams, "price": _major(price, currency)}
-            )
+            item: dict[str, object] = {"sku": code, "qty": qty, "grams": sku.grams}
+            if unweighed_share and rng.random() < unweighed_share:
+                del item["grams"]
+            items.append(item | {"price": _major(price, currency)})
         event: Event = {
             "kind": "order",
             "id": f"ord-{100_001 + n}",
@@ -403,7 +422,15 @@ def _comment_text(rng: random.Random, english: bool) -> str:
         region=_REGIONS.pick(rng),
         city=rng.choice(_CITIES),
         currency=rng.choice(("USD", "AUD", "JPY")),
+        phone=_phone(rng),
     )
+
+
+def _phone(rng: random.Random) -> str:
+    """A made-up Vietnamese mobile number as buyers write it: ``09x xxx xxxx``, dotted or not."""
+    digits = f"0{rng.choice('35789')}{rng.randrange(10**8):08d}"
+    sep = rng.choice(("", " ", "."))
+    return f"{digits[:4]}{sep}{digits[4:7]}{sep}{digits[7:]}"
 
 
 def _comment_events(
@@ -510,16 +537,23 @@ def lychee_sale(
     target_grams: int = 54_000_000,
     start: datetime = DEFAULT_START,
     duplicate_share: float = 0.15,
+    unweighed_share: float = 0.0,
 ) -> Sale:
-    """Generate a Luc Ngan lychee livestream sale, deterministic for a given seed."""
+    """Generate a Luc Ngan lychee livestream sale, deterministic for a given seed. With
+    ``unweighed_share``, that share of order lines comes without grams: counted exactly only
+    by an ingester with the demo's catalog (``catalog.csv`` beside this module)."""
     if hours <= 0 or target_grams <= 0:
         raise ValueError("hours and target_grams must be positive")
     if not 0.0 <= duplicate_share < 1.0:
         raise ValueError("duplicate_share must be in [0, 1)")
+    if not 0.0 <= unweighed_share <= 1.0:
+        raise ValueError("unweighed_share must be in [0, 1]")
     rng = random.Random(seed)
     clock = _Clock(start)
     seconds = hours * 3600.0
-    created, cancelled = _order_events(rng, stream, seconds, target_grams, clock)
+    created, cancelled = _order_events(
+        rng, stream, seconds, target_grams, clock, unweighed_share=unweighed_share
+    )
     comments = _comment_events(rng, stream, seconds, round(len(created) * 3.3), clock)
     viewers = _viewer_events(rng, stream, seconds, clock)
 
@@ -642,11 +676,68 @@ def _order_grams(order: Event, per_sku: Counter[str] | None) -> int:
     assert isinstance(items, list)
     total = 0
     for item in items:
-        weight = int(item["qty"]) * int(item["grams"])
+        grams = item.get("grams", _SKUS[str(item["sku"])].grams)  # else the catalog's
+        weight = int(item["qty"]) * int(grams)
         total += weight
         if per_sku is not None:
             per_sku[str(item["sku"])] += weight
     return total
+
+
+# -- comment orders -------------------------------------------------------------------------------
+
+
+def comment_order_totals(deliveries: Iterable[Delivery], catalog: Catalog) -> dict[str, int]:
+    """The comment-order counters (fields of the stream's totals, as the store keeps them) a
+    sale must give with ``catalog``: each comment as the parser reads it, counted by the rules
+    of issue 14 in the order comments are first delivered (the order an ingester commits them)."""
+    parser = CommentParser(catalog)
+    counts: Counter[str] = Counter()
+    held: dict[tuple[str, str], dict[str, int]] = {}
+    seen: set[str] = set()
+    for delivery in deliveries:
+        event = delivery.event
+        if event["kind"] != "comment" or str(event["id"]) in seen:
+            continue
+        seen.add(str(event["id"]))
+        platform = str(event["platform"])
+        reading = comment_intents(parser.parse(str(event.get("text", ""))), catalog)
+        items = held.setdefault((platform, str(event["user"])), {})
+        for kind, sku, quantity, grams in reading.intents:
+            _count_intent(counts, items, platform, (kind, sku, quantity, grams), reading.has_phone)
+    return dict(counts)
+
+
+def _count_intent(
+    counts: Counter[str],
+    items: dict[str, int],
+    platform: str,
+    intent: tuple[str, str, int, str],
+    phone: bool,
+) -> None:
+    """One intent of a buyer whose counted, not withdrawn orders are ``items`` (SKU -> quantity)."""
+    kind, sku, quantity, grams = intent
+    if kind == "w" and not sku:  # "hủy đơn": their only order, else ambiguous
+        if len(items) != 1:
+            counts["comment_ambiguous"] += 1
+            return
+        (sku,) = items
+    if kind == "o":
+        if sku not in items:
+            counts[f"comment_orders|{platform}|{sku}"] += 1
+            counts[f"comment_order_grams|{sku}"] += int(grams)
+            if phone:
+                counts[f"comment_with_phone|{platform}"] += 1
+        elif items[sku] != quantity:
+            counts[f"comment_changes|{platform}"] += 1
+        items[sku] = quantity
+    elif kind == "w" and sku in items:
+        del items[sku]
+        counts[f"comment_withdrawals|{platform}|{sku}"] += 1
+    elif kind == "a":
+        counts["comment_ambiguous"] += 1
+    elif kind == "u":
+        counts[f"comment_unknown_codes|{platform}"] += 1
 
 
 # -- wire encoding --------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from workers.demo.sale import Sale
-from workers.display import Rates, stream_table, summary, top_countries
+from workers.display import Plan, Rates, progress, stream_table, summary, top_countries
 from workers.store import StreamTotals
 
 
@@ -21,8 +21,9 @@ class View:
 
     interval = 1.0
 
-    def __init__(self, sale: Sale, *, plain: bool) -> None:
+    def __init__(self, sale: Sale, *, plain: bool, plan: Plan | None = None) -> None:
         self.sale = sale
+        self.plan = plan
         self.plain = plain
         self.rates = Rates()
         self.console = Console()
@@ -69,7 +70,9 @@ class View:
                 f"sent {sent}/{total}  sold {values['grams'] / 1e6:,.3f} t  "
                 f"orders {values['orders']} ({rates['orders']:,.0f}/min)  "
                 f"kg/min {rates['grams'] / 1000:,.0f}  "
-                f"comments {values['comments']} ({rates['comments']:,.0f}/min)  top: {top}",
+                f"comments {values['comments']} ({rates['comments']:,.0f}/min)  "
+                f"comment orders {values['comment_orders']}  "
+                f"target {progress(totals, self.plan or Plan())}  top: {top}",
                 file=sys.stdout,
                 flush=True,
             )
@@ -83,4 +86,4 @@ class View:
         total: int,
     ) -> Table:
         title = f"Live sale {totals.stream}: {sent:,} / {total:,} deliveries sent"
-        return stream_table(totals, values, rates, title)
+        return stream_table(totals, values, rates, title, self.plan)
