@@ -263,6 +263,8 @@ TL_CANCELLED: Final = "x"
 TL_CANCELLED_GRAMS: Final = "xg"
 TL_CANCELLED_VALUE: Final = "xv"  # |<currency>
 TL_COMMENTS: Final = "c"
+TL_COMMENT_ORDERS: Final = "co"  # buyers' comment orders counted (issue 14)
+TL_COMMENT_WITHDRAWALS: Final = "cw"  # withdrawals of counted comment orders
 TL_VIEWERS: Final = "w"  # |<platform>: the largest count of the minute (by event time)
 
 TOTAL_LIMIT: Final = 9 * 10**18
@@ -736,6 +738,13 @@ for _, r in ipairs(records) do
   -- order is counted with the order, in the order's minute.
   if tag == 'c' or tag == 'p' then  -- a paid comment is a comment of its minute too
     timeline_count(r.minute, 'c')
+    if r.comment_writes then  -- the comment orders and withdrawals it counted
+      for _, w in ipairs(r.comment_writes) do
+        local family = string.match(w[1], '^([^|]*)')
+        if family == 'comment_orders' then timeline_count(r.minute, 'co')
+        elseif family == 'comment_withdrawals' then timeline_count(r.minute, 'cw') end
+      end
+    end
   elseif tag == 'v' then
     timeline_peak(r.minute, 'w|' .. r[4], r[5])
   elseif tag == 'o' then

@@ -78,6 +78,8 @@ class Report:
             "revenue_net_minor": net_value,
             "revenue_gross_minor": dict(sorted(s.value.items())),
             "comments": s.comments,
+            "comment_orders": s.comment_orders,
+            "comment_withdrawals": s.comment_withdrawals,
             "unique_buyers_stream": self.totals.unique_buyers,
             "peak_viewers": max((m.peak_viewers for m in self.minutes), default=0),
         }
@@ -168,6 +170,8 @@ class Report:
                     "cancelled_grams": m.cancelled_grams,
                     "cancelled_value_minor": m.cancelled_value,
                     "comments": m.comments,
+                    "comment_orders": m.comment_orders,
+                    "comment_withdrawals": m.comment_withdrawals,
                     "viewers": m.viewers,
                 }
                 for m in self.minutes
@@ -323,6 +327,7 @@ def markdown(report: Report) -> str:
         f"| unique buyers (whole stream) | {h['unique_buyers_stream']:,} |",
         f"| peak viewers | {h['peak_viewers']:,} |",
         f"| comments | {h['comments']:,} |",
+        f"| comment orders | {h['comment_orders']:,} ({h['comment_withdrawals']:,} withdrawn) |",
         "",
         "## Feed gaps",
         "",

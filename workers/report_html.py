@@ -95,6 +95,7 @@ class _Series:
     cumulative_net: list[int]
     orders: list[int]
     comments: list[int]
+    comment_orders: list[int]
     viewers: list[int]
 
 
@@ -103,7 +104,7 @@ def _series(report: Report) -> _Series:
     span = max(1, last - first + 1)
     step = max(1, math.ceil(span / MAX_BARS))
     n = math.ceil(span / step)
-    grams, net, orders, comments, viewers = ([0] * n for _ in range(5))
+    grams, net, orders, comments, comment_orders, viewers = ([0] * n for _ in range(6))
     peak: list[int | None] = [None] * n
     for m in report.minutes:
         i = (m.minute - first) // step
@@ -113,6 +114,7 @@ def _series(report: Report) -> _Series:
         net[i] += m.grams - m.cancelled_grams
         orders[i] += m.orders
         comments[i] += m.comments
+        comment_orders[i] += m.comment_orders
         if m.viewers:
             peak[i] = max(peak[i] or 0, m.peak_viewers)
     cumulative, total = [], 0
@@ -123,7 +125,7 @@ def _series(report: Report) -> _Series:
     for i, p in enumerate(peak):  # a count holds until the next one
         last_seen = p if p is not None else last_seen
         viewers[i] = last_seen
-    return _Series(first, step, grams, cumulative, orders, comments, viewers)
+    return _Series(first, step, grams, cumulative, orders, comments, comment_orders, viewers)
 
 
 def nice_max(value: float) -> float:
@@ -314,12 +316,18 @@ def charts(report: Report) -> str:
         c.axes(oc_top, None)
         c.line(s.comments, oc_top, PURPLE)
         c.line(s.orders, oc_top, GREEN)
+        if any(s.comment_orders):
+            c.line(s.comment_orders, oc_top, ORANGE)
         return c.done()
 
     both(
         oc,
         f"Orders and comments per {_per(s.step)}",
-        _legend([(GREEN, "orders"), (PURPLE, "comments")], bool(gaps)),
+        _legend(
+            [(GREEN, "orders"), (PURPLE, "comments")]
+            + ([(ORANGE, "comment orders")] if any(s.comment_orders) else []),
+            bool(gaps),
+        ),
     )
     v_top = nice_max(max(s.viewers, default=0))
 
@@ -400,7 +408,11 @@ def html(report: Report) -> str:
             _card("Revenue, net of cancellations", revenue or _value("–"), wide=True),
             _card("Unique buyers", _value(f"{h['unique_buyers_stream']:,}"), "whole stream"),
             _card("Peak viewers", _value(f"{h['peak_viewers']:,}"), "all platforms"),
-            _card("Comments", _value(f"{h['comments']:,}")),
+            _card(
+                "Comments",
+                _value(f"{h['comments']:,}"),
+                f"{h['comment_orders']:,} comment orders, {h['comment_withdrawals']:,} withdrawn",
+            ),
         ]
     )
     if report.gaps:

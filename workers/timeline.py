@@ -32,6 +32,9 @@ class Minute:
     cancelled_grams: int = 0
     cancelled_value: dict[str, int] = dataclasses.field(default_factory=dict)
     comments: int = 0
+    comment_orders: int = 0
+    """Buyers' comment orders counted (streams with a catalog)."""
+    comment_withdrawals: int = 0
     viewers: dict[str, int] = dataclasses.field(default_factory=dict)
     """Platform -> the largest count reported within the minute."""
 
@@ -43,6 +46,18 @@ class Minute:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+_PLAIN = {
+    keys.TL_ORDERS: "orders",
+    keys.TL_GRAMS: "grams",
+    keys.TL_CANCELLED: "cancelled",
+    keys.TL_CANCELLED_GRAMS: "cancelled_grams",
+    keys.TL_COMMENTS: "comments",
+    keys.TL_COMMENT_ORDERS: "comment_orders",
+    keys.TL_COMMENT_WITHDRAWALS: "comment_withdrawals",
+}
+"""Timeline fields that are one integer counter of a minute, and its attribute."""
 
 
 def parse_span(n: int, fields: Mapping[Any, Any]) -> dict[int, Minute]:
@@ -58,20 +73,13 @@ def parse_span(n: int, fields: Mapping[Any, Any]) -> dict[int, Minute]:
         if m is None:
             m = minutes[minute] = Minute(minute)
         value = int(raw_value)
-        if name == keys.TL_ORDERS:
-            m.orders += value
-        elif name == keys.TL_GRAMS:
-            m.grams += value
+        plain = _PLAIN.get(name)
+        if plain is not None:
+            setattr(m, plain, getattr(m, plain) + value)
         elif name == keys.TL_VALUE:
             m.value[label] = m.value.get(label, 0) + value
-        elif name == keys.TL_CANCELLED:
-            m.cancelled += value
-        elif name == keys.TL_CANCELLED_GRAMS:
-            m.cancelled_grams += value
         elif name == keys.TL_CANCELLED_VALUE:
             m.cancelled_value[label] = m.cancelled_value.get(label, 0) + value
-        elif name == keys.TL_COMMENTS:
-            m.comments += value
         elif name == keys.TL_VIEWERS:
             m.viewers[label] = max(m.viewers.get(label, 0), value)
     return minutes
@@ -113,6 +121,8 @@ def sum_minutes(minutes: Iterable[Minute]) -> Minute:
         total.cancelled += m.cancelled
         total.cancelled_grams += m.cancelled_grams
         total.comments += m.comments
+        total.comment_orders += m.comment_orders
+        total.comment_withdrawals += m.comment_withdrawals
         for currency, minor in m.value.items():
             total.value[currency] = total.value.get(currency, 0) + minor
         for currency, minor in m.cancelled_value.items():

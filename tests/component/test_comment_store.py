@@ -19,6 +19,7 @@ from workers.catalogs import comment_intents
 from workers.keys import StreamKeys
 from workers.runtime import redis_client
 from workers.store import CommentReading, Outcome, Store, StoreSettings, buyer_digest
+from workers.timeline import read_timeline, sum_minutes
 
 CATALOG = Catalog(
     (
@@ -237,6 +238,11 @@ async def test_duplicate_deliveries_and_replays_decide_nothing_twice(
             "comment_changes|tiktok": 1,
         }
     )
+    # The timeline counts each in its comment's minute, once (issue 15's buckets).
+    first = sale[0].ts_ms // 60_000
+    minutes = await read_timeline(redis, stream, first - 1, first + 1)
+    day = sum_minutes(minutes)
+    assert (day.comments, day.comment_orders, day.comment_withdrawals) == (6, 3, 2)
 
 
 @pytest.mark.asyncio
