@@ -39,6 +39,11 @@ from tests.e2e.support import (
     webhook_source,
     write_config,
 )
+from tests.e2e.test_facebook import TOKEN_ENV as FACEBOOK_TOKEN_ENV
+from tests.e2e.test_facebook import facebook_source
+from tests.e2e.test_youtube import environment as youtube_environment
+from tests.e2e.test_youtube import youtube_source
+from tests.facebook_api import FacebookApi
 from tests.platforms import EventSubServer, Shop
 from tests.servers import RedisServer, free_port
 from tests.stack import (
@@ -53,6 +58,7 @@ from tests.stack import (
     tool,
 )
 from tests.waiting import UNIT, until
+from tests.youtube_api import YouTubeApi
 from workers.demo.sale import frames, lychee_sale
 
 RATE_INTERVAL = "10s"
@@ -280,9 +286,11 @@ async def test_every_dashboard_query_and_rule_against_a_real_prometheus(
     hooks = [free_port(), free_port()]
     prometheus = Prometheus(tmp_path, [f"127.0.0.1:{port}" for port in ports])
     twitch = EventSubServer()
+    youtube, facebook = YouTubeApi(), FacebookApi(retry_ms=50)
     # Besides the sale's feed, each replica has the platform sources, so that their panels
-    # have series: EventSub (revocations at 0; its token refreshed, failures at 0) and a
-    # Shopify endpoint (ignored, refused) on TLS (certificate panels).
+    # have series: EventSub (revocations at 0; its token refreshed, failures at 0), a
+    # Shopify endpoint (ignored, refused) on TLS (certificate panels), a YouTube chat (paid
+    # comments, API errors and quota at 0) and a Facebook live video that ends (source ended).
     certificates = Certificates(tmp_path)
     replicas = [
         IngesterProcess(
@@ -292,16 +300,29 @@ async def test_every_dashboard_query_and_rule_against_a_real_prometheus(
                 http_port=port,
                 sources=client_source("feed", feed.url(f"replica-{n}"))
                 + eventsub_source(twitch, stream, Refreshing(tmp_path / f"refresh-{n}"))
+                + youtube_source(youtube, stream)
+                + facebook_source(facebook, stream)
                 + webhook_source(hook, stream)
                 + f"tls = {certificates.toml()}\n"
                 + catalog_tables(tmp_path, stream),
             ),
             port,
-            env={**twitch_environment(twitch), SECRET_ENV: SECRET},
+            env={
+                **twitch_environment(twitch),
+                **youtube_environment(youtube),
+                FACEBOOK_TOKEN_ENV: next(iter(facebook.valid_tokens)),
+                SECRET_ENV: SECRET,
+            },
         )
         for n, (port, hook) in enumerate(zip(ports, hooks, strict=True))
     ]
-    async with feed.serving(), twitch.serving(), aiohttp.ClientSession() as http:
+    async with (
+        feed.serving(),
+        twitch.serving(),
+        youtube.serving(),
+        facebook.serving(),
+        aiohttp.ClientSession() as http,
+    ):
         with prometheus.running():
             checks = Checks(http, prometheus, stream)
 
@@ -314,6 +335,10 @@ async def test_every_dashboard_query_and_rule_against_a_real_prometheus(
 
             await until(ready, 20, "prometheus to be ready")
             with replicas[0], replicas[1]:
+                youtube.text("chốt VT01")
+                youtube.super_chat(20_000 * 1_000_000, "VND")
+                await facebook.comment()
+                facebook.end()
                 for hook in hooks:
                     shop = Shop(
                         f"https://127.0.0.1:{hook}/webhooks/shopify",
