@@ -434,7 +434,7 @@ class Bench:
             async with Ingester(self.workdir, redis.url, source, "mqtt") as ing:
                 await ing.wait_connected()
                 start, cpu0 = time.perf_counter(), cpu_seconds(ing.pid)
-                done = await ing.wait_handled(n, poll=0.05)
+                done = await ing.wait_handled(n, poll=0.25)
                 cpu = cpu_seconds(ing.pid) - cpu0
                 values = await asyncio.to_thread(scrape, ing.http)
             batches = values.get("livestream_ingest_commit_batch_events_count", 0.0)
@@ -692,8 +692,11 @@ async def _publish(port: int, messages: list[tuple[str, bytes]]) -> None:
 async def _mqtt_bare(port: int, n: int) -> dict[str, float]:
     """``bench.peers mqtt-bare``: drain ``n`` messages of the session "bench-bare" (0: create
     it); its rate and CPU per message."""
+    profile = os.environ.get("BENCH_PROFILE")
+    wrap = ["-m", "cProfile", "-o", f"{profile}.bare{n}"] if profile else []
     process = await asyncio.create_subprocess_exec(
         sys.executable,
+        *wrap,
         "-m",
         "bench.peers",
         "mqtt-bare",
@@ -827,9 +830,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes: check the bench works")
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (default 3)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
-    parser.add_argument(
-        "--only", choices=["scrape", "mqtt", "orders"], help="run one section only"
-    )
+    parser.add_argument("--only", choices=["scrape", "mqtt", "orders"], help="run one section only")
     parser.add_argument("--mqtt-messages", type=int, help="the MQTT backlog (default 100,000)")
     args = parser.parse_args()
     sizes = Sizes.quick() if args.quick else Sizes.full()

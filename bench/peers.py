@@ -27,10 +27,11 @@ from typing import Any
 
 import aiohttp
 import orjson
-from prometheus_client import CollectorRegistry, Counter
 import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 
@@ -117,9 +118,7 @@ async def scrapers(url: str, n: int, seconds: float) -> dict[str, Any]:
 
 def mqtt_bare(port: int, n: int, client_id: str, receive_maximum: int = 1000) -> dict[str, float]:
     """Receive + acknowledge only, with paho's own network loop (see the module's docstring)."""
-    client = paho.Client(
-        paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5
-    )
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
     properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     properties.SessionExpiryInterval = 86_400
     properties.ReceiveMaximum = receive_maximum
@@ -165,7 +164,8 @@ def main() -> None:
     if mode == "ceiling":
         result = asyncio.run(ceiling(url, n))
     elif mode == "mqtt-bare":
-        result = mqtt_bare(int(url), n, *sys.argv[4:5], *map(int, sys.argv[5:6]))
+        receive_maximum = int(sys.argv[5]) if len(sys.argv) > 5 else 1000
+        result = mqtt_bare(int(url), n, sys.argv[4], receive_maximum)
     elif mode == "scrapers":
         result = asyncio.run(scrapers(url, n, float(sys.argv[4])))
     else:
