@@ -22,6 +22,10 @@ event, while the socket has input, so paho always reaches the error or the end o
 Backpressure: the broker sends at most ``receive_maximum`` unacknowledged QoS 1 messages (MQTT 5
 Receive Maximum), so an ingester that stops acknowledging — because its buffer is full — stops
 the flow at the broker instead of queueing without bound here.
+
+Throughput: the consumer hands every message already read to the sink as one frame (at most a
+quarter of ``receive_maximum``), so a backlog is committed in batches of hundreds rather than
+message by message; while consuming, the reader stays at most half of ``receive_maximum`` ahead.
 """
 
 from __future__ import annotations
