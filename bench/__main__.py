@@ -184,8 +184,10 @@ class Ingester:
         self.process: asyncio.subprocess.Process | None = None
 
     async def __aenter__(self) -> Ingester:
+        profile = os.environ.get("BENCH_PROFILE")  # a cProfile output file for the ingester
+        wrap = ["-m", "cProfile", "-o", f"{profile}.{self.http}"] if profile else []
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "workers", "run", "-c", str(self.config)
+            sys.executable, *wrap, "-m", "workers", "run", "-c", str(self.config)
         )
         for _ in range(300):
             with contextlib.suppress(OSError):
@@ -273,9 +275,11 @@ class Bench:
         finally:
             redis.close()
 
-    async def pipeline(self, frames: list[bytes], detail: bool = False) -> dict[str, float]:
+    async def pipeline(
+        self, frames: list[bytes], detail: bool = False, per_frame: int = 1
+    ) -> dict[str, float]:
         """One ingester process to committed totals; with ``detail``, CPU split and Redis
-        memory and CPU per event."""
+        memory and CPU per event. ``per_frame``: events in each frame."""
         redis = self.fresh_redis()
         client = Redis.from_url(redis.url)
         try:
@@ -287,10 +291,10 @@ class Bench:
                 memory0 = (await client.info("memory"))["used_memory"]
                 redis_cpu0 = _redis_cpu(await client.info("cpu"))
                 own_cpu0, ing_cpu0 = _self_cpu(), cpu_seconds(ing.pid)
-                done = await ing.wait_handled(len(frames))
+                done = await ing.wait_handled(len(frames) * per_frame)
                 assert feed.started is not None
                 seconds = done - feed.started
-                result = {"rate": len(frames) / seconds}
+                result = {"rate": len(frames) * per_frame / seconds}
                 if detail:
                     redis_cpu = _redis_cpu(await client.info("cpu")) - redis_cpu0
                     ing_cpu = cpu_seconds(ing.pid) - ing_cpu0
@@ -403,8 +407,13 @@ class Bench:
             "growth": values[1] / values[0] - 1,
         }
 
-    async def mqtt(self) -> float:
-        """Drain rate of QoS 1 messages queued for the ingester's session while it was away."""
+    async def mqtt(self) -> dict[str, float]:
+        """Drain rates of QoS 1 messages queued for two persistent sessions while they were
+        away: a bare paho-mqtt subscriber's (receive + acknowledge only, ``bench.peers
+        mqtt-bare``) and the ingester's (acknowledging after commit), each draining alone,
+        the bare one timed from its first message to its last, the ingester from its
+        connection to its last commit; with the ingester's CPU per event and
+        events per commit."""
         n = self.sizes.mqtt
         redis, broker = self.fresh_redis(), Mosquitto()
         broker.start()
@@ -414,17 +423,30 @@ class Bench:
                 f'url = "mqtt://127.0.0.1:{broker.port}"\nclient_id = "bench"\n'
                 f'topics = [{{ pattern = "bench/{{stream}}/events" }}]\n'
             )
+            await _mqtt_bare(broker.port, 0)  # its session, subscribed
             async with Ingester(self.workdir, redis.url, source, "mqtt") as ing:
                 await ing.wait_connected()
             messages = [
                 (f"bench/{orjson.loads(f)['stream']}/events", f) for f in self.workload.frames(n)
             ]
             await _publish(broker.port, messages)
+            bare = await _mqtt_bare(broker.port, n)
             async with Ingester(self.workdir, redis.url, source, "mqtt") as ing:
                 await ing.wait_connected()
-                start = time.perf_counter()
-                done = await ing.wait_handled(n, poll=0.05)
-            return n / (done - start)
+                start, cpu0 = time.perf_counter(), cpu_seconds(ing.pid)
+                done = await ing.wait_handled(n, poll=0.25)
+                cpu = cpu_seconds(ing.pid) - cpu0
+                values = await asyncio.to_thread(scrape, ing.http)
+            batches = values.get("livestream_ingest_commit_batch_events_count", 0.0)
+            rate = n / (done - start)
+            return {
+                "rate": rate,
+                "bare": bare["rate"],
+                "ratio_to_bare": rate / bare["rate"],
+                "bare_cpu_us_per_event": bare["cpu_us_per_event"],
+                "ingester_cpu_us_per_event": cpu / n * 1e6,
+                "events_per_commit": n / batches if batches else 0.0,
+            }
         finally:
             broker.close()
             redis.close()
@@ -457,6 +479,39 @@ class Bench:
             say(f"scrapes with {streams} streams: {out[f'scrape_{streams}']}")
         return out
 
+    async def run_mqtt(self) -> dict[str, Any]:
+        out = self.results
+        runs = [await self.mqtt() for _ in range(self.runs)]
+        out["mqtt"] = spread([run["rate"] for run in runs])
+        out["mqtt_detail"] = {k: spread([run[k] for run in runs]) for k in runs[0] if k != "rate"}
+        say(f"mqtt: {out['mqtt']}; {out['mqtt_detail']}")
+        return out
+
+    async def run_orders(self) -> dict[str, Any]:
+        """Ceiling, pipeline and naive peer on the order-heavy workload (``orders_`` figures,
+        in events/s: each frame is a JSON array of ``per_frame`` events)."""
+        r, sizes, out = self.runs, self.sizes, self.results
+        workload = Workload.orders_heavy()
+        per = workload.per_frame
+        frames = list(workload.frames(sizes.throughput))
+        say(f"orders workload: {len(frames):,} frames of {per} events")
+        ceiling = [await self.ceiling(frames) * per for _ in range(r)]
+        out["orders_ceiling"] = spread(ceiling)
+        say(f"orders ceiling: {out['orders_ceiling']}")
+        pipeline = [(await self.pipeline(frames, per_frame=per))["rate"] for _ in range(r)]
+        out["orders_pipeline"] = spread(pipeline)
+        say(f"orders pipeline: {out['orders_pipeline']}")
+        naive_frames = frames[: sizes.naive // per]
+        out["orders_naive"] = spread([await self.naive(naive_frames) * per for _ in range(r)])
+        say(f"orders naive: {out['orders_naive']}")
+        out["orders_ratio_to_ceiling"] = (
+            out["orders_pipeline"]["median"] / out["orders_ceiling"]["median"]
+        )
+        out["orders_ratio_to_naive"] = (
+            out["orders_pipeline"]["median"] / out["orders_naive"]["median"]
+        )
+        return out
+
     async def run(self) -> dict[str, Any]:
         r, sizes, out = self.runs, self.sizes, self.results
         frames = self.frames(sizes.throughput)[0]
@@ -478,8 +533,8 @@ class Bench:
             say(f"latency at {rate}/s: {out[f'latency_{rate}']}")
         out["rss"] = await self.rss()
         say(f"rss: {out['rss']}")
-        out["mqtt"] = spread([await self.mqtt() for _ in range(r)])
-        say(f"mqtt: {out['mqtt']}")
+        await self.run_mqtt()
+        await self.run_orders()
         for processes in (1, 2, 4):
             out[f"scaling_{processes}"] = spread([await self.scaling(processes) for _ in range(r)])
             say(f"scaling {processes}: {out[f'scaling_{processes}']}")
@@ -634,6 +689,27 @@ async def _publish(port: int, messages: list[tuple[str, bytes]]) -> None:
     await asyncio.gather(*(Publisher("127.0.0.1", port, chunk).run() for chunk in chunks))
 
 
+async def _mqtt_bare(port: int, n: int) -> dict[str, float]:
+    """``bench.peers mqtt-bare``: drain ``n`` messages of the session "bench-bare" (0: create
+    it); its rate and CPU per message."""
+    profile = os.environ.get("BENCH_PROFILE")
+    wrap = ["-m", "cProfile", "-o", f"{profile}.bare{n}"] if profile else []
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *wrap,
+        "-m",
+        "bench.peers",
+        "mqtt-bare",
+        str(port),
+        str(n),
+        "bench-bare",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await process.communicate()
+    result: dict[str, float] = orjson.loads(out)
+    return result
+
+
 def _redis_cpu(info: dict[str, Any]) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
@@ -668,6 +744,45 @@ def scrape_table(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def mqtt_line(out: dict[str, Any]) -> str:
+    d = out["mqtt_detail"]
+    return (
+        f"- MQTT drain against the bare paho subscriber: {d['ratio_to_bare']['median']:.2f}x "
+        f"(min {d['ratio_to_bare']['min']:.2f}, max {d['ratio_to_bare']['max']:.2f}); "
+        f"ingester {d['ingester_cpu_us_per_event']['median']:.1f} µs CPU per event (bare "
+        f"subscriber {d['bare_cpu_us_per_event']['median']:.1f} µs), "
+        f"{d['events_per_commit']['median']:,.0f} events per commit"
+    )
+
+
+def mqtt_table(out: dict[str, Any]) -> str:
+    def row(name: str, s: dict[str, float], unit: str) -> str:
+        return f"| {name} | {s['median']:,.0f} | {s['min']:,.0f} | {s['max']:,.0f} | {unit} |"
+
+    lines = ["| measure | median | min | max | unit |", "|---|---|---|---|---|"]
+    lines.append(row("MQTT QoS 1 drain", out["mqtt"], "events/s"))
+    lines.append(row("bare paho subscriber, same backlog", out["mqtt_detail"]["bare"], "msgs/s"))
+    return "\n".join([*lines, "", mqtt_line(out)])
+
+
+def orders_table(out: dict[str, Any]) -> str:
+    def row(name: str, s: dict[str, float]) -> str:
+        return f"| {name} | {s['median']:,.0f} | {s['min']:,.0f} | {s['max']:,.0f} | events/s |"
+
+    return "\n".join(
+        [
+            "| order-heavy workload | median | min | max | unit |",
+            "|---|---|---|---|---|",
+            row("ceiling: receive + parse only", out["orders_ceiling"]),
+            row("our pipeline, one process", out["orders_pipeline"]),
+            row("naive peer", out["orders_naive"]),
+            "",
+            f"- order-heavy: ratio to the ceiling {out['orders_ratio_to_ceiling']:.2f}; to the "
+            f"naive peer {out['orders_ratio_to_naive']:.1f}x",
+        ]
+    )
+
+
 def table(out: dict[str, Any]) -> str:
     def row(name: str, s: dict[str, float], unit: str) -> str:
         return f"| {name} | {s['median']:,.0f} | {s['min']:,.0f} | {s['max']:,.0f} | {unit} |"
@@ -685,6 +800,7 @@ def table(out: dict[str, Any]) -> str:
                 f"{s['max']:.1f} | ms |"
             )
     lines.append(row("MQTT QoS 1 drain", out["mqtt"], "events/s"))
+    lines.append(row("bare paho subscriber, same backlog", out["mqtt_detail"]["bare"], "msgs/s"))
     for p in (1, 2, 4):
         lines.append(row(f"{p} process(es), partitioned", out[f"scaling_{p}"], "events/s"))
     d, rss = out["detail"], out["rss"]
@@ -700,6 +816,9 @@ def table(out: dict[str, Any]) -> str:
         f"- ingester RSS: {rss['rss_start_mb']:.0f} MB at start, "
         + ", ".join(f"{v:.0f} MB {k[7:-3]}" for k, v in rss.items() if k.startswith("rss_at_"))
         + f" events (growth {rss['growth']:.1%})",
+        mqtt_line(out),
+        "",
+        orders_table(out),
         "",
         scrape_table(out),
     ]
@@ -711,18 +830,23 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes: check the bench works")
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (default 3)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
-    parser.add_argument("--only", choices=["scrape"], help="run one section only")
+    parser.add_argument("--only", choices=["scrape", "mqtt", "orders"], help="run one section only")
+    parser.add_argument("--mqtt-messages", type=int, help="the MQTT backlog (default 100,000)")
     args = parser.parse_args()
     sizes = Sizes.quick() if args.quick else Sizes.full()
+    if args.mqtt_messages:
+        sizes = dataclasses.replace(sizes, mqtt=args.mqtt_messages)
     with tempfile.TemporaryDirectory(prefix="li-bench-") as tmp:
         bench = Bench(sizes, args.runs, Path(tmp))
-        out = asyncio.run(bench.run_scrapes() if args.only == "scrape" else bench.run())
+        sections = {"scrape": bench.run_scrapes, "mqtt": bench.run_mqtt, "orders": bench.run_orders}
+        out = asyncio.run(sections[args.only]() if args.only else bench.run())
     out["machine"] = {"cores": os.cpu_count(), "python": sys.version.split()[0]}
     out["sizes"] = dataclasses.asdict(sizes)
     path = args.out or RESULTS / time.strftime("%Y%m%d-%H%M%S.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2), encoding="utf-8")
-    print(scrape_table(out) if args.only == "scrape" else table(out))
+    tables = {"scrape": scrape_table, "mqtt": mqtt_table, "orders": orders_table}
+    print(tables[args.only](out) if args.only else table(out))
     print(f"\nresults: {path}")
 
 

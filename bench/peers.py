@@ -9,6 +9,13 @@ per-process prometheus counters. Both print one JSON line: events, seconds, even
     python -m bench.peers ceiling URL N
     python -m bench.peers naive URL N REDIS_URL
     python -m bench.peers scrapers URL N SECONDS    # N clients scraping URL back to back
+    python -m bench.peers mqtt-bare PORT N CLIENT_ID [RECEIVE_MAXIMUM]
+
+``mqtt-bare``: a bare paho-mqtt subscriber that resumes the persistent MQTT 5 session
+``CLIENT_ID`` on the broker at 127.0.0.1:``PORT`` and only receives and acknowledges (paho's own
+QoS 1 acknowledgement, sent as each message is handed over) until ``N`` messages have arrived:
+the client library's own drain rate, the yardstick of the ingester's. It also prepares a session
+(``N`` = 0: connect, subscribe ``bench/+/events`` at QoS 1, leave).
 """
 
 from __future__ import annotations
@@ -20,6 +27,10 @@ from typing import Any
 
 import aiohttp
 import orjson
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
 from websockets.asyncio.client import connect
@@ -50,7 +61,9 @@ async def naive(url: str, n: int, redis_url: str) -> dict[str, float]:
             async for frame in ws:
                 if count == 0:
                     start = time.perf_counter()
-                await _handle(redis, orjson.loads(frame), events)
+                parsed = orjson.loads(frame)
+                for event in parsed if isinstance(parsed, list) else [parsed]:
+                    await _handle(redis, event, events)
                 count += 1
                 if count == n:
                     break
@@ -76,6 +89,8 @@ async def _handle(redis: Redis, event: dict[str, Any], events: Counter) -> None:
         await redis.hincrby(totals, f"orders|{where}", 1)
         await redis.hincrby(totals, f"grams|{where}", grams)
         await redis.hincrby(totals, f"value|{event['platform']}|VND", int(event["amount"]))
+        if "region" in event:
+            await redis.hincrby(totals, f"region|{event['country']}|{event['region']}", 1)
     else:
         await redis.hincrby(totals, f"cancelled|{event['platform']}", 1)
     events.labels(kind, "accepted").inc()
@@ -101,6 +116,44 @@ async def scrapers(url: str, n: int, seconds: float) -> dict[str, Any]:
     return {"durations": durations, "body_bytes": size}
 
 
+def mqtt_bare(port: int, n: int, client_id: str, receive_maximum: int = 1000) -> dict[str, float]:
+    """Receive + acknowledge only, with paho's own network loop (see the module's docstring)."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties.SessionExpiryInterval = 86_400
+    properties.ReceiveMaximum = receive_maximum
+    count = 0
+    times = [0.0, 0.0]
+
+    def on_message(client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        nonlocal count
+        count += 1
+        if count == 1:
+            times[0] = time.perf_counter()
+        if count >= n:
+            times[1] = time.perf_counter()
+            client.disconnect()
+
+    def on_connect(client: paho.Client, userdata: Any, *args: Any) -> None:
+        if n == 0:
+            client.subscribe("bench/+/events", qos=1)
+
+    def on_subscribe(client: paho.Client, userdata: Any, *args: Any) -> None:
+        if n == 0:
+            client.disconnect()
+
+    client.on_message = on_message
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.connect("127.0.0.1", port, clean_start=False, properties=properties)
+    cpu0 = time.process_time()
+    client.loop_forever()
+    if not n:
+        return {"events": 0}
+    cpu = time.process_time() - cpu0
+    return _result(n, times[1] - times[0]) | {"cpu_us_per_event": cpu / n * 1e6}
+
+
 def _result(n: int, seconds: float) -> dict[str, float]:
     return {"events": n, "seconds": seconds, "rate": n / seconds}
 
@@ -110,6 +163,9 @@ def main() -> None:
     result: dict[str, Any]
     if mode == "ceiling":
         result = asyncio.run(ceiling(url, n))
+    elif mode == "mqtt-bare":
+        receive_maximum = int(sys.argv[5]) if len(sys.argv) > 5 else 1000
+        result = mqtt_bare(int(url), n, sys.argv[4], receive_maximum)
     elif mode == "scrapers":
         result = asyncio.run(scrapers(url, n, float(sys.argv[4])))
     else:

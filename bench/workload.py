@@ -3,6 +3,9 @@
 Per unique event: 70% comments, 15% orders (1-3 items; a tenth of them later cancelled), 15%
 viewer updates, spread over several streams; a configurable share of deliveries repeats a recent
 event (redelivery). One native event per frame, as most relays send them.
+
+``Workload.orders_heavy()`` is the order-heavy mix: 25% orders (1-3 items, with regions), 75%
+comments, three streams, 20% redeliveries, and frames that are JSON arrays of several events.
 """
 
 from __future__ import annotations
@@ -28,15 +31,40 @@ class Workload:
         streams: int = 4,
         duplicate_share: float = 0.2,
         prefix: str = "bench",
+        comment_share: float = 0.70,
+        order_share: float = 0.15,
+        per_frame: int = 1,
     ) -> None:
         self.seed = seed
         self.streams = [f"{prefix}-{n}" for n in range(streams)]
         self.duplicate_share = duplicate_share
+        self.comment_share = comment_share
+        self.order_share = order_share
+        """The rest of the unique events are viewer updates."""
+        self.per_frame = per_frame
+        """Events per frame: 1 sends each as an object, more as a JSON array of that many."""
         self.ts = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
+    @classmethod
+    def orders_heavy(cls, per_frame: int = 4) -> Workload:
+        return cls(streams=3, comment_share=0.75, order_share=0.25, per_frame=per_frame)
+
+    def events(self, frames: list[bytes]) -> int:
+        """Deliveries (events, duplicates included) in ``frames`` of this workload."""
+        return len(frames) * self.per_frame
+
     def frames(self, n: int, *, part: int = 0, parts: int = 1) -> Iterator[bytes]:
-        """``n`` deliveries (unique events and redeliveries) of the streams in partition
-        ``part`` of ``parts``."""
+        """Frames of ``n`` deliveries (unique events and redeliveries) of the streams in
+        partition ``part`` of ``parts``: ``n`` frames, or ``n // per_frame`` JSON arrays."""
+        if self.per_frame == 1:
+            yield from self._deliveries(n, part=part, parts=parts)
+            return
+        deliveries = self._deliveries(n - n % self.per_frame, part=part, parts=parts)
+        for first in deliveries:
+            rest = [next(deliveries) for _ in range(self.per_frame - 1)]
+            yield b"[" + b",".join([first, *rest]) + b"]"
+
+    def _deliveries(self, n: int, *, part: int = 0, parts: int = 1) -> Iterator[bytes]:
         rng = random.Random(self.seed * 1000 + part)
         streams = [s for i, s in enumerate(self.streams) if i % parts == part]
         recent: list[bytes] = []
@@ -64,7 +92,7 @@ class Workload:
         platform = PLATFORMS[i % len(PLATFORMS)]
         roll = rng.random()
         uid = f"p{part}-{i}"
-        if roll < 0.70:
+        if roll < self.comment_share:
             event: dict[str, object] = {
                 "kind": "comment",
                 "id": f"c-{uid}",
@@ -74,7 +102,7 @@ class Workload:
                 "user": f"u-{rng.randrange(50_000)}",
                 "text": "chốt VT05 2 thùng",
             }
-        elif roll < 0.85:
+        elif roll < self.comment_share + self.order_share:
             if orders and rng.random() < 0.1:
                 oid, ostream, oplatform = orders.pop(rng.randrange(len(orders)))
                 event = {

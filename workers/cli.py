@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -69,6 +70,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         # SIGHUP reads the secrets files and TLS certificates again (Ingester.reload), without a
         # restart, instead of ending us.
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, ingester.reload)
+        # What start-up built (modules, schemas, metrics: most of the heap) lives as long as
+        # the process: frozen, the collector's full passes no longer rescan it each time. A
+        # deep MQTT backlog, whose messages survive young collections while they wait for
+        # their commit, triggered such passes often (docs/benchmarks.md, "MQTT").
+        gc.collect()
+        gc.freeze()
         try:
             await ingester.run(stop)
         except ListenError as exc:

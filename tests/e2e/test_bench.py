@@ -28,6 +28,13 @@ def test_the_quick_benchmark_runs_and_writes_every_figure(tmp_path: Path) -> Non
         latency = figures[f"latency_{rate}"]
         assert latency["probes"]["median"] > 0
         assert 0 < latency["p50"]["median"] <= latency["p99"]["median"] <= latency["max"]["median"]
+    mqtt = figures["mqtt_detail"]  # the bare paho subscriber drained the same backlog
+    assert mqtt["bare"]["median"] > 0
+    assert mqtt["ratio_to_bare"]["median"] > 0
+    assert mqtt["events_per_commit"]["median"] >= 1
+    for key in ("orders_ceiling", "orders_pipeline", "orders_naive"):  # order-heavy workload
+        assert figures[key]["median"] > 0, key
+    assert "| order-heavy workload |" in result.stdout
     assert figures["detail"]["dedup_bytes_per_id"] > 0
     rss = figures["rss"]
     assert rss["events"] == 60_000

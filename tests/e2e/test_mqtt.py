@@ -176,6 +176,29 @@ async def test_broker_restart_while_draining_a_resumed_session_recovers_quickly(
         assert reconnects[("mqtt",)] >= 1
 
 
+@pytest.mark.asyncio
+async def test_a_resumed_backlog_drains_in_large_commits_and_counts_exactly(
+    tmp_path: Path, redis_url: str, broker: Mosquitto, stream: str
+) -> None:
+    """The sale is queued for the ingester's session while it is away. The source hands what
+    paho has read to the buffer in bursts, so the backlog is committed in batches of many
+    events; it used to submit message by message, yielding to the loop between two, and the
+    committer then committed every message or two on its own (5-10 events per commit)."""
+    sale = small_sale(stream)
+    data = messages(sale)
+    process = ingester(tmp_path, redis_url, broker, "backlog")
+    with process:
+        await subscribed(process)
+        assert process.terminate() == 0
+    await asyncio.wait_for(make_publisher(broker.port, data).run(), 120 * UNIT)
+    with process:
+        await exact(process.http_port, sale)
+        samples = scrape(process.http_port)
+        commits = select(samples, "livestream_ingest_commit_batch_events_count")[()]
+        committed = select(samples, "livestream_ingest_commit_batch_events_sum")[()]
+    assert committed / commits >= 50, (committed, commits)
+
+
 @contextlib.asynccontextmanager
 async def broker_restarted_while_draining(
     process: IngesterProcess, broker: Mosquitto, data: list[tuple[str, bytes]]
