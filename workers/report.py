@@ -327,11 +327,11 @@ def markdown(report: Report) -> str:
         f"| unique buyers (whole stream) | {h['unique_buyers_stream']:,} |",
         f"| peak viewers | {h['peak_viewers']:,} |",
         f"| comments | {h['comments']:,} |",
-        f"| comment orders | {h['comment_orders']:,} ({h['comment_withdrawals']:,} withdrawn) |",
-        "",
-        "## Feed gaps",
-        "",
     ]
+    if h["comment_orders"] or h["comment_withdrawals"]:  # a stream with a catalog
+        orders, withdrawn = h["comment_orders"], h["comment_withdrawals"]
+        lines.append(f"| comment orders | {orders:,} ({withdrawn:,} withdrawn) |")
+    lines += ["", "## Feed gaps", ""]
     if report.gaps:
         lines += ["| source | from | to | state |", "|---|---|---|---|"]
         for g in report.gaps:

@@ -70,6 +70,8 @@ svg.narrow { display: none; }
   svg.narrow { display: block; }
   main { padding: 14px 10px 30px; }
   .card .value { font-size: 1.25rem; }
+  th.n { white-space: normal; }
+  td.n, th.n { padding-left: 8px; }
 }
 .grid2 { display: grid; grid-template-columns: repeat(auto-fit, minmax(320px, 1fr));
   gap: 0 24px; }
@@ -411,7 +413,9 @@ def html(report: Report) -> str:
             _card(
                 "Comments",
                 _value(f"{h['comments']:,}"),
-                f"{h['comment_orders']:,} comment orders, {h['comment_withdrawals']:,} withdrawn",
+                (f"{h['comment_orders']:,} comment orders, {h['comment_withdrawals']:,} withdrawn")
+                if h["comment_orders"] or h["comment_withdrawals"]
+                else "",
             ),
         ]
     )

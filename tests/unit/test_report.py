@@ -121,3 +121,19 @@ def test_the_time_axis_is_in_the_readers_time_zone() -> None:
     assert "<h2>Over time (UTC+07:00)</h2>" in page
     local_hour = (T0 // 60 + 7) % 24
     assert f">{local_hour:02d}:" in page
+
+
+def test_comment_orders_are_shown_where_the_stream_counted_some() -> None:
+    plain = report()
+    assert "comment orders" not in html(plain)  # a stream without a catalog: nothing to say
+    assert "comment orders" not in markdown(plain)
+    with_orders = report()
+    with_orders.minutes[0].comment_orders = 3
+    with_orders.minutes[1].comment_withdrawals = 1
+    assert with_orders.headline()["comment_orders"] == 3
+    page = html(with_orders)
+    assert "3 comment orders, 1 withdrawn" in page
+    assert "></i>comment orders</span>" in page  # a line of the orders chart, in its legend
+    assert "| comment orders | 3 (1 withdrawn) |" in markdown(with_orders)
+    data = orjson.loads(render(with_orders, "json"))
+    assert [m["comment_orders"] for m in data["minutes"]] == [3, 0]
