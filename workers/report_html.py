@@ -70,8 +70,6 @@ svg.narrow { display: none; }
   svg.narrow { display: block; }
   main { padding: 14px 10px 30px; }
   .card .value { font-size: 1.25rem; }
-  th.n { white-space: normal; }
-  td.n, th.n { padding-left: 8px; }
 }
 .grid2 { display: grid; grid-template-columns: repeat(auto-fit, minmax(320px, 1fr));
   gap: 0 24px; }
@@ -84,6 +82,11 @@ th { color: var(--muted); font-weight: 600; font-size: .85rem; }
 td.n, th.n { text-align: right; padding-right: 0; padding-left: 10px; white-space: nowrap; }
 p.note, p.none { color: var(--muted); font-size: .9rem; }
 footer { color: var(--muted); font-size: .85rem; margin-top: 32px; }
+@media (max-width: 600px) {  /* after the table rules: narrow tables wrap their headers */
+  th.n { white-space: normal; }
+  td.n, th.n { padding-left: 8px; }
+  th, td { padding-right: 6px; }
+}
 """
 
 
