@@ -170,6 +170,12 @@ async def test_report_of_a_demo_sale_in_a_browser_without_network(
             assert await page.evaluate(
                 "document.documentElement.scrollWidth <= window.innerWidth"
             ), name
+            # nor any table wider than its box (it would hide its last column behind a scroll)
+            clipped = await page.evaluate(
+                "[...document.querySelectorAll('.scroll')]"
+                ".filter(e => e.scrollWidth > e.clientWidth + 1).length"
+            )
+            assert clipped == 0, name
             gap_bands = await page.evaluate(
                 f"document.querySelectorAll('{shown} rect[fill=\"#d6336c\"]').length"
             )
