@@ -388,30 +388,34 @@ def mqtt_source(
     return MqttSource(config.name, formats, committer, health, settings)
 
 
-def twitch_tokens(
-    config: WebsocketClientConfig,
-    twitch: TwitchConfig,
+def oauth_tokens(
+    config: WebsocketClientConfig | HttpPollConfig,
+    creds: TwitchConfig | YouTubeConfig,
     health: SourceHealth,
     environ: Mapping[str, str],
+    **platform: Any,
 ) -> Tokens:
-    """The static token ``token_env`` names, or one refreshed with ``refresh_token_env``."""
-    if twitch.refresh_token_env is None:
-        assert twitch.token_env is not None  # validated: one of the two
-        return StaticToken(environ[twitch.token_env])
+    """The static token ``token_env`` names, or one refreshed with ``refresh_token_env`` from
+    the platform's OAuth server (Twitch's or Google's); ``platform``: more RefreshSettings."""
+    if creds.refresh_token_env is None:
+        assert creds.token_env is not None  # validated: one of the two
+        return StaticToken(environ[creds.token_env])
+    assert creds.client_id is not None  # validated with refresh_token_env
     metrics = health.metrics
     refreshes = metrics.token_refreshes.labels(config.name)
     for reason in FAILURE_REASONS:  # at 0, so alerts see the first
         metrics.token_refresh_failures.labels(config.name, reason)
-    secret = environ[twitch.client_secret_env] if twitch.client_secret_env else None
-    file = twitch.refresh_token_file
+    secret = environ[creds.client_secret_env] if creds.client_secret_env else None
+    file = creds.refresh_token_file
     settings = config.settings(
         RefreshSettings,
-        client_id=twitch.client_id,
-        refresh_token=environ[twitch.refresh_token_env],
+        client_id=creds.client_id,
+        refresh_token=environ[creds.refresh_token_env],
         client_secret=secret,
         refresh_token_file=Path(file) if file is not None else None,
-        oauth_url=twitch.oauth_url,
-        refresh_margin=twitch.refresh_margin_seconds,
+        oauth_url=creds.oauth_url,
+        refresh_margin=creds.refresh_margin_seconds,
+        **platform,
     )
     return RefreshingToken(
         settings,
@@ -446,7 +450,7 @@ def eventsub_source(
         health,
         config.settings(EventSubSettings, keepalive_margin=twitch.keepalive_margin_seconds),
         helix=Helix(
-            twitch.helix_url, twitch.client_id, twitch_tokens(config, twitch, health, environ)
+            twitch.helix_url, twitch.client_id, oauth_tokens(config, twitch, health, environ)
         ),
         subscriptions=chat_subscriptions(twitch.broadcaster_user_id, twitch.user_id),
         on_revoked=revoked,
@@ -508,41 +512,6 @@ def facebook_source(
     )
 
 
-def youtube_tokens(
-    config: HttpPollConfig,
-    youtube: YouTubeConfig,
-    health: SourceHealth,
-    environ: Mapping[str, str],
-) -> Tokens:
-    """The static token ``token_env`` names, or one refreshed from Google's OAuth server."""
-    if youtube.refresh_token_env is None:
-        assert youtube.token_env is not None  # validated: one of the two
-        return StaticToken(environ[youtube.token_env])
-    assert youtube.client_id is not None  # validated with refresh_token_env
-    metrics = health.metrics
-    refreshes = metrics.token_refreshes.labels(config.name)
-    for reason in FAILURE_REASONS:  # at 0, so alerts see the first
-        metrics.token_refresh_failures.labels(config.name, reason)
-    secret = environ[youtube.client_secret_env] if youtube.client_secret_env else None
-    file = youtube.refresh_token_file
-    settings = config.settings(
-        RefreshSettings,
-        client_id=youtube.client_id,
-        refresh_token=environ[youtube.refresh_token_env],
-        client_secret=secret,
-        refresh_token_file=Path(file) if file is not None else None,
-        oauth_url=youtube.oauth_url,
-        refresh_margin=youtube.refresh_margin_seconds,
-        validate_interval=math.inf,  # Google's token answer always says expires_in
-        platform="youtube",
-    )
-    return RefreshingToken(
-        settings,
-        on_refreshed=refreshes.inc,
-        on_failure=lambda reason: metrics.token_refresh_failures.labels(config.name, reason).inc(),
-    )
-
-
 def youtube_source(
     config: HttpPollConfig,
     options: FormatOptions,
@@ -578,7 +547,14 @@ def youtube_source(
         committer,
         health,
         settings,
-        tokens=youtube_tokens(config, youtube, health, environ),
+        tokens=oauth_tokens(
+            config,
+            youtube,
+            health,
+            environ,
+            validate_interval=math.inf,  # Google's token answer always says expires_in
+            platform="youtube",
+        ),
         on_api_error=lambda kind: metrics.api_errors.labels(name, kind).inc(),
         on_quota=lambda exhausted: quota.set(1 if exhausted else 0),
         on_ended=lambda reason: metrics.source_ended.labels(name, reason).set(1),
