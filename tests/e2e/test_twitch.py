@@ -183,7 +183,7 @@ async def test_a_silent_session_is_replaced_after_its_keepalive_timeout(
     await until(
         lambda: server.active is not None and server.active is not dead,
         10,
-        "a new session after the keepalive timeout (1 s + 0.5 s margin)",
+        "a new session after the keepalive timeout (1 s + 1.5 s margin)",
     )
     assert server.subscribe_requests == 2  # a new session needs new subscriptions
     for n in range(100):
