@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.waiting import UNIT
 
 
+@pytest.mark.slow  # about a minute: with the soaks, out of CI's budget (scripts/check -m slow)
 def test_the_quick_benchmark_runs_and_writes_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = subprocess.run(
