@@ -29,6 +29,7 @@ from tests.e2e.support import IngesterProcess, exact, scrape, select, small_sale
 from tests.servers import free_port
 from tests.waiting import UNIT, until
 from workers.demo.sale import Sale, lychee_sale
+from workers.keys import StreamKeys
 from workers.store import Store, StoreSettings
 
 TOPIC = "livestream/{stream}/events"
@@ -169,7 +170,7 @@ async def test_broker_restart_while_draining_a_resumed_session_recovers_quickly(
     until the keepalive (30 s, then a ping timeout) gave up."""
     sale = long_sale(stream)
     process = ingester(tmp_path, redis_url, broker, f"drain-{protocol}", protocol=protocol)
-    async with broker_restarted_while_draining(process, broker, messages(sale)):
+    async with broker_restarted_while_draining(process, broker, messages(sale), redis_url, stream):
         # Well within the default keepalive (30 s): recovery must not wait for it.
         await exact(process.http_port, sale, within=8)
         reconnects = select(scrape(process.http_port), "livestream_ingest_source_reconnects_total")
@@ -201,17 +202,34 @@ async def test_a_resumed_backlog_drains_in_large_commits_and_counts_exactly(
 
 @contextlib.asynccontextmanager
 async def broker_restarted_while_draining(
-    process: IngesterProcess, broker: Mosquitto, data: list[tuple[str, bytes]]
+    process: IngesterProcess,
+    broker: Mosquitto,
+    data: list[tuple[str, bytes]],
+    redis_url: str,
+    stream: str,
 ) -> AsyncIterator[None]:
     """``data`` queued for the ingester's session while it is away, the ingester started
     again, and the broker restarted while it drains that backlog (a :func:`long_sale`, so the
-    drain cannot end before the restart on a fast machine)."""
+    drain cannot end before the restart on a fast machine). The start of the drain is watched
+    in Redis, not on /metrics: a scrape can wait behind a burst of commits while the drain runs
+    on (a whole backlog was once drained before a scrape answered)."""
+    totals = StreamKeys(stream).totals
+
+    async def started() -> bool:
+        redis = Redis.from_url(redis_url, decode_responses=True)
+        try:
+            fields = await redis.hgetall(totals)
+        finally:
+            await redis.aclose()
+        kinds = ("comments", "orders")
+        return sum(int(v) for f, v in fields.items() if str(f).split("|")[0] in kinds) >= 300
+
     with process:
         await subscribed(process)
         assert process.terminate() == 0
     await asyncio.wait_for(make_publisher(broker.port, data).run(), 120 * UNIT)
     with process:
-        await until(lambda: sum(handled(process).values()) >= 300, 30, "the drain to start")
+        await until(started, 30, "the drain to start")
         broker.stop()
         assert sum(handled(process).values()) < len(data), "restarted after the drain ended"
         broker.start()
@@ -225,7 +243,8 @@ async def test_sigterm_after_a_broker_restart_mid_drain_exits_0(
     """Was: the session hung (see above), its DISCONNECT never went out, aiomqtt's
     ``__aexit__`` raised after 10 s and the source reconnected instead of stopping."""
     process = ingester(tmp_path, redis_url, broker, "drain-term")
-    async with broker_restarted_while_draining(process, broker, messages(long_sale(stream))):
+    sale = messages(long_sale(stream))
+    async with broker_restarted_while_draining(process, broker, sale, redis_url, stream):
         assert process.process is not None
         process.process.terminate()
         # Ingester(shutdown_deadline=10) and the DISCONNECT's 2 s, with room for a slow machine
