@@ -308,6 +308,14 @@ def _cell(text: object) -> str:
     )
 
 
+def _md_table(title: str, headers: list[str], rows: list[list[str]]) -> list[str]:
+    """A section of the stream's whole-life tables: a heading, then the cells as given."""
+    lines = ["", f"## {title} (whole stream)", "", f"| {' | '.join(headers)} |"]
+    lines.append("|" + "---|" * len(headers))
+    lines += [f"| {' | '.join(row)} |" for row in rows]
+    return lines
+
+
 def markdown(report: Report) -> str:
     h = report.headline()
     lines = [
@@ -341,40 +349,38 @@ def markdown(report: Report) -> str:
             )
     else:
         lines.append("None recorded: every source had a replica receiving throughout.")
-    lines += ["", "## SKUs (whole stream)", "", "| SKU | net kg | cancelled kg |", "|---|---|---|"]
-    for r in report.skus()[:TABLE_ROWS]:
-        lines.append(
-            f"| {_cell(r['sku'])} | {kilograms(r['net_grams'])} | "
-            f"{kilograms(r['cancelled_grams'])} |"
-        )
-    lines += [
-        "",
-        "## Countries (whole stream)",
-        "",
-        "| country | orders | net kg |",
-        "|---|---|---|",
-    ]
-    for r in report.countries()[:TABLE_ROWS]:
-        lines.append(f"| {_cell(r['country'])} | {r['orders']:,} | {kilograms(r['net_grams'])} |")
-    lines += [
-        "",
-        "## Vietnamese provinces (whole stream)",
-        "",
-        "| province | orders |",
-        "|---|---|",
-    ]
-    for r in report.provinces()[:TABLE_ROWS]:
-        lines.append(f"| {_cell(r['province'])} | {r['orders']:,} |")
-    lines += [
-        "",
-        "## Cancellations (whole stream)",
-        "",
-        "| platform | orders | kg | value |",
-        "|---|---|---|---|",
-    ]
-    for r in report.cancellations():
-        value = ", ".join(money_text(m, c) for c, m in r["value_minor"].items()) or "-"
-        lines.append(
-            f"| {_cell(r['platform'])} | {r['orders']:,} | {kilograms(r['grams'])} | {value} |"
-        )
+    lines += _md_table(
+        "SKUs",
+        ["SKU", "net kg", "cancelled kg"],
+        [
+            [_cell(r["sku"]), kilograms(r["net_grams"]), kilograms(r["cancelled_grams"])]
+            for r in report.skus()[:TABLE_ROWS]
+        ],
+    )
+    lines += _md_table(
+        "Countries",
+        ["country", "orders", "net kg"],
+        [
+            [_cell(r["country"]), f"{r['orders']:,}", kilograms(r["net_grams"])]
+            for r in report.countries()[:TABLE_ROWS]
+        ],
+    )
+    lines += _md_table(
+        "Vietnamese provinces",
+        ["province", "orders"],
+        [[_cell(r["province"]), f"{r['orders']:,}"] for r in report.provinces()[:TABLE_ROWS]],
+    )
+    lines += _md_table(
+        "Cancellations",
+        ["platform", "orders", "kg", "value"],
+        [
+            [
+                _cell(r["platform"]),
+                f"{r['orders']:,}",
+                kilograms(r["grams"]),
+                ", ".join(money_text(m, c) for c, m in r["value_minor"].items()) or "-",
+            ]
+            for r in report.cancellations()
+        ],
+    )
     return "\n".join(lines) + "\n"
