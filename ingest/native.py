@@ -38,9 +38,13 @@ PLATFORM_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$"
 CURRENCY_PATTERN = r"^[A-Z]{3}$"
 REGION_CACHE = 4096
+VALID_CACHE = 4096
 
-StreamName = Annotated[str, msgspec.Meta(pattern=STREAM_PATTERN)]
-PlatformName = Annotated[str, msgspec.Meta(pattern=PLATFORM_PATTERN)]
+# The four patterned fields are checked by ``NativeFormat.normalise`` (with a cache of the names
+# seen: a stream repeats the same few), not by msgspec, whose check runs Python's re on every
+# value; ``json_schema`` adds the patterns (``SCHEMA_PATTERNS``) to the published schema.
+StreamName = str
+PlatformName = str
 EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 UserId = Annotated[
     str,
@@ -62,7 +66,7 @@ Timestamp = Annotated[dt.datetime, msgspec.Meta(tz=True, description="RFC 3339 w
 
 
 class ItemWire(msgspec.Struct, frozen=True):
-    sku: Annotated[str, msgspec.Meta(pattern=SKU_PATTERN)]
+    sku: str
     qty: Annotated[int, msgspec.Meta(ge=1, le=10_000)]
     grams: (
         Annotated[
@@ -100,7 +104,7 @@ class OrderWire(msgspec.Struct, frozen=True, tag_field="kind", tag="order"):
     buyer: UserId | None = None
     country: Label | None = None
     region: Label | None = None
-    currency: Annotated[str, msgspec.Meta(pattern=CURRENCY_PATTERN)] | None = None
+    currency: str | None = None
     amount: Amount | None = None
     items: Annotated[list[ItemWire], msgspec.Meta(max_length=100)] = []
 
@@ -115,9 +119,16 @@ class ViewersWire(msgspec.Struct, frozen=True, tag_field="kind", tag="viewers"):
 
 Wire = CommentWire | OrderWire | ViewersWire
 
-# msgspec searches patterns with Python's re, where "$" also matches before a final "\n"
-# (in the JSON Schema and the docs it is the end of the text): every pattern-checked string is
-# checked again in full.
+SCHEMA_PATTERNS: dict[str, str] = {
+    "stream": STREAM_PATTERN,
+    "platform": PLATFORM_PATTERN,
+    "sku": SKU_PATTERN,
+    "currency": CURRENCY_PATTERN,
+}
+"""Field -> the pattern its value must match, wherever the field appears in a wire event."""
+
+# Checked in full ("$" in Python's re also matches before a final "\n"; in the JSON Schema and
+# the docs it is the end of the text).
 _STREAM = re.compile(STREAM_PATTERN)
 _PLATFORM = re.compile(PLATFORM_PATTERN)
 _SKU = re.compile(SKU_PATTERN)
@@ -132,8 +143,22 @@ class NativeFormat(Adapter):
     def __init__(self, options: FormatOptions) -> None:
         super().__init__(options)
         self._one = msgspec.json.Decoder(Wire)
+        self._array = msgspec.json.Decoder(list[Wire])
         self._many = msgspec.json.Decoder(list[msgspec.Raw])
         self._regions: dict[tuple[str, str], str] = {}
+        self._valid: dict[str, set[str]] = {field: set() for field in SCHEMA_PATTERNS}
+        """Values of each patterned field already found valid (at most ``VALID_CACHE`` each)."""
+
+    def _matches(self, field: str, value: str, pattern: re.Pattern[str]) -> bool:
+        known = self._valid[field]
+        if value in known:
+            return True
+        if not pattern.fullmatch(value):
+            return False
+        if len(known) >= VALID_CACHE:
+            known.clear()
+        known.add(value)
+        return True
 
     def _region(self, country: str, region: str) -> str:
         """Normalised region, remembered: a stream repeats the same few spellings."""
@@ -153,6 +178,9 @@ class NativeFormat(Adapter):
     def _decode(self, raw: bytes) -> list[Decoded]:
         if raw.lstrip()[:1] != b"[":
             return [self._decode_one(raw)]
+        fast = self._decode_array(raw)
+        if fast is not None:
+            return fast
         try:
             parts = self._many.decode(raw)
         except msgspec.DecodeError as exc:
@@ -161,6 +189,20 @@ class NativeFormat(Adapter):
             detail = f"{len(parts)} events in one frame"
             return [self.reject(Reason.TOO_MANY_EVENTS, detail, raw)]
         return [self._decode_one(bytes(part)) for part in parts]
+
+    def _decode_array(self, raw: bytes) -> list[Decoded] | None:
+        """An array frame whose every event is valid, in one pass; None if any part is not
+        (then each part is decoded on its own, so that a rejection keeps its own bytes)."""
+        try:
+            wires = self._array.decode(raw)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            return None
+        if len(wires) > self.options.max_events_per_frame:
+            return None
+        decoded = [self.normalise(wire, b"") for wire in wires]
+        if any(isinstance(item, Rejection) for item in decoded):
+            return None
+        return decoded
 
     def _decode_one(self, raw: bytes) -> Decoded:
         try:
@@ -180,10 +222,12 @@ class NativeFormat(Adapter):
         """Turn a schema-valid wire event into a normalised event, or reject it."""
         kind = wire.__struct_config__.tag
         assert isinstance(kind, str)
-        if wire.stream is not None and not _STREAM.fullmatch(wire.stream):
+        if wire.stream is not None and not self._matches("stream", wire.stream, _STREAM):
             return self.reject(Reason.INVALID_VALUE, "invalid stream name", raw, kind)
-        if not _PLATFORM.fullmatch(wire.platform):
-            return self.reject(Reason.INVALID_VALUE, "invalid platform name", raw, kind)
+        if not self._matches("platform", wire.platform, _PLATFORM):
+            return self.reject(
+                Reason.INVALID_VALUE, "invalid platform name", raw, kind, wire.stream
+            )
         stream = wire.stream or self.options.default_stream
         if stream is None:
             return self.reject(Reason.MISSING_STREAM, "no stream and no default", raw, kind)
@@ -216,13 +260,13 @@ class NativeFormat(Adapter):
 
         if not wire.items:
             return reject(Reason.MISSING_FIELD, "a created order needs at least one item")
-        if not all(_SKU.fullmatch(item.sku) for item in wire.items):
+        if not all(self._matches("sku", item.sku, _SKU) for item in wire.items):
             return reject(Reason.INVALID_VALUE, "invalid sku")
         currency = wire.currency
         if currency is None:
             return reject(Reason.MISSING_FIELD, "a created order needs a currency")
-        if not _CURRENCY.fullmatch(currency):
-            return reject(Reason.INVALID_VALUE, "invalid currency code")
+        if not self._matches("currency", currency, _CURRENCY):
+            return reject(Reason.INVALID_CURRENCY, "invalid currency code")
         if wire.amount is None and not all(item.price is not None for item in wire.items):
             return reject(Reason.MISSING_FIELD, "no amount and not every item has a price")
 
@@ -294,6 +338,12 @@ def events_only(decoded: Iterable[Decoded]) -> list[Event]:
 def json_schema() -> dict[str, object]:
     """The JSON Schema of one native event (a frame may also hold an array of them)."""
     _, components = msgspec.json.schema_components([Wire], ref_template="#/$defs/{name}")
+    for component in components.values():
+        for field, spec in component.get("properties", {}).items():
+            if field in SCHEMA_PATTERNS:
+                for branch in spec.get("anyOf", [spec]):
+                    if branch.get("type") == "string":
+                        branch["pattern"] = SCHEMA_PATTERNS[field]
     schema: dict[str, object] = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://github.com/livestream-ingester/schema/native-event.json",

@@ -382,6 +382,24 @@ def test_bad_element_in_an_array_keeps_the_valid_ones_around_it() -> None:
     assert events_only([first, middle, last]) == [first, last]
 
 
+def test_an_element_that_only_normalising_refuses_keeps_its_own_bytes() -> None:
+    # Schema-valid, so the array decodes in one pass; the currency is refused after it: the
+    # frame is decoded again part by part, and the rejection holds its element's bytes only.
+    bad = encode(order(currency="VND\n", stream="s-9"))
+    first, middle, last = native().decode(array(encode(comment()), bad, encode(viewers())))
+    assert (first, last) == (decode_event(comment()), decode_event(viewers()))
+    assert isinstance(middle, Rejection)
+    assert (middle.reason, middle.raw, middle.stream) == (Reason.INVALID_CURRENCY, bad, "s-9")
+
+
+def test_names_found_valid_are_remembered_within_a_bound() -> None:
+    fmt = native()
+    for n in range(ingest.native.VALID_CACHE + 10):
+        assert isinstance(fmt.decode(encode(comment(stream=f"s-{n}")))[0], Comment)
+    assert 0 < len(fmt._valid["stream"]) <= ingest.native.VALID_CACHE
+    assert isinstance(fmt.decode(encode(comment(stream="s-1\n")))[0], Rejection)
+
+
 def test_array_with_whitespace_and_str_frame() -> None:
     frame = b" \n\t" + array(encode(comment()), encode(comment(id="c-2")))
     results = native().decode(frame)
@@ -480,7 +498,7 @@ REJECTED: list[tuple[str, bytes, Reason, str]] = [
     ("int-role", encode(comment(author_role=1)), Reason.INVALID_TYPE, "comment"),
     # Python's "$" matches before a final newline; the documented pattern does not.
     ("platform-newline", encode(comment(platform="tiktok\n")), Reason.INVALID_VALUE, "comment"),
-    ("currency-newline", encode(order(currency="VND\n")), Reason.INVALID_VALUE, "order"),
+    ("currency-newline", encode(order(currency="VND\n")), Reason.INVALID_CURRENCY, "order"),
     (
         "zero-qty",
         encode(order(items=[{"sku": "a", "qty": 0, "grams": 1}])),
