@@ -706,16 +706,37 @@ local function timeline_write()
   end
 end
 
+-- Totals: summed per field over the batch here (counts as plain numbers, grams and money as
+-- limbs), written with one HINCRBY per field at the end; every sum is part of a total that
+-- fits the limit (phase 1), so none can fail.
+local total_counts, total_sums = {}, {}
+local function total_inc(field)
+  total_counts[field] = (total_counts[field] or 0) + 1
+end
+local function total_add(field, amount)
+  total_sums[field] = add(total_sums[field] or {0, 0}, big(amount))
+end
+local function totals_write()
+  for field, count in pairs(total_counts) do
+    redis.call('HINCRBY', totals, field, string.format('%d', count))
+  end
+  for field, sum in pairs(total_sums) do
+    local text = sum[1] == 0 and string.format('%d', sum[2])
+      or string.format('%d%09d', sum[1], sum[2])
+    redis.call('HINCRBY', totals, field, text)
+  end
+end
+
 -- Each cancelled total is at most its created total (it counts part of what that counted), so
 -- none can pass the limit.
 local function count_cancel(o)
   local pc = o.platform .. '|' .. o.country
-  redis.call('HINCRBY', totals, 'cancelled|' .. pc, 1)
-  redis.call('HINCRBY', totals, 'cancelled_grams|' .. pc, o.grams)
+  total_inc('cancelled|' .. pc)
+  total_add('cancelled_grams|' .. pc, o.grams)
   if o.currency then
-    redis.call('HINCRBY', totals, 'cancelled_value|' .. o.platform .. '|' .. o.currency, o.minor)
+    total_add('cancelled_value|' .. o.platform .. '|' .. o.currency, o.minor)
     for label, grams in string.gmatch(o.items, '([^:,]+):(%d+)') do
-      redis.call('HINCRBY', totals, 'cancelled_sku_grams|' .. label, grams)
+      total_add('cancelled_sku_grams|' .. label, grams)
     end
   end
 end
@@ -756,16 +777,16 @@ for _, r in ipairs(records) do
     timeline_cancel(r.minute, r.cancel)
   end
   if tag == 'c' then
-    redis.call('HINCRBY', totals, 'comments|' .. r[4], 1)
+    total_inc('comments|' .. r[4])
     if r[5] ~= '' then users[#users + 1] = r[5] end
     if r.comment_writes then  -- comment orders
-      for _, w in ipairs(r.comment_writes) do redis.call('HINCRBY', totals, w[1], w[2]) end
+      for _, w in ipairs(r.comment_writes) do total_add(w[1], w[2]) end
     end
   elseif tag == 'p' then  -- a paid comment is a comment too
     local paid = r[4] .. '|' .. r[6]
-    redis.call('HINCRBY', totals, 'comments|' .. r[4], 1)
-    redis.call('HINCRBY', totals, 'paid_comments|' .. paid, 1)
-    redis.call('HINCRBY', totals, 'paid_value_micros|' .. paid, r[7])
+    total_inc('comments|' .. r[4])
+    total_inc('paid_comments|' .. paid)
+    total_add('paid_value_micros|' .. paid, r[7])
     if r[5] ~= '' then users[#users + 1] = r[5] end
   elseif tag == 'v' then
     local platform, count, ts = r[4], r[5], r[6]
@@ -778,16 +799,16 @@ for _, r in ipairs(records) do
   elseif tag == 'o' then
     local id, platform, country, grams = r[4], r[5], r[6], r[11]
     local pc = platform .. '|' .. country
-    redis.call('HINCRBY', totals, 'orders|' .. pc, 1)
-    redis.call('HINCRBY', totals, 'grams|' .. pc, grams)
-    redis.call('HINCRBY', totals, 'value|' .. platform .. '|' .. r[9], r[10])
-    redis.call('HINCRBY', totals, 'region|' .. country .. '|' .. r[7], 1)
+    total_inc('orders|' .. pc)
+    total_add('grams|' .. pc, grams)
+    total_add('value|' .. platform .. '|' .. r[9], r[10])
+    total_inc('region|' .. country .. '|' .. r[7])
     if r[8] ~= '' then buyer_ids[#buyer_ids + 1] = r[8] end
     for j, item in ipairs(r[12]) do
       if item[2] == '' then
-        redis.call('HINCRBY', totals, 'unweighed|' .. platform .. '|' .. r.labels[j], 1)
+        total_inc('unweighed|' .. platform .. '|' .. r.labels[j])
       else
-        redis.call('HINCRBY', totals, 'sku_grams|' .. r.labels[j], item[2])
+        total_add('sku_grams|' .. r.labels[j], item[2])
       end
     end
     if r.settle then
@@ -826,6 +847,7 @@ for digest, view in pairs(buyer_view) do
 end
 -- (end of comment orders, phase 2)
 
+totals_write()
 timeline_write()
 
 -- Sessions (issue 15): a batch that counts anything opens a session if none is open, or if the
