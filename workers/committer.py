@@ -32,7 +32,7 @@ from ingest.model import UNKNOWN_KIND, Comment, Decoded, Event, Order, Reason, R
 from ingest.redact import masked
 from ingest.sources.backoff import Backoff
 from workers.logs import Throttle
-from workers.metrics import HealthMetrics
+from workers.metrics import HealthMetrics, observe_many
 from workers.store import DeadLetter, Outcome, Store
 
 log = structlog.get_logger("committer")
@@ -335,9 +335,7 @@ class Committer:
         for (source, kind, outcome), count in outcomes.items():
             health.events.labels(source, kind or UNKNOWN_KIND, outcome).inc(count)
         for source, lags in lag_by_source.items():
-            child = health.lag.labels(source)
-            for lag in lags:
-                child.observe(lag)
+            observe_many(health.lag.labels(source), lags)
 
 
 def _anonymous(event: Event) -> Event:
