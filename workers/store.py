@@ -221,6 +221,7 @@ def _records(
     records: list[Record] = []
     append = records.append
     prefixes: dict[str, tuple[str, str]] = {}
+    reads = read is not _no_comment_orders
     for event, namespace in zip(events, namespaces, strict=True):
         prefix = prefixes.get(namespace)
         if prefix is None:
@@ -228,46 +229,61 @@ def _records(
         ident, field = prefix
         shard, member = fingerprint(ident + event.identity)
         record: Record
-        match event:
-            case PaidComment():
-                record = (
-                    "p",
-                    shard,
-                    str(member),
-                    event.platform,
-                    event.user or "",
-                    event.currency,
-                    str(event.amount_micros),
-                )
-            case Comment():
-                orders = comment_orders(event, read)
-                record = ("c", shard, str(member), event.platform, event.user or "", orders)
-            case Viewers():
-                record = ("v", shard, str(member), event.platform, event.count, event.ts_ms)
-            case Order(cancelled=True):
-                record = ("x", shard, str(member), field + event.id)
-            case Order():
-                grams, items = _items(event, weigh)
-                record = (
-                    "o",
-                    shard,
-                    str(member),
-                    field + event.id,
-                    event.platform,
-                    event.country,
-                    event.region,
-                    event.buyer or "",
-                    event.currency,
-                    str(event.amount_minor),
-                    grams,
-                    items,
-                )
+        if type(event) is Comment:  # the common kinds first, without the match's isinstance chain
+            orders = comment_orders(event, read) if event.text and reads else []
+            record = ("c", shard, str(member), event.platform, event.user or "", orders)
+        elif type(event) is Viewers:
+            record = ("v", shard, str(member), event.platform, event.count, event.ts_ms)
+        else:
+            record = _record(event, shard, str(member), field, weigh=weigh, read=read)
         if event.aliases or legacy is not NO_LEGACY:
             record += _extras(event, ident, legacy, shards)
         if shards is not None:
             shards.add(shard)
         append(record)
     return records
+
+
+def _record(
+    event: Event, shard: int, member: str, field: str, *, weigh: Weigh, read: ReadComment
+) -> Record:
+    """The record of an event of any kind (see ``keys.COMMIT_SCRIPT``)."""
+    record: Record
+    match event:
+        case Order(cancelled=True):
+            record = ("x", shard, member, field + event.id)
+        case Order():
+            grams, items = _items(event, weigh)
+            record = (
+                "o",
+                shard,
+                member,
+                field + event.id,
+                event.platform,
+                event.country,
+                event.region,
+                event.buyer or "",
+                event.currency,
+                str(event.amount_minor),
+                grams,
+                items,
+            )
+        case PaidComment():
+            record = (
+                "p",
+                shard,
+                member,
+                event.platform,
+                event.user or "",
+                event.currency,
+                str(event.amount_micros),
+            )
+        case Comment():
+            orders = comment_orders(event, read)
+            record = ("c", shard, member, event.platform, event.user or "", orders)
+        case Viewers():
+            record = ("v", shard, member, event.platform, event.count, event.ts_ms)
+    return record
 
 
 def _extras(event: Event, ident: str, legacy: Legacy, shards: set[int] | None) -> Record:
