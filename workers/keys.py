@@ -741,6 +741,13 @@ local function count_cancel(o)
   end
 end
 
+-- Viewers: the latest count by event time; a tie keeps the larger count, so arrival order never
+-- matters. The batch's latest per platform, then compared with the stored one.
+local viewer_best, viewer_platforms = {}, {}
+local function later(count, ts, than_count, than_ts)
+  return not than_ts or ts > than_ts or (ts == than_ts and count > than_count)
+end
+
 for _, sku in ipairs(new_skus) do redis.call('SADD', skus, sku) end
 local users, buyer_ids = {}, {}
 local function mark(shard, member)
@@ -790,11 +797,12 @@ for _, r in ipairs(records) do
     if r[5] ~= '' then users[#users + 1] = r[5] end
   elseif tag == 'v' then
     local platform, count, ts = r[4], r[5], r[6]
-    local last = redis.call('HMGET', viewers, platform, platform .. '|ts')
-    local last_count, last_ts = tonumber(last[1]), tonumber(last[2])
-    -- latest by event time; a tie keeps the larger count, so arrival order never matters
-    if not last_ts or ts > last_ts or (ts == last_ts and count > last_count) then
-      redis.call('HSET', viewers, platform, count, platform .. '|ts', ts)
+    local best = viewer_best[platform]
+    if not best then
+      viewer_platforms[#viewer_platforms + 1] = platform
+      viewer_best[platform] = {count, ts}
+    elseif later(count, ts, best[1], best[2]) then
+      viewer_best[platform] = {count, ts}
     end
   elseif tag == 'o' then
     local id, platform, country, grams = r[4], r[5], r[6], r[11]
@@ -826,6 +834,14 @@ for _, r in ipairs(records) do
       redis.call('HSET', orders .. gen, r[4], 'C')
       expire_once(orders .. gen)
     end
+  end
+end
+
+for _, platform in ipairs(viewer_platforms) do
+  local count, ts = viewer_best[platform][1], viewer_best[platform][2]
+  local last = redis.call('HMGET', viewers, platform, platform .. '|ts')
+  if later(count, ts, tonumber(last[1]), tonumber(last[2])) then
+    redis.call('HSET', viewers, platform, count, platform .. '|ts', ts)
   end
 end
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import pytest
 from redis.asyncio import Redis
 
@@ -164,6 +165,25 @@ async def test_viewers_keep_the_latest_by_event_time(redis: Redis, stream: str) 
     await s.commit([early, Viewers(stream, "youtube", "v3", 1_500, 7)])
     (totals,) = await s.totals([stream])
     assert totals.viewers == {"tiktok": 300, "youtube": 7}
+
+
+@pytest.mark.asyncio
+async def test_viewers_in_one_batch_keep_the_latest_whatever_their_order(
+    redis: Redis, stream: str
+) -> None:
+    s = store(redis)
+    await s.commit([Viewers(stream, "tiktok", "v0", 1_500, 50), Viewers(stream, "fb", "f0", 9, 5)])
+    batch = [
+        Viewers(stream, "tiktok", "v1", 2_000, 300),
+        Viewers(stream, "tiktok", "v2", 2_000, 400),  # a tie keeps the larger count
+        Viewers(stream, "tiktok", "v3", 1_000, 900),  # older than the stored one
+        Viewers(stream, "tiktok", "v4", 2_000, 350),
+        Viewers(stream, "fb", "f1", 8, 70),  # the batch's latest is older than the stored one
+    ]
+    for n, order in enumerate((batch, batch[::-1])):
+        await s.commit([msgspec.structs.replace(v, id=f"{v.id}-{n}") for v in order])
+        (totals,) = await s.totals([stream])
+        assert totals.viewers == {"tiktok": 400, "fb": 5}
 
 
 @pytest.mark.asyncio
