@@ -309,14 +309,17 @@ class Committer:
         now_ms = self.clock() * 1000
         outcomes = self._outcomes
         outcomes.clear()
-        lag_by_source: dict[str, list[float]] = collections.defaultdict(list)
+        kinds = [event.kind for event in events]
+        for (source, event_kind, result), count in collections.Counter(
+            zip(sources, kinds, results, strict=True)
+        ).items():
+            # refused events are counted with the dead letters below
+            if result is Outcome.NEW or result is Outcome.DUPLICATE:
+                outcomes[source, event_kind.value, _OUTCOME_LABELS[result]] += count
+        times_by_source: dict[str, list[int]] = collections.defaultdict(list)
         for event, source, result in zip(events, sources, results, strict=True):
             if result is Outcome.NEW:
-                outcomes[source, event.kind.value, "accepted"] += 1
-                lag_by_source[source].append(max(0.0, (now_ms - event.ts_ms) / 1000))
-            elif result is Outcome.DUPLICATE:
-                outcomes[source, event.kind.value, "duplicate"] += 1
-            # refused events are counted with the dead letters below
+                times_by_source[source].append(event.ts_ms)
         for letter in dead:
             rejection = letter.rejection
             outcomes[letter.source, rejection.kind, "rejected"] += 1
@@ -334,8 +337,12 @@ class Committer:
                 )
         for (source, kind, outcome), count in outcomes.items():
             health.events.labels(source, kind or UNKNOWN_KIND, outcome).inc(count)
-        for source, lags in lag_by_source.items():
+        for source, times in times_by_source.items():
+            lags = [max(0.0, (now_ms - ts_ms) / 1000) for ts_ms in times]
             observe_many(health.lag.labels(source), lags)
+
+
+_OUTCOME_LABELS = {Outcome.NEW: "accepted", Outcome.DUPLICATE: "duplicate"}
 
 
 def _anonymous(event: Event) -> Event:
