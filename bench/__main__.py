@@ -291,10 +291,11 @@ class Bench:
                 memory0 = (await client.info("memory"))["used_memory"]
                 redis_cpu0 = _redis_cpu(await client.info("cpu"))
                 own_cpu0, ing_cpu0 = _self_cpu(), cpu_seconds(ing.pid)
-                done = await ing.wait_handled(len(frames) * per_frame)
+                events = len(frames) * per_frame
+                done = await ing.wait_handled(events)
                 assert feed.started is not None
                 seconds = done - feed.started
-                result = {"rate": len(frames) * per_frame / seconds}
+                result = {"rate": events / seconds}
                 if detail:
                     redis_cpu = _redis_cpu(await client.info("cpu")) - redis_cpu0
                     ing_cpu = cpu_seconds(ing.pid) - ing_cpu0
@@ -311,9 +312,9 @@ class Bench:
                         "distinct": distinct,
                         "dedup_bytes_per_id": seen / distinct,
                         "redis_bytes_per_id": memory / distinct,
-                        "redis_cpu_us_per_event": redis_cpu / len(frames) * 1e6,
-                        "ingester_cpu_us_per_event": ing_cpu / len(frames) * 1e6,
-                        "feed_cpu_us_per_event": own_cpu / len(frames) * 1e6,
+                        "redis_cpu_us_per_event": redis_cpu / events * 1e6,
+                        "ingester_cpu_us_per_event": ing_cpu / events * 1e6,
+                        "feed_cpu_us_per_event": own_cpu / events * 1e6,
                         "seconds": seconds,
                         "cores_busy": (redis_cpu + ing_cpu + own_cpu) / seconds,
                     }
@@ -498,9 +499,10 @@ class Bench:
         ceiling = [await self.ceiling(frames) * per for _ in range(r)]
         out["orders_ceiling"] = spread(ceiling)
         say(f"orders ceiling: {out['orders_ceiling']}")
-        pipeline = [(await self.pipeline(frames, per_frame=per))["rate"] for _ in range(r)]
-        out["orders_pipeline"] = spread(pipeline)
-        say(f"orders pipeline: {out['orders_pipeline']}")
+        runs = [await self.pipeline(frames, detail=True, per_frame=per) for _ in range(r)]
+        out["orders_pipeline"] = spread([run["rate"] for run in runs])
+        out["orders_cpu"] = _cpu_split(runs)
+        say(f"orders pipeline: {out['orders_pipeline']}; CPU µs per event: {out['orders_cpu']}")
         naive_frames = frames[: sizes.naive // per]
         out["orders_naive"] = spread([await self.naive(naive_frames) * per for _ in range(r)])
         say(f"orders naive: {out['orders_naive']}")
@@ -512,19 +514,35 @@ class Bench:
         )
         return out
 
-    async def run(self) -> dict[str, Any]:
+    async def _throughput(self) -> dict[str, Any]:
+        """Ceiling, pipeline (with its CPU split) and naive peer on the ordinary workload."""
         r, sizes, out = self.runs, self.sizes, self.results
         frames = self.frames(sizes.throughput)[0]
         say(f"workload: {len(frames):,} frames, {len(set(frames)):,} distinct events")
         out["ceiling"] = spread([await self.ceiling(frames) for _ in range(r)])
         say(f"ceiling: {out['ceiling']}")
-        out["pipeline"] = spread([(await self.pipeline(frames))["rate"] for _ in range(r)])
-        say(f"pipeline: {out['pipeline']}")
+        runs = [await self.pipeline(frames, detail=True) for _ in range(r)]
+        out["pipeline"] = spread([run["rate"] for run in runs])
+        out["pipeline_cpu"] = _cpu_split(runs)
+        say(f"pipeline: {out['pipeline']}; CPU µs per event: {out['pipeline_cpu']}")
         naive_frames = frames[: sizes.naive]
         out["naive"] = spread([await self.naive(naive_frames) for _ in range(r)])
         say(f"naive: {out['naive']}")
         out["ratio_to_ceiling"] = out["pipeline"]["median"] / out["ceiling"]["median"]
         out["ratio_to_naive"] = out["pipeline"]["median"] / out["naive"]["median"]
+        return out
+
+    async def run_throughput(self) -> dict[str, Any]:
+        """The ordinary workload's throughput and CPU split, and latency at 10,000 events/s."""
+        out = await self._throughput()
+        runs = [await self.latency(10_000) for _ in range(self.runs)]
+        out["latency_10000"] = {k: spread([run[k] for run in runs]) for k in runs[0]}
+        say(f"latency at 10000/s: {out['latency_10000']}")
+        return out
+
+    async def run(self) -> dict[str, Any]:
+        r, sizes, out = self.runs, self.sizes, self.results
+        await self._throughput()
         out["detail"] = await self.pipeline(self.frames(sizes.memory)[0], detail=True)
         say(f"detail: {out['detail']}")
         for rate in (1_000, 10_000):
@@ -719,6 +737,15 @@ def _self_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _cpu_split(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Median, min and max of each process's CPU per event over pipeline runs with detail."""
+    names = ("ingester_cpu_us_per_event", "redis_cpu_us_per_event", "feed_cpu_us_per_event")
+    return {
+        name.removesuffix("_cpu_us_per_event"): spread([run[name] for run in runs])
+        for name in names
+    }
+
+
 def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -779,8 +806,41 @@ def orders_table(out: dict[str, Any]) -> str:
             "",
             f"- order-heavy: ratio to the ceiling {out['orders_ratio_to_ceiling']:.2f}; to the "
             f"naive peer {out['orders_ratio_to_naive']:.1f}x",
+            cpu_line(out["orders_cpu"]),
         ]
     )
+
+
+def cpu_line(split: dict[str, dict[str, float]]) -> str:
+    return "- CPU per event (median of the runs): " + ", ".join(
+        f"{name} {s['median']:.1f} µs" for name, s in split.items()
+    )
+
+
+def throughput_table(out: dict[str, Any]) -> str:
+    def row(name: str, s: dict[str, float]) -> str:
+        return f"| {name} | {s['median']:,.0f} | {s['min']:,.0f} | {s['max']:,.0f} | events/s |"
+
+    lines = [
+        "| ordinary workload | median | min | max | unit |",
+        "|---|---|---|---|---|",
+        row("ceiling: receive + parse only", out["ceiling"]),
+        row("our pipeline, one process", out["pipeline"]),
+        row("naive peer", out["naive"]),
+    ]
+    for q in ("p50", "p99", "max"):
+        s = out["latency_10000"][q]
+        lines.append(
+            f"| latency {q} at 10,000/s | {s['median']:.1f} | {s['min']:.1f} | "
+            f"{s['max']:.1f} | ms |"
+        )
+    lines += [
+        "",
+        f"- ratio to the ceiling: {out['ratio_to_ceiling']:.2f}; to the naive peer: "
+        f"{out['ratio_to_naive']:.1f}x",
+        cpu_line(out["pipeline_cpu"]),
+    ]
+    return "\n".join(lines)
 
 
 def table(out: dict[str, Any]) -> str:
@@ -830,7 +890,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes: check the bench works")
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (default 3)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
-    parser.add_argument("--only", choices=["scrape", "mqtt", "orders"], help="run one section only")
+    parser.add_argument(
+        "--only",
+        choices=["throughput", "scrape", "mqtt", "orders"],
+        help="run one section only",
+    )
     parser.add_argument("--mqtt-messages", type=int, help="the MQTT backlog (default 100,000)")
     args = parser.parse_args()
     sizes = Sizes.quick() if args.quick else Sizes.full()
@@ -838,14 +902,24 @@ def main() -> None:
         sizes = dataclasses.replace(sizes, mqtt=args.mqtt_messages)
     with tempfile.TemporaryDirectory(prefix="li-bench-") as tmp:
         bench = Bench(sizes, args.runs, Path(tmp))
-        sections = {"scrape": bench.run_scrapes, "mqtt": bench.run_mqtt, "orders": bench.run_orders}
+        sections = {
+            "throughput": bench.run_throughput,
+            "scrape": bench.run_scrapes,
+            "mqtt": bench.run_mqtt,
+            "orders": bench.run_orders,
+        }
         out = asyncio.run(sections[args.only]() if args.only else bench.run())
     out["machine"] = {"cores": os.cpu_count(), "python": sys.version.split()[0]}
     out["sizes"] = dataclasses.asdict(sizes)
     path = args.out or RESULTS / time.strftime("%Y%m%d-%H%M%S.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2), encoding="utf-8")
-    tables = {"scrape": scrape_table, "mqtt": mqtt_table, "orders": orders_table}
+    tables = {
+        "throughput": throughput_table,
+        "scrape": scrape_table,
+        "mqtt": mqtt_table,
+        "orders": orders_table,
+    }
     print(tables[args.only](out) if args.only else table(out))
     print(f"\nresults: {path}")
 
