@@ -424,8 +424,8 @@ class Bench:
                 f'url = "mqtt://127.0.0.1:{broker.port}"\nclient_id = "bench"\n'
                 f'topics = [{{ pattern = "bench/{{stream}}/events" }}]\n'
             )
-            for client in BARE_CLIENTS:
-                await _mqtt_bare(broker.port, 0, client)  # its session, subscribed
+            # Each bare client's session, subscribed.
+            await asyncio.gather(*(_mqtt_bare(broker.port, 0, client) for client in BARE_CLIENTS))
             async with Ingester(self.workdir, redis.url, source, "mqtt") as ing:
                 await ing.wait_connected()
             messages = [
