@@ -408,13 +408,14 @@ class Bench:
             "growth": values[1] / values[0] - 1,
         }
 
-    async def mqtt(self) -> dict[str, float]:
-        """Drain rates of QoS 1 messages queued for two persistent sessions while they were
-        away: a bare paho-mqtt subscriber's (receive + acknowledge only, ``bench.peers
-        mqtt-bare``) and the ingester's (acknowledging after commit), each draining alone,
-        the bare one timed from its first message to its last, the ingester from its
-        connection to its last commit; with the ingester's CPU per event and
-        events per commit."""
+    async def mqtt(self, run: int = 0) -> dict[str, float]:
+        """Drain rates of QoS 1 messages queued for persistent sessions while they were away:
+        the ingester's (acknowledging after commit) and bare subscribers' (receive +
+        acknowledge only, ``bench.peers mqtt-bare*``: paho-mqtt, gmqtt, aiomqtt), each
+        draining alone, in an order that turns with ``run`` (the first drains while the broker
+        still holds every backlog); the bare ones timed from their first message to their last,
+        the ingester from its connection to its last commit; with each one's CPU per event and
+        the ingester's events per commit."""
         n = self.sizes.mqtt
         redis, broker = self.fresh_redis(), Mosquitto()
         broker.start()
@@ -424,30 +425,41 @@ class Bench:
                 f'url = "mqtt://127.0.0.1:{broker.port}"\nclient_id = "bench"\n'
                 f'topics = [{{ pattern = "bench/{{stream}}/events" }}]\n'
             )
-            await _mqtt_bare(broker.port, 0)  # its session, subscribed
+            # Each bare client's session, subscribed.
+            await asyncio.gather(*(_mqtt_bare(broker.port, 0, client) for client in BARE_CLIENTS))
             async with Ingester(self.workdir, redis.url, source, "mqtt") as ing:
                 await ing.wait_connected()
             messages = [
                 (f"bench/{orjson.loads(f)['stream']}/events", f) for f in self.workload.frames(n)
             ]
             await _publish(broker.port, messages)
-            bare = await _mqtt_bare(broker.port, n)
-            async with Ingester(self.workdir, redis.url, source, "mqtt") as ing:
-                await ing.wait_connected()
-                start, cpu0 = time.perf_counter(), cpu_seconds(ing.pid)
-                done = await ing.wait_handled(n, poll=0.25)
-                cpu = cpu_seconds(ing.pid) - cpu0
-                values = await asyncio.to_thread(scrape, ing.http)
-            batches = values.get("livestream_ingest_commit_batch_events_count", 0.0)
-            rate = n / (done - start)
-            return {
-                "rate": rate,
-                "bare": bare["rate"],
-                "ratio_to_bare": rate / bare["rate"],
-                "bare_cpu_us_per_event": bare["cpu_us_per_event"],
-                "ingester_cpu_us_per_event": cpu / n * 1e6,
-                "events_per_commit": n / batches if batches else 0.0,
-            }
+            drainers = ["ingester", *BARE_CLIENTS]
+            turn = run % len(drainers)
+            out: dict[str, float] = {}
+            for drainer in drainers[turn:] + drainers[:turn]:
+                if drainer != "ingester":
+                    bare = await _mqtt_bare(broker.port, n, drainer)
+                    out[f"bare_{drainer}"] = bare["rate"]
+                    out[f"bare_{drainer}_cpu_us_per_event"] = bare["cpu_us_per_event"]
+                    continue
+                async with Ingester(self.workdir, redis.url, source, "mqtt") as ing:
+                    await ing.wait_connected()
+                    start, cpu0 = time.perf_counter(), cpu_seconds(ing.pid)
+                    done = await ing.wait_handled(n, poll=0.25)
+                    cpu = cpu_seconds(ing.pid) - cpu0
+                    values = await asyncio.to_thread(scrape, ing.http)
+                batches = values.get("livestream_ingest_commit_batch_events_count", 0.0)
+                out["rate"] = n / (done - start)
+                out["ingester_cpu_us_per_event"] = cpu / n * 1e6
+                out["events_per_commit"] = n / batches if batches else 0.0
+            # The paho subscriber keeps its historical keys ("bare", "bare_cpu_us_per_event").
+            out["bare"] = out.pop("bare_paho")
+            out["bare_cpu_us_per_event"] = out.pop("bare_paho_cpu_us_per_event")
+            out["ratio_to_bare"] = out["rate"] / out["bare"]
+            for client in BARE_CLIENTS[1:]:
+                out[f"ratio_to_bare_{client}"] = out["rate"] / out[f"bare_{client}"]
+                out[f"bare_{client}_to_paho"] = out[f"bare_{client}"] / out["bare"]
+            return out
         finally:
             broker.close()
             redis.close()
@@ -482,7 +494,7 @@ class Bench:
 
     async def run_mqtt(self) -> dict[str, Any]:
         out = self.results
-        runs = [await self.mqtt() for _ in range(self.runs)]
+        runs = [await self.mqtt(run) for run in range(self.runs)]
         out["mqtt"] = spread([run["rate"] for run in runs])
         out["mqtt_detail"] = {k: spread([run[k] for run in runs]) for k in runs[0] if k != "rate"}
         say(f"mqtt: {out['mqtt']}; {out['mqtt_detail']}")
@@ -707,20 +719,27 @@ async def _publish(port: int, messages: list[tuple[str, bytes]]) -> None:
     await asyncio.gather(*(Publisher("127.0.0.1", port, chunk).run() for chunk in chunks))
 
 
-async def _mqtt_bare(port: int, n: int) -> dict[str, float]:
-    """``bench.peers mqtt-bare``: drain ``n`` messages of the session "bench-bare" (0: create
-    it); its rate and CPU per message."""
+BARE_CLIENTS = ("paho", "gmqtt", "aiomqtt")
+"""The bare subscribers' clients: ``bench.peers`` mode ``mqtt-bare`` (paho), ``mqtt-bare-gmqtt``,
+``mqtt-bare-aiomqtt``; each has a session of its own."""
+
+
+async def _mqtt_bare(port: int, n: int, client: str = "paho") -> dict[str, float]:
+    """``bench.peers mqtt-bare`` (or ``mqtt-bare-<client>``): drain ``n`` messages of the
+    client's session "bench-bare" (or "bench-bare-<client>"; 0: create it); its rate and CPU
+    per message."""
+    suffix = "" if client == "paho" else f"-{client}"
     profile = os.environ.get("BENCH_PROFILE")
-    wrap = ["-m", "cProfile", "-o", f"{profile}.bare{n}"] if profile else []
+    wrap = ["-m", "cProfile", "-o", f"{profile}.bare{suffix}{n}"] if profile else []
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         *wrap,
         "-m",
         "bench.peers",
-        "mqtt-bare",
+        f"mqtt-bare{suffix}",
         str(port),
         str(n),
-        "bench-bare",
+        f"bench-bare{suffix}",
         stdout=asyncio.subprocess.PIPE,
     )
     out, _ = await process.communicate()
@@ -782,6 +801,36 @@ def mqtt_line(out: dict[str, Any]) -> str:
     )
 
 
+def mqtt_clients_table(out: dict[str, Any]) -> str:
+    """The ingester's drain beside each bare client's, from the same runs (medians, min-max)."""
+    d = out["mqtt_detail"]
+
+    def rate(s: dict[str, float]) -> str:
+        return f"{s['median']:,.0f} ({s['min']:,.0f}-{s['max']:,.0f})"
+
+    def ratio(s: dict[str, float]) -> str:
+        return f"{s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f})"
+
+    lines = [
+        "| QoS 1 backlog drained by | msgs/s, median (min-max) | CPU µs per msg "
+        "| ingester ÷ this | this ÷ bare paho |",
+        "|---|---|---|---|---|",
+        f"| ingester (aiomqtt 2 on paho, ack after commit) | {rate(out['mqtt'])} | "
+        f"{d['ingester_cpu_us_per_event']['median']:.1f} | 1.00 | "
+        f"{ratio(d['ratio_to_bare'])} |",
+        f"| bare paho-mqtt, its own loop | {rate(d['bare'])} | "
+        f"{d['bare_cpu_us_per_event']['median']:.1f} | {ratio(d['ratio_to_bare'])} | 1.00 |",
+    ]
+    names = {"gmqtt": "bare gmqtt, uvloop", "aiomqtt": "bare aiomqtt 2, uvloop"}
+    for client in BARE_CLIENTS[1:]:
+        lines.append(
+            f"| {names[client]} | {rate(d[f'bare_{client}'])} | "
+            f"{d[f'bare_{client}_cpu_us_per_event']['median']:.1f} | "
+            f"{ratio(d[f'ratio_to_bare_{client}'])} | {ratio(d[f'bare_{client}_to_paho'])} |"
+        )
+    return "\n".join(lines)
+
+
 def mqtt_table(out: dict[str, Any]) -> str:
     def row(name: str, s: dict[str, float], unit: str) -> str:
         return f"| {name} | {s['median']:,.0f} | {s['min']:,.0f} | {s['max']:,.0f} | {unit} |"
@@ -789,7 +838,7 @@ def mqtt_table(out: dict[str, Any]) -> str:
     lines = ["| measure | median | min | max | unit |", "|---|---|---|---|---|"]
     lines.append(row("MQTT QoS 1 drain", out["mqtt"], "events/s"))
     lines.append(row("bare paho subscriber, same backlog", out["mqtt_detail"]["bare"], "msgs/s"))
-    return "\n".join([*lines, "", mqtt_line(out)])
+    return "\n".join([*lines, "", mqtt_line(out), "", mqtt_clients_table(out)])
 
 
 def orders_table(out: dict[str, Any]) -> str:
@@ -877,6 +926,8 @@ def table(out: dict[str, Any]) -> str:
         + ", ".join(f"{v:.0f} MB {k[7:-3]}" for k, v in rss.items() if k.startswith("rss_at_"))
         + f" events (growth {rss['growth']:.1%})",
         mqtt_line(out),
+        "",
+        mqtt_clients_table(out),
         "",
         orders_table(out),
         "",

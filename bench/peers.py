@@ -11,11 +11,22 @@ per-process prometheus counters. Both print one JSON line: events, seconds, even
     python -m bench.peers scrapers URL N SECONDS    # N clients scraping URL back to back
     python -m bench.peers mqtt-bare PORT N CLIENT_ID [RECEIVE_MAXIMUM]
 
+    python -m bench.peers mqtt-bare-gmqtt PORT N CLIENT_ID [RECEIVE_MAXIMUM]
+    python -m bench.peers mqtt-bare-aiomqtt PORT N CLIENT_ID [RECEIVE_MAXIMUM]
+
 ``mqtt-bare``: a bare paho-mqtt subscriber that resumes the persistent MQTT 5 session
 ``CLIENT_ID`` on the broker at 127.0.0.1:``PORT`` and only receives and acknowledges (paho's own
-QoS 1 acknowledgement, sent as each message is handed over) until ``N`` messages have arrived:
+QoS 1 acknowledgement, sent once ``on_message`` has returned) until ``N`` messages have arrived:
 the client library's own drain rate, the yardstick of the ingester's. It also prepares a session
 (``N`` = 0: connect, subscribe ``bench/+/events`` at QoS 1, leave).
+
+``mqtt-bare-gmqtt`` and ``mqtt-bare-aiomqtt`` do the same with another client, on uvloop as the
+ingester runs: gmqtt (its own asyncio protocol, no paho) and aiomqtt 2 (paho's packet handling
+under asyncio, as the ingester's source). Each acknowledges a message only after handling it, as
+a source that acknowledges after its commit would: gmqtt with ``optimistic_acknowledgement=False``
+and a coroutine ``on_message`` (gmqtt sends the PUBACK when the coroutine returns; it sends none
+for a plain function), aiomqtt with paho's manual acknowledgement, as ``ingest/sources/mqtt.py``
+does.
 """
 
 from __future__ import annotations
@@ -23,20 +34,30 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
+import aiomqtt
+import gmqtt
 import orjson
 import paho.mqtt.client as paho
+import uvloop
+from gmqtt.mqtt.constants import MQTTv50
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from prometheus_client import CollectorRegistry, Counter
-from redis.asyncio import Redis
-from websockets.asyncio.client import connect
+
+if TYPE_CHECKING:
+    import aiohttp
+    from prometheus_client import Counter
+    from redis.asyncio import Redis
+
+# The websocket, Redis, HTTP and metrics clients are imported where used: each peer is a process
+# of its own, and an MQTT peer that imported them all took ~0.4 s of CPU before its first packet.
 
 
 async def ceiling(url: str, n: int) -> dict[str, float]:
+    from websockets.asyncio.client import connect
+
     async with connect(url, max_size=None, compression=None) as ws:
         count = 0
         start = 0.0
@@ -51,6 +72,10 @@ async def ceiling(url: str, n: int) -> dict[str, float]:
 
 
 async def naive(url: str, n: int, redis_url: str) -> dict[str, float]:
+    from prometheus_client import CollectorRegistry, Counter
+    from redis.asyncio import Redis
+    from websockets.asyncio.client import connect
+
     registry = CollectorRegistry()
     events = Counter("naive_events", "events", ["kind", "outcome"], registry=registry)
     redis = Redis.from_url(redis_url)
@@ -98,6 +123,8 @@ async def _handle(redis: Redis, event: dict[str, Any], events: Counter) -> None:
 
 async def scrapers(url: str, n: int, seconds: float) -> dict[str, Any]:
     """``n`` clients scraping ``url`` back to back for ``seconds``: each scrape's duration."""
+    import aiohttp
+
     durations: list[float] = []
     size = 0
     end = time.perf_counter() + seconds
@@ -154,6 +181,85 @@ def mqtt_bare(port: int, n: int, client_id: str, receive_maximum: int = 1000) ->
     return _result(n, times[1] - times[0]) | {"cpu_us_per_event": cpu / n * 1e6}
 
 
+async def mqtt_bare_gmqtt(
+    port: int, n: int, client_id: str, receive_maximum: int = 1000
+) -> dict[str, float]:
+    """Receive + acknowledge only, with gmqtt, each PUBACK after its message was handled."""
+    client = gmqtt.Client(
+        client_id,
+        clean_session=False,
+        optimistic_acknowledgement=False,
+        session_expiry_interval=86_400,
+        receive_maximum=receive_maximum,
+    )
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    count = 0
+    times = [0.0, 0.0]
+
+    async def on_message(client: Any, topic: str, payload: bytes, qos: int, props: Any) -> int:
+        nonlocal count
+        count += 1
+        if count == 1:
+            times[0] = time.perf_counter()
+        if count == n:
+            times[1] = time.perf_counter()
+            loop.call_soon(done.set)  # after this message's PUBACK, sent when we return
+        return 0  # PUBACK reason code: success
+
+    def on_subscribe(client: Any, mid: int, qos: Any, properties: Any) -> None:
+        done.set()
+
+    client.on_message = on_message
+    client.on_subscribe = on_subscribe
+    cpu0 = time.process_time()
+    await client.connect("127.0.0.1", port, version=MQTTv50)
+    if not n:
+        client.subscribe("bench/+/events", qos=1)
+    await done.wait()
+    await client.disconnect()
+    if not n:
+        return {"events": 0}
+    cpu = time.process_time() - cpu0
+    return _result(n, times[1] - times[0]) | {"cpu_us_per_event": cpu / n * 1e6}
+
+
+async def mqtt_bare_aiomqtt(
+    port: int, n: int, client_id: str, receive_maximum: int = 1000
+) -> dict[str, float]:
+    """Receive + acknowledge only, with aiomqtt 2: its message iterator, and paho's manual
+    acknowledgement after each message was handled (aiomqtt 2 has no API for it)."""
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties.SessionExpiryInterval = 86_400
+    properties.ReceiveMaximum = receive_maximum
+    client = aiomqtt.Client(
+        "127.0.0.1",
+        port,
+        identifier=client_id,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        clean_start=False,
+        properties=properties,
+    )
+    client._client.manual_ack_set(True)  # before connecting: the backlog follows the CONNACK
+    count = 0
+    times = [0.0, 0.0]
+    cpu0 = time.process_time()
+    async with client:
+        if not n:
+            await client.subscribe("bench/+/events", qos=1)
+            return {"events": 0}
+        async for message in client.messages:
+            count += 1
+            if count == 1:
+                times[0] = time.perf_counter()
+            client._client.ack(message.mid, message.qos)
+            if count == n:
+                times[1] = time.perf_counter()
+                break
+    cpu = time.process_time() - cpu0
+    return _result(n, times[1] - times[0]) | {"cpu_us_per_event": cpu / n * 1e6}
+
+
 def _result(n: int, seconds: float) -> dict[str, float]:
     return {"events": n, "seconds": seconds, "rate": n / seconds}
 
@@ -166,6 +272,11 @@ def main() -> None:
     elif mode == "mqtt-bare":
         receive_maximum = int(sys.argv[5]) if len(sys.argv) > 5 else 1000
         result = mqtt_bare(int(url), n, sys.argv[4], receive_maximum)
+    elif mode in ("mqtt-bare-gmqtt", "mqtt-bare-aiomqtt"):
+        receive_maximum = int(sys.argv[5]) if len(sys.argv) > 5 else 1000
+        bare = mqtt_bare_gmqtt if mode == "mqtt-bare-gmqtt" else mqtt_bare_aiomqtt
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            result = runner.run(bare(int(url), n, sys.argv[4], receive_maximum))
     elif mode == "scrapers":
         result = asyncio.run(scrapers(url, n, float(sys.argv[4])))
     else:
