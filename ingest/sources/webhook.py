@@ -97,6 +97,10 @@ class ShopifyWebhookSettings:
     commit_timeout: float = 4.0
     """Answer 503 if a delivery is not committed by then; Shopify gives up after 5 s."""
     limits: Limits = dataclasses.field(default_factory=Limits)
+    """Each process's own, with ``reuse_port``."""
+    reuse_port: bool = False
+    """Listen with ``SO_REUSEPORT``: several processes listening on ``listen`` so share it,
+    and the kernel (Linux) spreads new connections over them."""
 
 
 class ShopifyWebhookSource:
@@ -148,6 +152,7 @@ class ShopifyWebhookSource:
         self.on_unauthorized = on_unauthorized
         self.on_bad_request = on_bad_request
         self.limits = settings.limits
+        self.reuse_port = settings.reuse_port
         self.on_refused = on_refused
         self.on_rate_limited = on_rate_limited
         self._runner: web.AppRunner | None = None
@@ -264,7 +269,10 @@ class ShopifyWebhookSource:
         await runner.setup()
         try:
             context = self.tls.context if self.tls is not None else None
-            await GuardedSite(runner, self.host, self.port, guard, context).start()
+            site = GuardedSite(
+                runner, self.host, self.port, guard, context, reuse_port=self.reuse_port
+            )
+            await site.start()
         except BaseException:
             await runner.cleanup()
             raise
