@@ -4,7 +4,8 @@ Connections are bounded by ``limits`` (``ingest.sources.http``): how many at onc
 per client address), how many requests per second (429 with ``Retry-After`` past that), how long
 a request head and a body may take (408), how long an idle connection stays.
 With ``tls`` it speaks HTTPS only (``ingest.sources.tls``: the certificate can be renewed
-while it runs).
+while it runs). With ``reuse_port``, endpoints of several processes listen on one address
+(``SO_REUSEPORT``), each connection taken by one of them, each with its own ``limits``.
 
 Per delivery: 400 for a body cut off mid-way or malformed in transfer (counted and reported to
 ``on_bad_request``, never a traceback: a client's mistake); 413 past the body limit (aiohttp's

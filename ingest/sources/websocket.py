@@ -280,7 +280,10 @@ class WebsocketServerSource:
     ``open_timeout`` (10 s), and the certificate served is ``tls``'s current one. TLS is
     started on each connection once it is counted against the caps, so connections stalled in
     their TLS handshake are bounded too; a failed or timed-out TLS handshake is reported to
-    ``on_bad_request`` (``tls_handshake``, ``tls_handshake_timeout``)."""
+    ``on_bad_request`` (``tls_handshake``, ``tls_handshake_timeout``).
+
+    With ``reuse_port``, sources of several processes listen on one address (``SO_REUSEPORT``):
+    the kernel gives each connection to one of them, and each counts its own against its caps."""
 
     def __init__(
         self,
