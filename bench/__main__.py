@@ -180,7 +180,8 @@ PUSH_CONNECTIONS = 16
 def push_source(port: int) -> str:
     """A websocket-server every ingester of the push step shares (``reuse_port``). Its pings
     wait long: producers pushing flat out keep it behind (it stops reading while its buffer is
-    full), and it would read no pong in time and close them (1011) on a busy machine."""
+    full), and it would read no pong in time and close them (1011) on a busy machine; the
+    producers send no pings, whose answers would wait as long."""
     return (
         f'[[sources]]\nname = "push"\ntype = "websocket-server"\nlisten = "127.0.0.1:{port}"\n'
         f'token_env = "{PUSH_TOKEN_ENV}"\nreuse_port = true\nping_timeout = 600\n'
@@ -537,6 +538,7 @@ class Bench:
                             additional_headers={"Authorization": f"Bearer {PUSH_TOKEN}"},
                             compression=None,
                             proxy=None,
+                            ping_interval=None,  # its pongs would wait as long: see push_source
                         )
                     )
                     for _ in range(PUSH_CONNECTIONS)
