@@ -4,6 +4,7 @@ transport ceiling and a naive peer, measured in one run on this machine.
     python -m bench                 # the full run (about 10 minutes on 2 cores)
     python -m bench --quick         # a small run that checks the bench itself works
     python -m bench --only scrape   # one section (here: scrapes beside commits)
+    python -m bench --only push     # 1 and 2 processes sharing one push port (not in the full run)
 
 Starts its own redis-server (and Mosquitto) on loopback ports and a websocket feed in this
 process; every figure is the median of ``--runs`` runs with min and max, printed as a table and
@@ -34,6 +35,7 @@ import aiohttp
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
@@ -169,10 +171,42 @@ UNLIMITED_SCRAPES = (
 """``[http]`` keys: the scrape flood measures the scrape path, not the listener's limits."""
 
 
+PUSH_TOKEN = "bench-push-token-0123456789"
+PUSH_TOKEN_ENV = "BENCH_PUSH_TOKEN"
+PUSH_CONNECTIONS = 16
+"""Producers' connections of the push step: the kernel spreads them over the processes."""
+
+
+def push_source(port: int) -> str:
+    """A websocket-server every ingester of the push step shares (``reuse_port``). Its pings
+    wait long: producers pushing flat out keep it behind (it stops reading while its buffer is
+    full), and it would read no pong in time and close them (1011) on a busy machine; the
+    producers send no pings, whose answers would wait as long."""
+    return (
+        f'[[sources]]\nname = "push"\ntype = "websocket-server"\nlisten = "127.0.0.1:{port}"\n'
+        f'token_env = "{PUSH_TOKEN_ENV}"\nreuse_port = true\nping_timeout = 600\n'
+    )
+
+
+async def _push(ws: ClientConnection, frames: Iterable[bytes]) -> None:
+    for n, frame in enumerate(frames):
+        await ws.send(frame, text=True)
+        if n % 128 == 0:
+            await asyncio.sleep(0)
+
+
 class Ingester:
     """``livestream-ingester run`` on its own config, as a user runs it."""
 
-    def __init__(self, workdir: Path, redis_url: str, sources: str, name: str = "bench") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        redis_url: str,
+        sources: str,
+        name: str = "bench",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.env = {**os.environ, **env} if env else None
         self.http = free_port()
         self.config = workdir / f"{name}-{self.http}.toml"
         self.config.write_text(
@@ -187,7 +221,7 @@ class Ingester:
         profile = os.environ.get("BENCH_PROFILE")  # a cProfile output file for the ingester
         wrap = ["-m", "cProfile", "-o", f"{profile}.{self.http}"] if profile else []
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, *wrap, "-m", "workers", "run", "-c", str(self.config)
+            sys.executable, *wrap, "-m", "workers", "run", "-c", str(self.config), env=self.env
         )
         for _ in range(300):
             with contextlib.suppress(OSError):
@@ -483,6 +517,67 @@ class Bench:
                 return sum(len(f) for f in per) / (max(ends) - feed.started)
         finally:
             redis.close()
+
+    async def push(self, processes: int) -> float:
+        """``processes`` ingesters sharing one websocket-server port (``reuse_port``), the bench
+        pushing the workload over ``PUSH_CONNECTIONS`` connections as fast as it can: events/s
+        from the first frame sent to the last event handled, over all the processes."""
+        workload, n = Workload(streams=PUSH_CONNECTIONS), self.sizes.scaling  # a stream each
+        per = [
+            list(workload.frames(n // PUSH_CONNECTIONS, part=p, parts=PUSH_CONNECTIONS))
+            for p in range(PUSH_CONNECTIONS)
+        ]
+        total = sum(len(frames) for frames in per)
+        port = free_port()
+        redis = self.fresh_redis()
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                ings = [
+                    await stack.enter_async_context(
+                        Ingester(
+                            self.workdir,
+                            redis.url,
+                            push_source(port),
+                            f"push{p}",
+                            env={PUSH_TOKEN_ENV: PUSH_TOKEN},
+                        )
+                    )
+                    for p in range(processes)
+                ]
+                producers = [
+                    await stack.enter_async_context(
+                        connect(
+                            f"ws://127.0.0.1:{port}/ingest",
+                            additional_headers={"Authorization": f"Bearer {PUSH_TOKEN}"},
+                            compression=None,
+                            proxy=None,
+                            ping_interval=None,  # its pongs would wait as long: see push_source
+                        )
+                    )
+                    for _ in range(PUSH_CONNECTIONS)
+                ]
+                start = time.perf_counter()
+                await asyncio.gather(*map(_push, producers, per))
+                while (handled := sum([await ing.handled() for ing in ings])) < total:
+                    closed = [ws.close_code for ws in producers if ws.close_code is not None]
+                    if closed:  # what it had not read yet is lost: the figure would never come
+                        raise RuntimeError(
+                            f"{len(closed)} producer connection(s) closed {closed}: "
+                            f"{total - handled:,.0f} events not handled"
+                        )
+                    await asyncio.sleep(0.1)
+                return total / (time.perf_counter() - start)
+        finally:
+            redis.close()
+
+    async def run_push(self) -> dict[str, Any]:
+        out = self.results
+        for processes in (1, 2):
+            out[f"push_{processes}"] = spread(
+                [await self.push(processes) for _ in range(self.runs)]
+            )
+            say(f"push {processes}: {out[f'push_{processes}']}")
+        return out
 
     async def run_scrapes(self) -> dict[str, Any]:
         out = self.results
@@ -892,6 +987,15 @@ def throughput_table(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def push_table(out: dict[str, Any]) -> str:
+    def row(name: str, s: dict[str, float]) -> str:
+        return f"| {name} | {s['median']:,.0f} | {s['min']:,.0f} | {s['max']:,.0f} | events/s |"
+
+    lines = ["| pushed over 16 connections | median | min | max | unit |", "|---|---|---|---|---|"]
+    lines += [row(f"{p} process(es), one shared port", out[f"push_{p}"]) for p in (1, 2)]
+    return "\n".join(lines)
+
+
 def table(out: dict[str, Any]) -> str:
     def row(name: str, s: dict[str, float], unit: str) -> str:
         return f"| {name} | {s['median']:,.0f} | {s['min']:,.0f} | {s['max']:,.0f} | {unit} |"
@@ -943,7 +1047,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
     parser.add_argument(
         "--only",
-        choices=["throughput", "scrape", "mqtt", "orders"],
+        choices=["throughput", "scrape", "mqtt", "orders", "push"],
         help="run one section only",
     )
     parser.add_argument("--mqtt-messages", type=int, help="the MQTT backlog (default 100,000)")
@@ -958,6 +1062,7 @@ def main() -> None:
             "scrape": bench.run_scrapes,
             "mqtt": bench.run_mqtt,
             "orders": bench.run_orders,
+            "push": bench.run_push,
         }
         out = asyncio.run(sections[args.only]() if args.only else bench.run())
     out["machine"] = {"cores": os.cpu_count(), "python": sys.version.split()[0]}
@@ -970,6 +1075,7 @@ def main() -> None:
         "scrape": scrape_table,
         "mqtt": mqtt_table,
         "orders": orders_table,
+        "push": push_table,
     }
     print(tables[args.only](out) if args.only else table(out))
     print(f"\nresults: {path}")

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -103,6 +104,12 @@ def _listen(value: str) -> str:
 
 
 split_listen = split_address
+
+
+def _reuse_port(value: bool) -> bool:
+    if value and not hasattr(socket, "SO_REUSEPORT"):
+        raise ValueError("this system has no SO_REUSEPORT (Linux has)")
+    return value
 
 
 class RedisConfig(_Model):
@@ -598,7 +605,11 @@ class HttpServerConfig(_SourceBase, ListenerLimits):
     tls: TlsConfig | None = None
     """Answer 503 (Shopify delivers again) if a delivery is not committed by then; Shopify
     itself gives up on an answer after 5 s."""
+    reuse_port: bool = _default(ShopifyWebhookSettings, "reuse_port")
+    """Listen with SO_REUSEPORT: processes that all do so on one ``listen`` address share it,
+    and the kernel spreads new connections over them; the bounds above are each process's."""
     _check = field_validator("listen")(lambda cls, v: _listen(v))
+    _reuse = field_validator("reuse_port")(lambda cls, v: _reuse_port(v))
 
     @model_validator(mode="after")
     def _stream(self) -> HttpServerConfig:
@@ -635,7 +646,11 @@ class WebsocketServerConfig(_SourceBase, RateLimitConfig):
     client_requests_burst: int = _rate_fields(HANDSHAKE_RATES)["client_requests_burst"]
     max_tracked_clients: int = _rate_fields(HANDSHAKE_RATES)["max_tracked_clients"]
     tls: TlsConfig | None = None
+    reuse_port: bool = _default(WebsocketServerSettings, "reuse_port")
+    """Listen with SO_REUSEPORT: processes that all do so on one ``listen`` address share it,
+    and the kernel spreads new connections over them; the bounds above are each process's."""
     _check = field_validator("listen")(lambda cls, v: _listen(v))
+    _reuse = field_validator("reuse_port")(lambda cls, v: _reuse_port(v))
 
 
 class MqttTopicConfig(_Model):

@@ -232,7 +232,9 @@ class _Connection(asyncio.Protocol):
 
 
 class GuardedSite(web.BaseSite):
-    """A TCP site like aiohttp's ``TCPSite`` whose connections go through ``guard``."""
+    """A TCP site like aiohttp's ``TCPSite`` whose connections go through ``guard``. With
+    ``reuse_port`` it listens with ``SO_REUSEPORT``: processes listening so on one address
+    share it (the kernel spreads connections over them), each with its own ``guard``."""
 
     def __init__(
         self,
@@ -241,11 +243,14 @@ class GuardedSite(web.BaseSite):
         port: int,
         guard: Guard,
         ssl_context: ssl.SSLContext | None = None,
+        *,
+        reuse_port: bool = False,
     ) -> None:
         super().__init__(runner)
         self.host, self.port = host, port
         self.guard = guard
         self.ssl_context = ssl_context
+        self.reuse_port = reuse_port
         self.handshakes: Handshakes | None = None
 
     @property
@@ -272,6 +277,7 @@ class GuardedSite(web.BaseSite):
             self.port,
             backlog=self._backlog,
             reuse_address=True,
+            reuse_port=self.reuse_port,
         )
 
     async def stop(self) -> None:

@@ -4,7 +4,8 @@ Connections are bounded by ``limits`` (``ingest.sources.http``): how many at onc
 per client address), how many requests per second (429 with ``Retry-After`` past that), how long
 a request head and a body may take (408), how long an idle connection stays.
 With ``tls`` it speaks HTTPS only (``ingest.sources.tls``: the certificate can be renewed
-while it runs).
+while it runs). With ``reuse_port``, endpoints of several processes listen on one address
+(``SO_REUSEPORT``), each connection taken by one of them, each with its own ``limits``.
 
 Per delivery: 400 for a body cut off mid-way or malformed in transfer (counted and reported to
 ``on_bad_request``, never a traceback: a client's mistake); 413 past the body limit (aiohttp's
@@ -97,6 +98,10 @@ class ShopifyWebhookSettings:
     commit_timeout: float = 4.0
     """Answer 503 if a delivery is not committed by then; Shopify gives up after 5 s."""
     limits: Limits = dataclasses.field(default_factory=Limits)
+    """Each process's own, with ``reuse_port``."""
+    reuse_port: bool = False
+    """Listen with ``SO_REUSEPORT``: several processes listening on ``listen`` so share it,
+    and the kernel (Linux) spreads new connections over them."""
 
 
 class ShopifyWebhookSource:
@@ -148,6 +153,7 @@ class ShopifyWebhookSource:
         self.on_unauthorized = on_unauthorized
         self.on_bad_request = on_bad_request
         self.limits = settings.limits
+        self.reuse_port = settings.reuse_port
         self.on_refused = on_refused
         self.on_rate_limited = on_rate_limited
         self._runner: web.AppRunner | None = None
@@ -264,7 +270,10 @@ class ShopifyWebhookSource:
         await runner.setup()
         try:
             context = self.tls.context if self.tls is not None else None
-            await GuardedSite(runner, self.host, self.port, guard, context).start()
+            site = GuardedSite(
+                runner, self.host, self.port, guard, context, reuse_port=self.reuse_port
+            )
+            await site.start()
         except BaseException:
             await runner.cleanup()
             raise

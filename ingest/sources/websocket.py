@@ -94,6 +94,10 @@ class WebsocketServerSettings:
     """Opening handshakes taken."""
     close_timeout: float = 2.0
     """How long the closing of a revoked producer's connection waits for its answer."""
+    reuse_port: bool = False
+    """Listen with ``SO_REUSEPORT``: several processes listening on ``listen`` so share it,
+    and the kernel (Linux) spreads new connections over them. The bounds above are each
+    process's own."""
 
     def __post_init__(self) -> None:
         if (self.token is None) == (self.tokens is None):
@@ -302,7 +306,10 @@ class WebsocketServerSource:
     ``open_timeout`` (10 s), and the certificate served is ``tls``'s current one. TLS is
     started on each connection once it is counted against the caps, so connections stalled in
     their TLS handshake are bounded too; a failed or timed-out TLS handshake is reported to
-    ``on_bad_request`` (``tls_handshake``, ``tls_handshake_timeout``)."""
+    ``on_bad_request`` (``tls_handshake``, ``tls_handshake_timeout``).
+
+    With ``reuse_port``, sources of several processes listen on one address (``SO_REUSEPORT``):
+    the kernel gives each connection to one of them, and each counts its own against its caps."""
 
     def __init__(
         self,
@@ -442,6 +449,7 @@ class WebsocketServerSource:
             ping_interval=self.settings.ping_interval,
             ping_timeout=self.settings.ping_timeout,
             close_timeout=self.settings.close_timeout,
+            reuse_port=self.settings.reuse_port,
         )
         self.port = self.server.sockets[0].getsockname()[1] if self.port == 0 else self.port
 

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import logging
 import os
@@ -619,6 +620,47 @@ async def test_server_delivers_two_producers_at_once() -> None:
     assert sorted(ids) == sorted([f"a{n}" for n in range(20)] + [f"b{n}" for n in range(20)])
     assert [i for i in ids if i.startswith("a")] == [f"a{n}" for n in range(20)]
     assert [i for i in ids if i.startswith("b")] == [f"b{n}" for n in range(20)]
+
+
+@pytest.mark.asyncio
+async def test_servers_with_reuse_port_share_one_port_and_each_takes_its_connections() -> None:
+    """Two sources (as two processes would) listening on one port with ``reuse_port``: the
+    kernel gives each connection to one of them, and each reads only its own."""
+    sinks = [RecordingSink(), RecordingSink()]
+    health = RecordingHealth()
+
+    def taken() -> int:
+        return sum(len(sink.events) for sink in sinks)
+
+    first = WebsocketServerSource(
+        "push",
+        native(),
+        sinks[0],
+        health,
+        WebsocketServerSettings(listen=f"{HOST}:0", path=PATH, token=TOKEN, reuse_port=True),
+    )
+    await first.bind()
+    try:
+        shared = WebsocketServerSettings(
+            listen=f"{HOST}:{first.port}", path=PATH, token=TOKEN, reuse_port=True
+        )
+        second = WebsocketServerSource("push", native(), sinks[1], health, shared)
+        async with bounded(), running(first.run()), running(second.run()):
+            await asyncio.wait_for(second.ready.wait(), WAIT * UNIT)
+            for n in range(32):  # each lands in one: all in one with a chance of 2 ** -31
+                async with producer(second) as ws:
+                    await ws.send(frame(f"c{n}"))
+                    await until(lambda want=n + 1: taken() == want, WAIT, "the event")
+            # A third that does not ask to share the port is refused it.
+            alone = dataclasses.replace(shared, reuse_port=False)
+            refused = WebsocketServerSource("push", native(), RecordingSink(), health, alone)
+            with pytest.raises(OSError, match=r"(?i)address already in use") as info:
+                await refused.bind()
+            assert info.value.errno == errno.EADDRINUSE
+        assert sorted(sinks[0].event_ids + sinks[1].event_ids) == sorted(f"c{n}" for n in range(32))
+        assert all(sink.events for sink in sinks), [len(sink.events) for sink in sinks]
+    finally:
+        await first.close()
 
 
 @pytest.mark.asyncio

@@ -221,10 +221,19 @@ PUSH_TOKEN = "push-token-0123456789abcdef"
 PUSH_TOKEN_ENV = "LIVESTREAM_TEST_PUSH_TOKEN"
 
 
-def push_and_shop_sources(push: int, hook: int, stream: str) -> str:
-    """Two internet-facing listeners on one stream: a native push server on ``push`` (token
-    ``PUSH_TOKEN`` in ``PUSH_TOKEN_ENV``) named "push", and a Shopify webhook on ``hook`` (secret
-    ``SECRET`` in ``SECRET_ENV``) named "shop"."""
+def push_and_shop_sources(
+    push: int,
+    hook: int,
+    stream: str,
+    *,
+    shop_stream: str | None = None,
+    reuse_port: bool = False,
+) -> str:
+    """Two internet-facing listeners: a native push server on ``push`` (token ``PUSH_TOKEN`` in
+    ``PUSH_TOKEN_ENV``) named "push", and a Shopify webhook on ``hook`` (secret ``SECRET`` in
+    ``SECRET_ENV``) named "shop", on ``stream`` (the webhook on ``shop_stream`` if given); both
+    with ``reuse_port`` as given."""
+    reuse = str(reuse_port).lower()
     return f"""
 [[sources]]
 name = "push"
@@ -233,6 +242,7 @@ listen = "127.0.0.1:{push}"
 path = "/ingest"
 token_env = "{PUSH_TOKEN_ENV}"
 stream = "{stream}"
+reuse_port = {reuse}
 
 [[sources]]
 name = "shop"
@@ -241,7 +251,8 @@ format = "shopify"
 listen = "127.0.0.1:{hook}"
 path = "/webhooks/shopify"
 secret_env = "{SECRET_ENV}"
-stream = "{stream}"
+stream = "{shop_stream or stream}"
+reuse_port = {reuse}
 """
 
 

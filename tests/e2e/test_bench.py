@@ -54,3 +54,21 @@ def test_the_quick_benchmark_runs_and_writes_every_figure(tmp_path: Path) -> Non
         assert scrapes["commit_flood_p50"]["median"] > 0
         assert scrapes["body_mb"]["median"] > 0
     assert "| 100 |" in result.stdout
+
+
+@pytest.mark.slow  # about 15 s
+def test_the_quick_push_section_runs_and_writes_its_figures(tmp_path: Path) -> None:
+    out = tmp_path / "push.json"
+    command = ["-m", "bench", "--quick", "--only", "push", "--runs", "1", "--out", str(out)]
+    result = subprocess.run(
+        [sys.executable, *command],
+        capture_output=True,
+        text=True,
+        timeout=120 * UNIT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    for processes in (1, 2):
+        assert figures[f"push_{processes}"]["median"] > 0
+    assert "| 2 process(es), one shared port |" in result.stdout

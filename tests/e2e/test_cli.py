@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.support import SECRET, SECRET_ENV, IngesterProcess, webhook_source, write_config
+from tests.e2e.support import (
+    PUSH_TOKEN,
+    SECRET,
+    SECRET_ENV,
+    IngesterProcess,
+    push_and_shop_sources,
+    webhook_source,
+    write_config,
+)
 from tests.servers import free_port
 from tests.unit.test_logs import ISO, logfmt
 from tests.waiting import UNIT
@@ -110,3 +118,26 @@ def test_an_address_in_use_is_one_line_naming_the_key(
     assert "Traceback" not in result.stderr
     assert "ingester started" not in result.stderr
     assert "source connected" not in result.stderr
+
+
+@pytest.mark.parametrize("where", ["websocket-server", "http-server"])
+def test_reuse_port_does_not_take_a_port_from_a_process_that_does_not_share_it(
+    redis_url: str, tmp_path: Path, where: str
+) -> None:
+    """SO_REUSEPORT shares a port only among sockets that all set it: a listener with
+    ``reuse_port = true`` meets a plain occupant as any listener does."""
+    with occupied() as busy:
+        push, hook = (busy, free_port()) if where == "websocket-server" else (free_port(), busy)
+        config = write_config(
+            tmp_path / "shared.toml",
+            redis_url=redis_url,
+            http_port=free_port(),
+            sources=push_and_shop_sources(push, hook, "s", reuse_port=True),
+        )
+        result = run_cli(config, {PUSH_TOKEN_ENV: PUSH_TOKEN, SECRET_ENV: SECRET})
+    key = "sources[0].listen" if where == "websocket-server" else "sources[1].listen"
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"error: {key}: cannot listen on 127.0.0.1:{busy}: address already in use"
+    )
+    assert "Traceback" not in result.stderr

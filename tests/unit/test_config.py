@@ -6,6 +6,7 @@ import base64
 import copy
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ import pydantic
 import pytest
 
 from ingest.sources.http import Credentials
+from ingest.sources.webhook import ShopifyWebhookSettings
+from ingest.sources.websocket import WebsocketServerSettings
 from tests.certs import Certificates
 from workers import cli
 from workers.config import (
@@ -411,6 +414,53 @@ def test_shopify_rotation_and_freshness_keys() -> None:
         "sources[0].max_delivery_age_hours: 49 is more than [dedup] retention_hours (48): a "
         "replay after the retention would count again"
     ]
+
+
+REUSE_SOURCES: list[dict[str, Any]] = [
+    {"name": "push", "type": "websocket-server", "token_env": "PUSH_TOKEN"},
+    {"name": "shop", "type": "http-server", "stream": "s", "secret_env": "SHOP_SECRET"},
+]
+
+
+def test_push_listeners_share_their_port_only_when_asked() -> None:
+    env = {"PUSH_TOKEN": "t" * 16, "SHOP_SECRET": "s" * 16}
+
+    def listeners(sources: list[dict[str, Any]], **variables: str) -> list[bool]:
+        return [
+            source.reuse_port
+            for source in parse({"sources": sources}, "t", {**env, **variables}).sources
+            if isinstance(source, WebsocketServerConfig | HttpServerConfig)
+        ]
+
+    assert listeners(REUSE_SOURCES) == [False, False]
+    shared = [{**source, "reuse_port": True} for source in REUSE_SOURCES]
+    assert listeners(shared) == [True, True]
+    # One process of several, from one file: the environment turns it on too.
+    assert listeners(REUSE_SOURCES, LIVESTREAM__SOURCES__1__REUSE_PORT="true") == [False, True]
+    # What the listeners are built with (workers.runtime).
+    push, shop = parse({"sources": shared}, "t", env).sources
+    assert isinstance(push, WebsocketServerConfig)
+    assert isinstance(shop, HttpServerConfig)
+    assert push.settings(WebsocketServerSettings, token="t" * 16).reuse_port is True
+    assert shop.settings(ShopifyWebhookSettings, secret="s" * 16).reuse_port is True
+    wrong = [{**source, "reuse_port": "sometimes"} for source in REUSE_SOURCES]
+    assert errors_of({"sources": wrong}, env) == [
+        f"sources[{n}].reuse_port: Input should be a valid boolean, unable to interpret input"
+        for n in range(2)
+    ]
+
+
+def test_reuse_port_is_refused_where_the_system_has_no_so_reuseport(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delattr(socket, "SO_REUSEPORT", raising=False)
+    env = {"PUSH_TOKEN": "t" * 16, "SHOP_SECRET": "s" * 16}
+    shared = [{**source, "reuse_port": True} for source in REUSE_SOURCES]
+    assert errors_of({"sources": shared}, env) == [
+        f"sources[{n}].reuse_port: Value error, this system has no SO_REUSEPORT (Linux has)"
+        for n in range(2)
+    ]
+    assert len(parse({"sources": REUSE_SOURCES}, "t", env).sources) == 2  # false: no need
 
 
 def test_ambiguous_region_table() -> None:

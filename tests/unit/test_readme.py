@@ -21,7 +21,14 @@ from ingest.native import NativeFormat
 from tests.waiting import UNIT
 from workers.catalogs import Catalogs
 from workers.cli import parser
-from workers.config import DEFAULT_PLATFORMS, load, parse
+from workers.config import (
+    DEFAULT_PLATFORMS,
+    MqttConfig,
+    WebsocketClientConfig,
+    WebsocketServerConfig,
+    load,
+    parse,
+)
 from workers.keys import UNROUTED_DEAD, StreamKeys
 from workers.metrics import HealthMetrics, catalog_exposition, exposition
 from workers.store import StreamTotals
@@ -45,7 +52,7 @@ def test_native_examples_decode_without_rejection() -> None:
 
 def test_config_examples_are_valid() -> None:
     examples = [block for block in blocks("toml") if "[streams." not in block]
-    assert len(examples) == 4
+    assert len(examples) == 5
     env = {
         "LIVESTREAM_PUSH_TOKEN": "t" * 16,
         "MQTT_PASSWORD": "p" * 16,
@@ -66,6 +73,9 @@ def test_config_examples_are_valid() -> None:
         ("websocket-server", "native", "push"),
         ("websocket-client", "native", "shop-feed"),  # two copies of one feed share a namespace
         ("mqtt", "native", "shop-feed"),
+        ("websocket-client", "native", "shop-feed"),  # running N processes on one box
+        ("websocket-server", "native", "push"),
+        ("mqtt", "native", "shop-mqtt"),
         ("mqtt", "native", "shop-mqtt"),
         ("websocket-client", "twitch-eventsub", "twitch"),
         ("http-server", "shopify", "shopify"),
@@ -73,6 +83,30 @@ def test_config_examples_are_valid() -> None:
         ("http-client", "facebook-live", "facebook"),
         ("http-poll", "youtube-livechat", "youtube"),
     ]
+
+
+def test_the_n_processes_example_differs_by_process_only_through_the_environment() -> None:
+    (example,) = [block for block in blocks("toml") if "reuse_port = true" in block]
+    data = tomllib.loads(example)
+    seen = []
+    for i in range(4):
+        env = {
+            "LIVESTREAM_PUSH_TOKEN": "t" * 16,
+            "LIVESTREAM__HTTP__LISTEN": f"127.0.0.1:946{i}",
+            "LIVESTREAM__SOURCES__0__URL": f"ws://127.0.0.1:8765/feed?part={i}&parts=4",
+            "LIVESTREAM__SOURCES__2__CLIENT_ID": f"ingester-{i}",
+        }
+        assert all(name in README for name in env if name.startswith("LIVESTREAM__"))
+        config = parse(data, "README", env)
+        feed, push, mqtt = config.sources
+        assert isinstance(feed, WebsocketClientConfig)
+        assert isinstance(push, WebsocketServerConfig)
+        assert isinstance(mqtt, MqttConfig)
+        assert push.reuse_port
+        assert mqtt.shared_group == "ingesters"
+        seen.append((config.http.listen, feed.url, mqtt.client_id))
+    for column in zip(*seen, strict=True):  # every process its own of each
+        assert len(set(column)) == 4, column
 
 
 def test_the_catalog_example_loads_and_weighs(tmp_path: Path) -> None:
