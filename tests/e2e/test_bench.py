@@ -13,7 +13,7 @@ import pytest
 from tests.waiting import UNIT
 
 
-@pytest.mark.slow  # about a minute: with the soaks, out of CI's budget (scripts/check -m slow)
+@pytest.mark.slow  # about a minute: with the soaks, out of CI's budget (scripts/check -m slow -n 0)
 def test_the_quick_benchmark_runs_and_writes_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = subprocess.run(
