@@ -315,9 +315,10 @@ async def test_cancelling_during_a_refresh_backoff_ends_at_once(server: EventSub
     assert health.reasons == ["token network"]
     started = time.monotonic()
     task.cancel()
+    # "At once": well inside the 30 s backoffs, with room for a machine busy with other tests.
     with pytest.raises(asyncio.CancelledError):
-        await asyncio.wait_for(task, 2 * UNIT)
-    assert time.monotonic() - started < 1 * UNIT
+        await asyncio.wait_for(task, 5 * UNIT)
+    assert time.monotonic() - started < 5 * UNIT
 
 
 @pytest.mark.asyncio

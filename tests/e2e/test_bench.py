@@ -25,7 +25,7 @@ def _bench(out: Path, *options: str, timeout: float) -> tuple[str, dict[str, Any
     return result.stdout, figures
 
 
-@pytest.mark.slow  # about a minute: with the soaks, out of CI's budget (scripts/check -m slow)
+@pytest.mark.slow  # about a minute: with the soaks, out of CI's budget (scripts/check -m slow -n 0)
 def test_the_quick_benchmark_runs_and_writes_every_figure(tmp_path: Path) -> None:
     stdout, figures = _bench(tmp_path / "bench.json", timeout=300 * UNIT)
     for key in ("ceiling", "pipeline", "naive", "mqtt", "scaling_1", "scaling_2", "scaling_4"):

@@ -10,11 +10,17 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import pytest
+
 from tests.brokers import Mosquitto
 from tests.servers import RedisServer, free_port
 from tests.waiting import UNIT
 
 DEMO_TO_THE_END = ["demo", "--speed", "0", "--exit-when-done", "--plain"]
+
+# A whole demo sale is CPU work (30-55 s here beside the other tests): the tests' own timeouts
+# (180 s a demo) must run out before pytest-timeout's default 120 s does.
+pytestmark = pytest.mark.timeout(300 * UNIT)
 
 
 def run_demo(

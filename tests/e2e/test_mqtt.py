@@ -171,10 +171,15 @@ async def test_broker_restart_while_draining_a_resumed_session_recovers_quickly(
     sale = long_sale(stream)
     process = ingester(tmp_path, redis_url, broker, f"drain-{protocol}", protocol=protocol)
     async with broker_restarted_while_draining(process, broker, messages(sale), redis_url, stream):
-        # Well within the default keepalive (30 s): recovery must not wait for it.
-        await exact(process.http_port, sale, within=8)
-        reconnects = select(scrape(process.http_port), "livestream_ingest_source_reconnects_total")
-        assert reconnects[("mqtt",)] >= 1
+        # Recovery must not wait for the keepalive (30 s, then a ping timeout): the source
+        # reconnects well within it. The rest of the drain then takes what the machine gives it
+        # (8 s were too few beside other tests and benchmarks), so its wait is the default one.
+        def reconnects() -> float:
+            samples = scrape(process.http_port)
+            return select(samples, "livestream_ingest_source_reconnects_total").get(("mqtt",), 0)
+
+        await until(lambda: reconnects() >= 1, 15, "a reconnection to the restarted broker")
+        await exact(process.http_port, sale)
 
 
 @pytest.mark.asyncio
