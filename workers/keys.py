@@ -445,6 +445,23 @@ local function above(a, b)
 end
 local limit = big(limit_text)
 
+-- Add the decimal string `amount` to `field` of a batch's sums: as a plain number in `numbers`
+-- while it stays below 2^53 (where doubles are exact integers; an amount of at most 15 digits
+-- is read exactly), else as limbs in `limbs`; returns the field's limbs (nil if none yet).
+-- Both parts are written, each with its own HINCRBY.
+local EXACT = 9007199254740992
+local function sum_into(numbers, limbs, field, amount)
+  local n = tonumber(amount)
+  if n and n < 1e15 then
+    local sum = (numbers[field] or 0) + n
+    if sum < EXACT then
+      numbers[field] = sum
+      return limbs[field]
+    end
+  end
+  return add(limbs[field] or {0, 0}, big(amount))
+end
+
 -- Whether adding every increment keeps every total under the limit; if so, reserve them.
 local function fits(increments)
   for field, inc in pairs(increments) do
@@ -670,7 +687,7 @@ end
 local function timeline_add(minute, name, amount)
   local key, field = timeline_field(minute, name)
   local sums = timeline_sums[key]
-  sums[field] = add(sums[field] or {0, 0}, big(amount))
+  sums[field] = sum_into(timeline_counts[key], sums, field, amount)
 end
 local function timeline_count(minute, name)
   local key, field = timeline_field(minute, name)
@@ -714,7 +731,7 @@ local function total_inc(field)
   total_counts[field] = (total_counts[field] or 0) + 1
 end
 local function total_add(field, amount)
-  total_sums[field] = add(total_sums[field] or {0, 0}, big(amount))
+  total_sums[field] = sum_into(total_counts, total_sums, field, amount)
 end
 local function totals_write()
   for field, count in pairs(total_counts) do
