@@ -7,7 +7,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from rich.table import Table
 
@@ -56,7 +56,7 @@ def top_countries(totals: StreamTotals, n: int) -> list[tuple[str, int]]:
     by_country: collections.Counter[str] = collections.Counter()
     for (_, country), grams in totals.by(keys.GRAMS).items():
         by_country[country] += grams
-    return by_country.most_common(n)
+    return _largest(by_country, n)
 
 
 def top_skus(totals: StreamTotals, n: int) -> list[tuple[str, int]]:
@@ -64,7 +64,13 @@ def top_skus(totals: StreamTotals, n: int) -> list[tuple[str, int]]:
     by_sku = collections.Counter(
         {sku: grams for (sku,), grams in totals.by(keys.SKU_GRAMS).items()}
     )
-    return by_sku.most_common(n)
+    return _largest(by_sku, n)
+
+
+def _largest(counts: Mapping[str, int], n: int) -> list[tuple[str, int]]:
+    """The ``n`` largest, ties by name: not by the order Redis keeps a hash's fields in, which
+    depends on the order they were first written."""
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:n]
 
 
 def revenue(totals: StreamTotals) -> dict[str, int]:

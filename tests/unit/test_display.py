@@ -62,6 +62,15 @@ def test_totals_are_summed_over_platforms() -> None:
     assert revenue(stream) == {"USD": 1_250, "VND": 360_000}
 
 
+def test_ties_are_ranked_by_name_whatever_order_redis_keeps() -> None:
+    for names in (["VTQ", "VT01", "AU"], ["AU", "VT01", "VTQ"]):
+        counters = {f"{keys.SKU_GRAMS}|{sku}": 3_000 for sku in names}
+        counters |= {f"{keys.GRAMS}|tiktok|{country}": 1_000 for country in names}
+        stream = StreamTotals("s", counters, {}, 0, 0)
+        assert top_skus(stream, 2) == [("AU", 3_000), ("VT01", 3_000)]
+        assert top_countries(stream, 3) == [("AU", 1_000), ("VT01", 1_000), ("VTQ", 1_000)]
+
+
 def test_rates_are_per_minute_over_the_window() -> None:
     now = [0.0]
     rates = Rates(window=60, clock=lambda: now[0])
