@@ -751,16 +751,18 @@ def _scrape_figures(
 
 @contextlib.asynccontextmanager
 async def probe_commits(client: Redis) -> AsyncIterator[list[float]]:
-    """The times (``perf_counter``) at which the probe stream's totals were written, from Redis
-    keyspace notifications, appended while the context is open."""
+    """The times (``perf_counter``) at which probe comments were committed, from Redis keyspace
+    notifications, appended while the context is open: one per probe, the commit script's
+    ``SADD`` of its id to a dedup set of the probe stream (each new event's own write; the
+    stream's totals are written once per batch, however many probes it holds)."""
     committed: list[float] = []
-    await client.config_set("notify-keyspace-events", "Kh")
+    await client.config_set("notify-keyspace-events", "Ks")
     pubsub = client.pubsub()
-    await pubsub.subscribe(f"__keyspace@0__:{StreamKeys('bench-probe').totals}")
+    await pubsub.psubscribe(f"__keyspace@0__:{StreamKeys('bench-probe').seen_prefix}*")
 
     async def listen() -> None:
         async for message in pubsub.listen():
-            if message["type"] == "message":
+            if message["type"] == "pmessage" and message["data"] == b"sadd":
                 committed.append(time.perf_counter())
 
     listening = asyncio.create_task(listen(), name="bench.probes.listen")
