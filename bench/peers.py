@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 async def ceiling(url: str, n: int) -> dict[str, float]:
     from websockets.asyncio.client import connect
 
-    async with connect(url, max_size=None, compression=None) as ws:
+    async with connect(url, max_size=None, compression=None, ping_interval=None) as ws:
         count = 0
         start = 0.0
         async for frame in ws:
@@ -80,7 +80,7 @@ async def naive(url: str, n: int, redis_url: str) -> dict[str, float]:
     events = Counter("naive_events", "events", ["kind", "outcome"], registry=registry)
     redis = Redis.from_url(redis_url)
     try:
-        async with connect(url, max_size=None, compression=None) as ws:
+        async with connect(url, max_size=None, compression=None, ping_interval=None) as ws:
             count = 0
             start = 0.0
             async for frame in ws:
