@@ -119,35 +119,9 @@ async def _read(
     and fail the whole connection (1007) on invalid UTF-8; the format rejects just that frame.
     """
     while True:
-        items = list(fmt.decode(await ws.recv(decode=False)))
+        frame = await ws.recv(decode=False)
         health.received(name)
-        # Frames already received are decoded now and handed over with it: one submission per
-        # burst, not per frame (up to BURST_FRAMES frames or BURST_ITEMS events and rejections).
-        frames = 1
-        try:
-            while frames < BURST_FRAMES and len(items) < BURST_ITEMS and _waiting(ws):
-                # (waits only for the rest of a fragmented message, and may fail with the
-                # connection: what was received before it is submitted all the same)
-                items += fmt.decode(await ws.recv(decode=False))
-                health.received(name)
-                frames += 1
-        except ConnectionClosed:
-            await sink.submit(name, items)
-            raise
-        await sink.submit(name, items)
-
-
-BURST_FRAMES = 256
-BURST_ITEMS = 1000
-
-
-def _waiting(ws: ClientConnection | ServerConnection) -> int:
-    """Frames websockets has received and not yet handed out (0 if it does not say)."""
-    queue = getattr(getattr(ws, "recv_messages", None), "frames", None)
-    try:
-        return len(queue) if queue is not None else 0
-    except TypeError:
-        return 0
+        await sink.submit(name, fmt.decode(frame))
 
 
 def retry_reason(exc: BaseException) -> str | None:

@@ -285,7 +285,7 @@ async def test_client_submits_decoded_frames() -> None:
             await until(lambda: len(sink.events) == 3, WAIT, "three events")
 
     assert sink.sources == {"feed"}
-    assert len(sink.items) == 3  # in one submission or two, as the frames arrived together
+    assert [len(items) for _, items in sink.frames] == [1, 2]
     comment, viewers, order = sink.events
     assert isinstance(comment, Comment)
     assert (comment.id, comment.stream, comment.platform, comment.user) == (
@@ -402,8 +402,7 @@ async def send_bad_mix(ws: ServerConnection | ClientConnection, sink: RecordingS
     await ws.send(INVALID_UTF8, text=True)  # a text frame: websockets must not fail the connection
     await ws.send(frame("g1", "gift"))
     await ws.send(frame("valid-2"))
-    # One item per frame; frames that arrive together are submitted together.
-    await until(lambda: len(sink.items) == 7, WAIT, "seven frames' items")
+    await until(lambda: len(sink.frames) == 7, WAIT, "seven submitted frames")
 
 
 def assert_bad_mix(sink: RecordingSink) -> None:
@@ -432,28 +431,6 @@ async def test_client_keeps_the_connection_and_the_valid_events_around_bad_input
     assert health.received_count == 7
     assert len(server.connections) == 1
     assert health.story() == ["up", "down"]  # never reconnected; down is the cancel
-
-
-@pytest.mark.asyncio
-async def test_client_submits_what_came_before_a_message_the_connection_cut() -> None:
-    # A frame, then the first fragment of a message, in one write, then the end of the TCP
-    # connection: the source reads the frame, waits for the fragment's rest, and the connection
-    # fails; the frame read before it is submitted all the same.
-    sink, health = RecordingSink(), RecordingHealth()
-    async with ScriptedServer() as server, bounded():
-        source = client_source(server.url, sink, health)
-        async with running(source.run()):
-            await until(lambda: health.ups == 1, WAIT, "connected")
-            ws = server.latest()
-            ws.protocol.send_text(frame("whole").encode())
-            ws.protocol.send_text(b'{"kind": "comment", ', fin=False)
-            ws.transport.write(b"".join(ws.protocol.data_to_send()))
-            ws.transport.close()
-            await until(lambda: health.ups == 2, WAIT, "connected again")
-            await server.latest().send(frame("after"))
-            await until(lambda: "after" in sink.event_ids, WAIT, "the event after the reconnect")
-
-    assert sink.event_ids == ["whole", "after"]
 
 
 @pytest.mark.asyncio
