@@ -221,21 +221,13 @@ def _records(
     records: list[Record] = []
     append = records.append
     prefixes: dict[str, tuple[str, str]] = {}
-    reads = read is not _no_comment_orders
     for event, namespace in zip(events, namespaces, strict=True):
         prefix = prefixes.get(namespace)
         if prefix is None:
             prefix = prefixes[namespace] = keys.namespace_prefixes(namespace)
         ident, field = prefix
         shard, member = fingerprint(ident + event.identity)
-        record: Record
-        if type(event) is Comment:  # the common kinds first, without the match's isinstance chain
-            orders = comment_orders(event, read) if event.text and reads else []
-            record = ("c", shard, str(member), event.platform, event.user or "", orders)
-        elif type(event) is Viewers:
-            record = ("v", shard, str(member), event.platform, event.count, event.ts_ms)
-        else:
-            record = _record(event, shard, str(member), field, weigh=weigh, read=read)
+        record = _record(event, shard, str(member), field, weigh=weigh, read=read)
         if event.aliases or legacy is not NO_LEGACY:
             record += _extras(event, ident, legacy, shards)
         if shards is not None:
@@ -279,7 +271,8 @@ def _record(
                 str(event.amount_micros),
             )
         case Comment():
-            orders = comment_orders(event, read)
+            # no stream has a catalog: nothing to read (and no call per comment)
+            orders = [] if read is _no_comment_orders else comment_orders(event, read)
             record = ("c", shard, member, event.platform, event.user or "", orders)
         case Viewers():
             record = ("v", shard, member, event.platform, event.count, event.ts_ms)
