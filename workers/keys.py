@@ -683,7 +683,7 @@ local function timeline_field(minute, name)
   end
   return at[1], at[2] .. name
 end
--- Grams and money (decimal strings, summed exactly as limbs), and counts (plain numbers).
+-- Grams and money (decimal strings, summed exactly by sum_into), and counts (plain numbers).
 local function timeline_add(minute, name, amount)
   local key, field = timeline_field(minute, name)
   local sums = timeline_sums[key]
@@ -723,8 +723,8 @@ local function timeline_write()
   end
 end
 
--- Totals: summed per field over the batch here (counts as plain numbers, grams and money as
--- limbs), written with one HINCRBY per field at the end; every sum is part of a total that
+-- Totals: summed per field over the batch here (counts as plain numbers, grams and money by
+-- sum_into), written with one HINCRBY per field at the end; every sum is part of a total that
 -- fits the limit (phase 1), so none can fail.
 local total_counts, total_sums = {}, {}
 local function total_inc(field)
