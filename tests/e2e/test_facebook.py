@@ -90,6 +90,17 @@ def metric(ports: list[int], name: str, **labels: str) -> float:
     return sum(sum(select(scrape(port), name, **labels).values()) for port in ports)
 
 
+def read(port: int) -> float:
+    """Comments this replica has read and committed (first counted here, or a duplicate)."""
+    samples = scrape(port)
+    return sum(
+        select(samples, "livestream_ingest_events_total", source="facebook", outcome=outcome).get(
+            ("comment",), 0.0
+        )
+        for outcome in ("accepted", "duplicate")
+    )
+
+
 async def counted(expected: int, port: int, stream: str) -> None:
     """Wait until ``expected`` comments are counted, then check that is all."""
     await until(lambda: comments(port, stream) >= expected, 20, f"{expected} comments")
@@ -196,6 +207,11 @@ async def test_two_replicas_poll_every_page_exactly_through_a_rate_limit(
             await api.comment(author=str(n % 40))
         await counted(380, ports[0], stream)
         assert comments(ports[1], stream) == 380
+        # Both replicas have read every page (the totals above are shared, so one replica may lag):
+        # each one's cursor now names the last comment.
+        await until(
+            lambda: all(read(port) == 380 for port in ports), 20, "both replicas at the end"
+        )
         # The last comment is deleted: the cursors naming it die with it (graph-api/results).
         # Polling starts over from the first page, and what it reads again is a duplicate.
         api.delete(api.comments[-1])
