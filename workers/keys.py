@@ -362,10 +362,14 @@ local sku_count = nil
 
 local arity = {c = 6, v = 6, o = 12, x = 4, p = 7}
 
+-- The current generation first: a redelivery is most often of a recent event.
 local function seen_one(shard, member)
   if batch_ids[shard .. ':' .. member] then return true end
+  if redis.call('SISMEMBER', seen .. gen .. ':' .. shard, member) == 1 then return true end
   for g = gen - lookback, gen + ahead do
-    if redis.call('SISMEMBER', seen .. g .. ':' .. shard, member) == 1 then return true end
+    if g ~= gen and redis.call('SISMEMBER', seen .. g .. ':' .. shard, member) == 1 then
+      return true
+    end
   end
   return false
 end
