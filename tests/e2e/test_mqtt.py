@@ -396,6 +396,9 @@ async def test_malformed_payloads_are_dead_lettered_and_never_stall_the_subscrip
     tmp_path: Path, redis_url: str, broker: Mosquitto, stream: str
 ) -> None:
     topic = TOPIC.format(stream=stream)
+    # Finds the letter below: the stream's name in letters only, as a run of its hex digits
+    # could be taken for a phone number and masked (one name in 25 was).
+    marker = stream.translate(str.maketrans("0123456789", "ghijklmnop"))
     good = {"kind": "comment", "platform": "tiktok", "ts": "2025-06-14T09:05:07Z", "user": "u"}
     data = [
         (topic, orjson.dumps({**good, "id": "c1"})),
@@ -405,7 +408,7 @@ async def test_malformed_payloads_are_dead_lettered_and_never_stall_the_subscrip
         (topic, orjson.dumps({**good, "id": "c2", "stream": "someone-else"})),
         (  # its frame is kept under li:dead, without the phone number in its text
             "livestream/bad{tag}/events",
-            orjson.dumps({**good, "id": "c3", "text": f"{stream} VT01 sdt 0912 345 678"}),
+            orjson.dumps({**good, "id": "c3", "text": f"{marker} VT01 sdt 0912 345 678"}),
         ),
         (topic, orjson.dumps({**good, "id": "c4"})),
     ]
@@ -433,7 +436,7 @@ async def test_malformed_payloads_are_dead_lettered_and_never_stall_the_subscrip
         letters = await Store(client, StoreSettings()).dead_letters(None, count=1000)
     finally:
         await client.aclose()
-    (kept,) = [f["raw"] for f in letters if stream.encode() in f["raw"]]
+    (kept,) = [f["raw"] for f in letters if marker.encode() in f["raw"]]
     assert b"VT01 sdt #### ### ###" in kept
 
 
