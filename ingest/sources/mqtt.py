@@ -26,6 +26,9 @@ the flow at the broker instead of queueing without bound here.
 Throughput: the consumer hands every message already read to the sink as one frame (at most a
 quarter of ``receive_maximum``), so a backlog is committed in batches of hundreds rather than
 message by message; while consuming, the reader stays at most half of ``receive_maximum`` ahead.
+paho's own per-packet costs are cut where they were the ingester's largest: its MQTT 5
+property tables are built once (``SharedTableProperties``), its socket is read 64 KiB at a time
+(``BufferedReceive``), and each topic's route is looked up once (docs/benchmarks.md, "MQTT").
 """
 
 from __future__ import annotations
@@ -34,13 +37,14 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import importlib
 import random
 import select
 import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -57,8 +61,48 @@ from ingest.sources.topics import TopicPattern
 
 _Ack = tuple[int, int, asyncio.Future[None]]
 
+
+class SharedTableProperties(Properties):
+    """paho's MQTT 5 properties, with their tables made once rather than for every packet.
+
+    Each paho ``Properties`` builds three tables of every property's name, type and packets,
+    and paho makes one for every MQTT 5 PUBLISH it decodes: a fifth of the ingester's CPU in a
+    QoS 1 drain (docs/benchmarks.md, "MQTT"). paho only ever reads the tables, so every
+    instance here shares those of one template; anything else behaves as paho's own.
+    """
+
+    _TABLES: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, packetType: int) -> None:
+        object.__setattr__(self, "packetType", packetType)
+        for name, table in self._TABLES.items():
+            object.__setattr__(self, name, table)
+
+
+def share_property_tables() -> bool:
+    """Have paho decode packets with :class:`SharedTableProperties`; False (and nothing
+    changed) if this paho's ``Properties`` holds anything but the known tables."""
+    template = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    tables = {name: value for name, value in vars(template).items() if name != "packetType"}
+    if set(tables) != {"types", "names", "properties"}:
+        return False
+    SharedTableProperties._TABLES = tables
+    modules: list[Any] = [paho]
+    with contextlib.suppress(ImportError):  # paho 2.2 decodes packets in a module of its own
+        modules.append(importlib.import_module("paho.mqtt._packet"))
+    for module in modules:
+        if getattr(module, "Properties", None) is Properties:
+            module.Properties = SharedTableProperties
+    return True
+
+
+share_property_tables()
+
 READS_PER_CALLBACK = 64
 """Packets read in one go before the reader lets other callbacks run."""
+
+ROUTES_KEPT = 1024
+"""Topics whose format (or rejection) a source remembers; beyond, it starts over."""
 
 BURSTS_IN_WINDOW = 4
 """A frame holds at most a quarter of the broker's in-flight window (``receive_maximum``): a
@@ -85,6 +129,48 @@ class Watchdog:
 
     def expired(self) -> bool:
         return self.clock() - self.last > self.limit
+
+
+RECEIVE_BYTES = 65536
+"""What one read of the socket asks for (see :class:`BufferedReceive`)."""
+
+
+class BufferedReceive:
+    """paho's socket reads, through a buffer.
+
+    paho reads a packet in three or more ``recv`` calls (its type, each byte of its length,
+    then its body): most of a QoS 1 drain's system calls. Installed in place of the client's
+    ``_sock_recv``, this reads the socket :data:`RECEIVE_BYTES` at a time with paho's own method
+    (so its errors, and the empty read of a closed stream, reach paho as before) and hands out
+    the pieces paho asks for. Bytes read from one socket are never served for another.
+    """
+
+    def __init__(self, client: paho.Client) -> None:
+        self.client = client
+        self._recv: Callable[[int], bytes] = client._sock_recv
+        self._sock: Any = None
+        self._data = b""
+        self._at = 0
+        client._sock_recv = self  # type: ignore[method-assign]  # paho calls it as its own
+
+    def pending(self) -> bool:
+        """Bytes of the client's current socket wait here."""
+        return self._at < len(self._data) and self._sock is self.client._sock
+
+    def __call__(self, bufsize: int) -> bytes:
+        if not self.pending():
+            self._sock, self._data, self._at = self.client._sock, b"", 0
+            data = self._recv(RECEIVE_BYTES)
+            if len(data) <= bufsize:
+                return data
+            self._data = data
+        start = self._at
+        self._at = start + bufsize
+        if self._at >= len(self._data):
+            piece = self._data[start:]
+            self._data, self._at = b"", 0
+            return piece
+        return self._data[start : self._at]
 
 
 def _has_input(sock: Any) -> bool:
@@ -115,6 +201,7 @@ class _SocketWatch:
     ) -> None:
         self.client = client
         self.paho = client._client
+        self.receive = BufferedReceive(self.paho)
         self.watchdog = watchdog
         self.read_ahead = read_ahead
         """Messages read and not yet taken by the consumer at which reading pauses (None:
@@ -198,7 +285,7 @@ class _SocketWatch:
                 sock = self.paho.socket()
                 if sock is None or self.paho.loop_read() != paho.MQTT_ERR_SUCCESS:
                     return  # paho closed the socket and reported the disconnection
-                if not _has_input(sock):
+                if not (self.receive.pending() or _has_input(sock)):
                     return
         except Exception as exc:
             self.fail(exc)
@@ -318,6 +405,7 @@ class MqttSource(Reconnecting):
         self.tls = tls_context(settings)
         self._reconnect_with(settings, clock, rng)
         self.acknowledged = 0
+        self._routes: dict[str, Format | str] = {}
 
     def _client(self) -> aiomqtt.Client:
         # The client's queue stays unbounded: aiomqtt would drop a message beyond a bound, and
@@ -436,20 +524,34 @@ class MqttSource(Reconnecting):
                 break
         watch.fail(SessionStalled(f"nothing from the broker for {watchdog.limit:g} s"))
 
-    def _decode(self, message: aiomqtt.Message) -> list[Decoded]:
-        payload = message.payload
-        raw = payload if isinstance(payload, bytes) else str(payload or "").encode()
-        topic = message.topic.value
+    def _route(self, topic: str) -> Format | str:
+        """The format of a topic's messages, or why they are rejected; remembered for the
+        last :data:`ROUTES_KEPT` topics (a drain's messages come on a few topics)."""
+        route = self._routes.get(topic)
+        if route is not None:
+            return route
+        route = masked_text(f"no pattern matches {topic[:200]!r}")
         for pattern in self.settings.topics:
             match = pattern.match(topic)
             if match is None:
                 continue
             if match.stream is not None and not valid_stream(match.stream):
-                detail = masked_text(f"stream level of {topic[:200]!r}")
-                return [Rejection(Reason.INVALID_VALUE, detail, masked(raw))]
-            return list(self.formats(match.stream).decode(raw))
-        detail = masked_text(f"no pattern matches {topic[:200]!r}")
-        return [Rejection(Reason.INVALID_VALUE, detail, masked(raw))]
+                route = masked_text(f"stream level of {topic[:200]!r}")
+            else:
+                route = self.formats(match.stream)
+            break
+        if len(self._routes) >= ROUTES_KEPT:
+            self._routes.clear()
+        self._routes[topic] = route
+        return route
+
+    def _decode(self, message: aiomqtt.Message) -> list[Decoded]:
+        payload = message.payload
+        raw = payload if isinstance(payload, bytes) else str(payload or "").encode()
+        route = self._route(message.topic.value)
+        if isinstance(route, str):
+            return [Rejection(Reason.INVALID_VALUE, route, masked(raw))]
+        return route.decode(raw)
 
     async def _acknowledge(
         self, client: aiomqtt.Client, pending: collections.deque[_Ack], arrived: asyncio.Event
