@@ -766,7 +766,13 @@ async def probe_commits(client: Redis) -> AsyncIterator[list[float]]:
     )
     assert child.stdout is not None
     stdout = child.stdout
-    if await stdout.readline() != b"ready\n":
+    ready = b""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(30):
+            ready = await stdout.readline()
+    if ready != b"ready\n":
+        child.kill()
+        await child.wait()
         raise RuntimeError("the probe listener did not start")
 
     async def listen() -> None:
