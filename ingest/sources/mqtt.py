@@ -135,6 +135,10 @@ RECEIVE_BYTES = 65536
 """What one read of the socket asks for (see :class:`BufferedReceive`)."""
 
 
+def _no_reads(bufsize: int) -> bytes:
+    raise ConnectionError("this paho client reads its socket otherwise")
+
+
 class BufferedReceive:
     """paho's socket reads, through a buffer.
 
@@ -147,19 +151,22 @@ class BufferedReceive:
 
     def __init__(self, client: paho.Client) -> None:
         self.client = client
-        self._recv: Callable[[int], bytes] = client._sock_recv
+        recv = getattr(client, "_sock_recv", None)
+        self._recv: Callable[[int], bytes] = recv if callable(recv) else _no_reads
         self._sock: Any = None
         self._data = b""
         self._at = 0
-        client._sock_recv = self  # type: ignore[method-assign]  # paho calls it as its own
+        # Only where paho reads through these two (every paho 2 so far); else paho stays as is.
+        if hasattr(client, "_sock") and callable(recv):
+            client._sock_recv = self  # type: ignore[method-assign]  # paho calls it as its own
 
     def pending(self) -> bool:
         """Bytes of the client's current socket wait here."""
-        return self._at < len(self._data) and self._sock is self.client._sock
+        return self._at < len(self._data) and self._sock is getattr(self.client, "_sock", None)
 
     def __call__(self, bufsize: int) -> bytes:
         if not self.pending():
-            self._sock, self._data, self._at = self.client._sock, b"", 0
+            self._sock, self._data, self._at = getattr(self.client, "_sock", None), b"", 0
             data = self._recv(RECEIVE_BYTES)
             if len(data) <= bufsize:
                 return data
