@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import struct
 from typing import Final
 
 PREFIX: Final = "li"
@@ -193,6 +194,11 @@ class StreamKeys:
         ]
 
 
+_SHARD_AND_MEMBER: Final = struct.Struct(">Hq").unpack
+"""A digest's first two bytes (unsigned) and its last eight (signed), big-endian: one call for
+both halves of a fingerprint."""
+
+
 def fingerprint(identity: str) -> tuple[int, int]:
     """(shard, member) of an event's dedup identity within its stream.
 
@@ -200,9 +206,10 @@ def fingerprint(identity: str) -> tuple[int, int]:
     collide with probability ~n²/2^77 (4e-12 for a million ids); a collision would count the
     second as a duplicate.
     """
-    digest = hashlib.blake2b(identity.encode(TEXT_ENCODING), digest_size=10).digest()
-    shard = int.from_bytes(digest[:2], "big") % DEDUP_SHARDS
-    return shard, int.from_bytes(digest[2:], "big", signed=True)
+    head, member = _SHARD_AND_MEMBER(
+        hashlib.blake2b(identity.encode(TEXT_ENCODING), digest_size=10).digest()
+    )
+    return head % DEDUP_SHARDS, member
 
 
 def namespace_prefixes(namespace: str) -> tuple[str, str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import collections
 import errno
+import hashlib
+import random
 import socket
 from collections.abc import Callable, Iterable
 
@@ -228,3 +230,15 @@ def test_listen_error_is_one_line_naming_key_and_address(error: OSError, reason:
     assert str(ListenError("sources[2].listen", "127.0.0.1:8766", error)) == (
         f"sources[2].listen: cannot listen on 127.0.0.1:8766: {reason}"
     )
+
+
+def test_fingerprint_is_its_digest_read_as_documented() -> None:
+    # The first two bytes of 80 bits of BLAKE2b pick the shard, the last eight (signed,
+    # big-endian) are the member: whatever reads them, the result must be this.
+    rng = random.Random(17)
+    alphabet = "abcxyz0123é🍒\x1e\x1f "
+    for _ in range(20_000):
+        identity = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        digest = hashlib.blake2b(identity.encode(), digest_size=10).digest()
+        shard = int.from_bytes(digest[:2], "big") % DEDUP_SHARDS
+        assert fingerprint(identity) == (shard, int.from_bytes(digest[2:], "big", signed=True))
