@@ -378,7 +378,7 @@ class Bench:
                 sent.__setitem__(i // probe_every, at) if i % probe_every == 0 else None
             )
             async with (
-                probe_commits(client) as committed,
+                probe_commits(client, redis.url) as committed,
                 feed.serving(),
                 Ingester(self.workdir, redis.url, ws_source(feed.url())) as ing,
             ):
@@ -406,7 +406,7 @@ class Bench:
             feed = Feed(lambda part, parts: probes, rate=rate)
             feed.on_send = sent.__setitem__
             async with (
-                probe_commits(client) as committed,
+                probe_commits(client, redis.url) as committed,
                 feed.serving(),
                 Ingester(self.workdir, redis.url, ws_source(feed.url())) as ing,
             ):
@@ -750,17 +750,17 @@ def _scrape_figures(
 
 
 @contextlib.asynccontextmanager
-async def probe_commits(client: Redis) -> AsyncIterator[list[float]]:
+async def probe_commits(client: Redis, url: str) -> AsyncIterator[list[float]]:
     """The times (``perf_counter``) at which probe comments were committed, from Redis keyspace
     notifications, appended while the context is open: one per probe, the commit script's
     ``SADD`` of its id to a dedup set of the probe stream (each new event's own write; the
     stream's totals are written once per batch, however many probes it holds). Stamped as they
-    arrive by a process of their own (``bench.probes``): this process's loop is busy sending."""
+    arrive by a process of their own (``bench.probes``, connecting to ``url``, ``client``'s
+    server): this process's loop is busy sending."""
     committed: list[float] = []
     await client.config_set("notify-keyspace-events", "Ks")
-    kwargs = client.connection_pool.connection_kwargs
-    url = f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
-    pattern = f"__keyspace@{kwargs.get('db', 0)}__:{StreamKeys('bench-probe').seen_prefix}*"
+    db = client.connection_pool.connection_kwargs.get("db", 0)
+    pattern = f"__keyspace@{db}__:{StreamKeys('bench-probe').seen_prefix}*"
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.probes", url, pattern, stdout=asyncio.subprocess.PIPE
     )
