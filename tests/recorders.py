@@ -24,6 +24,9 @@ class RecordingSink:
         done.set_result(None)
         return done
 
+    async def put(self, source: str, items: Sequence[Decoded]) -> None:
+        await self.submit(source, items)
+
     @property
     def items(self) -> list[Decoded]:
         return [item for _, items in self.frames for item in items]

@@ -1,7 +1,8 @@
 """The bounded buffer between sources and Redis, and the batching committer behind it.
 
-Sources ``submit`` decoded frames; when ``capacity`` events, or ``buffer_bytes`` bytes of them,
-wait uncommitted, ``submit`` waits (backpressure). A frame is taken whenever the buffer is below
+Sources ``submit`` decoded frames, or ``put`` them when they acknowledge nothing upstream; when
+``capacity`` events, or ``buffer_bytes`` bytes of them, wait uncommitted, both wait
+(backpressure). A frame is taken whenever the buffer is below
 both bounds, so one frame larger than a bound still passes an empty buffer. ``max_in_flight``
 workers each take a batch of whole frames and commit it in one Redis round trip. A worker
 commits at once when nothing else is in flight (low latency at low rates); otherwise it waits up
@@ -61,11 +62,17 @@ def held_bytes(items: Sequence[Decoded]) -> int:
     return size
 
 
-@dataclasses.dataclass(slots=True)
-class _Frame:
+class _Frame(msgspec.Struct, frozen=True, gc=False):
+    """A frame waiting in the buffer. Neither it nor its items tuple (of events, which are
+    untracked too) is tracked by the cyclic garbage collector: a full buffer of 50,000 frames
+    held 150,000 tracked objects (frame, list, future), every full collection walked them all,
+    and they were a seventh of the ingester's CPU (docs/benchmarks.md, "The collector and the
+    buffer"). Nothing a frame holds refers back to it, so it can be in no cycle."""
+
     source: str
-    items: Sequence[Decoded]
-    future: asyncio.Future[None]
+    items: tuple[Decoded, ...]
+    future: asyncio.Future[None] | None
+    """None for a frame :meth:`Committer.put`: nobody waits for its commit."""
     arrived: float
     size: int
     """Bytes held, per :func:`held_bytes`."""
@@ -136,25 +143,47 @@ class Committer:
         return self._buffered_bytes
 
     async def submit(self, source: str, items: Sequence[Decoded]) -> asyncio.Future[None]:
+        """Queue a frame (waits while the buffer is full); the future completes once every
+        item is committed or dead-lettered."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if not items:
             future.set_result(None)
             return future
         settings = self.settings
+        if self._buffered >= settings.capacity or self._buffered_bytes >= settings.buffer_bytes:
+            await self._room()
+        self._append(source, items, future)
+        return future
+
+    async def put(self, source: str, items: Sequence[Decoded]) -> None:
+        """:meth:`submit` for a source that acknowledges nothing upstream: no future to keep."""
+        if not items:
+            return
+        settings = self.settings
+        if self._buffered >= settings.capacity or self._buffered_bytes >= settings.buffer_bytes:
+            await self._room()
+        self._append(source, items, None)
+
+    async def _room(self) -> None:
+        settings = self.settings
         while self._buffered >= settings.capacity or self._buffered_bytes >= settings.buffer_bytes:
             self._space.clear()
             await self._space.wait()
+
+    def _append(
+        self, source: str, items: Sequence[Decoded], future: asyncio.Future[None] | None
+    ) -> None:
         size = held_bytes(items)
-        self._frames.append(_Frame(source, items, future, self.monotonic(), size))
-        self._buffered += len(items)
+        count = len(items)
+        self._frames.append(_Frame(source, tuple(items), future, self.monotonic(), size))
+        self._buffered += count
         self._buffered_bytes += size
-        self._queued += len(items)
-        self.submitted += len(items)
+        self._queued += count
+        self.submitted += count
         self._empty.clear()
         self._data.set()
         if self._queued >= self.settings.max_events:
             self._full.set()
-        return future
 
     async def run(self) -> None:
         """Run the commit workers until cancelled."""
@@ -230,19 +259,21 @@ class Committer:
                 dead += refused
         except BaseException as exc:
             for frame in batch:
-                if frame.future.done():
+                future = frame.future
+                if future is None or future.done():
                     continue
                 if isinstance(exc, Exception):
-                    frame.future.set_exception(exc)
-                    frame.future.exception()  # mark retrieved: nobody may be waiting
+                    future.set_exception(exc)
+                    future.exception()  # mark retrieved: nobody may be waiting
                 else:
-                    frame.future.cancel()
+                    future.cancel()
             raise
         self._account(events, sources, outcomes, dead)
         self.committed += len(events) + len(dead) - len(refused)
         for frame in batch:
-            if not frame.future.done():
-                frame.future.set_result(None)
+            future = frame.future
+            if future is not None and not future.done():
+                future.set_result(None)
 
     async def _commit_in_turn(
         self, events: list[Event], dead: list[DeadLetter], spaces: list[str]

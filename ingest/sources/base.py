@@ -21,6 +21,11 @@ class Sink(Protocol):
         """
         ...
 
+    async def put(self, source: str, items: Sequence[Decoded]) -> None:
+        """Queue a decoded frame as :meth:`submit` does, for a source that acknowledges nothing
+        upstream: no future is made or kept."""
+        ...
+
 
 class Health(Protocol):
     def connected(self, source: str, up: bool) -> None: ...

@@ -230,7 +230,7 @@ class EventSubSource(Reconnecting):
                     if isinstance(message, Notification) and not message.items:
                         self.on_ignored(OTHER_SUBSCRIPTION)
                     if message.items:
-                        await self.sink.submit(self.name, message.items)
+                        await self.sink.put(self.name, message.items)
                 case Revocation():
                     log.warning(
                         "eventsub subscription revoked: type=%s status=%s id=%s",

@@ -363,7 +363,7 @@ class FacebookLiveSource(Reconnecting):
                     raise GraphApiError(classify(200, data), 200)
                 items = self.fmt.decode(data)
                 if items:
-                    await self.sink.submit(self.name, items)
+                    await self.sink.put(self.name, items)
 
     # --- polling ----------------------------------------------------------------------------
 
@@ -416,7 +416,7 @@ class FacebookLiveSource(Reconnecting):
             page = self.fmt.page(body)
             if page.items:
                 found += len(page.items)
-                await self.sink.submit(self.name, page.items)
+                await self.sink.put(self.name, page.items)
             if page.after is not None:
                 self.after = page.after
             if not page.more or page.after is None:

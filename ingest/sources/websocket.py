@@ -121,7 +121,7 @@ async def _read(
     while True:
         frame = await ws.recv(decode=False)
         health.received(name)
-        await sink.submit(name, fmt.decode(frame))
+        await sink.put(name, fmt.decode(frame))
 
 
 def retry_reason(exc: BaseException) -> str | None:

@@ -201,10 +201,10 @@ class YouTubeSource(Reconnecting):
     async def _take(self, answer: Page | Invalid) -> int | None:
         """Hand a page's events on and remember where it ends; its polling interval."""
         if isinstance(answer, Invalid):
-            await self.sink.submit(self.name, answer.items)
+            await self.sink.put(self.name, answer.items)
             raise SessionError("malformed page")
         if answer.items:
-            await self.sink.submit(self.name, answer.items)
+            await self.sink.put(self.name, answer.items)
         if answer.ignored:
             self.on_ignored(answer.ignored)
         if answer.next_page_token:

@@ -33,6 +33,9 @@ class Recorder:
         done.set_result(None)
         return done
 
+    async def put(self, source: str, items: Sequence[Decoded]) -> None:
+        self.items.extend(items)
+
     def connected(self, source: str, up: bool) -> None:
         self.up.append(up)
 
