@@ -27,6 +27,10 @@ class RecordingSink:
     async def put(self, source: str, items: Sequence[Decoded]) -> None:
         await self.submit(source, items)
 
+    def offer(self, source: str, items: Sequence[Decoded]) -> bool:
+        self.frames.append((source, list(items)))
+        return True
+
     @property
     def items(self) -> list[Decoded]:
         return [item for _, items in self.frames for item in items]

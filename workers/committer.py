@@ -164,6 +164,16 @@ class Committer:
             await self._room()
         self._append(source, items, None)
 
+    def offer(self, source: str, items: Sequence[Decoded]) -> bool:
+        """:meth:`put` without waiting, for a source that reads in callbacks: queued now if
+        the buffer has room (as ``put`` would queue it), else False and nothing queued."""
+        settings = self.settings
+        if self._buffered >= settings.capacity or self._buffered_bytes >= settings.buffer_bytes:
+            return False
+        if items:
+            self._append(source, items, None)
+        return True
+
     async def _room(self) -> None:
         settings = self.settings
         while self._buffered >= settings.capacity or self._buffered_bytes >= settings.buffer_bytes:

@@ -422,6 +422,8 @@ class WebsocketClientConfig(_SourceBase):
     type: Literal["websocket-client"]
     format: Literal["native", "twitch-eventsub", "socialstream"] = "native"
     url: Annotated[str, Field(pattern=r"^wss?://")]
+    transport: Literal["websockets", "picows"] = "websockets"
+    """The websocket library reading the frames; picows parses them in C (README)."""
     twitch: TwitchConfig | None = None
     subscribe: str | None = _default(WebsocketClientSettings, "subscribe")
     headers: dict[str, str] = _default(WebsocketClientSettings, "headers")
@@ -444,6 +446,8 @@ class WebsocketClientConfig(_SourceBase):
             raise ValueError("format 'twitch-eventsub' and a [twitch] table go together")
         if self.format == "twitch-eventsub" and (self.subscribe or self.token_env):
             raise ValueError("twitch-eventsub sends nothing: no subscribe, no token_env")
+        if self.format == "twitch-eventsub" and self.transport != "websockets":
+            raise ValueError("twitch-eventsub reads through websockets: no transport")
         return self
 
 

@@ -68,6 +68,7 @@ from ingest.sources.websocket import (
     WebsocketServerSettings,
     WebsocketServerSource,
 )
+from ingest.sources.websocket_picows import PicowsClientSource
 from ingest.sources.youtube import YouTubeSettings, YouTubeSource
 from ingest.twitch import CHAT_MESSAGE, REVOCATION_STATUSES, EventSubFormat, Revocation
 from ingest.youtube import ERROR_KINDS, LiveChatFormat
@@ -573,12 +574,13 @@ def websocket_client(
     if config.token_env:
         headers["Authorization"] = f"Bearer {environ[config.token_env]}"
     settings = config.settings(WebsocketClientSettings, headers=headers)
+    kind = PicowsClientSource if config.transport == "picows" else WebsocketClientSource
     if config.format == "socialstream":
         relay = SocialStreamFormat(options, functools.partial(health.ignored, config.name))
-        return WebsocketClientSource(
+        return kind(
             config.name, relay, committer, health, settings, on_connect=relay.new_connection
         )
-    return WebsocketClientSource(config.name, NativeFormat(options), committer, health, settings)
+    return kind(config.name, NativeFormat(options), committer, health, settings)
 
 
 def websocket_server(

@@ -26,6 +26,11 @@ class Sink(Protocol):
         upstream: no future is made or kept."""
         ...
 
+    def offer(self, source: str, items: Sequence[Decoded]) -> bool:
+        """:meth:`put` without waiting: queued now if the buffer has room, else False and
+        nothing queued (the source then waits in ``put``)."""
+        ...
+
 
 class Health(Protocol):
     def connected(self, source: str, up: bool) -> None: ...

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from websockets.frames import CloseCode
 from websockets.protocol import State
 
 from ingest.adapter import FormatOptions
-from ingest.model import Comment, Order, Reason, Viewers
+from ingest.model import Comment, Decoded, Order, Reason, Viewers
 from ingest.native import NativeFormat
 from ingest.sources.admission import RateLimits
 from ingest.sources.tokens import read_tokens
@@ -44,6 +44,7 @@ from ingest.sources.websocket import (
     WebsocketServerSettings,
     WebsocketServerSource,
 )
+from ingest.sources.websocket_picows import PicowsClientSource
 from tests.recorders import ManualClock, RecordingHealth, RecordingSink, running
 from tests.waiting import UNIT, until
 
@@ -109,7 +110,18 @@ INVALID_UTF8 = (
 """Binary frame: websockets does not check binary frames for UTF-8, the format must."""
 
 
+TRANSPORTS = {"websockets": WebsocketClientSource, "picows": PicowsClientSource}
+"""The client source over each websocket library it can read through (``transport``)."""
+
+
+@pytest.fixture(params=sorted(TRANSPORTS))
+def transport(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
 def client_source(
+    transport: str,
     url: str,
     sink: RecordingSink,
     health: RecordingHealth,
@@ -119,9 +131,8 @@ def client_source(
     options.setdefault("open_timeout", 2 * UNIT)
     options.setdefault("max_size", MAX_SIZE)
     settings = WebsocketClientSettings(url=url, backoff_initial=0.01, backoff_max=0.08, **options)
-    return WebsocketClientSource(
-        "feed", native(), sink, health, settings, clock=clock, rng=lambda: 1.0
-    )
+    kind = TRANSPORTS[transport]
+    return kind("feed", native(), sink, health, settings, clock=clock, rng=lambda: 1.0)
 
 
 class ScriptedServer:
@@ -269,10 +280,10 @@ class DeafWebsocket:
 
 
 @pytest.mark.asyncio
-async def test_client_submits_decoded_frames() -> None:
+async def test_client_submits_decoded_frames(transport: str) -> None:
     sink, health = RecordingSink(), RecordingHealth()
     async with ScriptedServer() as server, bounded():
-        source = client_source(server.url, sink, health)
+        source = client_source(transport, server.url, sink, health)
         async with running(source.run()):
             await until(lambda: len(server.connections) == 1, WAIT, "a connection")
             await server.latest().send(frame("c1"))
@@ -301,11 +312,13 @@ async def test_client_submits_decoded_frames() -> None:
 
 
 @pytest.mark.asyncio
-async def test_client_subscribes_on_first_connection_and_after_every_reconnect() -> None:
+async def test_client_subscribes_on_first_connection_and_after_every_reconnect(
+    transport: str,
+) -> None:
     subscribe = orjson.dumps({"op": "subscribe", "streams": [STREAM]}).decode()
     sink, health = RecordingSink(), RecordingHealth()
     async with ScriptedServer() as server, bounded():
-        source = client_source(server.url, sink, health, subscribe=subscribe)
+        source = client_source(transport, server.url, sink, health, subscribe=subscribe)
         async with running(source.run()):
             for attempt in range(1, 4):
                 await until(lambda n=attempt: len(server.connections) == n, WAIT, "a connection")
@@ -316,10 +329,10 @@ async def test_client_subscribes_on_first_connection_and_after_every_reconnect()
 
 
 @pytest.mark.asyncio
-async def test_client_reconnects_by_itself_after_the_server_closes() -> None:
+async def test_client_reconnects_by_itself_after_the_server_closes(transport: str) -> None:
     sink, health = RecordingSink(), RecordingHealth()
     async with ScriptedServer() as server, bounded():
-        source = client_source(server.url, sink, health)
+        source = client_source(transport, server.url, sink, health)
         async with running(source.run()):
             await until(lambda: health.ups == 1, WAIT, "connected")
             await server.latest().send(frame("before"))
@@ -336,10 +349,10 @@ async def test_client_reconnects_by_itself_after_the_server_closes() -> None:
 
 
 @pytest.mark.asyncio
-async def test_client_backs_off_exponentially_while_refused_then_connects() -> None:
+async def test_client_backs_off_exponentially_while_refused_then_connects(transport: str) -> None:
     sink, health = RecordingSink(), RecordingHealth()
     async with ScriptedServer(listening=False) as server, bounded():
-        source = client_source(server.url, sink, health)
+        source = client_source(transport, server.url, sink, health)
         async with running(source.run()):
             await until(lambda: len(health.retries) >= 6, WAIT, "six refused attempts")
             assert health.ups == 0
@@ -355,13 +368,17 @@ async def test_client_backs_off_exponentially_while_refused_then_connects() -> N
 
 
 @pytest.mark.asyncio
-async def test_client_backoff_resets_only_after_a_connection_that_lived_long_enough() -> None:
+async def test_client_backoff_resets_only_after_a_connection_that_lived_long_enough(
+    transport: str,
+) -> None:
     """Short-lived connections keep growing the delay; one that stayed up ``backoff_reset_after``
     (per the injected clock) starts it over."""
     clock = ManualClock()
     sink, health = RecordingSink(), RecordingHealth()
     async with ScriptedServer() as server, bounded():
-        source = client_source(server.url, sink, health, clock=clock, backoff_reset_after=5.0)
+        source = client_source(
+            transport, server.url, sink, health, clock=clock, backoff_reset_after=5.0
+        )
         async with running(source.run()):
             for attempt, lifetime in enumerate([0.0, 4.9, 0.0, 5.0, 0.0], start=1):
                 await until(lambda n=attempt: health.ups == n, WAIT, f"connection {attempt}")
@@ -375,7 +392,9 @@ async def test_client_backoff_resets_only_after_a_connection_that_lived_long_eno
 
 
 @pytest.mark.asyncio
-async def test_client_failed_attempts_never_reset_the_backoff_however_long_they_take() -> None:
+async def test_client_failed_attempts_never_reset_the_backoff_however_long_they_take(
+    transport: str,
+) -> None:
     """A server that accepts TCP but never answers the handshake: every attempt runs into
     ``open_timeout``, longer than ``backoff_reset_after``. Never having been connected, the
     attempts must not count as a healthy connection (with the defaults, open_timeout equals
@@ -383,7 +402,7 @@ async def test_client_failed_attempts_never_reset_the_backoff_however_long_they_
     sink, health = RecordingSink(), RecordingHealth()
     async with RawServer(silent) as server, bounded():
         source = client_source(
-            server.url, sink, health, open_timeout=0.05, backoff_reset_after=0.04
+            transport, server.url, sink, health, open_timeout=0.05, backoff_reset_after=0.04
         )
         async with running(source.run()):
             await until(lambda: len(health.retries) >= 5, WAIT, "five timed-out attempts")
@@ -417,10 +436,12 @@ def assert_bad_mix(sink: RecordingSink) -> None:
 
 
 @pytest.mark.asyncio
-async def test_client_keeps_the_connection_and_the_valid_events_around_bad_input() -> None:
+async def test_client_keeps_the_connection_and_the_valid_events_around_bad_input(
+    transport: str,
+) -> None:
     sink, health = RecordingSink(), RecordingHealth()
     async with ScriptedServer() as server, bounded():
-        source = client_source(server.url, sink, health)
+        source = client_source(transport, server.url, sink, health)
         async with running(source.run()):
             await until(lambda: health.ups == 1, WAIT, "connected")
             ws = server.latest()
@@ -434,13 +455,15 @@ async def test_client_keeps_the_connection_and_the_valid_events_around_bad_input
 
 
 @pytest.mark.asyncio
-async def test_client_frame_over_max_size_closes_with_1009_and_the_frame_is_lost() -> None:
+async def test_client_frame_over_max_size_closes_with_1009_and_the_frame_is_lost(
+    transport: str,
+) -> None:
     """Documented behaviour: a frame bigger than ``max_size`` is not a rejection. websockets
     fails the connection with 1009 (message too big) before the format sees the frame, so it is
     neither submitted nor dead-lettered; the source reconnects and later frames arrive."""
     sink, health = RecordingSink(), RecordingHealth()
     async with ScriptedServer() as server, bounded():
-        source = client_source(server.url, sink, health)
+        source = client_source(transport, server.url, sink, health)
         async with running(source.run()):
             await until(lambda: health.ups == 1, WAIT, "connected")
             first = server.latest()
@@ -457,26 +480,96 @@ async def test_client_frame_over_max_size_closes_with_1009_and_the_frame_is_lost
 
 
 @pytest.mark.asyncio
-async def test_client_detects_a_peer_that_stops_answering_pings_and_reconnects() -> None:
+async def test_client_detects_a_peer_that_stops_answering_pings_and_reconnects(
+    transport: str,
+) -> None:
     deaf = DeafWebsocket()
     sink, health = RecordingSink(), RecordingHealth()
     async with RawServer(deaf) as server, bounded():
-        source = client_source(server.url, sink, health, ping_interval=0.05, ping_timeout=0.05)
+        source = client_source(
+            transport, server.url, sink, health, ping_interval=0.05, ping_timeout=0.05
+        )
         async with running(source.run()):
             await until(lambda: health.ups >= 2, WAIT, "a reconnect after the ping timeout")
             await until(lambda: len(sink.events) >= 2, WAIT, "an event on each connection")
 
+    # websockets sends 1011 (keepalive ping timeout), picows 1001 (no reply to its ping).
+    code = CloseCode.INTERNAL_ERROR if transport == "websockets" else CloseCode.GOING_AWAY
     assert deaf.pings >= 1
-    assert deaf.close_codes[0] == CloseCode.INTERNAL_ERROR  # "keepalive ping timeout"
+    assert deaf.close_codes[0] == code
     # The client failed the connection itself; the reason carries the code it sent.
-    assert health.story()[:4] == ["up", "down", "retry closed (1011) after 0.01", "up"]
+    assert health.story()[:4] == ["up", "down", f"retry closed ({code}) after 0.01", "up"]
     assert sink.event_ids[:2] == ["deaf-0", "deaf-1"]
 
 
 @pytest.mark.asyncio
-async def test_client_gives_up_on_a_bad_uri() -> None:
+async def test_client_assembles_a_fragmented_message_and_refuses_one_over_max_size(
+    transport: str,
+) -> None:
+    """A message sent in fragments is one frame for the format; fragments that add up to more
+    than ``max_size`` fail the connection with 1009, as one frame that big does."""
     sink, health = RecordingSink(), RecordingHealth()
-    source = client_source("http://127.0.0.1/feed", sink, health)
+    text = frame("parts", text="y" * 600)
+    async with ScriptedServer() as server, bounded():
+        source = client_source(transport, server.url, sink, health)
+        async with running(source.run()):
+            await until(lambda: health.ups == 1, WAIT, "connected")
+            first = server.latest()
+            await first.send([text[:100], text[100:700], text[700:]])
+            await until(lambda: sink.event_ids == ["parts"], WAIT, "the assembled message")
+            await first.send(["x" * 3000, "x" * 3000])
+            await until(lambda: health.ups == 2, WAIT, "connected again")
+
+    assert first.close_code == CloseCode.MESSAGE_TOO_BIG
+    assert health.story()[:3] == ["up", "down", "retry closed (1009) after 0.01"]
+    assert len(sink.frames) == 1
+
+
+class FullSink(RecordingSink):
+    """A buffer that is full until ``room`` is set: ``offer`` refuses, ``put`` waits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.room = asyncio.Event()
+        self.waiting = 0
+
+    def offer(self, source: str, items: Sequence[Decoded]) -> bool:
+        return self.room.is_set() and super().offer(source, items)
+
+    async def put(self, source: str, items: Sequence[Decoded]) -> None:
+        self.waiting += 1
+        await self.room.wait()
+        self.waiting -= 1
+        await super().put(source, items)
+
+
+@pytest.mark.asyncio
+async def test_client_waits_for_a_full_buffer_and_loses_no_frame_nor_their_order(
+    transport: str,
+) -> None:
+    """While the buffer is full the source stops reading and waits; once there is room every
+    frame arrives, in the order sent."""
+    sink, health = FullSink(), RecordingHealth()
+    ids = [f"e{i}" for i in range(300)]
+    async with ScriptedServer() as server, bounded():
+        source = client_source(transport, server.url, sink, health)
+        async with running(source.run()):
+            await until(lambda: health.ups == 1, WAIT, "connected")
+            for event_id in ids:
+                await server.latest().send(frame(event_id))
+            await until(lambda: sink.waiting == 1, WAIT, "a frame waiting for room")
+            assert sink.frames == []
+            sink.room.set()
+            await until(lambda: len(sink.frames) == len(ids), WAIT, "every frame")
+
+    assert sink.event_ids == ids
+    assert health.story() == ["up", "down"]
+
+
+@pytest.mark.asyncio
+async def test_client_gives_up_on_a_bad_uri(transport: str) -> None:
+    sink, health = RecordingSink(), RecordingHealth()
+    source = client_source(transport, "http://127.0.0.1/feed", sink, health)
     async with bounded():
         with pytest.raises(InvalidURI):
             await source.run()

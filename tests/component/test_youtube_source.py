@@ -36,6 +36,10 @@ class Recorder:
     async def put(self, source: str, items: Sequence[Decoded]) -> None:
         self.items.extend(items)
 
+    def offer(self, source: str, items: Sequence[Decoded]) -> bool:
+        self.items.extend(items)
+        return True
+
     def connected(self, source: str, up: bool) -> None:
         self.up.append(up)
 

@@ -135,6 +135,7 @@ def client_source(
     fmt: str = "native",
     *,
     backoff: tuple[float, float] = (0.05, 0.5),
+    transport: str = "websockets",
 ) -> str:
     default = f'stream = "{stream}"' if stream else ""
     return f"""
@@ -143,6 +144,7 @@ name = "{name}"
 type = "websocket-client"
 format = "{fmt}"
 url = "{url}"
+transport = "{transport}"
 {default}
 backoff_initial = {backoff[0]}
 backoff_max = {backoff[1]}
@@ -265,16 +267,21 @@ def twitch_environment(server: EventSubServer) -> dict[str, str]:
 
 
 def feed_ingester(
-    folder: Path, name: str, redis_url: str, feed_url: str, **options: Any
+    folder: Path,
+    name: str,
+    redis_url: str,
+    feed_url: str,
+    transport: str = "websockets",
+    **options: Any,
 ) -> IngesterProcess:
-    """An ingester (not started) reading one websocket feed, configured in
-    ``folder/<name>.toml``; ``options`` go to :func:`write_config`."""
+    """An ingester (not started) reading one websocket feed through ``transport``, configured
+    in ``folder/<name>.toml``; ``options`` go to :func:`write_config`."""
     port = free_port()
     config = write_config(
         folder / f"{name}.toml",
         redis_url=redis_url,
         http_port=port,
-        sources=client_source("feed", feed_url),
+        sources=client_source("feed", feed_url, transport=transport),
         **options,
     )
     return IngesterProcess(config, port)

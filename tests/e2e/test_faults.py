@@ -55,9 +55,14 @@ def gauge(port: int, name: str, **labels: str) -> float:
     return select(scrape(port), name, **labels)[()]
 
 
+TRANSPORTS = pytest.mark.parametrize("transport", ["websockets", "picows"])
+"""The websocket client source's libraries (``transport``): each is held to the same faults."""
+
+
 @pytest.mark.asyncio
+@TRANSPORTS
 async def test_redis_down_for_ten_seconds_then_back_counts_exactly(
-    tmp_path: Path, durable_redis: RedisServer, stream: str
+    tmp_path: Path, durable_redis: RedisServer, stream: str, transport: str
 ) -> None:
     sale = lychee_sale(seed=21, stream=stream, hours=1.0, target_grams=8_000_000)
     data = sale_frames(sale)
@@ -67,7 +72,7 @@ async def test_redis_down_for_ten_seconds_then_back_counts_exactly(
         tmp_path / "outage.toml",
         redis_url=durable_redis.url,
         http_port=port,
-        sources=client_source("feed", feed.url("o")),
+        sources=client_source("feed", feed.url("o"), transport=transport),
         buffer_events=300,
     )
     async with feed.serving():
@@ -103,13 +108,16 @@ async def test_redis_down_for_ten_seconds_then_back_counts_exactly(
 
 
 @pytest.mark.asyncio
+@TRANSPORTS
 async def test_one_of_two_replicas_killed_again_and_again_keeps_totals_exact(
-    tmp_path: Path, redis_url: str, stream: str
+    tmp_path: Path, redis_url: str, stream: str, transport: str
 ) -> None:
     sale = small_sale(stream)
     data = sale_frames(sale)
     feed = ReplayFeed(data, cut_after=None, replay=300, pause=0.0006)
-    replicas = [feed_ingester(tmp_path, f"r{n}", redis_url, feed.url(f"r{n}")) for n in range(2)]
+    replicas = [
+        feed_ingester(tmp_path, f"r{n}", redis_url, feed.url(f"r{n}"), transport) for n in range(2)
+    ]
     steady, victim = replicas
     async with feed.serving():
         with steady, victim:
@@ -121,12 +129,13 @@ async def test_one_of_two_replicas_killed_again_and_again_keeps_totals_exact(
 
 
 @pytest.mark.asyncio
+@TRANSPORTS
 async def test_sigterm_under_load_commits_everything_it_read(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, redis_url: str, transport: str
 ) -> None:
     frames = list(Workload(seed=3, prefix="term").frames(60_000))
     feed = ReplayFeed(frames, cut_after=None, replay=0)
-    process = feed_ingester(tmp_path, "term", redis_url, feed.url("t"))
+    process = feed_ingester(tmp_path, "term", redis_url, feed.url("t"), transport)
     async with feed.serving():
         with process:
             # Frames sent run ahead of frames read by what the socket buffers hold (a few

@@ -191,6 +191,19 @@ def test_twitch_table_and_format_go_together() -> None:
     ]
 
 
+def test_the_websocket_library_is_chosen_per_client_source() -> None:
+    """websockets by default; picows where asked; not for Twitch, whose source is its own."""
+    assert parse(minimal(), "test.toml", {}).sources[0].transport == "websockets"  # type: ignore[union-attr]
+    data = minimal()
+    data["sources"][0]["transport"] = "picows"
+    assert parse(data, "test.toml", {}).sources[0].transport == "picows"  # type: ignore[union-attr]
+    twitch = {"client_id": "c", "token_env": "T", "broadcaster_user_id": "1", "user_id": "2"}
+    data["sources"][0].update(stream="s", format="twitch-eventsub", twitch=twitch)
+    assert errors_of(data, {"T": "t" * 16}) == [
+        "sources[0]: Value error, twitch-eventsub reads through websockets: no transport"
+    ]
+
+
 def test_empty_config_is_all_defaults() -> None:
     config = parse({}, "empty.toml", {})
     assert config == Config()
@@ -285,6 +298,7 @@ def test_one_bad_value(section: str, key: str, value: object, location: str) -> 
         ({"stream": "a", "streams": ["b"]}, "sources[0]"),
         ({"max_size": 1024, "max_frame_bytes": 2048}, "sources[0]"),
         ({"format": "protobuf"}, "sources[0].format"),
+        ({"transport": "aiohttp"}, "sources[0].transport"),
         ({"backoff_initial": 0}, "sources[0].backoff_initial"),
         ({"listen": "x:1"}, "sources[0].listen"),
     ],
