@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -88,6 +88,31 @@ def spread(values: Sequence[float]) -> dict[str, float]:
 
 # --- the feed ---------------------------------------------------------------------------------
 
+CHUNK_BYTES = 64 * 1024
+
+
+def wire_chunks(frames: Iterable[bytes]) -> Iterator[tuple[bytes, int]]:
+    """``frames`` as a server sends them (RFC 6455: final text frames, unmasked), joined into
+    chunks of about ``CHUNK_BYTES``: (chunk, frames in it)."""
+    parts: list[bytes] = []
+    size = count = 0
+    for payload in frames:
+        n = len(payload)
+        if n < 126:
+            head = bytes((0x81, n))
+        elif n < 1 << 16:
+            head = bytes((0x81, 126)) + n.to_bytes(2, "big")
+        else:
+            head = bytes((0x81, 127)) + n.to_bytes(8, "big")
+        parts += (head, payload)
+        size += len(head) + n
+        count += 1
+        if size >= CHUNK_BYTES:
+            yield b"".join(parts), count
+            parts, size, count = [], 0, 0
+    if parts:
+        yield b"".join(parts), count
+
 
 class Feed:
     """A websocket server sending ``frames(part, parts)`` to each connection
@@ -114,6 +139,9 @@ class Feed:
         assert ws.request is not None
         query = parse_qs(urlparse(ws.request.path).query)
         part, parts = int(query["part"][0]), int(query["parts"][0])
+        if not self.rate:
+            await self._flood(ws, list(wire_chunks(self.frames(part, parts))))
+            return
         await self.go.wait()
         if self.started is None:
             self.started = time.perf_counter()
@@ -128,8 +156,21 @@ class Feed:
                 if self.on_send is not None:
                     self.on_send(n, time.perf_counter())
                 self.sent += 1
-                if not self.rate and n % 128 == 0:
-                    await asyncio.sleep(0)
+            await ws.wait_closed()
+
+    async def _flood(self, ws: ServerConnection, chunks: list[tuple[bytes, int]]) -> None:
+        """As fast as possible: the frames framed beforehand (``wire_chunks``), written ~64 KiB
+        at a time, waiting only while the transport's buffer is full. Sending frame by frame
+        cost the feed ~4.5 µs of CPU per event, most of it a write per frame whenever the
+        reader kept up, and a faster reader made the sender its limit."""
+        await self.go.wait()
+        if self.started is None:
+            self.started = time.perf_counter()
+        with contextlib.suppress(ConnectionClosed):  # the ingester stopped before the end
+            for chunk, count in chunks:
+                ws.transport.write(chunk)
+                self.sent += count
+                await ws.drain()
             await ws.wait_closed()
 
     @contextlib.asynccontextmanager
@@ -257,8 +298,11 @@ class Ingester:
             await asyncio.sleep(0.05)
 
 
-def ws_source(url: str, name: str = "feed") -> str:
-    return f'[[sources]]\nname = "{name}"\ntype = "websocket-client"\nurl = "{url}"\n'
+def ws_source(url: str, name: str = "feed", transport: str = "websockets") -> str:
+    return (
+        f'[[sources]]\nname = "{name}"\ntype = "websocket-client"\nurl = "{url}"\n'
+        f'transport = "{transport}"\n'
+    )
 
 
 # --- measurements -----------------------------------------------------------------------------
@@ -295,10 +339,11 @@ class Bench:
         rate: float = orjson.loads(out)["rate"]
         return rate
 
-    async def ceiling(self, frames: list[bytes]) -> float:
+    async def ceiling(self, frames: list[bytes], transport: str = "websockets") -> float:
         feed = Feed(lambda part, parts: frames)
+        mode = "ceiling" if transport == "websockets" else f"ceiling-{transport}"
         async with feed.serving():
-            return await self.peer("ceiling", feed, len(frames))
+            return await self.peer(mode, feed, len(frames))
 
     async def naive(self, frames: list[bytes]) -> float:
         redis = self.fresh_redis()
@@ -310,17 +355,24 @@ class Bench:
             redis.close()
 
     async def pipeline(
-        self, frames: list[bytes], detail: bool = False, per_frame: int = 1
+        self,
+        frames: list[bytes],
+        detail: bool = False,
+        per_frame: int = 1,
+        transport: str = "websockets",
     ) -> dict[str, float]:
         """One ingester process to committed totals; with ``detail``, CPU split and Redis
-        memory and CPU per event. ``per_frame``: events in each frame."""
+        memory and CPU per event. ``per_frame``: events in each frame; ``transport``: the
+        websocket client source's."""
         redis = self.fresh_redis()
         client = Redis.from_url(redis.url)
         try:
             feed = Feed(lambda part, parts: frames)
             async with (
                 feed.serving(),
-                Ingester(self.workdir, redis.url, ws_source(feed.url())) as ing,
+                Ingester(
+                    self.workdir, redis.url, ws_source(feed.url(), transport=transport)
+                ) as ing,
             ):
                 memory0 = (await client.info("memory"))["used_memory"]
                 redis_cpu0 = _redis_cpu(await client.info("cpu"))
@@ -619,7 +671,29 @@ class Bench:
         out["orders_ratio_to_naive"] = (
             out["orders_pipeline"]["median"] / out["orders_naive"]["median"]
         )
+        await self._picows(frames, "orders_", per)
         return out
+
+    async def _picows(self, frames: list[bytes], prefix: str, per: int = 1) -> None:
+        """The same frames through the picows transport: its own ceiling, the pipeline with
+        ``transport = "picows"``, and the ratios (``<prefix>picows_`` figures)."""
+        r, out = self.runs, self.results
+        ceiling = [await self.ceiling(frames, "picows") * per for _ in range(r)]
+        out[f"{prefix}picows_ceiling"] = spread(ceiling)
+        runs = [
+            await self.pipeline(frames, detail=True, per_frame=per, transport="picows")
+            for _ in range(r)
+        ]
+        pipeline = spread([run["rate"] for run in runs])
+        out[f"{prefix}picows_pipeline"] = pipeline
+        out[f"{prefix}picows_cpu"] = _cpu_split(runs)
+        for name in ("ceiling", "picows_ceiling", "naive"):
+            key = f"{prefix}{name}" if prefix else name
+            out[f"{prefix}picows_ratio_to_{name}"] = pipeline["median"] / out[key]["median"]
+        say(
+            f"{prefix}picows: ceiling {out[f'{prefix}picows_ceiling']}, pipeline {pipeline}; "
+            f"CPU µs per event: {out[f'{prefix}picows_cpu']}"
+        )
 
     async def _throughput(self) -> dict[str, Any]:
         """Ceiling, pipeline (with its CPU split) and naive peer on the ordinary workload."""
@@ -637,6 +711,7 @@ class Bench:
         say(f"naive: {out['naive']}")
         out["ratio_to_ceiling"] = out["pipeline"]["median"] / out["ceiling"]["median"]
         out["ratio_to_naive"] = out["pipeline"]["median"] / out["naive"]["median"]
+        await self._picows(frames, "")
         return out
 
     async def run_throughput(self) -> dict[str, Any]:
@@ -966,8 +1041,32 @@ def orders_table(out: dict[str, Any]) -> str:
             f"- order-heavy: ratio to the ceiling {out['orders_ratio_to_ceiling']:.2f}; to the "
             f"naive peer {out['orders_ratio_to_naive']:.1f}x",
             cpu_line(out["orders_cpu"]),
+            "",
+            *picows_lines(out, "orders_", "order-heavy"),
         ]
     )
+
+
+def picows_lines(out: dict[str, Any], prefix: str, workload: str) -> list[str]:
+    """The picows transport's rows, beside the websockets ones."""
+
+    def row(name: str, s: dict[str, float]) -> str:
+        return f"| {name} | {s['median']:,.0f} | {s['min']:,.0f} | {s['max']:,.0f} | events/s |"
+
+    if f"{prefix}picows_pipeline" not in out:
+        return []
+    ratio = f"{prefix}picows_ratio_to_"
+    return [
+        f"| {workload}, transport = picows | median | min | max | unit |",
+        "|---|---|---|---|---|",
+        row("ceiling through picows: receive + parse only", out[f"{prefix}picows_ceiling"]),
+        row("our pipeline, one process, picows", out[f"{prefix}picows_pipeline"]),
+        "",
+        f"- picows pipeline: ratio to the websockets ceiling {out[ratio + 'ceiling']:.2f}, "
+        f"to the picows ceiling {out[ratio + 'picows_ceiling']:.2f}; to the naive peer "
+        f"{out[ratio + 'naive']:.1f}x",
+        cpu_line(out[f"{prefix}picows_cpu"]),
+    ]
 
 
 def cpu_line(split: dict[str, dict[str, float]]) -> str:
@@ -998,6 +1097,8 @@ def throughput_table(out: dict[str, Any]) -> str:
         f"- ratio to the ceiling: {out['ratio_to_ceiling']:.2f}; to the naive peer: "
         f"{out['ratio_to_naive']:.1f}x",
         cpu_line(out["pipeline_cpu"]),
+        "",
+        *picows_lines(out, "", "ordinary workload"),
     ]
     return "\n".join(lines)
 
@@ -1045,6 +1146,8 @@ def table(out: dict[str, Any]) -> str:
         + ", ".join(f"{v:.0f} MB {k[7:-3]}" for k, v in rss.items() if k.startswith("rss_at_"))
         + f" events (growth {rss['growth']:.1%})",
         mqtt_line(out),
+        "",
+        *picows_lines(out, "", "ordinary workload"),
         "",
         mqtt_clients_table(out),
         "",

@@ -7,6 +7,7 @@ pipelines use: per event one awaited ``SET NX EX`` round trip, then the ``HINCRB
 per-process prometheus counters. Both print one JSON line: events, seconds, events/s.
 
     python -m bench.peers ceiling URL N
+    python -m bench.peers ceiling-picows URL N   # the same through picows
     python -m bench.peers naive URL N REDIS_URL
     python -m bench.peers scrapers URL N SECONDS    # N clients scraping URL back to back
     python -m bench.peers mqtt-bare PORT N CLIENT_ID [RECEIVE_MAXIMUM]
@@ -69,6 +70,37 @@ async def ceiling(url: str, n: int) -> dict[str, float]:
             if count == n:
                 break
         return _result(n, time.perf_counter() - start)
+
+
+async def ceiling_picows(url: str, n: int) -> dict[str, float]:
+    """``ceiling`` through picows, the transport a source may use instead (``transport =
+    "picows"``): frames parsed in C, handed over in a callback."""
+    from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+    done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+    text, binary = WSMsgType.TEXT, WSMsgType.BINARY
+
+    class Receiver(WSListener):
+        count = 0
+        start = 0.0
+
+        def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+            if frame.msg_type is not text and frame.msg_type is not binary:
+                return
+            if self.count == 0:
+                self.start = time.perf_counter()
+            orjson.loads(frame.get_payload_as_bytes())
+            self.count += 1
+            if self.count == n:
+                done.set_result(time.perf_counter() - self.start)
+
+    transport, _ = await ws_connect(
+        Receiver, url, max_frame_size=1 << 30, use_aiofastnet=False, max_redirects=0
+    )
+    try:
+        return _result(n, await done)
+    finally:
+        transport.disconnect()
 
 
 async def naive(url: str, n: int, redis_url: str) -> dict[str, float]:
@@ -269,6 +301,8 @@ def main() -> None:
     result: dict[str, Any]
     if mode == "ceiling":
         result = asyncio.run(ceiling(url, n))
+    elif mode == "ceiling-picows":
+        result = asyncio.run(ceiling_picows(url, n))
     elif mode == "mqtt-bare":
         receive_maximum = int(sys.argv[5]) if len(sys.argv) > 5 else 1000
         result = mqtt_bare(int(url), n, sys.argv[4], receive_maximum)
