@@ -236,6 +236,82 @@ async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
+async def accept_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read a client's opening handshake and accept it (RFC 6455, section 4.2.2)."""
+    request = await reader.readuntil(b"\r\n\r\n")
+    key = next(
+        line.split(b":", 1)[1].strip()
+        for line in request.split(b"\r\n")
+        if line.lower().startswith(b"sec-websocket-key:")
+    )
+    accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+    writer.write(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+    )
+
+
+def server_frame(payload: bytes) -> bytes:
+    """A final, unmasked text frame, as a server sends it."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    assert n < 1 << 16
+    return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
+
+
+async def client_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """The next frame a client sent (masked, RFC 6455 section 5.3): opcode and payload."""
+    head = await reader.readexactly(2)
+    opcode, length = head[0] & 0x0F, head[1] & 0x7F
+    if length == 126:
+        length = int.from_bytes(await reader.readexactly(2), "big")
+    elif length == 127:
+        length = int.from_bytes(await reader.readexactly(8), "big")
+    mask = await reader.readexactly(4)
+    data = bytes(b ^ mask[i % 4] for i, b in enumerate(await reader.readexactly(length)))
+    return opcode, data
+
+
+class BurstWebsocket:
+    """Accepts the handshake, then writes ``payloads`` as frames in one write (the client
+    reads them in one go); answers the client's close frame and hangs up."""
+
+    def __init__(self, payloads: list[bytes]) -> None:
+        self.payloads = payloads
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await accept_handshake(reader, writer)
+        writer.write(b"".join(server_frame(payload) for payload in self.payloads))
+        await writer.drain()
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                opcode, data = await client_frame(reader)
+                if opcode == 0x8:
+                    writer.write(bytes((0x88, 2)) + data[:2])
+                    await writer.drain()
+                    writer.close()
+                    return
+
+
+class LateWebsocket:
+    """Answers the opening handshake ``delay`` seconds late, with a frame right behind it,
+    then waits for the client to hang up; counts the connections that ended so."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.hung_up = 0
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(self.delay)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await accept_handshake(reader, writer)
+            writer.write(server_frame(frame(f"late-{self.hung_up}").encode()))
+            await writer.drain()
+            await reader.read()
+        self.hung_up += 1
+
+
 class DeafWebsocket:
     """Completes the opening handshake and sends one event, then reads but never answers: no
     pong to any ping. Hangs up when the client sends its close frame, recording the code."""
@@ -245,30 +321,11 @@ class DeafWebsocket:
         self.pings = 0
 
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        request = await reader.readuntil(b"\r\n\r\n")
-        key = next(
-            line.split(b":", 1)[1].strip()
-            for line in request.split(b"\r\n")
-            if line.lower().startswith(b"sec-websocket-key:")
-        )
-        accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
-        writer.write(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-        )
-        payload = frame(f"deaf-{len(self.close_codes)}").encode()
-        assert len(payload) < 126
-        writer.write(bytes([0x81, len(payload)]) + payload)  # FIN + text, unmasked
+        await accept_handshake(reader, writer)
+        writer.write(server_frame(frame(f"deaf-{len(self.close_codes)}").encode()))
         await writer.drain()
         while True:
-            head = await reader.readexactly(2)
-            opcode, length = head[0] & 0x0F, head[1] & 0x7F
-            if length == 126:
-                length = int.from_bytes(await reader.readexactly(2), "big")
-            elif length == 127:
-                length = int.from_bytes(await reader.readexactly(8), "big")
-            mask = await reader.readexactly(4)
-            data = bytes(b ^ mask[i % 4] for i, b in enumerate(await reader.readexactly(length)))
+            opcode, data = await client_frame(reader)
             if opcode == 0x9:
                 self.pings += 1
             elif opcode == 0x8:
@@ -538,8 +595,10 @@ class FullSink(RecordingSink):
 
     async def put(self, source: str, items: Sequence[Decoded]) -> None:
         self.waiting += 1
-        await self.room.wait()
-        self.waiting -= 1
+        try:
+            await self.room.wait()
+        finally:
+            self.waiting -= 1
         await super().put(source, items)
 
 
@@ -564,6 +623,91 @@ async def test_client_waits_for_a_full_buffer_and_loses_no_frame_nor_their_order
 
     assert sink.event_ids == ids
     assert health.story() == ["up", "down"]
+
+
+@pytest.mark.asyncio
+async def test_client_counts_what_a_closed_connection_delivered_while_the_buffer_was_full(
+    transport: str,
+) -> None:
+    """The server sends and closes while the buffer is full: the frames it sent before its
+    close still go in, in order, once there is room; then the source reconnects."""
+    sink, health = FullSink(), RecordingHealth()
+    ids = [f"e{i}" for i in range(300)]
+    async with ScriptedServer() as server, bounded():
+        source = client_source(transport, server.url, sink, health)
+        async with running(source.run()):
+            await until(lambda: health.ups == 1, WAIT, "connected")
+            for event_id in ids:
+                await server.latest().send(frame(event_id))
+            await until(lambda: sink.waiting == 1, WAIT, "a frame waiting for room")
+            ws = server.latest()
+            # Its close frame is sent at once; the answer comes once the client reads again.
+            closing = asyncio.create_task(ws.close(CloseCode.SERVICE_RESTART, "restart"))
+            await until(lambda: ws.state is not State.OPEN, WAIT, "the close frame sent")
+            sink.room.set()
+            await until(lambda: health.ups == 2, WAIT, "connected again")
+            await closing
+
+    assert sink.event_ids == ids
+    assert health.story()[:4] == ["up", "down", "retry closed (1012) after 0.01", "up"]
+
+
+@pytest.mark.asyncio
+async def test_client_counts_the_frames_before_a_frame_over_max_size_while_the_buffer_was_full(
+    transport: str,
+) -> None:
+    """Frames, then one over ``max_size``, sent while the buffer is full: the connection fails
+    (1009), and the frames before it still go in, in order, once there is room."""
+    sink, health = FullSink(), RecordingHealth()
+    ids = [f"e{i}" for i in range(50)]
+    payloads = [frame(event_id).encode() for event_id in ids] + [too_big_frame().encode()]
+    async with RawServer(BurstWebsocket(payloads)) as server, bounded():
+        source = client_source(transport, server.url, sink, health)
+        async with running(source.run()):
+            await until(lambda: health.ups == 1, WAIT, "connected")
+            await until(lambda: sink.waiting == 1, WAIT, "a frame waiting for room")
+            sink.room.set()
+            await until(lambda: health.ups == 2, WAIT, "connected again")
+            await until(lambda: len(sink.frames) == 2 * len(ids), WAIT, "the second burst")
+
+    assert sink.event_ids == ids + ids
+    assert health.story()[:3] == ["up", "down", "retry closed (1009) after 0.01"]
+
+
+@pytest.mark.asyncio
+async def test_client_never_reads_a_connection_whose_handshake_answered_too_late(
+    transport: str,
+) -> None:
+    """An attempt that ran into ``open_timeout`` is over: when the server's answer comes after
+    all, that connection is closed unread, not counted beside the next attempt's."""
+    late = LateWebsocket(delay=0.3 * UNIT)
+    sink, health = RecordingSink(), RecordingHealth()
+    async with RawServer(late) as server, bounded():
+        source = client_source(transport, server.url, sink, health, open_timeout=0.1 * UNIT)
+        async with running(source.run()):
+            await until(lambda: late.hung_up >= 2, WAIT, "two late answers hung up on")
+
+    assert sink.frames == []
+    assert health.ups == 0
+    assert set(health.reasons) == {"timeout"}
+
+
+@pytest.mark.asyncio
+async def test_client_stopped_during_the_handshake_never_reads_that_connection(
+    transport: str,
+) -> None:
+    """Stopped while waiting for the server's answer: when it comes, the connection is closed
+    unread (nothing may count after a stop)."""
+    late = LateWebsocket(delay=0.3 * UNIT)
+    sink, health = RecordingSink(), RecordingHealth()
+    async with RawServer(late) as server, bounded():
+        source = client_source(transport, server.url, sink, health, open_timeout=5 * UNIT)
+        async with running(source.run()):
+            await until(lambda: server.accepted == 1, WAIT, "a connection")
+        await until(lambda: late.hung_up == 1, WAIT, "the late answer hung up on")
+
+    assert sink.frames == []
+    assert health.ups == 0
 
 
 @pytest.mark.asyncio

@@ -34,14 +34,16 @@ async def relay() -> AsyncIterator[RelayServer]:
 def replicas(
     relay: RelayServer, tmp_path: Path, redis_url: str, stream: str
 ) -> Iterator[list[IngesterProcess]]:
+    """Two replicas of one relay, one reading through each websocket library: the relay's
+    stateful ids must come out the same through both."""
     processes = []
-    for n in range(2):
+    for n, transport in enumerate(("websockets", "picows")):
         port = free_port()
+        source = client_source(
+            "ssn", relay.url(SESSION), stream, "socialstream", transport=transport
+        )
         config = write_config(
-            tmp_path / f"ssn-{n}.toml",
-            redis_url=redis_url,
-            http_port=port,
-            sources=client_source("ssn", relay.url(SESSION), stream, "socialstream"),
+            tmp_path / f"ssn-{n}.toml", redis_url=redis_url, http_port=port, sources=source
         )
         processes.append(IngesterProcess(config, port))
     with processes[0], processes[1]:
