@@ -157,6 +157,8 @@ class ShopifyWebhookSource:
         self.on_refused = on_refused
         self.on_rate_limited = on_rate_limited
         self._runner: web.AppRunner | None = None
+        self.guard: Guard | None = None
+        """The listener's connection caps and timeouts, once bound."""
         self.on_unavailable = on_unavailable
         self.tls = tls
 
@@ -249,7 +251,7 @@ class ShopifyWebhookSource:
         """Listen now (OSError if the address cannot be used); ``run`` then serves."""
         if self._runner is not None:
             return
-        guard = Guard(
+        guard = self.guard = Guard(
             self.limits,
             on_refused=self.on_refused,
             on_timeout=self.on_bad_request,

@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import ssl
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -336,12 +336,14 @@ async def closed_at_once(reader: asyncio.StreamReader) -> bool:
     return True
 
 
-async def stalled_handshakes_are_capped(port: int, told: Told, limit: float) -> Stalls:
+async def stalled_handshakes_are_capped(
+    port: int, told: Told, limit: float, held: Callable[[], int]
+) -> Stalls:
     """With ``max_connections=4`` and 3 per client: three stalled handshakes from 127.0.0.2
     (a fourth is refused for its client at once), one half ClientHello from 127.0.0.1 (one more
     is refused for the listener); each is dropped by the handshake timeout and gives its place
     back (three from 127.0.0.2 fit again, left open: returned), and a plain HTTP client is
-    counted as a failed handshake."""
+    counted as a failed handshake. ``held``: the places the listener counts as taken."""
     stalls = Stalls(port)
     try:
         stalled = [await stalls.open(STALLER) for _ in range(3)]
@@ -356,6 +358,8 @@ async def stalled_handshakes_are_capped(port: int, told: Told, limit: float) -> 
         await until(lambda: told.bad == timeouts, WAIT, "the timeouts counted")
     finally:
         stalls.close()
+    # A client sees the server hang up before the server has given the place back.
+    await until(lambda: held() == 0, WAIT, "every stalled place given back")
     again = Stalls(port)
     try:
         for _ in range(3):
@@ -404,7 +408,9 @@ async def websocket_caps(tmp_path: Path) -> None:
     )
     async with asyncio.timeout(30 * UNIT), running(source.run()):
         await asyncio.wait_for(source.ready.wait(), WAIT * UNIT)
-        stalls = await stalled_handshakes_are_capped(source.port, told, timeout)
+        stalls = await stalled_handshakes_are_capped(
+            source.port, told, timeout, lambda: source.caps.open
+        )
         await until(lambda: source.caps.open == 3, WAIT, "the plain client's place given back")
         async with producer(source, certificates.client()) as ws:
             await ws.send(frame("e1"))
@@ -448,7 +454,11 @@ async def webhook_caps(tmp_path: Path) -> None:
     }
     async with asyncio.timeout(30 * UNIT), running(source.run()):
         await until(lambda: source._runner is not None, WAIT, "the webhook to listen")
-        stalls = await stalled_handshakes_are_capped(source.port, told, timeout)
+        guard = source.guard
+        assert guard is not None
+        stalls = await stalled_handshakes_are_capped(
+            source.port, told, timeout, lambda: guard.caps.open
+        )
         url = f"https://{HOST}:{source.port}{settings.path}"
         async with (
             aiohttp.ClientSession() as session,
