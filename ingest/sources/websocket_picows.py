@@ -3,11 +3,13 @@
 websockets stays the default. With ``transport = "picows"`` a websocket client source reads
 through picows instead: websockets' receive path (frame parsing in Python, message assembly, an
 awaited ``recv`` per frame) was the largest share of the ingester's CPU per event in the
-benchmark (docs/benchmarks.md, "picows"). picows calls :meth:`_Reader.on_ws_frame` for each
-frame as it parses a read; the frame is decoded and offered to the buffer there, with no task
-switch. When the buffer is full, the frame waits in the reader, reading from the socket pauses,
-and a task puts the waiting frames into the buffer as it makes room, then resumes reading: the
-buffer's bounds hold as with websockets, and what waits beside it is at most one read's frames.
+benchmark (docs/benchmarks.md, "The websocket library: picows"). picows calls
+:meth:`_Reader.on_ws_frame` for each frame as it parses a read; the frame is decoded and offered
+to the buffer there, with no task switch. When the buffer is full, the frame waits in the reader
+undecoded, reading from the socket pauses, and a task puts the waiting frames into the buffer as
+it makes room, then resumes reading: the buffer's bounds hold as with websockets, and what waits
+beside it is at most one read (``RECEIVE_BUFFER``). Frames still waiting when the connection
+ends go in all the same.
 
 What differs from websockets, by the library's design:
 
