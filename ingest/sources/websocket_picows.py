@@ -139,11 +139,8 @@ class _Reader(WSListener):
             # Answered with the peer's code (1000 for a close without one); nothing after it
             # counts.
             code = frame.get_close_code()
-            self.failed = True
-            if not transport.is_close_frame_sent:
-                answer = WSCloseCode.OK if code is WSCloseCode.NO_INFO else code
-                transport.send_close(answer, frame.get_close_message())
-            transport.disconnect()
+            answer = WSCloseCode.OK if code is WSCloseCode.NO_INFO else code
+            self._fail(transport, answer, frame.get_close_message())
         # A ping is answered by picows; a pong needs nothing.
 
     def _data(self, transport: WSTransport, frame: WSFrame) -> None:
@@ -181,9 +178,11 @@ class _Reader(WSListener):
             self.transport.underlying_transport.pause_reading()
             self.wake.set()
             self.waiting.append(data)
+            self.head = items  # decoded already: a format may keep state across frames
 
     def _fail(self, transport: WSTransport, code: WSCloseCode, reason: bytes) -> None:
-        """Fail the connection; nothing parsed after this counts. (A frame over
+        """Close the connection with ``code`` (unless a close frame went already); nothing
+        parsed after this counts. (A frame over
         ``max_frame_size`` makes picows send 1009 itself, yet it still hands the frame over,
         and what follows it: the length check above fails on it too, and the close frame
         already sent is kept.)"""

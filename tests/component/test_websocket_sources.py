@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import dataclasses
 import errno
@@ -126,13 +127,16 @@ def client_source(
     sink: RecordingSink,
     health: RecordingHealth,
     clock: Callable[[], float] = time.monotonic,
+    *,
+    fmt: NativeFormat | None = None,
     **options: Any,
 ) -> WebsocketClientSource:
     options.setdefault("open_timeout", 2 * UNIT)
     options.setdefault("max_size", MAX_SIZE)
     settings = WebsocketClientSettings(url=url, backoff_initial=0.01, backoff_max=0.08, **options)
     kind = TRANSPORTS[transport]
-    return kind("feed", native(), sink, health, settings, clock=clock, rng=lambda: 1.0)
+    fmt = fmt or native()
+    return kind("feed", fmt, sink, health, settings, clock=clock, rng=lambda: 1.0)
 
 
 class ScriptedServer:
@@ -602,6 +606,45 @@ class FullSink(RecordingSink):
         await super().put(source, items)
 
 
+async def send_while_full(
+    server: ScriptedServer, sink: FullSink, health: RecordingHealth, ids: list[str]
+) -> None:
+    """Once connected, the server sends a frame per id; until one of them waits for room."""
+    await until(lambda: health.ups == 1, WAIT, "connected")
+    for event_id in ids:
+        await server.latest().send(frame(event_id))
+    await until(lambda: sink.waiting == 1, WAIT, "a frame waiting for room")
+
+
+class CountingFormat(NativeFormat):
+    """The native format, counting how often it decoded each frame."""
+
+    def __init__(self) -> None:
+        super().__init__(native().options)
+        self.decoded: collections.Counter[bytes] = collections.Counter()
+
+    def decode(self, frame: bytes | str) -> list[Decoded]:
+        self.decoded[frame if isinstance(frame, bytes) else frame.encode()] += 1
+        return super().decode(frame)
+
+
+@pytest.mark.asyncio
+async def test_client_decodes_each_frame_once_through_a_full_buffer(transport: str) -> None:
+    """A format may keep state across frames (Social Stream numbers repeated messages): a frame
+    that met a full buffer is not decoded again when it goes in."""
+    fmt, sink, health = CountingFormat(), FullSink(), RecordingHealth()
+    ids = [f"e{i}" for i in range(50)]
+    async with ScriptedServer() as server, bounded():
+        source = client_source(transport, server.url, sink, health, fmt=fmt)
+        async with running(source.run()):
+            await send_while_full(server, sink, health, ids)
+            sink.room.set()
+            await until(lambda: len(sink.frames) == len(ids), WAIT, "every frame")
+
+    assert sink.event_ids == ids
+    assert set(fmt.decoded.values()) == {1}
+
+
 @pytest.mark.asyncio
 async def test_client_waits_for_a_full_buffer_and_loses_no_frame_nor_their_order(
     transport: str,
@@ -613,10 +656,7 @@ async def test_client_waits_for_a_full_buffer_and_loses_no_frame_nor_their_order
     async with ScriptedServer() as server, bounded():
         source = client_source(transport, server.url, sink, health)
         async with running(source.run()):
-            await until(lambda: health.ups == 1, WAIT, "connected")
-            for event_id in ids:
-                await server.latest().send(frame(event_id))
-            await until(lambda: sink.waiting == 1, WAIT, "a frame waiting for room")
+            await send_while_full(server, sink, health, ids)
             assert sink.frames == []
             sink.room.set()
             await until(lambda: len(sink.frames) == len(ids), WAIT, "every frame")
@@ -636,10 +676,7 @@ async def test_client_counts_what_a_closed_connection_delivered_while_the_buffer
     async with ScriptedServer() as server, bounded():
         source = client_source(transport, server.url, sink, health)
         async with running(source.run()):
-            await until(lambda: health.ups == 1, WAIT, "connected")
-            for event_id in ids:
-                await server.latest().send(frame(event_id))
-            await until(lambda: sink.waiting == 1, WAIT, "a frame waiting for room")
+            await send_while_full(server, sink, health, ids)
             ws = server.latest()
             # Its close frame is sent at once; the answer comes once the client reads again.
             closing = asyncio.create_task(ws.close(CloseCode.SERVICE_RESTART, "restart"))
