@@ -2,8 +2,8 @@
 
 Sources ``submit`` decoded frames, or ``put`` them when they acknowledge nothing upstream; when
 ``capacity`` events, or ``buffer_bytes`` bytes of them, wait uncommitted, both wait
-(backpressure). A frame is taken whenever the buffer is below
-both bounds, so one frame larger than a bound still passes an empty buffer. ``max_in_flight``
+(backpressure). A frame is taken whenever the buffer is below both bounds, so one frame larger
+than a bound still passes an empty buffer. ``max_in_flight``
 workers each take a batch of whole frames and commit it in one Redis round trip. A worker
 commits at once when nothing else is in flight (low latency at low rates); otherwise it waits up
 to ``max_delay`` for a fuller batch. Batches that may decide comment orders (comments with text,
@@ -149,8 +149,7 @@ class Committer:
         if not items:
             future.set_result(None)
             return future
-        settings = self.settings
-        if self._buffered >= settings.capacity or self._buffered_bytes >= settings.buffer_bytes:
+        if not self._has_room():
             await self._room()
         self._append(source, items, future)
         return future
@@ -159,24 +158,26 @@ class Committer:
         """:meth:`submit` for a source that acknowledges nothing upstream: no future to keep."""
         if not items:
             return
-        settings = self.settings
-        if self._buffered >= settings.capacity or self._buffered_bytes >= settings.buffer_bytes:
+        if not self._has_room():
             await self._room()
         self._append(source, items, None)
 
     def offer(self, source: str, items: Sequence[Decoded]) -> bool:
         """:meth:`put` without waiting, for a source that reads in callbacks: queued now if
         the buffer has room (as ``put`` would queue it), else False and nothing queued."""
-        settings = self.settings
-        if self._buffered >= settings.capacity or self._buffered_bytes >= settings.buffer_bytes:
+        if not self._has_room():
             return False
         if items:
             self._append(source, items, None)
         return True
 
-    async def _room(self) -> None:
+    def _has_room(self) -> bool:
+        """Below both bounds: a frame may go in (whatever its size)."""
         settings = self.settings
-        while self._buffered >= settings.capacity or self._buffered_bytes >= settings.buffer_bytes:
+        return self._buffered < settings.capacity and self._buffered_bytes < settings.buffer_bytes
+
+    async def _room(self) -> None:
+        while not self._has_room():
             self._space.clear()
             await self._space.wait()
 
