@@ -64,7 +64,12 @@ async def test_exact_totals_across_streams_while_a_slot_migrates(
             assert moved > 0
             assert cluster.owner(slot(moving)) == target
             assert not feed.finished("c"), "the migration must overlap the run"
-            await until(lambda: feed.finished("c"), 60, "the whole feed")
+            try:
+                await until(lambda: feed.finished("c"), 60, "the whole feed")
+            except AssertionError as exc:  # once in a CI run: say where the ingester was
+                cursor = feed.cursors["c"]
+                where = f"{cursor.position} of {len(data)} sent, {cursor.connections} connection(s)"
+                raise AssertionError(f"{exc}: {where}\n{process.log.read_text()[-4000:]}") from exc
             for sale in sales:
                 await exact(process.http_port, sale)
 
