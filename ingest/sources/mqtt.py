@@ -56,7 +56,7 @@ from ingest.model import Decoded, Reason, Rejection
 from ingest.native import valid_stream
 from ingest.redact import masked, masked_text
 from ingest.sources.base import Format, Health, Sink
-from ingest.sources.reconnect import Reconnecting, ReconnectSettings
+from ingest.sources.reconnect import Reconnecting, ReconnectSettings, checkpoint
 from ingest.sources.topics import TopicPattern
 
 _Ack = tuple[int, int, asyncio.Future[None]]
@@ -460,6 +460,7 @@ class MqttSource(Reconnecting):
                 self._connected_at = self.clock()
                 for topic in self._filters():
                     await client.subscribe(topic, qos=self.settings.qos)
+                checkpoint()  # a stop that met CONNACK or SUBACK (see checkpoint)
                 self.health.connected(self.name, True)  # connected means receiving
                 try:
                     await self._consume(client, watch)

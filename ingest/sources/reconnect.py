@@ -87,6 +87,17 @@ class Reconnecting:
             await asyncio.sleep(delay)
 
 
+def checkpoint() -> None:
+    """Raise CancelledError if the running task was asked to stop. Called after a library call
+    that can swallow a cancellation, so that a session just opened does not run on after a
+    stop. In Python 3.11, ``asyncio.wait_for`` returns its future's result when the future
+    completes just as the task is cancelled, and aiomqtt waits for CONNACK and SUBACK so: a
+    SIGTERM that met a reconnect's CONNACK left the MQTT source draining on, and the process
+    past its shutdown deadline."""
+    if _stopping():
+        raise asyncio.CancelledError
+
+
 def _stopping() -> bool:
     """The running task has been asked to stop (cancelled, whatever happened since)."""
     task = asyncio.current_task()

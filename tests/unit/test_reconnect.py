@@ -9,7 +9,7 @@ import pytest
 
 from ingest.sources.backoff import Backoff
 from ingest.sources.mqtt import MqttSource, SessionStalled, Watchdog
-from ingest.sources.reconnect import Reconnecting
+from ingest.sources.reconnect import Reconnecting, checkpoint
 
 
 class RecordingHealth:
@@ -90,3 +90,30 @@ def test_a_stalled_session_is_retried_with_its_own_reason() -> None:
     ended.__cause__ = SessionStalled()
     assert source._retry_reason(ended) == "stalled"
     assert source._retry_reason(aiomqtt.MqttError("x")) == "mqtt error"
+
+
+@pytest.mark.asyncio
+async def test_a_stop_that_a_library_swallowed_is_raised_at_the_checkpoint() -> None:
+    """Python 3.11's ``asyncio.wait_for`` returns the result of a future that completes as the
+    task is cancelled (aiomqtt waits for CONNACK so): the session would run on after a stop,
+    unless it passes a checkpoint."""
+    loop = asyncio.get_running_loop()
+    passed = asyncio.Event()
+
+    async def session() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        connack: asyncio.Future[int] = loop.create_future()
+        loop.call_soon(connack.set_result, 1)
+        loop.call_soon(task.cancel)
+        try:
+            await asyncio.wait_for(connack, 10)
+        finally:
+            passed.set()  # the library call returned, or raised the stop itself
+        checkpoint()
+        await asyncio.sleep(3600)  # consuming, were the stop lost
+
+    task = asyncio.create_task(session())
+    await passed.wait()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 1)
